@@ -1,0 +1,20 @@
+// Package all lists the adapters built into Sluice.
+package all
+
+import (
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/prometheus"
+	"github.com/sluicemesh/sluice/adapters/stdio"
+)
+
+// Registry returns a registry of every built-in adapter.
+func Registry() *adapters.Registry {
+	r, err := adapters.NewRegistry(
+		prometheus.Factory(),
+		stdio.Factory(),
+	)
+	if err != nil {
+		panic(err) // the list above is fixed at build time
+	}
+	return r
+}

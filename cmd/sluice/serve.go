@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sluicemesh/sluice/adapters/all"
+	"github.com/sluicemesh/sluice/loadtest"
+	"github.com/sluicemesh/sluice/mixer"
+	"github.com/sluicemesh/sluice/mixer/config"
+)
+
+func newServe() *cobra.Command {
+	var (
+		opts                mixer.Options
+		logLevel, logFormat string
+		demo                bool
+		demoRate            float64
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the Sluice server",
+		Long: `Run the Sluice server: the gRPC access-log service on --grpc-addr and the admin
+endpoints (/metrics, /healthz, /readyz, /api/config, /debug/pprof/) on --admin-addr.
+Without --config it serves the embedded default config (the Istio standard metrics);
+with it, the directory's objects are layered over the defaults and reloaded on change.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			opts.Logger = log
+			opts.Adapters = all.Registry()
+			if demo {
+				opts.Layers = append(config.DefaultLayers(), loadtest.DemoLayer())
+			}
+			ctx := cmd.Context()
+			m, err := mixer.New(ctx, opts)
+			if err != nil {
+				for _, e := range config.Errors(err) {
+					log.Error("cannot start", "error", e.Error())
+				}
+				return exitError(1)
+			}
+			admin := hostPort(m.AdminAddr())
+			fmt.Fprintf(cmd.OutOrStdout(), "Sluice %s is serving\n  access logs (gRPC): %s\n  metrics:            http://%s/metrics\n  config:             http://%s/api/config\n",
+				versionString(), hostPort(m.GRPCAddr()), admin, admin)
+			if demo {
+				go func() {
+					if err := loadtest.RunDemo(ctx, hostPort(m.GRPCAddr()), demoRate, log); err != nil {
+						log.Error("demo traffic stopped", "err", err)
+					}
+				}()
+				fmt.Fprintf(cmd.OutOrStdout(), "  demo traffic:       a bookinfo mesh, %.0f requests/s; try\n    curl -s http://%s/metrics | grep istio_requests_total\n", demoRate, admin)
+			}
+			return m.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.ConfigDir, "config", "", "config directory layered over the embedded defaults (reloaded on change)")
+	f.StringVar(&opts.GRPCAddr, "grpc-addr", ":9091", "gRPC listen address (access-log service, health, reflection)")
+	f.StringVar(&opts.AdminAddr, "admin-addr", ":9093", "admin HTTP listen address")
+	f.IntVar(&opts.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest gRPC message accepted, in bytes")
+	f.IntVar(&opts.Shards, "shards", 0, "report-path shards (0: one per CPU)")
+	f.IntVar(&opts.QueueSize, "queue-size", 1024, "batches each shard queue holds before entries are dropped")
+	f.StringVar(&opts.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of principals derived from service accounts")
+	f.DurationVar(&opts.DrainTimeout, "drain-timeout", 10*time.Second, "how long shutdown waits for streams and shards")
+	f.StringVar(&opts.GRPCTLS.Cert, "tls-cert-file", "", "certificate for TLS on the gRPC port")
+	f.StringVar(&opts.GRPCTLS.Key, "tls-key-file", "", "key for TLS on the gRPC port")
+	f.StringVar(&opts.GRPCTLS.ClientCA, "tls-client-ca-file", "", "CA bundle; when set, gRPC clients must present a certificate it signed")
+	f.StringVar(&opts.AdminTLS.Cert, "admin-tls-cert-file", "", "certificate for TLS on the admin port")
+	f.StringVar(&opts.AdminTLS.Key, "admin-tls-key-file", "", "key for TLS on the admin port")
+	f.StringVar(&opts.AdminTLS.ClientCA, "admin-tls-client-ca-file", "", "CA bundle; when set, admin clients must present a certificate it signed")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.BoolVar(&demo, "demo", false, "also run a simulated bookinfo mesh that streams access logs to this server")
+	f.Float64Var(&demoRate, "demo-rate", 50, "requests per second of the demo traffic")
+	return cmd
+}
+
+// hostPort turns a listener address into one a local client can dial.
+func hostPort(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}

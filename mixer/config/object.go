@@ -1,0 +1,360 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	networking "istio.io/api/networking/v1"
+)
+
+// Family is one of the three kinds of document a config directory holds.
+type Family uint8
+
+// Document families (DESIGN.md §5).
+const (
+	FamilyMixer Family = iota + 1
+	FamilyMesh
+	FamilyRateLimit
+)
+
+func (f Family) String() string {
+	switch f {
+	case FamilyMixer:
+		return "mixer"
+	case FamilyMesh:
+		return "mesh"
+	case FamilyRateLimit:
+		return "ratelimit"
+	}
+	return "unknown"
+}
+
+// API groups.
+const (
+	MixerAPIVersion = "sluice.dev/v1alpha1"
+	meshGroup       = "networking.istio.io"
+)
+
+// Kinds.
+const (
+	KindHandler         = "Handler"
+	KindInstance        = "Instance"
+	KindRule            = "Rule"
+	KindWorkloadEntry   = "WorkloadEntry"
+	KindServiceEntry    = "ServiceEntry"
+	KindVirtualService  = "VirtualService"
+	KindDestinationRule = "DestinationRule"
+	// KindRateLimit is the kind Sluice gives envoyproxy/ratelimit documents, whose
+	// name is their domain.
+	KindRateLimit = "RateLimitConfig"
+)
+
+// Namespaces.
+const (
+	DefaultNamespace = "default"
+	SystemNamespace  = "sluice-system"
+	// DisabledAnnotation on an object that replaces a default removes the default.
+	DisabledAnnotation = "sluice.dev/disabled"
+)
+
+// Key identifies an object; an object with a default's key replaces the default.
+type Key struct {
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+}
+
+func (k Key) String() string { return k.Kind + " " + k.Namespace + "/" + k.Name }
+
+// Object is one config document.
+type Object struct {
+	Key
+	Family      Family            `json:"-"`
+	APIVersion  string            `json:"apiVersion,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// Default marks an object of the embedded defaults.
+	Default bool     `json:"default,omitempty"`
+	Pos     Position `json:"source"`
+	// Spec is the decoded spec: *HandlerSpec, *InstanceSpec, *RuleSpec, an istio.io/api
+	// networking message, or *RateLimitConfig.
+	Spec any `json:"spec"`
+	// node is the spec's YAML, for positioning errors found after decoding.
+	node *yaml.Node
+}
+
+// MarshalJSON encodes mesh specs with protojson, the form Istio users know.
+func (o *Object) MarshalJSON() ([]byte, error) {
+	type plain Object
+	if m, ok := o.Spec.(proto.Message); ok {
+		js, err := protojson.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		cp := plain(*o)
+		cp.Spec = json.RawMessage(js)
+		return json.Marshal(&cp)
+	}
+	return json.Marshal((*plain)(o))
+}
+
+// PosOf returns the position of the spec field at path ("http[0].route[1].weight"),
+// or the nearest enclosing field that exists.
+func (o *Object) PosOf(path string) Position {
+	n := lookupPath(o.node, path)
+	if n == nil {
+		return o.Pos
+	}
+	return Position{File: o.Pos.File, Line: n.Line}
+}
+
+// Disabled reports whether the object carries sluice.dev/disabled: "true".
+func (o *Object) Disabled() bool { return o.Annotations[DisabledAnnotation] == "true" }
+
+// HandlerSpec is the spec of a Handler: a configured adapter.
+type HandlerSpec struct {
+	Adapter string    `yaml:"adapter" json:"adapter"`
+	Params  yaml.Node `yaml:"params" json:"-"`
+}
+
+// InstanceSpec is the spec of an Instance: a template filled by expressions.
+type InstanceSpec struct {
+	Template string    `yaml:"template" json:"template"`
+	Params   yaml.Node `yaml:"params" json:"-"`
+}
+
+// MarshalJSON shows the params as data in /api/config.
+func (h *HandlerSpec) MarshalJSON() ([]byte, error) {
+	return json.Marshal(map[string]any{"adapter": h.Adapter, "params": nodeData(&h.Params)})
+}
+
+// MarshalJSON shows the params as data in /api/config.
+func (i *InstanceSpec) MarshalJSON() ([]byte, error) {
+	return json.Marshal(map[string]any{"template": i.Template, "params": nodeData(&i.Params)})
+}
+
+func nodeData(n *yaml.Node) any {
+	if n.Kind == 0 {
+		return nil
+	}
+	v, err := toGeneric(n)
+	if err != nil {
+		return nil
+	}
+	return v
+}
+
+// RuleSpec is the spec of a Rule.
+type RuleSpec struct {
+	// Match is a CEL expression; empty matches everything.
+	Match   string       `yaml:"match" json:"match,omitempty"`
+	Actions []ActionSpec `yaml:"actions" json:"actions"`
+}
+
+// ActionSpec sends instances to a handler. Names are NAME (the rule's namespace, then
+// sluice-system) or NAMESPACE/NAME.
+type ActionSpec struct {
+	Handler   string   `yaml:"handler" json:"handler"`
+	Instances []string `yaml:"instances" json:"instances"`
+}
+
+// meshKinds maps Istio kinds to their spec messages.
+var meshKinds = map[string]func() proto.Message{
+	KindWorkloadEntry:   func() proto.Message { return &networking.WorkloadEntry{} },
+	KindServiceEntry:    func() proto.Message { return &networking.ServiceEntry{} },
+	KindVirtualService:  func() proto.Message { return &networking.VirtualService{} },
+	KindDestinationRule: func() proto.Message { return &networking.DestinationRule{} },
+}
+
+var meshVersions = map[string]bool{"v1": true, "v1beta1": true, "v1alpha3": true}
+
+// metadata is the Kubernetes object metadata Sluice reads; the other fields that
+// kubectl prints are accepted and ignored so that exported objects load as they are.
+type metadata struct {
+	Name              string            `yaml:"name"`
+	Namespace         string            `yaml:"namespace"`
+	Labels            map[string]string `yaml:"labels"`
+	Annotations       map[string]string `yaml:"annotations"`
+	GenerateName      yaml.Node         `yaml:"generateName"`
+	UID               yaml.Node         `yaml:"uid"`
+	ResourceVersion   yaml.Node         `yaml:"resourceVersion"`
+	Generation        yaml.Node         `yaml:"generation"`
+	CreationTimestamp yaml.Node         `yaml:"creationTimestamp"`
+	ManagedFields     yaml.Node         `yaml:"managedFields"`
+	OwnerReferences   yaml.Node         `yaml:"ownerReferences"`
+	Finalizers        yaml.Node         `yaml:"finalizers"`
+	SelfLink          yaml.Node         `yaml:"selfLink"`
+}
+
+// document is the top level of a Kubernetes-style object.
+type document struct {
+	APIVersion string    `yaml:"apiVersion"`
+	Kind       string    `yaml:"kind"`
+	Metadata   metadata  `yaml:"metadata"`
+	Spec       yaml.Node `yaml:"spec"`
+	Status     yaml.Node `yaml:"status"`
+}
+
+var dnsName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
+
+// parseDocument turns one YAML document into an Object.
+func parseDocument(file string, root *yaml.Node) (*Object, error) {
+	if root.Kind != yaml.MappingNode {
+		return nil, &Error{Pos: Position{file, root.Line}, Msg: "a config document must be a mapping"}
+	}
+	if isRateLimitDoc(root) {
+		return parseRateLimit(file, root)
+	}
+	var doc document
+	if err := decodeStrict(file, root, &doc); err != nil {
+		return nil, err
+	}
+	pos := Position{File: file, Line: root.Line}
+	if doc.APIVersion == "" || doc.Kind == "" {
+		return nil, &Error{Pos: pos, Msg: "a document needs apiVersion and kind (or domain and descriptors for a rate-limit config)"}
+	}
+	o := &Object{
+		Key:         Key{Kind: doc.Kind, Namespace: doc.Metadata.Namespace, Name: doc.Metadata.Name},
+		APIVersion:  doc.APIVersion,
+		Labels:      doc.Metadata.Labels,
+		Annotations: doc.Metadata.Annotations,
+		Pos:         pos,
+		node:        &doc.Spec,
+	}
+	if o.Namespace == "" {
+		o.Namespace = DefaultNamespace
+	}
+	var c collector
+	if o.Name == "" {
+		c.add(pos, "%s has no metadata.name", o.Kind)
+	} else if len(o.Name) > 253 || !dnsName.MatchString(o.Name) {
+		c.add(pos, "metadata.name %q is not a lower-case DNS name", o.Name)
+	}
+	if !dnsName.MatchString(o.Namespace) || len(o.Namespace) > 63 {
+		c.add(pos, "metadata.namespace %q is not a lower-case DNS label", o.Namespace)
+	}
+	if doc.Spec.Kind == 0 {
+		c.add(pos, "%s %s has no spec", o.Kind, o.Name)
+		return nil, c.err()
+	}
+	group, version, _ := strings.Cut(doc.APIVersion, "/")
+	switch {
+	case doc.APIVersion == MixerAPIVersion:
+		o.Family = FamilyMixer
+		switch doc.Kind {
+		case KindHandler:
+			o.Spec = &HandlerSpec{}
+		case KindInstance:
+			o.Spec = &InstanceSpec{}
+		case KindRule:
+			o.Spec = &RuleSpec{}
+		default:
+			c.add(pos, "unknown kind %q for %s (known: Handler, Instance, Rule)", doc.Kind, MixerAPIVersion)
+			return nil, c.err()
+		}
+		if err := decodeStrict(file, &doc.Spec, o.Spec); err != nil {
+			c.addErr(pos, err)
+		}
+	case group == meshGroup && meshVersions[version]:
+		o.Family = FamilyMesh
+		newMsg, ok := meshKinds[doc.Kind]
+		if !ok {
+			c.add(pos, "kind %q of %s is not supported (supported: %s)", doc.Kind, meshGroup, strings.Join(sortedKeys(meshKinds), ", "))
+			return nil, c.err()
+		}
+		msg := newMsg()
+		if err := decodeProto(file, &doc.Spec, msg); err != nil {
+			c.addErr(pos, err)
+		}
+		o.Spec = msg
+	default:
+		c.add(Position{file, root.Line}, "unknown apiVersion %q (known: %s, %s/v1)", doc.APIVersion, MixerAPIVersion, meshGroup)
+	}
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// decodeProto decodes a YAML spec into an Istio message. Unknown fields are reported
+// by name at their line first; protojson then checks the values.
+func decodeProto(file string, node *yaml.Node, msg proto.Message) error {
+	var c collector
+	checkProtoFields(&c, file, node, msg.ProtoReflect().Descriptor(), "")
+	if err := c.err(); err != nil {
+		return err
+	}
+	v, err := toGeneric(node)
+	if err != nil {
+		return yamlError(file, node, err)
+	}
+	js, err := json.Marshal(v)
+	if err != nil {
+		return &Error{Pos: Position{file, node.Line}, Msg: err.Error()}
+	}
+	if err := protojson.Unmarshal(js, msg); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "proto:")
+		msg = strings.TrimSpace(strings.ReplaceAll(msg, "\u00a0", " "))
+		return &Error{Pos: Position{file, node.Line}, Msg: "spec: " + msg}
+	}
+	return nil
+}
+
+// checkProtoFields reports mapping keys that are not fields of md (by JSON or proto name).
+func checkProtoFields(c *collector, file string, node *yaml.Node, md protoreflect.MessageDescriptor, path string) {
+	if node == nil || node.Kind != yaml.MappingNode {
+		return
+	}
+	switch md.FullName() {
+	case "google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.Any",
+		"google.protobuf.Duration", "google.protobuf.Timestamp", "google.protobuf.ListValue":
+		return
+	}
+	fields := md.Fields()
+	for _, kv := range mappingEntries(node) {
+		k, v := kv[0], kv[1]
+		fd := fields.ByJSONName(k.Value)
+		if fd == nil {
+			fd = fields.ByName(protoreflect.Name(k.Value))
+		}
+		if fd == nil {
+			c.add(Position{file, k.Line}, "unknown field %q%s", k.Value, inPath(path))
+			continue
+		}
+		p := join(path, k.Value)
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Kind() == protoreflect.MessageKind {
+				for _, e := range mappingEntries(v) {
+					checkProtoFields(c, file, e[1], fd.MapValue().Message(), join(p, e[0].Value))
+				}
+			}
+		case fd.Kind() == protoreflect.MessageKind:
+			if fd.IsList() {
+				if v.Kind == yaml.SequenceNode {
+					for i, el := range v.Content {
+						checkProtoFields(c, file, el, fd.Message(), fmt.Sprintf("%s[%d]", p, i))
+					}
+				}
+			} else {
+				checkProtoFields(c, file, v, fd.Message(), p)
+			}
+		}
+	}
+}

@@ -1,0 +1,191 @@
+package config
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ApplyFunc makes a snapshot the running config; an error rejects it.
+type ApplyFunc func(ctx context.Context, s *Snapshot) error
+
+// Watcher loads the config, applies it, and reloads it when the directory changes.
+// A bad reload is logged and counted, and the last good config keeps serving.
+type Watcher struct {
+	loader *Loader
+	apply  ApplyFunc
+	log    *slog.Logger
+	// Debounce groups the events of one edit (editors write in several steps).
+	Debounce time.Duration
+	// Poll re-checks the directory's listing, sizes and times, for file systems
+	// that do not deliver events.
+	Poll time.Duration
+
+	mu      sync.Mutex
+	current *Snapshot
+	lastErr error
+	version uint64
+	stamp   uint64
+
+	versionGauge prometheus.Gauge
+	reloads      *prometheus.CounterVec
+	lastSuccess  prometheus.Gauge
+	lastErrors   prometheus.Gauge
+}
+
+// NewWatcher returns a watcher; reg receives the sluice_config_* metrics.
+func NewWatcher(l *Loader, apply ApplyFunc, log *slog.Logger, reg prometheus.Registerer) (*Watcher, error) {
+	w := &Watcher{
+		loader: l, apply: apply, log: log,
+		Debounce: 200 * time.Millisecond, Poll: 10 * time.Second,
+		versionGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_config_version", Help: "Version of the running config; it increases by one per applied reload.",
+		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_config_reloads_total", Help: "Config loads, by result (success, failure).",
+		}, []string{"result"}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_config_last_reload_success_timestamp_seconds", Help: "When a config was last applied.",
+		}),
+		lastErrors: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_config_errors", Help: "Errors found by the last config load (0 when it was applied).",
+		}),
+	}
+	w.reloads.WithLabelValues("success")
+	w.reloads.WithLabelValues("failure")
+	if reg != nil {
+		for _, c := range []prometheus.Collector{w.versionGauge, w.reloads, w.lastSuccess, w.lastErrors} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register config metrics: %w", err)
+			}
+		}
+	}
+	return w, nil
+}
+
+// Current returns the running config.
+func (w *Watcher) Current() *Snapshot {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.current
+}
+
+// LastError returns the error of the last failed reload, nil after a success.
+func (w *Watcher) LastError() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastErr
+}
+
+// Reload loads and applies the config now.
+func (w *Watcher) Reload(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stamp = dirStamp(w.loader.Dir)
+	s, err := w.loader.Load()
+	if err == nil && w.current != nil && s.Hash == w.current.Hash {
+		w.lastErr = nil // an event without a change, or a bad edit reverted
+		w.lastErrors.Set(0)
+		return nil
+	}
+	if err == nil {
+		s.Version = w.version + 1
+		err = w.apply(ctx, s)
+	}
+	if err != nil {
+		n := len(Errors(err))
+		w.reloads.WithLabelValues("failure").Inc()
+		w.lastErrors.Set(float64(n))
+		w.lastErr = err
+		for _, e := range Errors(err) {
+			w.log.Error("config rejected; the last good config keeps serving", "error", e.Error())
+		}
+		return err
+	}
+	w.version = s.Version
+	w.current = s
+	w.lastErr = nil
+	w.reloads.WithLabelValues("success").Inc()
+	w.versionGauge.Set(float64(s.Version))
+	w.lastSuccess.SetToCurrentTime()
+	w.lastErrors.Set(0)
+	w.log.Info("config applied", "version", s.Version, "hash", s.Hash, "objects", len(s.Objects))
+	return nil
+}
+
+// Run watches the directory until ctx ends. Without a directory it only waits.
+func (w *Watcher) Run(ctx context.Context) error {
+	if w.loader.Dir == "" {
+		<-ctx.Done()
+		return nil
+	}
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch config: %w", err)
+	}
+	defer fw.Close()
+	if err := fw.Add(w.loader.Dir); err != nil {
+		return fmt.Errorf("watch %s: %w", w.loader.Dir, err)
+	}
+	poll := time.NewTicker(w.Poll)
+	defer poll.Stop()
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-fw.Events:
+			if !ok {
+				return nil
+			}
+			name := filepath.Base(ev.Name)
+			if IsConfigFile(name) || name == "..data" {
+				debounce = time.After(w.Debounce)
+			}
+		case err, ok := <-fw.Errors:
+			if !ok {
+				return nil
+			}
+			w.log.Warn("config watch error", "err", err)
+		case <-poll.C:
+			w.mu.Lock()
+			changed := dirStamp(w.loader.Dir) != w.stamp
+			w.mu.Unlock()
+			if changed {
+				debounce = time.After(0)
+			}
+		case <-debounce:
+			debounce = nil
+			_ = w.Reload(ctx) // logged and counted by Reload
+		}
+	}
+}
+
+// dirStamp summarises the names, sizes and times of a directory's config files.
+func dirStamp(dir string) uint64 {
+	h := fnv.New64a()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		fmt.Fprint(h, err.Error())
+		return h.Sum64()
+	}
+	for _, e := range entries {
+		if !IsConfigFile(e.Name()) {
+			continue
+		}
+		st, err := os.Stat(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(h, "%s|%d|%d\n", e.Name(), st.Size(), st.ModTime().UnixNano())
+	}
+	return h.Sum64()
+}

@@ -1,0 +1,291 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// decodeStrict decodes node into v, rejecting mapping keys that v's type does not
+// declare (by yaml tag) and reporting each problem at its own line in file.
+func decodeStrict(file string, node *yaml.Node, v any) error {
+	var c collector
+	checkKnownFields(&c, file, node, reflect.TypeOf(v), "")
+	if err := c.err(); err != nil {
+		return err
+	}
+	if err := node.Decode(v); err != nil {
+		return yamlError(file, node, err)
+	}
+	return nil
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+): `)
+
+// yamlError turns a yaml.v3 error into positioned Errors; its messages carry "line N".
+func yamlError(file string, node *yaml.Node, err error) error {
+	var te *yaml.TypeError
+	msgs := []string{err.Error()}
+	if ok := asTypeError(err, &te); ok {
+		msgs = te.Errors
+	}
+	var c collector
+	for _, m := range msgs {
+		m = strings.TrimPrefix(m, "yaml: ")
+		line := 0
+		if loc := yamlLine.FindStringSubmatchIndex(m); loc != nil {
+			line, _ = strconv.Atoi(m[loc[2]:loc[3]])
+			m = m[:loc[0]] + m[loc[1]:]
+		} else if node != nil {
+			line = node.Line
+		}
+		c.add(Position{File: file, Line: line}, "%s", m)
+	}
+	return c.err()
+}
+
+func asTypeError(err error, out **yaml.TypeError) bool {
+	te, ok := err.(*yaml.TypeError)
+	if ok {
+		*out = te
+	}
+	return ok
+}
+
+// yamlFieldName returns the key a struct field is decoded from.
+func yamlFieldName(f reflect.StructField) (name string, inline bool, skip bool) {
+	if f.PkgPath != "" {
+		return "", false, true
+	}
+	tag := f.Tag.Get("yaml")
+	if tag == "-" {
+		return "", false, true
+	}
+	parts := strings.Split(tag, ",")
+	for _, p := range parts[1:] {
+		if p == "inline" {
+			inline = true
+		}
+	}
+	name = parts[0]
+	if name == "" {
+		name = strings.ToLower(f.Name)
+	}
+	return name, inline, false
+}
+
+var nodeType = reflect.TypeOf(yaml.Node{})
+
+// checkKnownFields walks node against t and reports unknown mapping keys.
+func checkKnownFields(c *collector, file string, node *yaml.Node, t reflect.Type, path string) {
+	if node == nil || t == nil {
+		return
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if node.Kind == yaml.AliasNode {
+		node = node.Alias
+	}
+	if t == nodeType || t.Kind() == reflect.Interface {
+		return
+	}
+	if _, ok := reflect.New(t).Interface().(yaml.Unmarshaler); ok {
+		return
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		if node.Kind != yaml.MappingNode {
+			return // node.Decode reports the type mismatch
+		}
+		fields := map[string]reflect.Type{}
+		collectFields(t, fields)
+		for i := 0; i+1 < len(node.Content); i += 2 {
+			k, val := node.Content[i], node.Content[i+1]
+			ft, ok := fields[k.Value]
+			if !ok {
+				c.add(Position{File: file, Line: k.Line}, "unknown field %q%s (known: %s)", k.Value, inPath(path), knownList(fields))
+				continue
+			}
+			checkKnownFields(c, file, val, ft, join(path, k.Value))
+		}
+	case reflect.Slice, reflect.Array:
+		if node.Kind != yaml.SequenceNode {
+			return
+		}
+		for i, el := range node.Content {
+			checkKnownFields(c, file, el, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
+		}
+	case reflect.Map:
+		if node.Kind != yaml.MappingNode {
+			return
+		}
+		for i := 0; i+1 < len(node.Content); i += 2 {
+			checkKnownFields(c, file, node.Content[i+1], t.Elem(), join(path, node.Content[i].Value))
+		}
+	}
+}
+
+func collectFields(t reflect.Type, out map[string]reflect.Type) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, inline, skip := yamlFieldName(f)
+		if skip {
+			continue
+		}
+		if inline {
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				collectFields(ft, out)
+			}
+			continue
+		}
+		out[name] = f.Type
+	}
+}
+
+func knownList(fields map[string]reflect.Type) string {
+	names := make([]string, 0, len(fields))
+	for n := range fields {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+func inPath(path string) string {
+	if path == "" {
+		return ""
+	}
+	return " in " + path
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// lookupPath finds the node at a field path like "metrics[2].buckets" below node, for
+// positioning errors that adapters report by path. It returns the deepest node found.
+func lookupPath(node *yaml.Node, path string) *yaml.Node {
+	cur := node
+	for _, seg := range splitPath(path) {
+		if cur == nil {
+			break
+		}
+		if cur.Kind == yaml.DocumentNode && len(cur.Content) > 0 {
+			cur = cur.Content[0]
+		}
+		var next *yaml.Node
+		switch {
+		case seg.index >= 0 && cur.Kind == yaml.SequenceNode && seg.index < len(cur.Content):
+			next = cur.Content[seg.index]
+		case seg.index < 0 && cur.Kind == yaml.MappingNode:
+			for i := 0; i+1 < len(cur.Content); i += 2 {
+				if cur.Content[i].Value == seg.key {
+					next = cur.Content[i+1]
+					if next.Kind == yaml.ScalarNode {
+						next = cur.Content[i] // the key's line reads better for scalars
+					}
+					break
+				}
+			}
+		}
+		if next == nil {
+			break
+		}
+		cur = next
+	}
+	return cur
+}
+
+type pathSeg struct {
+	key   string
+	index int
+}
+
+func splitPath(path string) []pathSeg {
+	var out []pathSeg
+	for _, part := range strings.Split(path, ".") {
+		if part == "" {
+			continue
+		}
+		for {
+			open := strings.IndexByte(part, '[')
+			if open < 0 {
+				out = append(out, pathSeg{key: part, index: -1})
+				break
+			}
+			if open > 0 {
+				out = append(out, pathSeg{key: part[:open], index: -1})
+			}
+			end := strings.IndexByte(part[open:], ']')
+			if end < 0 {
+				break
+			}
+			n, err := strconv.Atoi(part[open+1 : open+end])
+			if err == nil {
+				out = append(out, pathSeg{index: n})
+			}
+			part = part[open+end+1:]
+			if part == "" {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// mappingEntries returns the key/value pairs of a mapping node in document order.
+func mappingEntries(n *yaml.Node) [][2]*yaml.Node {
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	out := make([][2]*yaml.Node, 0, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		out = append(out, [2]*yaml.Node{n.Content[i], n.Content[i+1]})
+	}
+	return out
+}
+
+// toGeneric converts a node into plain Go values (for JSON re-encoding).
+func toGeneric(n *yaml.Node) (any, error) {
+	var v any
+	if err := n.Decode(&v); err != nil {
+		return nil, err
+	}
+	return normalize(v), nil
+}
+
+// normalize makes yaml's map[string]any / map[any]any JSON-encodable.
+func normalize(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, x := range t {
+			t[k] = normalize(x)
+		}
+		return t
+	case map[any]any:
+		m := make(map[string]any, len(t))
+		for k, x := range t {
+			m[fmt.Sprint(k)] = normalize(x)
+		}
+		return m
+	case []any:
+		for i, x := range t {
+			t[i] = normalize(x)
+		}
+		return t
+	}
+	return v
+}

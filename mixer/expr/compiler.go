@@ -1,0 +1,346 @@
+// Package expr compiles CEL expressions over the attribute vocabulary. Plain attribute
+// references, constants, map lookups and simple boolean tests take a fast path that never enters CEL.
+package expr
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/operators"
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/ext"
+
+	"github.com/sluicemesh/sluice/mixer/attribute"
+)
+
+// Type is the static type of an expression's result.
+type Type uint8
+
+// Result types.
+const (
+	TypeDyn Type = iota
+	TypeString
+	TypeInt
+	TypeDouble
+	TypeBool
+	TypeDuration
+	TypeTimestamp
+	TypeMap
+	TypeList
+)
+
+func (t Type) String() string {
+	return [...]string{"dyn", "string", "int", "double", "bool", "duration", "timestamp", "map", "list"}[t]
+}
+
+// Compiler turns expression text into Expressions. It is safe for concurrent use.
+type Compiler struct {
+	env   *cel.Env
+	vocab *attribute.Vocabulary
+}
+
+// NewCompiler builds the CEL environment: every attribute of the vocabulary is a
+// variable of its type, plus CEL's string, list, set and network (ip, cidr) extensions.
+func NewCompiler(vocab *attribute.Vocabulary) (*Compiler, error) {
+	opts := []cel.EnvOption{ext.Strings(), ext.Lists(), ext.Sets(), ext.Network(), cel.OptionalTypes()}
+	for _, d := range vocab.Defs() {
+		opts = append(opts, cel.Variable(d.Name, celType(d.Kind)))
+	}
+	env, err := cel.NewEnv(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("build CEL environment: %w", err)
+	}
+	return &Compiler{env: env, vocab: vocab}, nil
+}
+
+func celType(k attribute.Kind) *cel.Type {
+	switch k {
+	case attribute.String:
+		return cel.StringType
+	case attribute.Int64:
+		return cel.IntType
+	case attribute.Bool:
+		return cel.BoolType
+	case attribute.Duration:
+		return cel.DurationType
+	case attribute.Timestamp:
+		return cel.TimestampType
+	case attribute.Map:
+		return cel.MapType(cel.StringType, cel.StringType)
+	}
+	return cel.DynType
+}
+
+func typeOf(t *cel.Type) Type {
+	switch t.Kind() {
+	case types.StringKind:
+		return TypeString
+	case types.IntKind, types.UintKind:
+		return TypeInt
+	case types.DoubleKind:
+		return TypeDouble
+	case types.BoolKind:
+		return TypeBool
+	case types.DurationKind:
+		return TypeDuration
+	case types.TimestampKind:
+		return TypeTimestamp
+	case types.MapKind:
+		return TypeMap
+	case types.ListKind:
+		return TypeList
+	}
+	return TypeDyn
+}
+
+// Compile parses and type-checks src. The error text is CEL's, one issue per line.
+func (c *Compiler) Compile(src string) (*Expression, error) {
+	if strings.TrimSpace(src) == "" {
+		return nil, fmt.Errorf("empty expression")
+	}
+	checked, iss := c.env.Compile(src)
+	if iss != nil && iss.Err() != nil {
+		return nil, fmt.Errorf("%s", strings.ReplaceAll(iss.Err().Error(), "\n", " "))
+	}
+	native := checked.NativeRep()
+	e := &Expression{Source: src, Type: typeOf(checked.OutputType())}
+	e.refs = c.references(native)
+	if !c.fastPath(e, native) {
+		prg, err := c.env.Program(checked, cel.EvalOptions(cel.OptOptimize))
+		if err != nil {
+			return nil, fmt.Errorf("plan %q: %w", src, err)
+		}
+		e.kind = kindCEL
+		e.prog = prg
+	}
+	return e, nil
+}
+
+// MustCompile is Compile for expressions known at build time; it panics on error.
+func (c *Compiler) MustCompile(src string) *Expression {
+	e, err := c.Compile(src)
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
+
+// references lists the attributes an expression reads, sorted by ID.
+func (c *Compiler) references(a *ast.AST) []attribute.ID {
+	seen := map[attribute.ID]bool{}
+	for _, r := range a.ReferenceMap() {
+		if r.Name == "" || len(r.OverloadIDs) > 0 {
+			continue
+		}
+		if id, ok := c.vocab.Lookup(r.Name); ok {
+			seen[id] = true
+		}
+	}
+	out := make([]attribute.ID, 0, len(seen))
+	for id := range seen {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// attrRef returns the attribute an expression node names, if it is a plain reference.
+func (c *Compiler) attrRef(a *ast.AST, e ast.Expr) (attribute.ID, bool) {
+	if e.Kind() != ast.IdentKind && e.Kind() != ast.SelectKind {
+		return 0, false
+	}
+	r, ok := a.ReferenceMap()[e.ID()]
+	if !ok || r.Name == "" || r.Value != nil {
+		return 0, false
+	}
+	return c.vocab.Lookup(r.Name)
+}
+
+// fastPath recognises the shapes evaluated without CEL.
+func (c *Compiler) fastPath(x *Expression, a *ast.AST) bool {
+	root := a.Expr()
+	if v, ok := literal(root); ok {
+		x.kind, x.constant = kindConst, v
+		return true
+	}
+	if id, ok := c.attrRef(a, root); ok {
+		x.kind, x.attr = kindAttr, id
+		return true
+	}
+	if id, key, ok := c.mapIndex(a, root); ok {
+		x.kind, x.attr, x.key = kindMapIndex, id, key
+		return true
+	}
+	if x.Type == TypeBool {
+		if m, ok := c.matcher(a, root); ok {
+			x.kind, x.match = kindMatch, m
+			return true
+		}
+	}
+	return false
+}
+
+func literal(e ast.Expr) (any, bool) {
+	if e.Kind() != ast.LiteralKind {
+		return nil, false
+	}
+	switch v := e.AsLiteral().(type) {
+	case types.String:
+		return string(v), true
+	case types.Int:
+		return int64(v), true
+	case types.Uint:
+		return int64(v), true
+	case types.Double:
+		return float64(v), true
+	case types.Bool:
+		return bool(v), true
+	}
+	return nil, false
+}
+
+func (c *Compiler) mapIndex(a *ast.AST, e ast.Expr) (attribute.ID, string, bool) {
+	if e.Kind() != ast.CallKind {
+		return 0, "", false
+	}
+	call := e.AsCall()
+	if call.FunctionName() != operators.Index || len(call.Args()) != 2 {
+		return 0, "", false
+	}
+	id, ok := c.attrRef(a, call.Args()[0])
+	if !ok || id.Kind() != attribute.Map {
+		return 0, "", false
+	}
+	k, ok := literal(call.Args()[1])
+	ks, isStr := k.(string)
+	if !ok || !isStr {
+		return 0, "", false
+	}
+	return id, ks, true
+}
+
+// matcher compiles ==, !=, in, &&, || and ! over attributes and constants.
+func (c *Compiler) matcher(a *ast.AST, e ast.Expr) (matcher, bool) {
+	if v, ok := literal(e); ok {
+		b, isBool := v.(bool)
+		return constMatch(b), isBool
+	}
+	if id, ok := c.attrRef(a, e); ok && id.Kind() == attribute.Bool {
+		return boolAttrMatch(id), true
+	}
+	if e.Kind() != ast.CallKind {
+		return nil, false
+	}
+	call := e.AsCall()
+	args := call.Args()
+	switch call.FunctionName() {
+	case operators.LogicalAnd, operators.LogicalOr:
+		if len(args) != 2 {
+			return nil, false
+		}
+		l, ok1 := c.matcher(a, args[0])
+		r, ok2 := c.matcher(a, args[1])
+		if !ok1 || !ok2 {
+			return nil, false
+		}
+		if call.FunctionName() == operators.LogicalAnd {
+			return andMatch{l, r}, true
+		}
+		return orMatch{l, r}, true
+	case operators.LogicalNot:
+		if len(args) != 1 {
+			return nil, false
+		}
+		m, ok := c.matcher(a, args[0])
+		if !ok {
+			return nil, false
+		}
+		return notMatch{m}, true
+	case operators.Equals, operators.NotEquals:
+		if len(args) != 2 {
+			return nil, false
+		}
+		ref, val, ok := c.refAndConst(a, args[0], args[1])
+		if !ok {
+			return nil, false
+		}
+		m := eqMatch{ref: ref, val: val}
+		if call.FunctionName() == operators.NotEquals {
+			return notMatch{m}, true
+		}
+		return m, true
+	case operators.In:
+		if len(args) != 2 || args[1].Kind() != ast.ListKind {
+			return nil, false
+		}
+		ref, ok := c.operand(a, args[0])
+		if !ok {
+			return nil, false
+		}
+		var vals []any
+		for _, el := range args[1].AsList().Elements() {
+			v, ok := literal(el)
+			if !ok || !sameKind(ref, v) {
+				return nil, false
+			}
+			vals = append(vals, v)
+		}
+		return inMatch{ref: ref, vals: vals}, true
+	}
+	return nil, false
+}
+
+// operand is an attribute or a constant-key map lookup usable in a comparison.
+type operand struct {
+	attr attribute.ID
+	key  string
+	isKV bool
+}
+
+func (c *Compiler) operand(a *ast.AST, e ast.Expr) (operand, bool) {
+	if id, ok := c.attrRef(a, e); ok && id.Kind() != attribute.Map {
+		return operand{attr: id}, true
+	}
+	if id, key, ok := c.mapIndex(a, e); ok {
+		return operand{attr: id, key: key, isKV: true}, true
+	}
+	return operand{}, false
+}
+
+func (c *Compiler) refAndConst(a *ast.AST, l, r ast.Expr) (operand, any, bool) {
+	if v, ok := literal(r); ok {
+		if ref, ok := c.operand(a, l); ok && sameKind(ref, v) {
+			return ref, v, true
+		}
+	}
+	if v, ok := literal(l); ok {
+		if ref, ok := c.operand(a, r); ok && sameKind(ref, v) {
+			return ref, v, true
+		}
+	}
+	return operand{}, nil, false
+}
+
+// sameKind reports whether a constant compares with an operand without CEL's
+// cross-type numeric rules, which the fast path does not reproduce.
+func sameKind(o operand, v any) bool {
+	if o.isKV {
+		_, ok := v.(string)
+		return ok
+	}
+	switch o.attr.Kind() {
+	case attribute.String:
+		_, ok := v.(string)
+		return ok
+	case attribute.Int64:
+		_, ok := v.(int64)
+		return ok
+	case attribute.Bool:
+		_, ok := v.(bool)
+		return ok
+	}
+	return false
+}

@@ -1,0 +1,324 @@
+package expr
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
+	"cel.dev/cel-go/common/types/traits"
+	"cel.dev/cel-go/interpreter"
+
+	"github.com/sluicemesh/sluice/mixer/attribute"
+)
+
+type evalKind uint8
+
+const (
+	kindConst evalKind = iota + 1
+	kindAttr
+	kindMapIndex
+	kindMatch
+	kindCEL
+)
+
+// ErrMissing is returned when an expression reads an attribute or map key that is
+// not present. Dimensions take the value "unknown" on it, matches evaluate to false.
+var ErrMissing = errors.New("attribute not present")
+
+// Unknown is the value of a dimension whose expression has no value, as in Istio.
+const Unknown = "unknown"
+
+// Expression is a compiled expression. It is immutable and safe for concurrent use;
+// evaluation needs an Activation owned by the calling goroutine.
+type Expression struct {
+	Source string
+	Type   Type
+
+	kind     evalKind
+	constant any
+	attr     attribute.ID
+	key      string
+	match    matcher
+	prog     cel.Program
+	refs     []attribute.ID
+}
+
+// References returns the attributes the expression reads.
+func (e *Expression) References() []attribute.ID { return e.refs }
+
+// IsFast reports whether the expression is evaluated without CEL.
+func (e *Expression) IsFast() bool { return e.kind != kindCEL }
+
+// Constant returns the expression's value when it is a literal.
+func (e *Expression) Constant() (any, bool) { return e.constant, e.kind == kindConst }
+
+// Attribute returns the attribute when the expression is a plain reference.
+func (e *Expression) Attribute() (attribute.ID, bool) { return e.attr, e.kind == kindAttr }
+
+// Activation resolves attribute names against one Bag for CEL. One per goroutine;
+// point it at a bag with Reset before evaluating.
+type Activation struct {
+	vocab *attribute.Vocabulary
+	bag   *attribute.Bag
+}
+
+// NewActivation returns an activation over vocab.
+func NewActivation(vocab *attribute.Vocabulary) *Activation { return &Activation{vocab: vocab} }
+
+// Reset points the activation at bag.
+func (a *Activation) Reset(bag *attribute.Bag) { a.bag = bag }
+
+// Bag returns the bag the activation reads.
+func (a *Activation) Bag() *attribute.Bag { return a.bag }
+
+// ResolveName implements CEL's interpreter.Activation.
+func (a *Activation) ResolveName(name string) (any, bool) {
+	id, ok := a.vocab.Lookup(name)
+	if !ok {
+		return nil, false
+	}
+	v, ok := a.bag.Value(id)
+	if !ok {
+		return nil, false
+	}
+	if m, isMap := v.(attribute.StringMap); isMap {
+		return mapValue(m), true
+	}
+	return v, true
+}
+
+// Parent implements CEL's interpreter.Activation.
+func (a *Activation) Parent() interpreter.Activation { return nil }
+
+func mapValue(m attribute.StringMap) traits.Mapper {
+	gm := make(map[string]string, m.Len())
+	m.Range(func(k, v string) bool {
+		gm[k] = v
+		return true
+	})
+	return types.NewStringStringMap(types.DefaultTypeAdapter, gm)
+}
+
+// Eval returns the value as a Go value (string, int64, float64, bool, time.Duration,
+// time.Time, map[string]string or []any).
+func (e *Expression) Eval(a *Activation) (any, error) {
+	switch e.kind {
+	case kindConst:
+		return e.constant, nil
+	case kindAttr:
+		v, ok := a.bag.Value(e.attr)
+		if !ok {
+			return nil, ErrMissing
+		}
+		if m, isMap := v.(attribute.StringMap); isMap {
+			return m.Clone(), nil
+		}
+		return v, nil
+	case kindMapIndex:
+		m, ok := a.bag.Map(e.attr)
+		if !ok {
+			return nil, ErrMissing
+		}
+		v, ok := m.Get(e.key)
+		if !ok {
+			return nil, ErrMissing
+		}
+		return v, nil
+	case kindMatch:
+		r := e.match.eval(a.bag)
+		if r == triErr {
+			return nil, ErrMissing
+		}
+		return r == triTrue, nil
+	}
+	out, _, err := e.prog.Eval(a)
+	if err != nil {
+		return nil, celError(err)
+	}
+	return native(out)
+}
+
+func celError(err error) error {
+	if strings.HasPrefix(err.Error(), "no such") {
+		return fmt.Errorf("%w: %v", ErrMissing, err)
+	}
+	return err
+}
+
+func native(v ref.Val) (any, error) {
+	switch t := v.(type) {
+	case types.String:
+		return string(t), nil
+	case types.Int:
+		return int64(t), nil
+	case types.Uint:
+		return int64(t), nil
+	case types.Double:
+		return float64(t), nil
+	case types.Bool:
+		return bool(t), nil
+	case types.Duration:
+		return t.Duration, nil
+	case types.Timestamp:
+		return t.Time, nil
+	case *types.Err:
+		return nil, t
+	}
+	if m, ok := v.(traits.Mapper); ok {
+		out := map[string]string{}
+		it := m.Iterator()
+		for it.HasNext() == types.True {
+			k := it.Next()
+			out[fmt.Sprint(k.Value())] = fmt.Sprint(m.Get(k).Value())
+		}
+		return out, nil
+	}
+	if l, ok := v.(traits.Lister); ok {
+		var out []any
+		it := l.Iterator()
+		for it.HasNext() == types.True {
+			x, err := native(it.Next())
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, x)
+		}
+		return out, nil
+	}
+	return v.Value(), nil
+}
+
+// EvalBool evaluates a boolean expression. A missing attribute yields false and ErrMissing.
+func (e *Expression) EvalBool(a *Activation) (bool, error) {
+	if e.kind == kindMatch {
+		switch e.match.eval(a.bag) {
+		case triTrue:
+			return true, nil
+		case triFalse:
+			return false, nil
+		}
+		return false, ErrMissing
+	}
+	v, err := e.Eval(a)
+	if err != nil {
+		return false, err
+	}
+	b, ok := v.(bool)
+	if !ok {
+		return false, fmt.Errorf("expression %q is %T, not bool", e.Source, v)
+	}
+	return b, nil
+}
+
+// AppendString appends the value formatted as a label value: strings as they are,
+// integers in decimal, durations as Go durations, timestamps in RFC 3339. A missing
+// value appends Unknown and returns ErrMissing.
+func (e *Expression) AppendString(dst []byte, a *Activation) ([]byte, error) {
+	switch e.kind {
+	case kindConst:
+		return appendValue(dst, e.constant), nil
+	case kindAttr:
+		b := a.bag
+		if !b.Has(e.attr) {
+			return append(dst, Unknown...), ErrMissing
+		}
+		switch e.attr.Kind() {
+		case attribute.String:
+			s, _ := b.String(e.attr)
+			return append(dst, s...), nil
+		case attribute.Int64:
+			n, _ := b.Int(e.attr)
+			return strconv.AppendInt(dst, n, 10), nil
+		}
+		v, _ := b.Value(e.attr)
+		return appendValue(dst, v), nil
+	case kindMapIndex:
+		m, _ := a.bag.Map(e.attr)
+		v, ok := m.Get(e.key)
+		if !ok {
+			return append(dst, Unknown...), ErrMissing
+		}
+		return append(dst, v...), nil
+	}
+	v, err := e.Eval(a)
+	if err != nil {
+		return append(dst, Unknown...), err
+	}
+	return appendValue(dst, v), nil
+}
+
+func appendValue(dst []byte, v any) []byte {
+	switch t := v.(type) {
+	case string:
+		return append(dst, t...)
+	case int64:
+		return strconv.AppendInt(dst, t, 10)
+	case float64:
+		return strconv.AppendFloat(dst, t, 'g', -1, 64)
+	case bool:
+		return strconv.AppendBool(dst, t)
+	case time.Duration:
+		return append(dst, t.String()...)
+	case time.Time:
+		return t.UTC().AppendFormat(dst, time.RFC3339Nano)
+	}
+	return fmt.Append(dst, v)
+}
+
+// EvalFloat evaluates a numeric expression as a metric value: integers and doubles as
+// they are, durations in milliseconds (Istio's unit), booleans as 0 or 1.
+func (e *Expression) EvalFloat(a *Activation) (float64, error) {
+	switch e.kind {
+	case kindConst:
+		return toFloat(e.constant)
+	case kindAttr:
+		n, ok := a.bag.Int(e.attr)
+		if !ok {
+			return 0, ErrMissing
+		}
+		if e.attr.Kind() == attribute.Duration {
+			return float64(n) / 1e6, nil
+		}
+		if e.attr.Kind() == attribute.Timestamp {
+			return float64(n) / 1e9, nil
+		}
+		return float64(n), nil
+	}
+	v, err := e.Eval(a)
+	if err != nil {
+		return 0, err
+	}
+	return toFloat(v)
+}
+
+func toFloat(v any) (float64, error) {
+	switch t := v.(type) {
+	case int64:
+		return float64(t), nil
+	case float64:
+		if math.IsNaN(t) {
+			return 0, fmt.Errorf("value is NaN")
+		}
+		return t, nil
+	case bool:
+		if t {
+			return 1, nil
+		}
+		return 0, nil
+	case time.Duration:
+		return float64(t) / 1e6, nil
+	case string:
+		f, err := strconv.ParseFloat(t, 64)
+		if err != nil {
+			return 0, fmt.Errorf("value %q is not a number", t)
+		}
+		return f, nil
+	}
+	return 0, fmt.Errorf("value of type %T is not a number", v)
+}

@@ -1,0 +1,162 @@
+// Package mixer assembles Sluice's core: config and its watcher, the workload registry,
+// the dispatcher and the servers, with one lifecycle.
+package mixer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/mixer/attribute"
+	"github.com/sluicemesh/sluice/mixer/config"
+	"github.com/sluicemesh/sluice/mixer/dispatch"
+	"github.com/sluicemesh/sluice/mixer/expr"
+	"github.com/sluicemesh/sluice/mixer/registry"
+	"github.com/sluicemesh/sluice/mixer/server"
+)
+
+// Options configure a Mixer. The zero value of each field has a sane default.
+type Options struct {
+	// ConfigDir is the --config directory; empty serves the embedded defaults.
+	ConfigDir string
+	// Layers replace the embedded defaults (the demo adds its workloads to them).
+	Layers         []config.Layer
+	GRPCAddr       string
+	AdminAddr      string
+	MaxRecvMsgSize int
+	Shards         int
+	QueueSize      int
+	TrustDomain    string
+	GRPCTLS        server.TLSFiles
+	AdminTLS       server.TLSFiles
+	DrainTimeout   time.Duration
+	Adapters       *adapters.Registry
+	Logger         *slog.Logger
+}
+
+// Mixer is a running Sluice core.
+type Mixer struct {
+	log      *slog.Logger
+	metrics  *prometheus.Registry
+	registry *registry.Registry
+	disp     *dispatch.Dispatcher
+	watcher  *config.Watcher
+	server   *server.Server
+}
+
+// New loads and applies the config (a bad config fails here, with every error) and
+// binds the listeners.
+func New(ctx context.Context, opts Options) (*Mixer, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Adapters == nil {
+		return nil, fmt.Errorf("no adapters registry")
+	}
+	if opts.GRPCAddr == "" {
+		opts.GRPCAddr = ":9091"
+	}
+	if opts.AdminAddr == "" {
+		opts.AdminAddr = ":9093"
+	}
+	m := &Mixer{log: opts.Logger, metrics: prometheus.NewRegistry()}
+	m.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	compiler, err := expr.NewCompiler(attribute.NewVocabulary())
+	if err != nil {
+		return nil, err
+	}
+	m.registry = registry.New(opts.TrustDomain)
+	m.disp, err = dispatch.New(dispatch.Options{
+		Shards: opts.Shards, QueueSize: opts.QueueSize, Registry: m.registry,
+		TrustDomain: m.registry.TrustDomain(), Logger: opts.Logger, Metrics: m.metrics,
+	})
+	if err != nil {
+		return nil, err
+	}
+	loader := &config.Loader{Dir: opts.ConfigDir, Layers: opts.Layers, Adapters: opts.Adapters, Compiler: compiler}
+	m.watcher, err = config.NewWatcher(loader, m.apply, opts.Logger, m.metrics)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.watcher.Reload(ctx); err != nil {
+		_ = m.disp.Close(ctx)
+		return nil, err
+	}
+	var grpcTLS, adminTLS = opts.GRPCTLS, opts.AdminTLS
+	sopts := server.Options{
+		GRPCAddr: opts.GRPCAddr, AdminAddr: opts.AdminAddr, MaxRecvMsgSize: opts.MaxRecvMsgSize,
+		DrainTimeout: opts.DrainTimeout, TrustDomain: m.registry.TrustDomain(), Dispatcher: m.disp,
+		Gatherer: prometheus.Gatherers{m.metrics, m.disp}, Metrics: m.metrics, Logger: opts.Logger,
+		Config: m.configView,
+	}
+	if grpcTLS.Enabled() {
+		if sopts.GRPCTLS, err = grpcTLS.TLSConfig(); err != nil {
+			return nil, fmt.Errorf("gRPC TLS: %w", err)
+		}
+	}
+	if adminTLS.Enabled() {
+		if sopts.AdminTLS, err = adminTLS.TLSConfig(); err != nil {
+			return nil, fmt.Errorf("admin TLS: %w", err)
+		}
+	}
+	m.server, err = server.New(sopts)
+	if err != nil {
+		_ = m.disp.Close(ctx)
+		return nil, err
+	}
+	return m, nil
+}
+
+// apply makes a loaded snapshot the running config everywhere.
+func (m *Mixer) apply(ctx context.Context, s *config.Snapshot) error {
+	if err := m.disp.Apply(ctx, s); err != nil {
+		return err
+	}
+	m.registry.SetSource(registry.ConfigSource, registry.FromSnapshot(s))
+	return nil
+}
+
+// configView is what /api/config shows.
+func (m *Mixer) configView() any {
+	type view struct {
+		Version   uint64               `json:"version"`
+		Hash      string               `json:"hash"`
+		LastError []string             `json:"lastError,omitempty"`
+		Objects   []*config.Object     `json:"objects"`
+		Workloads []*registry.Workload `json:"workloads"`
+	}
+	s := m.watcher.Current()
+	v := view{Version: s.Version, Hash: s.Hash, Objects: s.Objects, Workloads: m.registry.Snapshot().Workloads()}
+	for _, e := range config.Errors(m.watcher.LastError()) {
+		v.LastError = append(v.LastError, e.Error())
+	}
+	return v
+}
+
+// GRPCAddr returns the bound gRPC address.
+func (m *Mixer) GRPCAddr() net.Addr { return m.server.GRPCAddr() }
+
+// AdminAddr returns the bound admin address.
+func (m *Mixer) AdminAddr() net.Addr { return m.server.AdminAddr() }
+
+// Run serves until ctx ends, then drains (see server.Server.Run).
+func (m *Mixer) Run(ctx context.Context) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.watcher.Run(wctx) }()
+	m.server.SetReady(true)
+	err := m.server.Run(ctx)
+	cancel()
+	if werr := <-done; werr != nil {
+		m.log.Warn("config watcher", "err", werr)
+	}
+	return err
+}
