@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
 
 	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/mixer/attribute"
@@ -38,6 +40,21 @@ type Options struct {
 	DrainTimeout   time.Duration
 	Adapters       *adapters.Registry
 	Logger         *slog.Logger
+	// Registry is the workload registry; nil makes a new one. Pass one to share it
+	// with the routing core.
+	Registry *registry.Registry
+	// Validators add checks to every config load (the routing core's mesh checks).
+	Validators []config.Validator
+	// OnApply are told, in order, of every config that was applied. They cannot
+	// refuse it: a component that can reject config does so with a Validator.
+	OnApply []func(ctx context.Context, s *config.Snapshot)
+	// Metrics is the registry of Sluice's own metrics; nil makes a new one. Pass one
+	// to let other components register theirs on the same /metrics.
+	Metrics *prometheus.Registry
+	// AdminRoutes are mounted on the admin mux (the routing core's /api/xds/clients).
+	AdminRoutes map[string]http.Handler
+	// GRPCServices register further services on the gRPC port.
+	GRPCServices []func(*grpc.Server)
 }
 
 // Mixer is a running Sluice core.
@@ -48,6 +65,7 @@ type Mixer struct {
 	disp     *dispatch.Dispatcher
 	watcher  *config.Watcher
 	server   *server.Server
+	onApply  []func(ctx context.Context, s *config.Snapshot)
 }
 
 // New loads and applies the config (a bad config fails here, with every error) and
@@ -65,14 +83,21 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 	if opts.AdminAddr == "" {
 		opts.AdminAddr = ":9093"
 	}
-	m := &Mixer{log: opts.Logger, metrics: prometheus.NewRegistry()}
+	m := &Mixer{log: opts.Logger, metrics: opts.Metrics}
+	if m.metrics == nil {
+		m.metrics = prometheus.NewRegistry()
+	}
 	m.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	compiler, err := expr.NewCompiler(attribute.NewVocabulary())
 	if err != nil {
 		return nil, err
 	}
-	m.registry = registry.New(opts.TrustDomain)
+	m.registry = opts.Registry
+	if m.registry == nil {
+		m.registry = registry.New(opts.TrustDomain)
+	}
+	m.onApply = opts.OnApply
 	m.disp, err = dispatch.New(dispatch.Options{
 		Shards: opts.Shards, QueueSize: opts.QueueSize, Registry: m.registry,
 		TrustDomain: m.registry.TrustDomain(), Logger: opts.Logger, Metrics: m.metrics,
@@ -80,7 +105,7 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 	if err != nil {
 		return nil, err
 	}
-	loader := &config.Loader{Dir: opts.ConfigDir, Layers: opts.Layers, Adapters: opts.Adapters, Compiler: compiler}
+	loader := &config.Loader{Dir: opts.ConfigDir, Layers: opts.Layers, Adapters: opts.Adapters, Compiler: compiler, Validators: opts.Validators}
 	m.watcher, err = config.NewWatcher(loader, m.apply, opts.Logger, m.metrics)
 	if err != nil {
 		return nil, err
@@ -94,7 +119,7 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 		GRPCAddr: opts.GRPCAddr, AdminAddr: opts.AdminAddr, MaxRecvMsgSize: opts.MaxRecvMsgSize,
 		DrainTimeout: opts.DrainTimeout, TrustDomain: m.registry.TrustDomain(), Dispatcher: m.disp,
 		Gatherer: prometheus.Gatherers{m.metrics, m.disp}, Metrics: m.metrics, Logger: opts.Logger,
-		Config: m.configView,
+		Config: m.configView, Routes: opts.AdminRoutes, Register: opts.GRPCServices,
 	}
 	if grpcTLS.Enabled() {
 		if sopts.GRPCTLS, err = grpcTLS.TLSConfig(); err != nil {
@@ -120,8 +145,15 @@ func (m *Mixer) apply(ctx context.Context, s *config.Snapshot) error {
 		return err
 	}
 	m.registry.SetSource(registry.ConfigSource, registry.FromSnapshot(s))
+	for _, f := range m.onApply {
+		f(ctx, s)
+	}
 	return nil
 }
+
+// Registry returns the workload registry.
+func (m *Mixer) Registry() *registry.Registry { return m.registry }
+
 
 // configView is what /api/config shows.
 func (m *Mixer) configView() any {

@@ -1,0 +1,55 @@
+# Sluice: `make run` starts the server with a demo mesh; `make test` installs what the
+# tests need and runs them all. See README.md.
+
+GO          ?= go
+BIN         := bin
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Tests that need system servers (Redis, Prometheus) carry the integration build tag.
+TEST_TAGS   := integration
+PKGS        := ./...
+
+.PHONY: all build run test test-unit test-integration bench fuzz lint deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/sluice ./cmd/sluice
+	$(GO) build -o $(BIN)/sluice-loadtest ./cmd/sluice-loadtest
+
+run: build
+	$(BIN)/sluice serve --demo
+
+deps:
+	./hack/install-deps.sh
+
+test: deps lint
+	$(GO) test -race -count=1 -tags $(TEST_TAGS) -timeout 15m $(PKGS)
+
+# The fast tests alone: no system servers, no race detector.
+test-unit:
+	$(GO) test -count=1 -short $(PKGS)
+
+test-integration: deps
+	$(GO) test -race -count=1 -tags $(TEST_TAGS) -run Integration -timeout 15m $(PKGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet -tags $(TEST_TAGS) $(PKGS)
+	$(GO) run $(STATICCHECK) -tags $(TEST_TAGS) $(PKGS)
+
+# Benchmarks report figures; they assert nothing. BENCHTIME shortens or lengthens them.
+BENCHTIME ?= 2s
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./mixer/... ./adapters/...
+	$(BIN)/sluice-loadtest report --server $(BIN)/sluice
+
+# Runs each fuzz target for FUZZTIME (the seed corpora also run in `make test`).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./mixer/envoy -run '^$$' -fuzz FuzzDecodeHTTP -fuzztime $(FUZZTIME)
+	$(GO) test ./mixer/envoy -run '^$$' -fuzz FuzzDecodeTCP -fuzztime $(FUZZTIME)
+	$(GO) test ./mixer/envoy -run '^$$' -fuzz FuzzScanMessage -fuzztime $(FUZZTIME)
+	$(GO) test ./mixer/config -run '^$$' -fuzz FuzzParseFile -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf $(BIN)
