@@ -220,12 +220,40 @@ func parseDocument(file string, root *yaml.Node) (*Object, error) {
 	if doc.APIVersion == "" || doc.Kind == "" {
 		return nil, &Error{Pos: pos, Msg: "a document needs apiVersion and kind (or domain and descriptors for a rate-limit config)"}
 	}
+	group, version, _ := strings.Cut(doc.APIVersion, "/")
+	var family Family
+	var spec any
+	switch {
+	case doc.APIVersion == MixerAPIVersion:
+		family = FamilyMixer
+		switch doc.Kind {
+		case KindHandler:
+			spec = &HandlerSpec{}
+		case KindInstance:
+			spec = &InstanceSpec{}
+		case KindRule:
+			spec = &RuleSpec{}
+		default:
+			return nil, &Error{Pos: pos, Msg: fmt.Sprintf("unknown kind %q for %s (known: Handler, Instance, Rule)", doc.Kind, MixerAPIVersion)}
+		}
+	case group == meshGroup && meshVersions[version]:
+		family = FamilyMesh
+		newMsg, ok := meshKinds[doc.Kind]
+		if !ok {
+			return nil, &Error{Pos: pos, Msg: fmt.Sprintf("kind %q of %s is not supported (supported: %s)", doc.Kind, meshGroup, strings.Join(sortedKeys(meshKinds), ", "))}
+		}
+		spec = newMsg()
+	default:
+		return nil, &Error{Pos: pos, Msg: fmt.Sprintf("unknown apiVersion %q (known: %s, %s/v1)", doc.APIVersion, MixerAPIVersion, meshGroup)}
+	}
 	o := &Object{
 		Key:         Key{Kind: doc.Kind, Namespace: doc.Metadata.Namespace, Name: doc.Metadata.Name},
+		Family:      family,
 		APIVersion:  doc.APIVersion,
 		Labels:      doc.Metadata.Labels,
 		Annotations: doc.Metadata.Annotations,
 		Pos:         pos,
+		Spec:        spec,
 		node:        &doc.Spec,
 	}
 	if o.Namespace == "" {
@@ -244,38 +272,10 @@ func parseDocument(file string, root *yaml.Node) (*Object, error) {
 		c.add(pos, "%s %s has no spec", o.Kind, o.Name)
 		return nil, c.err()
 	}
-	group, version, _ := strings.Cut(doc.APIVersion, "/")
-	switch {
-	case doc.APIVersion == MixerAPIVersion:
-		o.Family = FamilyMixer
-		switch doc.Kind {
-		case KindHandler:
-			o.Spec = &HandlerSpec{}
-		case KindInstance:
-			o.Spec = &InstanceSpec{}
-		case KindRule:
-			o.Spec = &RuleSpec{}
-		default:
-			c.add(pos, "unknown kind %q for %s (known: Handler, Instance, Rule)", doc.Kind, MixerAPIVersion)
-			return nil, c.err()
-		}
-		if err := decodeStrict(file, &doc.Spec, o.Spec); err != nil {
-			c.addErr(pos, err)
-		}
-	case group == meshGroup && meshVersions[version]:
-		o.Family = FamilyMesh
-		newMsg, ok := meshKinds[doc.Kind]
-		if !ok {
-			c.add(pos, "kind %q of %s is not supported (supported: %s)", doc.Kind, meshGroup, strings.Join(sortedKeys(meshKinds), ", "))
-			return nil, c.err()
-		}
-		msg := newMsg()
-		if err := decodeProto(file, &doc.Spec, msg); err != nil {
-			c.addErr(pos, err)
-		}
-		o.Spec = msg
-	default:
-		c.add(Position{file, root.Line}, "unknown apiVersion %q (known: %s, %s/v1)", doc.APIVersion, MixerAPIVersion, meshGroup)
+	if msg, ok := spec.(proto.Message); ok {
+		c.addErr(pos, decodeProto(file, &doc.Spec, msg))
+	} else {
+		c.addErr(pos, decodeStrict(file, &doc.Spec, spec))
 	}
 	if err := c.err(); err != nil {
 		return nil, err
@@ -309,9 +309,41 @@ func decodeProto(file string, node *yaml.Node, msg proto.Message) error {
 		return &Error{Pos: Position{file, node.Line}, Msg: err.Error()}
 	}
 	if err := protojson.Unmarshal(js, msg); err != nil {
-		msg := strings.TrimPrefix(err.Error(), "proto:")
-		msg = strings.TrimSpace(strings.ReplaceAll(msg, "\u00a0", " "))
-		return &Error{Pos: Position{file, node.Line}, Msg: "spec: " + msg}
+		text := strings.ReplaceAll(err.Error(), "\u00a0", " ")
+		text = jsonOffset.ReplaceAllString(strings.TrimPrefix(text, "proto:"), "")
+		line := node.Line
+		if m := protoField.FindStringSubmatch(text); m != nil {
+			if k := findKey(node, m[1]); k != nil {
+				line = k.Line
+			}
+		}
+		return &Error{Pos: Position{file, line}, Msg: "spec: " + strings.TrimSpace(text)}
+	}
+	return nil
+}
+
+var (
+	// jsonOffset is protojson's position in the re-encoded JSON, meaningless to users.
+	jsonOffset = regexp.MustCompile(`\(line \d+:\d+\):?`)
+	protoField = regexp.MustCompile(`field ([A-Za-z_][A-Za-z0-9_]*)`)
+)
+
+// findKey returns the first mapping key named name below n, depth first.
+func findKey(n *yaml.Node, name string) *yaml.Node {
+	if n == nil {
+		return nil
+	}
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == name {
+				return n.Content[i]
+			}
+		}
+	}
+	for _, c := range n.Content {
+		if k := findKey(c, name); k != nil {
+			return k
+		}
 	}
 	return nil
 }

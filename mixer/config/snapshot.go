@@ -145,6 +145,9 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 	var c collector
 	instances := map[string]*Instance{}
 	handlers := map[string]*Handler{}
+	// failed holds objects that did not compile: references to them are not reported
+	// again as "not found".
+	failed := map[string]bool{}
 	tmpl := map[string]templates.Descriptor{}
 	for _, d := range templates.Descriptors() {
 		tmpl[d.Name] = d
@@ -156,6 +159,7 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 		inst, err := compileInstance(o, tmpl, comp)
 		if err != nil {
 			c.addErr(o.Pos, err)
+			failed[KindInstance+qualified(o.Namespace, o.Name)] = true
 			continue
 		}
 		instances[inst.Name] = inst
@@ -165,6 +169,7 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 		h, err := compileHandler(o, reg)
 		if err != nil {
 			c.addErr(o.Pos, err)
+			failed[KindHandler+qualified(o.Namespace, o.Name)] = true
 			continue
 		}
 		handlers[h.Name] = h
@@ -191,6 +196,9 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 			apath := fmt.Sprintf("actions[%d]", ai)
 			h := resolve(handlers, o.Namespace, a.Handler)
 			if h == nil {
+				if resolvesTo(failed, KindHandler, o.Namespace, a.Handler) {
+					continue
+				}
 				c.add(o.PosOf(apath+".handler"), "handler %q not found (looked in %s)", a.Handler, lookedIn(o.Namespace, a.Handler))
 				continue
 			}
@@ -202,6 +210,9 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 				inst := resolve(instances, o.Namespace, name)
 				ipos := o.PosOf(fmt.Sprintf("%s.instances[%d]", apath, ii))
 				if inst == nil {
+					if resolvesTo(failed, KindInstance, o.Namespace, name) {
+						continue
+					}
 					c.add(ipos, "instance %q not found (looked in %s)", name, lookedIn(o.Namespace, name))
 					continue
 				}
@@ -240,6 +251,14 @@ func lookedIn(ns, ref string) string {
 		return SystemNamespace
 	}
 	return ns + " and " + SystemNamespace
+}
+
+// resolvesTo reports whether a reference names an object that failed to compile.
+func resolvesTo(failed map[string]bool, kind, ns, ref string) bool {
+	if strings.Contains(ref, "/") {
+		return failed[kind+ref]
+	}
+	return failed[kind+qualified(ns, ref)] || failed[kind+qualified(SystemNamespace, ref)]
 }
 
 // resolve finds NAME in ns, then in sluice-system, or NAMESPACE/NAME exactly.

@@ -41,6 +41,10 @@ func yamlError(file string, node *yaml.Node, err error) error {
 		if loc := yamlLine.FindStringSubmatchIndex(m); loc != nil {
 			line, _ = strconv.Atoi(m[loc[2]:loc[3]])
 			m = m[:loc[0]] + m[loc[1]:]
+			// yaml.v3 prints parser errors (unlike scanner errors) with a 0-based line.
+			if strings.HasPrefix(m, "did not find expected") {
+				line++
+			}
 		} else if node != nil {
 			line = node.Line
 		}
