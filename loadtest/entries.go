@@ -43,13 +43,17 @@ func Node(w *Workload) *corev3.Node {
 
 // PeerMetadata returns the x-envoy-peer-metadata header a workload's sidecar sends.
 func PeerMetadata(w *Workload) string {
+	if w.peer != "" {
+		return w.peer
+	}
 	s, err := envoy.EncodePeerMetadata(&registry.Workload{
 		Name: w.Name, Namespace: w.Namespace, Instance: w.Pod(), Labels: w.Labels(),
 		ClusterID: w.Cluster, ServiceAccount: w.ServiceAccount,
 	})
 	if err != nil {
-		panic(err)
+		panic(err) // the fields above are plain strings
 	}
+	w.peer = s
 	return s
 }
 
@@ -99,7 +103,9 @@ func mtls(c *Call) *alsdata.TLSProperties {
 		}}
 	}
 	return &alsdata.TLSProperties{
-		TlsVersion:                 alsdata.TLSProperties_TLSv1_3,
+		TlsVersion: alsdata.TLSProperties_TLSv1_3,
+		// Istio's clients name the destination service in the SNI.
+		TlsSniHostname:             fmt.Sprintf("outbound_.%d_._.%s", c.Dest.Port, c.Dest.FQDN()),
 		LocalCertificateProperties: san(c.Dest.Principal()),
 		PeerCertificateProperties:  san(c.Source.Principal()),
 	}

@@ -19,6 +19,8 @@ type Workload struct {
 	Service string
 	Port    uint32
 	Cluster string
+	// peer caches the x-envoy-peer-metadata header, costly to encode per entry.
+	peer string
 }
 
 // Pod returns the workload's (single) pod name.

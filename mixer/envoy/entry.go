@@ -237,36 +237,43 @@ func (d *Decoder) flagString(bits uint32) string {
 	return s
 }
 
-// DecodeHTTP decodes an HTTPAccessLogEntry reported by node into bag.
+// DecodeHTTP decodes an HTTPAccessLogEntry reported by node into bag. Like the
+// standard decoder, it merges repeated occurrences of a message field.
 func (d *Decoder) DecodeHTTP(raw []byte, node *Node, bag *attribute.Bag) error {
 	var c common
 	var proto uint64
-	var reqBytes, respBytes []byte
+	var req request
+	var resp response
 	it := fieldIter{b: raw}
 	for it.next() {
+		var err error
 		switch {
 		case it.isBytes(entryCommon):
-			if err := d.parseCommon(it.bytes, &c); err != nil {
-				return err
-			}
+			err = d.parseCommon(it.bytes, &c)
 		case it.isVarint(httpProtocolVersion):
 			proto = it.u64
 		case it.isBytes(httpRequest):
-			reqBytes = it.bytes
+			err = d.parseRequest(it.bytes, bag, &req)
 		case it.isBytes(httpResponse):
-			respBytes = it.bytes
+			err = d.parseResponse(it.bytes, bag, &resp)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	if it.err != nil {
 		return it.err
 	}
-	host, err := d.parseRequest(reqBytes, bag)
-	if err != nil {
-		return err
+	host := req.authority
+	if req.present {
+		bag.SetInt(attribute.RequestSize, int64(req.bodyBytes))
+		bag.SetInt(attribute.RequestTotalSize, int64(req.hdrBytes+req.bodyBytes))
 	}
-	if err := d.parseResponse(respBytes, bag); err != nil {
-		return err
+	if !bag.Has(attribute.ResponseCode) {
+		bag.SetInt(attribute.ResponseCode, 0) // Envoy logs 0 when no response was sent
 	}
+	bag.SetInt(attribute.ResponseSize, int64(resp.bodyBytes))
+	bag.SetInt(attribute.ResponseTotalSize, int64(resp.hdrBytes+resp.bodyBytes))
 	if proto < uint64(len(httpVersions)) {
 		if proto != 0 {
 			bag.SetString(attribute.RequestHTTPVersion, httpVersions[proto])
@@ -330,9 +337,16 @@ func header(bag *attribute.Bag, id attribute.ID, name string) (string, bool) {
 	return m.Get(name)
 }
 
-// parseRequest fills the request attributes and returns the authority.
-func (d *Decoder) parseRequest(b []byte, bag *attribute.Bag) (authority string, err error) {
-	var hdrBytes, bodyBytes uint64
+// request accumulates what HTTPRequestProperties says across occurrences.
+type request struct {
+	present             bool
+	authority           string
+	hdrBytes, bodyBytes uint64
+}
+
+// parseRequest fills the request attributes.
+func (d *Decoder) parseRequest(b []byte, bag *attribute.Bag, r *request) error {
+	r.present = true
 	it := fieldIter{b: b}
 	for it.next() {
 		if it.typ == 0 {
@@ -346,9 +360,9 @@ func (d *Decoder) parseRequest(b []byte, bag *attribute.Bag) (authority string, 
 					d.Stats.UnknownEnum++
 				}
 			case reqHeadersBytes:
-				hdrBytes = it.u64
+				r.hdrBytes = it.u64
 			case reqBodyBytes:
-				bodyBytes = it.u64
+				r.bodyBytes = it.u64
 			}
 			continue
 		}
@@ -359,8 +373,8 @@ func (d *Decoder) parseRequest(b []byte, bag *attribute.Bag) (authority string, 
 		case reqScheme:
 			bag.SetString(attribute.RequestScheme, str(it.bytes))
 		case reqAuthority:
-			authority = str(it.bytes)
-			bag.SetString(attribute.RequestHost, authority)
+			r.authority = str(it.bytes)
+			bag.SetString(attribute.RequestHost, r.authority)
 		case reqPath:
 			p := str(it.bytes)
 			bag.SetString(attribute.RequestPath, p)
@@ -376,27 +390,27 @@ func (d *Decoder) parseRequest(b []byte, bag *attribute.Bag) (authority string, 
 			bag.SetString(attribute.RequestID, str(it.bytes))
 		case reqHeaders:
 			if err := addMapEntry(bag, attribute.RequestHeaders, it.bytes); err != nil {
-				return "", err
+				return err
 			}
 		}
 	}
-	if len(b) > 0 {
-		bag.SetInt(attribute.RequestSize, int64(bodyBytes))
-		bag.SetInt(attribute.RequestTotalSize, int64(hdrBytes+bodyBytes))
-	}
-	return authority, it.err
+	return it.err
 }
 
-func (d *Decoder) parseResponse(b []byte, bag *attribute.Bag) error {
-	var hdrBytes, bodyBytes uint64
+// response accumulates the sizes of HTTPResponseProperties across occurrences.
+type response struct {
+	hdrBytes, bodyBytes uint64
+}
+
+func (d *Decoder) parseResponse(b []byte, bag *attribute.Bag, r *response) error {
 	it := fieldIter{b: b}
 	for it.next() {
 		if it.typ == 0 {
 			switch it.num {
 			case respHeadersBytes:
-				hdrBytes = it.u64
+				r.hdrBytes = it.u64
 			case respBodyBytes:
-				bodyBytes = it.u64
+				r.bodyBytes = it.u64
 			}
 			continue
 		}
@@ -420,11 +434,6 @@ func (d *Decoder) parseResponse(b []byte, bag *attribute.Bag) error {
 			return err
 		}
 	}
-	if !bag.Has(attribute.ResponseCode) {
-		bag.SetInt(attribute.ResponseCode, 0) // Envoy logs 0 when no response was sent
-	}
-	bag.SetInt(attribute.ResponseSize, int64(bodyBytes))
-	bag.SetInt(attribute.ResponseTotalSize, int64(hdrBytes+bodyBytes))
 	return it.err
 }
 
@@ -583,8 +592,14 @@ func (d *Decoder) identity(bag *attribute.Bag, node *Node, c *common, authority,
 		if src == nil {
 			src = d.lookup(c.downRemote)
 		}
-		if fqdn == "" && host != "" {
+		switch {
+		case fqdn != "":
+		case host != "":
 			fqdn = d.qualify(host, node.Workload.Namespace)
+		default:
+			// TCP has no authority, but Istio's mTLS clients name the service in the
+			// SNI: outbound_.PORT_.SUBSET_.FQDN.
+			fqdn = sniService(c.tls.sni)
 		}
 		if c.tls.peerURI != "" {
 			srcPrincipal = c.tls.peerURI
@@ -689,6 +704,23 @@ func (d *Decoder) lookup(a address) *registry.Workload {
 		return w
 	}
 	return d.unknown
+}
+
+// sniService returns the FQDN of an Istio SNI (outbound_.PORT_.SUBSET_.FQDN), or "".
+func sniService(sni string) string {
+	rest, ok := strings.CutPrefix(sni, "outbound_.")
+	if !ok {
+		return ""
+	}
+	_, rest, ok = strings.Cut(rest, "_.") // port
+	if !ok {
+		return ""
+	}
+	_, fqdn, ok := strings.Cut(rest, "_.") // subset
+	if !ok {
+		return ""
+	}
+	return fqdn
 }
 
 // authorityHost strips the port from an HTTP authority.

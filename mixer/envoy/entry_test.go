@@ -405,3 +405,48 @@ func TestNodeFromIDOnly(t *testing.T) {
 		t.Errorf("derived identity = app %q canonical %q/%q", w.App, w.CanonicalService, w.CanonicalRevision)
 	}
 }
+
+// TestDecodeMergesRepeatedMessages: concatenated encodings merge, as the standard
+// decoder merges them (fields of a repeated message field combine, the last wins).
+func TestDecodeMergesRepeatedMessages(t *testing.T) {
+	a, _ := proto.Marshal(&alsdata.HTTPAccessLogEntry{
+		Request:  &alsdata.HTTPRequestProperties{Authority: "a:1", RequestHeadersBytes: 10, RequestBodyBytes: 5},
+		Response: &alsdata.HTTPResponseProperties{ResponseCode: wrapperspb.UInt32(404)},
+	})
+	b, _ := proto.Marshal(&alsdata.HTTPAccessLogEntry{
+		Request: &alsdata.HTTPRequestProperties{Path: "/x", RequestBodyBytes: 7},
+	})
+	d := envoy.NewDecoder("cluster.local")
+	d.Begin(testRegistry(), time.Now())
+	var bag attribute.Bag
+	if err := d.DecodeHTTP(append(a, b...), productpageNode(), &bag); err != nil {
+		t.Fatal(err)
+	}
+	checkStrings(t, &bag, map[attribute.ID]string{attribute.RequestHost: "a:1", attribute.RequestPath: "/x"})
+	if got, _ := bag.Int(attribute.RequestTotalSize); got != 17 {
+		t.Errorf("request size %d, want 17 (headers of the first, body of the second)", got)
+	}
+	if got, _ := bag.Int(attribute.ResponseCode); got != 404 {
+		t.Errorf("response code %d, want 404", got)
+	}
+}
+
+func TestDecodeTCPServiceFromSNI(t *testing.T) {
+	raw, _ := proto.Marshal(&alsdata.TCPAccessLogEntry{CommonProperties: &alsdata.AccessLogCommon{
+		UpstreamCluster: "inbound|27017||",
+		TlsProperties: &alsdata.TLSProperties{
+			TlsSniHostname:            "outbound_.27017_.v1_.mongo.db.svc.cluster.local",
+			PeerCertificateProperties: san("spiffe://cluster.local/ns/shop/sa/ratings"),
+		},
+	}})
+	d := envoy.NewDecoder("cluster.local")
+	d.Begin(testRegistry(), time.Now())
+	var bag attribute.Bag
+	if err := d.DecodeTCP(raw, reviewsNode(), false, &bag); err != nil {
+		t.Fatal(err)
+	}
+	checkStrings(t, &bag, map[attribute.ID]string{
+		attribute.DestinationServiceHost: "mongo.db.svc.cluster.local", attribute.DestinationServiceNamespace: "db",
+		attribute.ConnectionSecurityPolicy: "mutual_tls", attribute.SourcePrincipal: "spiffe://cluster.local/ns/shop/sa/ratings",
+	})
+}

@@ -90,9 +90,15 @@ func compareHTTP(t *testing.T, std *alsdata.HTTPAccessLogEntry, bag *attribute.B
 	if got, _ := bag.Int(attribute.ResponseCode); got != int64(std.GetResponse().GetResponseCode().GetValue()) {
 		t.Fatalf("response code %d, standard %d", got, std.GetResponse().GetResponseCode().GetValue())
 	}
+	if got, _ := bag.Int(attribute.ResponseTotalSize); got != int64(std.GetResponse().GetResponseHeadersBytes()+std.GetResponse().GetResponseBodyBytes()) {
+		t.Fatalf("response size %d, standard %d", got, std.GetResponse().GetResponseHeadersBytes()+std.GetResponse().GetResponseBodyBytes())
+	}
 	if std.GetRequest() != nil {
 		if got := bag.StringOr(attribute.RequestPath, ""); got != std.GetRequest().GetPath() {
 			t.Fatalf("path %q, standard %q", got, std.GetRequest().GetPath())
+		}
+		if got := bag.StringOr(attribute.RequestHost, ""); got != std.GetRequest().GetAuthority() {
+			t.Fatalf("authority %q, standard %q", got, std.GetRequest().GetAuthority())
 		}
 		want := int64(std.GetRequest().GetRequestHeadersBytes() + std.GetRequest().GetRequestBodyBytes())
 		if got, _ := bag.Int(attribute.RequestTotalSize); got != want {

@@ -96,19 +96,26 @@ func typeOf(t *cel.Type) Type {
 	return TypeDyn
 }
 
-// Compile parses and type-checks src. The error text is CEL's, one issue per line.
-func (c *Compiler) Compile(src string) (*Expression, error) {
+// Compile parses and type-checks src. The error text is CEL's, on one line.
+func (c *Compiler) Compile(src string) (*Expression, error) { return c.compile(src, true) }
+
+// compile lets tests turn the fast path off to compare it with CEL.
+func (c *Compiler) compile(src string, fast bool) (*Expression, error) {
 	if strings.TrimSpace(src) == "" {
 		return nil, fmt.Errorf("empty expression")
 	}
 	checked, iss := c.env.Compile(src)
 	if iss != nil && iss.Err() != nil {
-		return nil, fmt.Errorf("%s", strings.ReplaceAll(iss.Err().Error(), "\n", " "))
+		msgs := make([]string, 0, len(iss.Errors()))
+		for _, e := range iss.Errors() {
+			msgs = append(msgs, fmt.Sprintf("%s (column %d)", e.Message, e.Location.Column()+1))
+		}
+		return nil, fmt.Errorf("%s", strings.Join(msgs, "; "))
 	}
 	native := checked.NativeRep()
 	e := &Expression{Source: src, Type: typeOf(checked.OutputType())}
 	e.refs = c.references(native)
-	if !c.fastPath(e, native) {
+	if !fast || !c.fastPath(e, native) {
 		prg, err := c.env.Program(checked, cel.EvalOptions(cel.OptOptimize))
 		if err != nil {
 			return nil, fmt.Errorf("plan %q: %w", src, err)

@@ -18,7 +18,7 @@ func FromSnapshot(s *config.Snapshot) []*Workload {
 		if !ok {
 			continue
 		}
-		if w, ok := FromWorkloadEntry(o.Name, o.Namespace, we, o.Pos.String()); ok {
+		if w, ok := FromWorkloadEntry(o.Name, o.Namespace, o.Labels, we, o.Pos.String()); ok {
 			out = append(out, w)
 		}
 	}

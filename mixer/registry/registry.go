@@ -91,16 +91,16 @@ func first(vals ...string) string {
 }
 
 // FromWorkloadEntry builds a workload from an Istio WorkloadEntry object. The workload
-// name is the label service.istio.io/workload-name where set, else the object's name.
-// It returns false when the address is not an IP (a hostname or Unix socket entry,
-// which cannot be looked up by peer address).
-func FromWorkloadEntry(name, namespace string, we *networking.WorkloadEntry, source string) (*Workload, bool) {
+// name is the label service.istio.io/workload-name where set (on the entry's labels,
+// else on the object's), else the object's name. It returns false when the address is
+// not an IP (a hostname or Unix socket entry cannot be looked up by peer address).
+func FromWorkloadEntry(name, namespace string, objectLabels map[string]string, we *networking.WorkloadEntry, source string) (*Workload, bool) {
 	addr, err := netip.ParseAddr(we.GetAddress())
 	if err != nil {
 		return nil, false
 	}
 	w := &Workload{
-		Name:           first(we.GetLabels()[LabelWorkloadName], name),
+		Name:           first(we.GetLabels()[LabelWorkloadName], objectLabels[LabelWorkloadName], name),
 		Namespace:      namespace,
 		Instance:       name,
 		Address:        addr.Unmap(),

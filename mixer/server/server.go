@@ -126,7 +126,11 @@ func New(opts Options) (*Server, error) {
 	if opts.AdminTLS != nil {
 		s.adminLis = tls.NewListener(s.adminLis, opts.AdminTLS)
 	}
-	s.admin = &http.Server{Handler: s.adminMux(), ReadHeaderTimeout: 10 * time.Second}
+	s.admin = &http.Server{
+		Handler:           s.adminMux(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
+	}
 	return s, nil
 }
 

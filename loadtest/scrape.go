@@ -1,0 +1,89 @@
+package loadtest
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// Families are the metric families of one scrape, by name.
+type Families map[string]*dto.MetricFamily
+
+// Scrape reads a Prometheus text endpoint.
+func Scrape(ctx context.Context, url string) (Families, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s: %s", url, resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", url, err)
+	}
+	return fams, nil
+}
+
+// Labels returns a metric's labels as a map.
+func Labels(m *dto.Metric) map[string]string {
+	out := make(map[string]string, len(m.GetLabel()))
+	for _, l := range m.GetLabel() {
+		out[l.GetName()] = l.GetValue()
+	}
+	return out
+}
+
+// matches reports whether m carries every label of want.
+func matches(m *dto.Metric, want map[string]string) bool {
+	got := Labels(m)
+	for k, v := range want {
+		if got[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Sum adds the value (counter, gauge, or histogram count) of every series of a
+// family whose labels include want.
+func (f Families) Sum(name string, want map[string]string) float64 {
+	var sum float64
+	for _, m := range f[name].GetMetric() {
+		if !matches(m, want) {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
+		case m.Untyped != nil:
+			sum += m.GetUntyped().GetValue()
+		}
+	}
+	return sum
+}
+
+// Series returns the series of a family whose labels include want.
+func (f Families) Series(name string, want map[string]string) []*dto.Metric {
+	var out []*dto.Metric
+	for _, m := range f[name].GetMetric() {
+		if matches(m, want) {
+			out = append(out, m)
+		}
+	}
+	return out
+}

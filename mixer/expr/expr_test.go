@@ -1,0 +1,181 @@
+package expr
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sluicemesh/sluice/mixer/attribute"
+)
+
+func compiler(t testing.TB) *Compiler {
+	t.Helper()
+	c, err := NewCompiler(attribute.NewVocabulary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func testBags() []*attribute.Bag {
+	var http, tcp, empty attribute.Bag
+	http.SetString(attribute.ContextProtocol, "http")
+	http.SetString(attribute.RequestPath, "/api/v1?x=1")
+	http.SetString(attribute.DestinationServiceHost, "reviews.default.svc.cluster.local")
+	http.SetInt(attribute.ResponseCode, 503)
+	http.SetBool(attribute.ConnectionMTLS, true)
+	http.SetDuration(attribute.ResponseDuration, 1500*time.Microsecond)
+	http.AddHeader(attribute.RequestHeaders, "x-user", "alice")
+	http.AddHeader(attribute.RequestHeaders, "content-type", "application/grpc")
+	tcp.SetString(attribute.ContextProtocol, "tcp")
+	tcp.SetString(attribute.ConnectionEvent, "close")
+	tcp.SetBool(attribute.ConnectionMTLS, false)
+	tcp.SetInt(attribute.ConnectionSentBytes, 42)
+	return []*attribute.Bag{&http, &tcp, &empty}
+}
+
+// TestFastPathMatchesCEL evaluates every expression both ways on every bag: the
+// results, and whether there was a result, must agree.
+func TestFastPathMatchesCEL(t *testing.T) {
+	c := compiler(t)
+	exprs := []string{
+		`"x"`, `42`, `2.5`, `true`,
+		`request.path`, `response.code`, `connection.mtls`, `response.duration`,
+		`request.headers["x-user"]`, `request.headers["absent"]`,
+		`context.protocol == "http"`, `"http" == context.protocol`, `context.protocol != "http"`,
+		`response.code == 503`, `response.code != 200`,
+		`context.protocol == "tcp" && connection.event in ["open", "close"]`,
+		`context.protocol == "http" || context.protocol == "grpc"`,
+		`!(context.protocol == "http")`, `connection.mtls`, `!connection.mtls`,
+		`request.headers["x-user"] == "alice"`, `request.headers["x-user"] in ["bob", "alice"]`,
+		`request.path == "/" && context.protocol == "tcp"`, // error && false
+		`context.protocol == "tcp" || request.path == "/"`, // true || error
+		`response.code in [500, 503]`,
+	}
+	a := NewActivation(attribute.NewVocabulary())
+	for _, src := range exprs {
+		fast, err := c.compile(src, true)
+		if err != nil {
+			t.Fatalf("compile %q: %v", src, err)
+		}
+		if !fast.IsFast() {
+			t.Errorf("%q should take the fast path", src)
+		}
+		slow, err := c.compile(src, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for bi, b := range testBags() {
+			a.Reset(b)
+			fv, ferr := fast.Eval(a)
+			sv, serr := slow.Eval(a)
+			if (ferr != nil) != (serr != nil) {
+				t.Errorf("%q on bag %d: fast error %v, CEL error %v", src, bi, ferr, serr)
+				continue
+			}
+			if ferr == nil && fmt.Sprint(fv) != fmt.Sprint(sv) {
+				t.Errorf("%q on bag %d: fast %v, CEL %v", src, bi, fv, sv)
+			}
+			if ferr != nil && (!errors.Is(ferr, ErrMissing) || !errors.Is(serr, ErrMissing)) {
+				t.Errorf("%q on bag %d: errors %v / %v should both be ErrMissing", src, bi, ferr, serr)
+			}
+		}
+	}
+}
+
+func TestCELPath(t *testing.T) {
+	c := compiler(t)
+	a := NewActivation(attribute.NewVocabulary())
+	b := testBags()[0]
+	a.Reset(b)
+	tests := []struct {
+		src  string
+		want string
+	}{
+		{`request.path.startsWith("/api")`, "true"},
+		{`request.headers.exists(k, k == "x-user")`, "true"},
+		{`size(request.headers)`, "2"},
+		{`response.code >= 500 ? "error" : "ok"`, "error"},
+		{`destination.service.host.split(".")[0]`, "reviews"},
+		{`response.duration > duration("1ms")`, "true"},
+	}
+	for _, tt := range tests {
+		x, err := c.Compile(tt.src)
+		if err != nil {
+			t.Fatalf("compile %q: %v", tt.src, err)
+		}
+		if x.IsFast() {
+			t.Errorf("%q unexpectedly on the fast path", tt.src)
+		}
+		got, err := x.AppendString(nil, a)
+		if err != nil || string(got) != tt.want {
+			t.Errorf("%q = %q, %v; want %q", tt.src, got, err, tt.want)
+		}
+	}
+}
+
+func TestAppendStringAndFloat(t *testing.T) {
+	c := compiler(t)
+	a := NewActivation(attribute.NewVocabulary())
+	a.Reset(testBags()[0])
+	for src, want := range map[string]string{
+		`request.path`: "/api/v1?x=1", `response.code`: "503", `connection.mtls`: "true",
+		`response.duration`: "1.5ms", `request.headers["x-user"]`: "alice", `source.workload.name`: "unknown",
+	} {
+		got, _ := c.MustCompile(src).AppendString([]byte("p:"), a)
+		if string(got) != "p:"+want {
+			t.Errorf("AppendString(%s) = %q, want %q", src, got, "p:"+want)
+		}
+	}
+	for src, want := range map[string]float64{`response.duration`: 1.5, `response.code`: 503, `1`: 1, `connection.mtls`: 1} {
+		got, err := c.MustCompile(src).EvalFloat(a)
+		if err != nil || got != want {
+			t.Errorf("EvalFloat(%s) = %v, %v; want %v", src, got, err, want)
+		}
+	}
+	if _, err := c.MustCompile(`connection.sent.bytes`).EvalFloat(a); !errors.Is(err, ErrMissing) {
+		t.Errorf("a missing value should be ErrMissing, got %v", err)
+	}
+}
+
+func TestCompileErrors(t *testing.T) {
+	c := compiler(t)
+	for _, src := range []string{``, `request.pth`, `request.path +`, `response.code == "x"`, `foo(1)`} {
+		if _, err := c.Compile(src); err == nil {
+			t.Errorf("Compile(%q) succeeded", src)
+		}
+	}
+}
+
+func TestReferences(t *testing.T) {
+	c := compiler(t)
+	x := c.MustCompile(`request.headers["x"] == "a" && source.principal.startsWith("spiffe://") && response.code > 1`)
+	got := fmt.Sprint(x.References())
+	want := fmt.Sprint([]attribute.ID{attribute.SourcePrincipal, attribute.ResponseCode, attribute.RequestHeaders})
+	if got != want {
+		t.Errorf("References = %v, want %v", got, want)
+	}
+}
+
+func BenchmarkMatchFast(b *testing.B) {
+	c := compiler(b)
+	x := c.MustCompile(`context.protocol == "tcp" && connection.event in ["open", "complete"]`)
+	a := NewActivation(attribute.NewVocabulary())
+	a.Reset(testBags()[1])
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = x.EvalBool(a)
+	}
+}
+
+func BenchmarkMatchCEL(b *testing.B) {
+	c := compiler(b)
+	x, _ := c.compile(`context.protocol == "tcp" && connection.event in ["open", "complete"]`, false)
+	a := NewActivation(attribute.NewVocabulary())
+	a.Reset(testBags()[1])
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = x.EvalBool(a)
+	}
+}
