@@ -34,7 +34,7 @@ func fixedCalls(mesh *loadtest.Mesh) []loadtest.Call {
 		calls = append(calls, loadtest.Call{
 			Route: r, Source: w[src], Dest: w[dst], Protocol: r.Protocol, Method: "GET", Path: "/p",
 			Code: code, GRPCStatus: grpc, Flags: flags, Start: t0.Add(time.Duration(len(calls)) * time.Second),
-			Duration: time.Duration(ms) * time.Millisecond,
+			Duration:   time.Duration(ms) * time.Millisecond,
 			ReqHeaders: reqH, ReqBody: reqB, RespHeaders: respH, RespBody: respB,
 		})
 	}

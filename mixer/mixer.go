@@ -154,7 +154,6 @@ func (m *Mixer) apply(ctx context.Context, s *config.Snapshot) error {
 // Registry returns the workload registry.
 func (m *Mixer) Registry() *registry.Registry { return m.registry }
 
-
 // configView is what /api/config shows.
 func (m *Mixer) configView() any {
 	type view struct {
