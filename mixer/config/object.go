@@ -297,6 +297,7 @@ func sortedKeys[V any](m map[string]V) []string {
 func decodeProto(file string, node *yaml.Node, msg proto.Message) error {
 	var c collector
 	checkProtoFields(&c, file, node, msg.ProtoReflect().Descriptor(), "")
+	normalizeDurations(node, msg.ProtoReflect().Descriptor())
 	if err := c.err(); err != nil {
 		return err
 	}
