@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"fmt"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
@@ -35,7 +36,7 @@ func Node(w *Workload) *corev3.Node {
 		panic(err) // the values above are all encodable
 	}
 	return &corev3.Node{
-		Id:       fmt.Sprintf("sidecar~%s~%s.%s~%s.svc.cluster.local", w.IP, w.Pod(), w.Namespace, w.Namespace),
+		Id:       w.NodeID(),
 		Cluster:  w.Name + "." + w.Namespace,
 		Metadata: md,
 	}
@@ -63,20 +64,46 @@ func socket(ip string, port uint32) *corev3.Address {
 	}}}
 }
 
+// common fills AccessLogCommon as Envoy does under Istio's access-log config: every
+// timing, the wire byte counts, the route, custom tags and dynamic metadata. The
+// decoders being compared must both carry all of it, as they would in production.
 func common(c *Call, cluster string, down, downLocal, up *corev3.Address, tls *alsdata.TLSProperties) *alsdata.AccessLogCommon {
-	cp := &alsdata.AccessLogCommon{
-		DownstreamRemoteAddress:    down,
-		DownstreamLocalAddress:     downLocal,
-		UpstreamRemoteAddress:      up,
-		UpstreamCluster:            cluster,
-		StartTime:                  timestamppb.New(c.Start),
-		TimeToLastDownstreamTxByte: durationpb.New(c.Duration),
-		Duration:                   durationpb.New(c.Duration),
-		TlsProperties:              tls,
-		StreamId:                   fmt.Sprintf("%s-%d", c.Source.Name, c.Start.UnixNano()),
-		ResponseFlags:              responseFlags(c.Flags),
+	d := c.Duration
+	at := func(f float64) *durationpb.Duration { return durationpb.New(time.Duration(float64(d) * f)) }
+	md, err := structpb.NewStruct(map[string]any{"principal": c.Source.Principal(), "peer": c.Source.Name, "policy": "ALLOW"})
+	if err != nil {
+		panic(err) // plain strings always encode
 	}
-	return cp
+	return &alsdata.AccessLogCommon{
+		SampleRate:                    1,
+		DownstreamRemoteAddress:       down,
+		DownstreamLocalAddress:        downLocal,
+		DownstreamDirectRemoteAddress: down,
+		UpstreamRemoteAddress:         up,
+		UpstreamLocalAddress:          socket(c.Source.IP, 51000),
+		UpstreamCluster:               cluster,
+		StartTime:                     timestamppb.New(c.Start),
+		TimeToLastRxByte:              at(0.01),
+		TimeToFirstUpstreamTxByte:     at(0.02),
+		TimeToLastUpstreamTxByte:      at(0.03),
+		TimeToFirstUpstreamRxByte:     at(0.9),
+		TimeToLastUpstreamRxByte:      at(0.95),
+		TimeToFirstDownstreamTxByte:   at(0.91),
+		TimeToLastDownstreamTxByte:    durationpb.New(d),
+		Duration:                      durationpb.New(d),
+		TlsProperties:                 tls,
+		StreamId:                      fmt.Sprintf("%s-%d", c.Source.Name, c.Start.UnixNano()),
+		ResponseFlags:                 responseFlags(c.Flags),
+		RouteName:                     "default",
+		UpstreamRequestAttemptCount:   1,
+		AccessLogType:                 alsdata.AccessLogType_DownstreamEnd,
+		DownstreamWireBytesSent:       c.RespHeaders + c.RespBody,
+		DownstreamWireBytesReceived:   c.ReqHeaders + c.ReqBody,
+		UpstreamWireBytesSent:         c.ReqHeaders + c.ReqBody,
+		UpstreamWireBytesReceived:     c.RespHeaders + c.RespBody,
+		CustomTags:                    map[string]string{"mesh": "cluster.local", "zone": "us-east1-b"},
+		Metadata:                      &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"envoy.filters.http.rbac": md}},
+	}
 }
 
 func responseFlags(f string) *alsdata.ResponseFlags {
@@ -120,22 +147,40 @@ func (c *Call) inboundCluster() string { return fmt.Sprintf("inbound|%d||", c.De
 // HTTPEntry returns the entry the source's sidecar (outbound=true) or the
 // destination's sidecar reports for an HTTP or gRPC call.
 func (c *Call) HTTPEntry(outbound bool) *alsdata.HTTPAccessLogEntry {
+	trace := fmt.Sprintf("%016x%016x", c.Start.UnixNano(), uint64(c.Source.Port)*7919)
+	reqID := fmt.Sprintf("%08x-%04x-4%03x-a%03x-%012x", c.Start.Unix(), c.Start.Nanosecond()&0xffff, c.Dest.Port&0xfff, c.Source.Port&0xfff, c.Start.UnixNano()&0xffffffffffff)
 	req := &alsdata.HTTPRequestProperties{
 		RequestMethod:       corev3.RequestMethod(corev3.RequestMethod_value[c.Method]),
 		Scheme:              "http",
 		Authority:           fmt.Sprintf("%s:%d", c.Dest.Service, c.Dest.Port),
+		Port:                wrapperspb.UInt32(c.Dest.Port),
 		Path:                c.Path,
 		UserAgent:           "Go-http-client/1.1",
-		RequestId:           fmt.Sprintf("req-%d", c.Start.UnixNano()),
+		ForwardedFor:        c.Source.IP,
+		RequestId:           reqID,
 		RequestHeadersBytes: c.ReqHeaders,
 		RequestBodyBytes:    c.ReqBody,
-		RequestHeaders:      map[string]string{},
+		RequestHeaders: map[string]string{
+			"x-request-id":             reqID,
+			"traceparent":              "00-" + trace + "-" + trace[:16] + "-01",
+			"x-b3-traceid":             trace,
+			"x-b3-spanid":              trace[16:],
+			"x-b3-sampled":             "1",
+			"x-envoy-peer-metadata-id": c.Source.NodeID(),
+			"accept":                   "application/json",
+		},
 	}
 	resp := &alsdata.HTTPResponseProperties{
 		ResponseCode:         wrapperspb.UInt32(c.Code),
+		ResponseCodeDetails:  "via_upstream",
 		ResponseHeadersBytes: c.RespHeaders,
 		ResponseBodyBytes:    c.RespBody,
-		ResponseHeaders:      map[string]string{},
+		ResponseHeaders: map[string]string{
+			"content-type":                  "application/json",
+			"server":                        "istio-envoy",
+			"x-envoy-upstream-service-time": fmt.Sprint(c.Duration.Milliseconds()),
+			"x-envoy-peer-metadata-id":      c.Dest.NodeID(),
+		},
 	}
 	if c.Protocol == "grpc" {
 		req.RequestHeaders["content-type"] = "application/grpc"

@@ -26,6 +26,11 @@ type Workload struct {
 // Pod returns the workload's (single) pod name.
 func (w *Workload) Pod() string { return w.Name + "-5d8f9c7b6-x2k4q" }
 
+// NodeID returns the ID of the workload's sidecar, in Istio's format.
+func (w *Workload) NodeID() string {
+	return "sidecar~" + w.IP + "~" + w.Pod() + "." + w.Namespace + "~" + w.Namespace + ".svc.cluster.local"
+}
+
 // FQDN returns the workload's service host.
 func (w *Workload) FQDN() string { return w.Service + "." + w.Namespace + ".svc.cluster.local" }
 

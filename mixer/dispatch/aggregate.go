@@ -1,7 +1,6 @@
 package dispatch
 
 import (
-	"encoding/binary"
 	"strings"
 	"sync/atomic"
 	"unicode/utf8"
@@ -13,9 +12,10 @@ import (
 // that list shares the group's series table, so an entry's label set is computed and
 // looked up once however many metrics it feeds (the four Istio HTTP metrics share one).
 //
-// A series key is the label values, each followed by its length as 4 bytes; decoding
-// from the end is unambiguous, and the key is built in a reused buffer so that a lookup
-// of an existing series allocates nothing.
+// A series key is the label values, each followed by its length: one byte below 128,
+// else four bytes whose last has the high bit set. Decoding from the end is
+// unambiguous, and the key is built in a reused buffer so that a lookup of an
+// existing series allocates nothing.
 
 // groupState is one shard's series table of a label group.
 type groupState struct {
@@ -32,22 +32,32 @@ func newGroupState(total *atomic.Int64, limit int) *groupState {
 	return &groupState{index: map[string]int32{}, overflow: -1, total: total, limit: int64(limit)}
 }
 
-// appendLabel appends one label value and its length.
+// appendLabel appends the length of the label value that starts at start.
 func appendLabel(key []byte, start int) []byte {
-	return binary.LittleEndian.AppendUint32(key, uint32(len(key)-start))
+	n := len(key) - start
+	if n < 0x80 {
+		return append(key, byte(n))
+	}
+	return append(key, byte(n), byte(n>>8), byte(n>>16), byte(n>>24)&0x7f|0x80)
 }
 
 // decodeKey splits a key into its label values (substrings of key).
 func decodeKey(key string, dst []string) []string {
 	n := len(dst)
 	end := len(key)
-	for end >= 4 {
-		l := int(uint32(key[end-4]) | uint32(key[end-3])<<8 | uint32(key[end-2])<<16 | uint32(key[end-1])<<24)
-		start := end - 4 - l
+	for end >= 1 {
+		l, w := int(key[end-1]), 1
+		if l&0x80 != 0 {
+			if end < 4 {
+				break
+			}
+			l, w = int(key[end-4])|int(key[end-3])<<8|int(key[end-2])<<16|int(key[end-1]&0x7f)<<24, 4
+		}
+		start := end - w - l
 		if start < 0 {
 			break
 		}
-		dst = append(dst, key[start:end-4])
+		dst = append(dst, key[start:end-w])
 		end = start
 	}
 	// values were collected last-first

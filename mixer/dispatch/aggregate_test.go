@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -14,6 +15,7 @@ func TestKeyRoundTrip(t *testing.T) {
 		{"", "", ""},
 		{"with\x00nul", "x", string([]byte{1, 0, 0, 0})},
 		{"ünïcode", "overflow"},
+		{strings.Repeat("long", 100), "", strings.Repeat("x", 127), strings.Repeat("y", 128), strings.Repeat("z", 70000)},
 	} {
 		got := decodeKey(encodeKey(labels), nil)
 		if !slices.Equal(got, labels) {

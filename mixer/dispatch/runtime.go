@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/config"
 	"github.com/sluicemesh/sluice/mixer/expr"
 	"github.com/sluicemesh/sluice/templates"
@@ -41,9 +42,16 @@ type rulePlan struct {
 
 type groupPlan struct {
 	fp    string
-	dims  []*expr.Expression
+	dims  []dimPlan
 	limit int
 	total *atomic.Int64
+}
+
+// dimPlan is one dimension: string attributes, most of them, are read directly.
+type dimPlan struct {
+	expr    *expr.Expression
+	attr    attribute.ID
+	strAttr bool
 }
 
 type aggPlan struct {
@@ -187,9 +195,12 @@ func (d *Dispatcher) planMetric(rt *runtime, inst *config.Instance, h *config.Ha
 	if !ok {
 		gi = len(rt.groups)
 		groupIndex[gfp] = gi
-		exprs := make([]*expr.Expression, len(dims))
+		exprs := make([]dimPlan, len(dims))
 		for i, dm := range dims {
-			exprs[i] = dm.Expr
+			exprs[i].expr = dm.Expr
+			if id, ok := dm.Expr.Attribute(); ok && id.Kind() == attribute.String {
+				exprs[i].attr, exprs[i].strAttr = id, true
+			}
 		}
 		rt.groups = append(rt.groups, groupPlan{fp: gfp, dims: exprs, limit: agg.Limit(), total: d.groupTotal(gfp)})
 	}

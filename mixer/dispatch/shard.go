@@ -208,12 +208,21 @@ func (s *shard) series(rt *runtime, gi int) int32 {
 	}
 	gp := &rt.groups[gi]
 	key := s.keybuf[:0]
-	for _, dim := range gp.dims {
+	for i := range gp.dims {
+		dim := &gp.dims[i]
 		start := len(key)
-		var err error
-		key, err = dim.AppendString(key, s.act)
-		if err != nil && !errors.Is(err, expr.ErrMissing) {
-			s.stats.instErrors[instError{"dimension " + dim.Source, "eval_error"}]++
+		if dim.strAttr {
+			v, ok := s.bag.String(dim.attr)
+			if !ok {
+				v = expr.Unknown
+			}
+			key = append(key, v...)
+		} else {
+			var err error
+			key, err = dim.expr.AppendString(key, s.act)
+			if err != nil && !errors.Is(err, expr.ErrMissing) {
+				s.stats.instErrors[instError{"dimension " + dim.expr.Source, "eval_error"}]++
+			}
 		}
 		key = appendLabel(key, start)
 	}

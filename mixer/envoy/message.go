@@ -140,73 +140,43 @@ func scanEntries(b []byte, seed uint64, m *Message) error {
 			return malformed("log entry", n)
 		}
 		b = b[n:]
-		cluster, logType := peekCommon(v)
+		cluster, logType := peekCommon(v, m.Kind)
 		m.Entries = append(m.Entries, Entry{Raw: v, Key: hashBytes(seed, cluster), Type: logType})
 	}
 	return nil
 }
 
-// peekCommon reads the upstream cluster and access-log type of an entry without
-// decoding it. A malformed entry yields zero values; the shard's decoder reports it.
-func peekCommon(entry []byte) (cluster []byte, logType uint32) {
-	common := field(entry, entryCommon)
-	for b := common; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return
-		}
-		b = b[n:]
+// peekCommon reads the upstream cluster and, for TCP, the access-log type of an entry
+// without decoding it. Envoy writes fields in number order, so an HTTP peek stops
+// after the cluster. A malformed entry yields zero values; the shard's decoder reports it.
+func peekCommon(entry []byte, kind EntryKind) (cluster []byte, logType uint32) {
+	common := firstBytes(entry, entryCommon)
+	it := fieldIter{b: common}
+	for it.next() {
 		switch {
-		case num == commonUpstreamCluster && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
+		case it.isBytes(commonUpstreamCluster):
+			cluster = it.bytes
+			if kind == HTTPEntries {
 				return
 			}
-			cluster = v
-			b = b[n:]
-		case num == commonAccessLogType && typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return
-			}
-			logType = uint32(v)
-			b = b[n:]
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return
-			}
-			b = b[n:]
+		case it.isVarint(commonAccessLogType):
+			logType = uint32(it.u64)
+		case kind == HTTPEntries && it.num > commonUpstreamCluster:
+			return
 		}
 	}
 	return
 }
 
-// field returns the last occurrence of a length-delimited field, or nil.
-func field(b []byte, want protowire.Number) []byte {
-	var out []byte
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return out
+// firstBytes returns the first occurrence of a length-delimited field, or nil.
+func firstBytes(b []byte, want protowire.Number) []byte {
+	it := fieldIter{b: b}
+	for it.next() {
+		if it.isBytes(want) {
+			return it.bytes
 		}
-		b = b[n:]
-		if num == want && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return out
-			}
-			out = v
-			b = b[n:]
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return out
-		}
-		b = b[n:]
 	}
-	return out
+	return nil
 }
 
 // FNV-1a, inlined so that hashing a cluster name costs no allocation or call.

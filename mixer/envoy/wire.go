@@ -29,39 +29,77 @@ type fieldIter struct {
 }
 
 func (it *fieldIter) next() bool {
-	if len(it.b) == 0 || it.err != nil {
+	b := it.b
+	if len(b) == 0 || it.err != nil {
 		return false
 	}
-	num, typ, n := protowire.ConsumeTag(it.b)
-	if n < 0 {
-		it.err = malformed("tag", n)
-		return false
-	}
-	it.b = it.b[n:]
-	it.num, it.typ = num, typ
-	switch typ {
-	case protowire.BytesType:
-		v, n := protowire.ConsumeBytes(it.b)
+	// Tags, lengths and most values fit in one byte: decode those inline, and leave
+	// the rest to protowire. This loop is most of the decoder's time.
+	var tag uint64
+	if b[0] < 0x80 {
+		tag, b = uint64(b[0]), b[1:]
+	} else {
+		v, n := protowire.ConsumeVarint(b)
 		if n < 0 {
-			it.err = malformed("bytes field", n)
+			it.err = malformed("tag", n)
 			return false
 		}
-		it.bytes, it.b = v, it.b[n:]
+		tag, b = v, b[n:]
+	}
+	num := protowire.Number(tag >> 3)
+	if num < protowire.MinValidNumber || num > protowire.MaxValidNumber {
+		it.err = malformed("tag", -1)
+		return false
+	}
+	it.num, it.typ = num, protowire.Type(tag&7)
+	switch it.typ {
+	case protowire.BytesType:
+		var l uint64
+		if len(b) > 0 && b[0] < 0x80 {
+			l, b = uint64(b[0]), b[1:]
+		} else {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				it.err = malformed("length", n)
+				return false
+			}
+			l, b = v, b[n:]
+		}
+		if l > uint64(len(b)) {
+			it.err = malformed("bytes field", -1)
+			return false
+		}
+		it.bytes, it.b = b[:l], b[l:]
 	case protowire.VarintType:
-		v, n := protowire.ConsumeVarint(it.b)
+		if len(b) > 0 && b[0] < 0x80 {
+			it.u64, it.b = uint64(b[0]), b[1:]
+			return true
+		}
+		v, n := protowire.ConsumeVarint(b)
 		if n < 0 {
 			it.err = malformed("varint field", n)
 			return false
 		}
-		it.u64, it.b = v, it.b[n:]
+		it.u64, it.b = v, b[n:]
+	case protowire.Fixed64Type:
+		if len(b) < 8 {
+			it.err = malformed("fixed64 field", -1)
+			return false
+		}
+		it.b, it.bytes = b[8:], nil
+	case protowire.Fixed32Type:
+		if len(b) < 4 {
+			it.err = malformed("fixed32 field", -1)
+			return false
+		}
+		it.b, it.bytes = b[4:], nil
 	default:
-		n := protowire.ConsumeFieldValue(num, typ, it.b)
+		n := protowire.ConsumeFieldValue(num, it.typ, b)
 		if n < 0 {
 			it.err = malformed("field", n)
 			return false
 		}
-		it.b = it.b[n:]
-		it.bytes = nil
+		it.b, it.bytes = b[n:], nil
 	}
 	return true
 }

@@ -28,16 +28,19 @@ type rawMessage struct {
 // standard protobuf codec for everything else the server handles.
 type codec struct {
 	proto encoding.CodecV2
+	pool  mem.BufferPool
 }
 
-func newCodec() codec { return codec{proto: encoding.GetCodecV2("proto")} }
+func newCodec(pool mem.BufferPool) codec {
+	return codec{proto: encoding.GetCodecV2("proto"), pool: pool}
+}
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
 
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if r, ok := v.(*rawMessage); ok {
 		// One buffer is kept by reference, several are copied into one.
-		r.buf = data.MaterializeToBuffer(mem.DefaultBufferPool())
+		r.buf = data.MaterializeToBuffer(c.pool)
 		return nil
 	}
 	return c.proto.Unmarshal(data, v)

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -97,8 +98,10 @@ func New(opts Options) (*Server, error) {
 			}
 		}
 	}
+	pool := &bufferPool{}
 	gopts := []grpc.ServerOption{
-		grpc.ForceServerCodecV2(newCodec()),
+		grpc.ForceServerCodecV2(newCodec(pool)),
+		experimental.BufferPool(pool),
 		grpc.MaxRecvMsgSize(opts.MaxRecvMsgSize),
 	}
 	if opts.GRPCTLS != nil {
