@@ -24,13 +24,11 @@ import (
 
 // Drop reasons counted in sluice_entries_dropped_total.
 const (
-	DropQueueFull   = "queue_full"
-	DropShutdown    = "shutdown"
-	DropMalformed   = "malformed"
-	DropNoConfig    = "no_config"
-	DropNoIdentity  = "no_identifier"
-	DropTooLarge    = "too_large"
-	DropStreamError = "stream_error"
+	DropQueueFull  = "queue_full"
+	DropShutdown   = "shutdown"
+	DropMalformed  = "malformed"
+	DropNoConfig   = "no_config"
+	DropNoIdentity = "no_identifier"
 )
 
 // Options configure a Dispatcher.
