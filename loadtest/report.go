@@ -64,20 +64,20 @@ func RunReport(ctx context.Context, o ReportOptions) ([]ReportRow, error) {
 	}
 	var rows []ReportRow
 	for _, batch := range o.Batches {
-		msgs, perStream, size, err := reportTraffic(o.Entries, batch, o.Streams)
+		msgs, perStream, size, entries, err := reportTraffic(o.Entries, batch, o.Streams)
 		if err != nil {
 			return nil, err
 		}
 		var runs []ReportRow
 		for r := 0; r < o.Repeat; r++ {
-			fmt.Fprintf(o.Out, "batch %d, run %d/%d: %d entries over %d streams… ", batch, r+1, o.Repeat, o.Entries, len(perStream))
-			row, err := measureServer(ctx, o.Server, perStream, o.Profile)
+			fmt.Fprintf(o.Out, "batch %d, run %d/%d: %d entries over %d streams… ", batch, r+1, o.Repeat, entries, len(perStream))
+			row, err := measureServer(ctx, o.Server, perStream, entries, o.Profile)
 			if err != nil {
 				return nil, err
 			}
 			row.Batch = batch
-			row.BytesPerEntry = float64(size) / float64(o.Entries)
-			row.UnmarshalNsEntry, row.UnmarshalAllocs = measureUnmarshal(msgs, o.Entries)
+			row.BytesPerEntry = float64(size) / float64(entries)
+			row.UnmarshalNsEntry, row.UnmarshalAllocs = measureUnmarshal(msgs)
 			row.Ratio = row.ServerNsPerEntry / row.UnmarshalNsEntry
 			fmt.Fprintf(o.Out, "server %.0f ns/entry, proto.Unmarshal %.0f ns/entry\n", row.ServerNsPerEntry, row.UnmarshalNsEntry)
 			runs = append(runs, row)
@@ -100,7 +100,7 @@ func RunReport(ctx context.Context, o ReportOptions) ([]ReportRow, error) {
 
 // reportTraffic encodes bookinfo HTTP traffic: entries of realistic size, spread over
 // the sidecars and then over streams (a sidecar may hold several streams).
-func reportTraffic(entries, batch, streams int) (all [][]byte, perStream [][][]byte, size int, err error) {
+func reportTraffic(entries, batch, streams int) (all [][]byte, perStream [][][]byte, size, n int, err error) {
 	tr := NewTraffic(Bookinfo(), 1)
 	var calls []Call
 	for len(calls)*2 < entries {
@@ -114,7 +114,6 @@ func reportTraffic(entries, batch, streams int) (all [][]byte, perStream [][][]b
 		streams = len(sidecars)
 	}
 	perStream = make([][][]byte, streams)
-	n := 0
 	for si := 0; si < streams; si++ {
 		w := sidecars[si%len(sidecars)]
 		rep := r[w]
@@ -132,7 +131,7 @@ func reportTraffic(entries, batch, streams int) (all [][]byte, perStream [][][]b
 			}
 			b, err := proto.Marshal(m)
 			if err != nil {
-				return nil, nil, 0, err
+				return nil, nil, 0, 0, err
 			}
 			perStream[si] = append(perStream[si], b)
 			all = append(all, b)
@@ -140,16 +139,12 @@ func reportTraffic(entries, batch, streams int) (all [][]byte, perStream [][][]b
 			n += len(m.GetHttpLogs().GetLogEntry())
 		}
 	}
-	if n != entries {
-		// calls come in pairs of entries; trim the bookkeeping to what was encoded
-		entries = n
-	}
-	return all, perStream, size, nil
+	return all, perStream, size, n, nil
 }
 
 // measureServer starts the server, streams the messages and reads the server's CPU
 // time from /proc before and after.
-func measureServer(ctx context.Context, bin string, perStream [][][]byte, profile string) (ReportRow, error) {
+func measureServer(ctx context.Context, bin string, perStream [][][]byte, total int, profile string) (ReportRow, error) {
 	var row ReportRow
 	grpcAddr, adminAddr, err := freeAddr(), freeAddr(), error(nil)
 	cmd := exec.CommandContext(ctx, bin, "serve", "--grpc-addr", grpcAddr, "--admin-addr", adminAddr,
@@ -213,28 +208,24 @@ func measureServer(ctx context.Context, bin string, perStream [][][]byte, profil
 	if err := <-errs; err != nil {
 		return row, err
 	}
-	total := 0
-	for _, msgs := range perStream {
-		for _, m := range msgs {
-			var s alsv3.StreamAccessLogsMessage
-			if err := proto.Unmarshal(m, &s); err != nil {
-				return row, err
-			}
-			total += len(s.GetHttpLogs().GetLogEntry())
-		}
-	}
 	// Wait for the server's CPU to settle rather than polling /metrics, whose every
 	// scrape would be server work charged to the entries.
 	cpu1, elapsed, err := settle(cmd.Process.Pid, start)
 	if err != nil {
 		return row, err
 	}
-	if _, err := processed(ctx, metrics, warm+float64(total)); err != nil {
-		return row, err
-	}
+	// One scrape after the work: its own allocations would count against the entries.
 	f1, err := Scrape(ctx, metrics)
 	if err != nil {
 		return row, err
+	}
+	if got := f1.Sum("sluice_entries_processed_total", nil) + f1.Sum("sluice_entries_dropped_total", nil); got < warm+float64(total) {
+		return row, fmt.Errorf("the server settled after %v of %v entries", got-warm, total)
+	}
+	if profile != "" {
+		if err := fetch(ctx, "http://"+adminAddr+"/debug/pprof/allocs", profile+".allocs"); err != nil {
+			return row, err
+		}
 	}
 	if d := f1.Sum("sluice_entries_dropped_total", nil); d > 0 {
 		return row, fmt.Errorf("the server dropped %v entries; the measurement would be wrong", d)
@@ -249,7 +240,7 @@ func measureServer(ctx context.Context, bin string, perStream [][][]byte, profil
 
 // measureUnmarshal decodes every message with the standard decoder in this process
 // and returns the process CPU per entry, collector included, and allocations per entry.
-func measureUnmarshal(msgs [][]byte, entries int) (nsPerEntry, allocsPerEntry float64) {
+func measureUnmarshal(msgs [][]byte) (nsPerEntry, allocsPerEntry float64) {
 	runtime.GC()
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)

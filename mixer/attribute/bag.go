@@ -20,7 +20,7 @@ type StringMap struct {
 // MapOf wraps a Go map; the map must not be modified afterwards.
 func MapOf(m map[string]string) StringMap { return StringMap{m: m} }
 
-// PairsOf wraps a list of pairs; later duplicates of a key are ignored by Get.
+// PairsOf wraps a list of pairs; as in a protobuf map, the last pair of a key wins.
 func PairsOf(p []KV) StringMap { return StringMap{pairs: p} }
 
 // Get returns the value stored under key.
@@ -29,7 +29,7 @@ func (s StringMap) Get(key string) (string, bool) {
 		v, ok := s.m[key]
 		return v, ok
 	}
-	for i := range s.pairs {
+	for i := len(s.pairs) - 1; i >= 0; i-- {
 		if s.pairs[i].Key == key {
 			return s.pairs[i].Value, true
 		}

@@ -439,6 +439,15 @@ func (d *Decoder) parseResponse(b []byte, bag *attribute.Bag, r *response) error
 
 // addMapEntry decodes one map<string, string> entry into a header map.
 func addMapEntry(bag *attribute.Bag, id attribute.ID, b []byte) error {
+	// Encoders write a map entry as key then value, with short lengths: read that
+	// shape directly and leave anything else to the generic loop.
+	if len(b) >= 4 && b[0] == 0x0a && b[1] < 0x80 {
+		kl := int(b[1])
+		if rest := b[2:]; kl+2 <= len(rest) && rest[kl] == 0x12 && rest[kl+1] < 0x80 && kl+2+int(rest[kl+1]) == len(rest) {
+			bag.AddHeader(id, str(rest[:kl]), str(rest[kl+2:]))
+			return nil
+		}
+	}
 	var k, v string
 	it := fieldIter{b: b}
 	for it.next() {

@@ -100,6 +100,12 @@ func compareHTTP(t *testing.T, std *alsdata.HTTPAccessLogEntry, bag *attribute.B
 		if got := bag.StringOr(attribute.RequestHost, ""); got != std.GetRequest().GetAuthority() {
 			t.Fatalf("authority %q, standard %q", got, std.GetRequest().GetAuthority())
 		}
+		hdrs, _ := bag.Map(attribute.RequestHeaders)
+		for k, v := range std.GetRequest().GetRequestHeaders() {
+			if got, ok := hdrs.Get(k); !ok || got != v {
+				t.Fatalf("request header %q = %q, standard %q", k, got, v)
+			}
+		}
 		want := int64(std.GetRequest().GetRequestHeadersBytes() + std.GetRequest().GetRequestBodyBytes())
 		if got, _ := bag.Int(attribute.RequestTotalSize); got != want {
 			t.Fatalf("request size %d, standard %d", got, want)

@@ -116,6 +116,14 @@ func (it *fieldIter) isVarint(num protowire.Number) bool {
 
 // parseDuration decodes google.protobuf.Duration.
 func parseDuration(b []byte) (time.Duration, error) {
+	// The common shape, both fields present as one-byte tags with varints, inline.
+	if len(b) >= 4 && b[0] == 0x08 {
+		if secs, n := protowire.ConsumeVarint(b[1:]); n > 0 && len(b) > 1+n && b[1+n] == 0x10 {
+			if nanos, m := protowire.ConsumeVarint(b[2+n:]); m > 0 && 2+n+m == len(b) {
+				return time.Duration(int64(secs))*time.Second + time.Duration(int32(nanos)), nil
+			}
+		}
+	}
 	var secs, nanos int64
 	it := fieldIter{b: b}
 	for it.next() {
