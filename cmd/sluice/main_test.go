@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	good := "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\nspec: {address: 10.0.0.9}\n"
+	if err := os.WriteFile(filepath.Join(dir, "good.yaml"), []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "validate", "--config", dir)
+	if err != nil || !strings.Contains(out, "OK") || !strings.Contains(out, "1 of them from the directory") {
+		t.Fatalf("validate a good dir: %v\n%s", err, out)
+	}
+	bad := "apiVersion: sluice.dev/v1alpha1\nkind: Rule\nmetadata: {name: r}\nspec:\n  match: response.code ==\n  actions: []\n---\napiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: h}\nspec: {adapter: nope}\n"
+	if err := os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, "validate", "--config", dir)
+	if code, ok := err.(exitError); !ok || code != 1 {
+		t.Fatalf("validate a bad dir: err %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	want := []string{filepath.Join(dir, "bad.yaml") + ":5: match:", filepath.Join(dir, "bad.yaml") + ":11: unknown adapter"}
+	if len(lines) < len(want) {
+		t.Fatalf("output:\n%s", out)
+	}
+	for _, w := range want {
+		found := false
+		for _, l := range lines {
+			found = found || strings.HasPrefix(l, w)
+		}
+		if !found {
+			t.Errorf("no line starting %q in:\n%s", w, out)
+		}
+	}
+	if _, err := run(t, "validate"); err == nil {
+		t.Error("validate without --config succeeded")
+	}
+}
+
+func TestConfigDefaultsAndVersion(t *testing.T) {
+	out, err := run(t, "config", "defaults")
+	if err != nil || !strings.Contains(out, "istio_requests_total") || !strings.Contains(out, "kind: Rule") {
+		t.Errorf("config defaults: %v\n%.300s", err, out)
+	}
+	out, err = run(t, "version")
+	if err != nil || !strings.HasPrefix(out, "sluice ") {
+		t.Errorf("version: %v %q", err, out)
+	}
+}
