@@ -11,11 +11,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -175,8 +177,8 @@ func startAgent(t *testing.T, xdsAddr, id string) *agent {
 	t.Helper()
 	bootstrap, err := json.Marshal(map[string]any{
 		"xds_servers": []any{map[string]any{
-			"server_uri":    xdsAddr,
-			"channel_creds": []any{map[string]any{"type": "insecure"}},
+			"server_uri":      xdsAddr,
+			"channel_creds":   []any{map[string]any{"type": "insecure"}},
 			"server_features": []string{"xds_v3"},
 		}},
 		"node": map[string]any{"id": id, "metadata": map[string]any{"GENERATOR": "grpc"}},
@@ -300,6 +302,7 @@ type sluice struct {
 	reg     *registry.Registry
 	routing *routing.Server
 	watcher *config.Watcher
+	metrics *prometheus.Registry
 }
 
 func startSluice(t *testing.T, files map[string]string) *sluice {
@@ -312,10 +315,11 @@ func startSluice(t *testing.T, files map[string]string) *sluice {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(&testLogWriter{t: t, prefix: "sluice: "}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	s := &sluice{dir: dir, reg: registry.New("")}
+	s := &sluice{dir: dir, reg: registry.New(""), metrics: prometheus.NewRegistry()}
 	var err error
 	s.routing, err = routing.New(routing.Options{
 		Addr: "127.0.0.1:0", Advertise: "127.0.0.1:9091", Registry: s.reg, Logger: log, Debounce: 10 * time.Millisecond,
+		Metrics: s.metrics,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -351,6 +355,36 @@ func startSluice(t *testing.T, files map[string]string) *sluice {
 }
 
 func (s *sluice) xdsAddr() string { return s.routing.Addr().String() }
+
+// metricValue returns the value of the series of a metric whose labels contain
+// labels ("type=\"CDS\""), or -1.
+func metricValue(t testing.TB, s *sluice, name, labels string) float64 {
+	t.Helper()
+	mfs, err := s.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			if strings.Contains(strings.Join(ls, ","), labels) {
+				switch {
+				case m.GetCounter() != nil:
+					return m.GetCounter().GetValue()
+				case m.GetGauge() != nil:
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return -1
+}
 
 func writeFile(t *testing.T, path, body string) {
 	t.Helper()

@@ -188,3 +188,6 @@ func (s *Server) Rebuild() {
 	s.seconds.Observe(time.Since(start).Seconds())
 	s.version.Set(float64(cfg.Version))
 }
+
+// Clients returns the number of open xDS streams.
+func (s *Server) Clients() int { return s.xds.Clients() }

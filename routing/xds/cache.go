@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -33,6 +34,19 @@ type caches struct {
 	endpoints      *cachev3.LinearCache
 	// unknown is told of requests for types Sluice does not serve.
 	unknown func(req string, node translate.Node)
+
+	// Until the first resources are in, watches wait here: an empty answer would
+	// tell a starting Envoy that the mesh has no clusters.
+	mu      sync.Mutex
+	ready   bool
+	pending map[*heldWatch]bool
+}
+
+// heldWatch is a watch created before the caches were ready.
+type heldWatch struct {
+	start    func() (func(), error)
+	cancel   func() // of the watch once started
+	canceled bool
 }
 
 var _ cachev3.Cache = (*caches)(nil)
@@ -50,7 +64,50 @@ func newCaches(versionPrefix string, log *cacheLogger, unknown func(string, tran
 		},
 		endpoints: linear(resourcev3.EndpointType),
 		unknown:   unknown,
+		pending:   map[*heldWatch]bool{},
 	}
+}
+
+// hold starts a watch now if the caches are ready, else when they become ready.
+func (c *caches) hold(start func() (func(), error)) (func(), error) {
+	c.mu.Lock()
+	if c.ready {
+		c.mu.Unlock()
+		return start()
+	}
+	h := &heldWatch{start: start}
+	c.pending[h] = true
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		delete(c.pending, h)
+		h.canceled = true
+		if h.cancel != nil {
+			h.cancel()
+		}
+	}, nil
+}
+
+// markReady starts the held watches; it is called once the first resources are in.
+func (c *caches) markReady() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ready {
+		return nil
+	}
+	c.ready = true
+	var errs []error
+	for h := range c.pending {
+		cancel, err := h.start()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		h.cancel = cancel
+	}
+	c.pending = nil
+	return errors.Join(errs...)
 }
 
 // pick returns the cache for a client family and type, or nil.
@@ -86,7 +143,7 @@ func (c *caches) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out
 	if node.Generator == translate.GeneratorGRPC {
 		sub = namedOnly{sub}
 	}
-	return target.CreateWatch(req, sub, out)
+	return c.hold(func() (func(), error) { return target.CreateWatch(req, sub, out) })
 }
 
 // CreateDeltaWatch implements cachev3.ConfigWatcher.
@@ -100,7 +157,7 @@ func (c *caches) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscri
 	if node.Generator == translate.GeneratorGRPC {
 		sub = namedOnly{sub}
 	}
-	return target.CreateDeltaWatch(req, sub, out)
+	return c.hold(func() (func(), error) { return target.CreateDeltaWatch(req, sub, out) })
 }
 
 // Fetch implements cachev3.ConfigFetcher; Sluice serves xDS over gRPC streams only.

@@ -188,6 +188,9 @@ func (s *Server) Update(res *translate.Resources) error {
 	if pushed {
 		s.metrics.pushes.Inc()
 	}
+	if err := s.caches.markReady(); err != nil {
+		return fmt.Errorf("start waiting watches: %w", err)
+	}
 	return nil
 }
 
