@@ -46,7 +46,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 				return exitError(1)
 			}
 			admin := hostPort(m.AdminAddr())
-			fmt.Fprintf(cmd.OutOrStdout(), "Sluice %s is serving\n  access logs (gRPC): %s\n  metrics:            http://%s/metrics\n  config:             http://%s/api/config\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is serving\n  access logs (gRPC): %s\n  metrics:            http://%s/metrics\n  config:             http://%s/api/config\n",
 				versionString(), hostPort(m.GRPCAddr()), admin, admin)
 			if demo {
 				go func() {
