@@ -8,9 +8,12 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"time"
 
+	"github.com/sluicemesh/sluice/templates/authorization"
 	"github.com/sluicemesh/sluice/templates/logentry"
 	"github.com/sluicemesh/sluice/templates/metric"
+	"github.com/sluicemesh/sluice/templates/quota"
 )
 
 // Params are an adapter's own settings, decoded strictly from a Handler's spec.params.
@@ -39,6 +42,37 @@ func Errorf(path, format string, args ...any) *FieldError {
 type Instances struct {
 	Metrics []metric.Instance
 	Logs    []logentry.Instance
+	// Authorizations and Quotas are the qualified names of the check instances.
+	Authorizations []string
+	Quotas         []string
+}
+
+// Attributes gives a check handler the request's attributes by name (string, int64,
+// bool, time.Duration, time.Time or map[string]string values).
+type Attributes interface {
+	Get(name string) (any, bool)
+}
+
+// Predicate is a compiled boolean expression over attributes.
+type Predicate interface {
+	// Eval evaluates the predicate; a missing attribute makes it false.
+	Eval(attrs Attributes) (bool, error)
+	// Attributes lists the attribute names it reads; the check cache keys on them.
+	Attributes() []string
+}
+
+// Compiler compiles CEL expressions over Sluice's attribute vocabulary, for handlers
+// whose params hold expressions (rbac policies).
+type Compiler interface {
+	CompileBool(src string) (Predicate, error)
+}
+
+// Binding is what Factory.Bind checks: params against the instances a config routes
+// to the handler.
+type Binding struct {
+	Params    Params
+	Instances Instances
+	Compiler  Compiler
 }
 
 // Stats counts what goes wrong in a handler; the core exports the counts as
@@ -58,6 +92,10 @@ type Env struct {
 	Stats  Stats
 	// Metrics reads the aggregates of the handler's metric instances.
 	Metrics metric.Source
+	// Compiler compiles expressions found in params.
+	Compiler Compiler
+	// Now is the handler's clock; tests inject one.
+	Now func() time.Time
 }
 
 // Handler is a configured adapter. Besides Close, a handler implements the interfaces
@@ -87,6 +125,23 @@ type LogHandler interface {
 	HandleLogs(entries []logentry.Entry)
 }
 
+// AuthorizationHandler answers policy checks (the authorization template).
+type AuthorizationHandler interface {
+	Handler
+	// Authorize decides one request. An error is a failure of the handler, not a
+	// denial; the core counts it and answers per the rule's fail policy.
+	Authorize(ctx context.Context, inst *authorization.Instance, attrs Attributes) (authorization.Result, error)
+}
+
+// QuotaHandler enforces quotas (the quota template) and serves the rate-limit service
+// as a quota.RateLimiter.
+type QuotaHandler interface {
+	Handler
+	quota.RateLimiter
+	// Quota charges amount against the quota its params give inst, at now.
+	Quota(ctx context.Context, now time.Time, inst *quota.Instance, amount uint64) (quota.Decision, error)
+}
+
 // Factory builds handlers of one adapter. Every adapter package exports one.
 type Factory struct {
 	// Name is the adapter's name, as written in a Handler's spec.adapter.
@@ -97,8 +152,8 @@ type Factory struct {
 	// NewParams returns a pointer to params holding the defaults.
 	NewParams func() Params
 	// Bind checks, without side effects, that params can serve the instances: for a
-	// metric handler it returns the aggregation of every metric instance.
-	Bind func(params Params, inst Instances) (map[string]metric.Aggregation, error)
+	// metric handler it returns the aggregation of every metric instance. Optional.
+	Bind func(b Binding) (map[string]metric.Aggregation, error)
 	// New builds a running handler.
 	New func(ctx context.Context, env Env, params Params, inst Instances) (Handler, error)
 }

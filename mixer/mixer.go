@@ -55,6 +55,9 @@ type Options struct {
 	AdminRoutes map[string]http.Handler
 	// GRPCServices register further services on the gRPC port.
 	GRPCServices []func(*grpc.Server)
+	// Now is the clock of handlers and the check path; nil means time.Now. Tests
+	// inject one.
+	Now func() time.Time
 }
 
 // Mixer is a running Sluice core.
@@ -101,6 +104,7 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 	m.disp, err = dispatch.New(dispatch.Options{
 		Shards: opts.Shards, QueueSize: opts.QueueSize, Registry: m.registry,
 		TrustDomain: m.registry.TrustDomain(), Logger: opts.Logger, Metrics: m.metrics,
+		Compiler: compiler, Now: opts.Now,
 	})
 	if err != nil {
 		return nil, err

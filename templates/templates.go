@@ -79,5 +79,20 @@ func Descriptors() []Descriptor {
 				{Name: "variables", Map: true, Type: Any, Doc: "field name to expression"},
 			},
 		},
+		{
+			Name: Authorization,
+			Doc:  "what a policy handler checks for one request (ext_authz)",
+			Params: []Param{
+				{Name: "value", Type: Any, Doc: "the value a list handler checks: a principal, an IP, a header"},
+				{Name: "properties", Map: true, Type: Any, Doc: "further named values for handlers"},
+			},
+		},
+		{
+			Name: Quota,
+			Doc:  "one unit (or more) of a quota per request (ext_authz); the dimensions select the quota's overrides and key",
+			Params: []Param{
+				{Name: "dimensions", Map: true, Type: Any, Doc: "dimension name to expression"},
+			},
+		},
 	}
 }

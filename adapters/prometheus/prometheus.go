@@ -161,8 +161,8 @@ func Factory() *adapters.Factory {
 		Doc:       "exposes metric instances on the admin port's /metrics",
 		Templates: []string{templates.Metric},
 		NewParams: func() adapters.Params { return &Params{MaxSeriesPerMetric: metric.DefaultMaxSeries} },
-		Bind: func(p adapters.Params, inst adapters.Instances) (map[string]metric.Aggregation, error) {
-			b, err := bind(p.(*Params), inst)
+		Bind: func(bd adapters.Binding) (map[string]metric.Aggregation, error) {
+			b, err := bind(bd.Params.(*Params), bd.Instances)
 			if err != nil {
 				return nil, err
 			}

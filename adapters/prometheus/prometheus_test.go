@@ -78,7 +78,7 @@ func TestCollect(t *testing.T) {
 		{Name: "ns/requests", Dimensions: []string{"code"}, Fingerprint: "f1"},
 		{Name: "ns/latency", Dimensions: []string{"code"}, Fingerprint: "f2"},
 	}}
-	aggs, err := Factory().Bind(p, inst)
+	aggs, err := Factory().Bind(adapters.Binding{Params: p, Instances: inst})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestBindErrors(t *testing.T) {
 		"bad label name":    {Name: "ns/a", Dimensions: []string{"bad-label"}},
 		"reserved label":    {Name: "ns/a", Dimensions: []string{"__name"}},
 	} {
-		if _, err := Factory().Bind(p, adapters.Instances{Metrics: []metric.Instance{inst}}); err == nil {
+		if _, err := Factory().Bind(adapters.Binding{Params: p, Instances: adapters.Instances{Metrics: []metric.Instance{inst}}}); err == nil {
 			t.Errorf("%s: bound without error", name)
 		}
 	}

@@ -113,6 +113,10 @@ func (h *Handler) Bound() adapters.Instances {
 			out.Metrics = append(out.Metrics, i.MetricInstance())
 		case templates.LogEntry:
 			out.Logs = append(out.Logs, i.LogInstance())
+		case templates.Authorization:
+			out.Authorizations = append(out.Authorizations, i.Name)
+		case templates.Quota:
+			out.Quotas = append(out.Quotas, i.Name)
 		}
 	}
 	return out
@@ -236,7 +240,7 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 			h.Instances = append(h.Instances, inst)
 		}
 		sort.Slice(h.Instances, func(i, j int) bool { return h.Instances[i].Name < h.Instances[j].Name })
-		if err := bindHandler(h); err != nil {
+		if err := bindHandler(h, comp); err != nil {
 			c.addErr(h.Object.Pos, err)
 		}
 	}
@@ -423,10 +427,10 @@ func paramsError(o *Object, err error) error {
 }
 
 // bindHandler asks the adapter to accept the bound instances and fingerprints the result.
-func bindHandler(h *Handler) error {
+func bindHandler(h *Handler, comp adapters.Compiler) error {
 	bound := h.Bound()
 	if h.Factory.Bind != nil {
-		aggs, err := h.Factory.Bind(h.Params, bound)
+		aggs, err := h.Factory.Bind(adapters.Binding{Params: h.Params, Instances: bound, Compiler: comp})
 		if err != nil {
 			return paramsError(h.Object, err)
 		}

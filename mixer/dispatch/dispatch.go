@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/config"
 	"github.com/sluicemesh/sluice/mixer/envoy"
@@ -44,6 +45,10 @@ type Options struct {
 	Logger      *slog.Logger
 	// Metrics receives Sluice's own report-path metrics.
 	Metrics prometheus.Registerer
+	// Compiler is given to handlers whose params hold expressions.
+	Compiler adapters.Compiler
+	// Now is the handlers' clock; nil means time.Now.
+	Now func() time.Time
 }
 
 // Dispatcher owns the shards and the current runtime.
@@ -85,6 +90,9 @@ func New(opts Options) (*Dispatcher, error) {
 	}
 	if opts.Registry == nil {
 		opts.Registry = registry.New(opts.TrustDomain)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
 	d := &Dispatcher{
 		opts:   opts,

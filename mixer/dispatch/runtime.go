@@ -106,10 +106,12 @@ func (d *Dispatcher) buildRuntime(ctx context.Context, snap *config.Snapshot, pr
 			lh = &liveHandler{cfg: hc, h: lh.h, log: lh.log}
 		} else {
 			env := adapters.Env{
-				Name:    hc.Name,
-				Logger:  d.log.With("handler", hc.Name, "adapter", hc.Factory.Name),
-				Stats:   d.metrics.adapterStats(hc.Name, hc.Factory.Name),
-				Metrics: d,
+				Name:     hc.Name,
+				Logger:   d.log.With("handler", hc.Name, "adapter", hc.Factory.Name),
+				Stats:    d.metrics.adapterStats(hc.Name, hc.Factory.Name),
+				Metrics:  d,
+				Compiler: d.opts.Compiler,
+				Now:      d.opts.Now,
 			}
 			h, err := hc.Factory.New(ctx, env, hc.Params, hc.Bound())
 			if err != nil {

@@ -1,0 +1,72 @@
+package expr
+
+import (
+	"fmt"
+
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/mixer/attribute"
+)
+
+// CompileBool implements adapters.Compiler: a predicate for handler params (rbac).
+func (c *Compiler) CompileBool(src string) (adapters.Predicate, error) {
+	e, err := c.Compile(src)
+	if err != nil {
+		return nil, err
+	}
+	if e.Type != TypeBool && e.Type != TypeDyn {
+		return nil, fmt.Errorf("%q is %s, not bool", src, e.Type)
+	}
+	return &predicate{e: e, vocab: c.vocab}, nil
+}
+
+type predicate struct {
+	e     *Expression
+	vocab *attribute.Vocabulary
+}
+
+func (p *predicate) Eval(attrs adapters.Attributes) (bool, error) {
+	if a, ok := attrs.(*Activation); ok {
+		return p.e.EvalBool(a)
+	}
+	// Attributes from elsewhere (a test, a bridge) are copied into a bag.
+	var bag attribute.Bag
+	for _, id := range p.e.References() {
+		v, ok := attrs.Get(id.Name())
+		if !ok {
+			continue
+		}
+		if err := bag.Set(id, v); err != nil {
+			return false, err
+		}
+	}
+	a := NewActivation(p.vocab)
+	a.Reset(&bag)
+	return p.e.EvalBool(a)
+}
+
+func (p *predicate) Attributes() []string {
+	out := make([]string, len(p.e.References()))
+	for i, id := range p.e.References() {
+		out[i] = id.Name()
+	}
+	return out
+}
+
+// References returns the attribute IDs the predicate reads.
+func (p *predicate) References() []attribute.ID { return p.e.References() }
+
+// Get implements adapters.Attributes over the activation's bag.
+func (a *Activation) Get(name string) (any, bool) {
+	id, ok := a.vocab.Lookup(name)
+	if !ok {
+		return nil, false
+	}
+	v, ok := a.bag.Value(id)
+	if !ok {
+		return nil, false
+	}
+	if m, isMap := v.(attribute.StringMap); isMap {
+		return m.Clone(), true
+	}
+	return v, true
+}
