@@ -133,6 +133,14 @@ type AuthorizationHandler interface {
 	Authorize(ctx context.Context, inst *authorization.Instance, attrs Attributes) (authorization.Result, error)
 }
 
+// AttributeReader is implemented by check handlers that read attributes beyond their
+// instances (an rbac handler's policies). The check cache keys results on the values
+// of these attributes too, so that a cached answer is never reused for a request it
+// would not fit.
+type AttributeReader interface {
+	ReadsAttributes() []string
+}
+
 // QuotaHandler enforces quotas (the quota template) and serves the rate-limit service
 // as a quota.RateLimiter.
 type QuotaHandler interface {
