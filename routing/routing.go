@@ -53,9 +53,10 @@ type Server struct {
 	seconds prometheus.Histogram
 	version prometheus.Gauge
 
-	mu       sync.Mutex // serialises rebuilds
-	lastCfg  *config.Snapshot
-	lastMesh *mesh.Mesh
+	mu        sync.Mutex // serialises rebuilds
+	lastCfg   *config.Snapshot
+	lastMesh  *mesh.Mesh
+	advertise string
 }
 
 // New binds the xDS listener.
@@ -95,8 +96,18 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.xds = x
+	s.xds, s.advertise = x, opts.Advertise
 	return s, nil
+}
+
+// SetAdvertise sets the HOST:PORT at which proxies reach Sluice's gRPC port, when
+// it is known only once that port is bound. Clients get it with the next push.
+func (s *Server) SetAdvertise(addr string) {
+	s.mu.Lock()
+	s.advertise = addr
+	s.lastCfg = nil // rebuild everything
+	s.mu.Unlock()
+	s.signal()
 }
 
 // Addr returns the bound xDS address.
@@ -178,7 +189,7 @@ func (s *Server) Rebuild() {
 		}
 		s.lastCfg, s.lastMesh = cfg, m
 	}
-	res := translate.Build(s.lastMesh, s.opts.Registry.Snapshot(), translate.Options{Advertise: s.opts.Advertise})
+	res := translate.Build(s.lastMesh, s.opts.Registry.Snapshot(), translate.Options{Advertise: s.advertise})
 	if err := s.xds.Update(res); err != nil {
 		s.builds.WithLabelValues("failure").Inc()
 		s.log.Error("routing: cannot update the xDS caches", "err", err)
@@ -191,3 +202,7 @@ func (s *Server) Rebuild() {
 
 // Clients returns the number of open xDS streams.
 func (s *Server) Clients() int { return s.xds.Clients() }
+
+// MeshValidator is the routing core's config check with default options, for
+// commands that validate config without serving it.
+func MeshValidator() config.Validator { return mesh.Validator{} }

@@ -49,7 +49,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServe(), newValidate(), newConfigCmd(), newVersion())
+	root.AddCommand(newServe(), newValidate(), newConfigCmd(), newVersion(), newEnvoyBootstrap())
 	return root
 }
 
@@ -88,7 +88,7 @@ func load(dir string) (*config.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &config.Loader{Dir: dir, Adapters: all.Registry(), Compiler: comp}
+	l := &config.Loader{Dir: dir, Adapters: all.Registry(), Compiler: comp, Validators: routingValidators()}
 	return l.Load()
 }
 

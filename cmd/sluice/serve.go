@@ -19,12 +19,14 @@ func newServe() *cobra.Command {
 		logLevel, logFormat string
 		demo                bool
 		demoRate            float64
+		rf                  routingFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the Sluice server",
 		Long: `Run the Sluice server: the gRPC access-log service on --grpc-addr and the admin
-endpoints (/metrics, /healthz, /readyz, /api/config, /debug/pprof/) on --admin-addr.
+endpoints (/metrics, /healthz, /readyz, /api/config, /api/xds/clients, /debug/pprof/) on
+--admin-addr, and the xDS routing core (ADS for Envoy and proxyless gRPC) on --xds-addr.
 Without --config it serves the embedded default config (the Istio standard metrics);
 with it, the directory's objects are layered over the defaults and reloaded on change.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -38,6 +40,11 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 				opts.Layers = append(config.DefaultLayers(), loadtest.DemoLayer())
 			}
 			ctx := cmd.Context()
+			rc, err := newRouting(&opts, rf, log)
+			if err != nil {
+				log.Error("cannot start", "error", err.Error())
+				return exitError(1)
+			}
 			m, err := mixer.New(ctx, opts)
 			if err != nil {
 				for _, e := range config.Errors(err) {
@@ -48,6 +55,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 			admin := hostPort(m.AdminAddr())
 			fmt.Fprintf(cmd.OutOrStdout(), "%s is serving\n  access logs (gRPC): %s\n  metrics:            http://%s/metrics\n  config:             http://%s/api/config\n",
 				versionString(), hostPort(m.GRPCAddr()), admin, admin)
+			fmt.Fprint(cmd.OutOrStdout(), rc.xdsBanner(admin))
 			if demo {
 				go func() {
 					if err := loadtest.RunDemo(ctx, hostPort(m.GRPCAddr()), demoRate, log); err != nil {
@@ -56,7 +64,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 				}()
 				fmt.Fprintf(cmd.OutOrStdout(), "  demo traffic:       a bookinfo mesh, %.0f requests/s; try\n    curl -s http://%s/metrics | grep istio_requests_total\n", demoRate, admin)
 			}
-			return m.Run(ctx)
+			return rc.run(ctx, m)
 		},
 	}
 	f := cmd.Flags()
@@ -78,6 +86,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&demo, "demo", false, "also run a simulated bookinfo mesh that streams access logs to this server")
 	f.Float64Var(&demoRate, "demo-rate", 50, "requests per second of the demo traffic")
+	rf.register(f)
 	return cmd
 }
 

@@ -165,6 +165,9 @@ type endpointInfo struct {
 	service string
 	ns      string
 	ports   map[string]uint32
+	// pod says the slice names a Pod for the address: without that Pod (deleted,
+	// not yet synced) the address is stale, not a separate endpoint.
+	pod bool
 }
 
 // Workloads computes the registry's view of the cluster: one workload per address of
@@ -203,6 +206,9 @@ func Workloads(pods listerscorev1.PodLister, slices listersdiscoveryv1.EndpointS
 				if ep.Zone != nil {
 					info.zone = *ep.Zone
 				}
+				if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
+					info.pod = true
+				}
 			}
 		}
 	}
@@ -239,7 +245,7 @@ func Workloads(pods listerscorev1.PodLister, slices listersdiscoveryv1.EndpointS
 	}
 	// Endpoints that are not Pods (a Service with hand-made slices, a VM).
 	for addr, info := range byAddr {
-		if seen[addr] || !info.ready || info.service == "" {
+		if seen[addr] || info.pod || !info.ready || info.service == "" {
 			continue
 		}
 		w := &registry.Workload{

@@ -73,8 +73,10 @@ func TestSource(t *testing.T) {
 			AddressType: discoveryv1.AddressTypeIPv4,
 			Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}},
 			Endpoints: []discoveryv1.Endpoint{
-				{Addresses: []string{"10.1.0.1"}, Zone: ptr("us-east1-b"), Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}},
-				{Addresses: []string{"10.1.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(false)}},
+				{Addresses: []string{"10.1.0.1"}, Zone: ptr("us-east1-b"), Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)},
+					TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "reviews-v1-5f9d8-abcde"}},
+				{Addresses: []string{"10.1.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(false)},
+					TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "reviews-v2-77c4d-fghij"}},
 				{Addresses: []string{"10.2.0.9"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}},
 			},
 		},

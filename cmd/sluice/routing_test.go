@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+func TestEnvoyBootstrapCommand(t *testing.T) {
+	for _, format := range []string{"yaml", "json"} {
+		var out bytes.Buffer
+		root := newRoot()
+		root.SetOut(&out)
+		root.SetArgs([]string{"envoy-bootstrap", "--node", "sidecar~10.1.2.3~web-0.shop~shop.svc.cluster.local",
+			"--xds-address", "sluice.sluice-system:15010", "--label", "app=web", "--delta", "--format", format})
+		if err := root.Execute(); err != nil {
+			t.Fatal(err)
+		}
+		js := out.Bytes()
+		if format == "yaml" {
+			var v any
+			if err := yaml.Unmarshal(out.Bytes(), &v); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if js, err = json.Marshal(v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b := &bootstrapv3.Bootstrap{}
+		if err := protojson.Unmarshal(js, b); err != nil {
+			t.Fatalf("%s output is not a bootstrap: %v\n%s", format, err, out.String())
+		}
+		if err := b.ValidateAll(); err != nil {
+			t.Error(err)
+		}
+		if b.GetDynamicResources().GetAdsConfig().GetApiType() != core.ApiConfigSource_DELTA_GRPC ||
+			b.GetNode().GetMetadata().GetFields()["NAMESPACE"].GetStringValue() != "shop" {
+			t.Errorf("%s bootstrap: %v", format, b)
+		}
+	}
+	root := newRoot()
+	root.SetOut(io.Discard)
+	root.SetArgs([]string{"envoy-bootstrap"})
+	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "--node") {
+		t.Errorf("without --node: %v", err)
+	}
+}
+
+// TestServeRouting runs sluice serve and checks the routing wiring: an Envoy gets its
+// listeners and a cluster pointing at the bound gRPC port, the admin page lists it,
+// and the server stops cleanly.
+func TestServeRouting(t *testing.T) {
+	dir := t.TempDir()
+	mesh, err := os.ReadFile(filepath.Join("..", "..", "routing", "testdata", "mesh", "services.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), mesh, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := &syncBuffer{}
+	root := newRoot()
+	root.SetOut(out)
+	root.SetArgs([]string{"serve", "--config", dir, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--log-level", "warn"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("serve did not stop")
+		}
+	}()
+	banner := regexp.MustCompile(`access logs \(gRPC\): (\S+)\n(?s:.*)xDS \(ADS\):\s+(\S+) \(clients: (\S+)\)`)
+	var m []string
+	for deadline := time.Now().Add(10 * time.Second); m == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		m = banner.FindStringSubmatch(out.String())
+	}
+	if m == nil {
+		t.Fatalf("no banner: %s", out.String())
+	}
+	grpcAddr, xdsAddr, clientsURL := m[1], m[2], m[3]
+
+	cc, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &core.Node{Id: "sidecar~10.0.0.9~web-0.default~default.svc.cluster.local"}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, a := range resp.GetResources() {
+		c := &cluster.Cluster{}
+		if err := a.UnmarshalTo(c); err != nil {
+			t.Fatal(err)
+		}
+		if c.GetName() == "sluice-grpc" {
+			found = true
+			sa := c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+			if got := net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))); got != grpcAddr {
+				t.Errorf("sluice-grpc points at %s, want the gRPC port %s", got, grpcAddr)
+			}
+		}
+	}
+	if !found {
+		t.Error("no sluice-grpc cluster")
+	}
+	body := get(t, clientsURL)
+	if !strings.Contains(body, "web-0.default") || !strings.Contains(body, `"CDS"`) {
+		t.Errorf("clients page: %s", body)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader in two goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
