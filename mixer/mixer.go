@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/mixer/attribute"
+	"github.com/sluicemesh/sluice/mixer/check"
 	"github.com/sluicemesh/sluice/mixer/config"
 	"github.com/sluicemesh/sluice/mixer/dispatch"
 	"github.com/sluicemesh/sluice/mixer/expr"
@@ -58,6 +59,10 @@ type Options struct {
 	// Now is the clock of handlers and the check path; nil means time.Now. Tests
 	// inject one.
 	Now func() time.Time
+	// CheckCacheSize bounds the check cache (entries); 0 means 10000.
+	CheckCacheSize int
+	// RateLimitHeaders adds the RateLimit-* headers to rate-limit answers.
+	RateLimitHeaders bool
 }
 
 // Mixer is a running Sluice core.
@@ -118,12 +123,21 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 		_ = m.disp.Close(ctx)
 		return nil, err
 	}
+	checks, err := check.New(check.Options{
+		Dispatcher: m.disp, Registry: m.registry, Compiler: compiler, Logger: opts.Logger, Metrics: m.metrics,
+		Now: opts.Now, CacheSize: opts.CheckCacheSize, RateLimitHeaders: opts.RateLimitHeaders,
+	})
+	if err != nil {
+		_ = m.disp.Close(ctx)
+		return nil, err
+	}
 	var grpcTLS, adminTLS = opts.GRPCTLS, opts.AdminTLS
 	sopts := server.Options{
 		GRPCAddr: opts.GRPCAddr, AdminAddr: opts.AdminAddr, MaxRecvMsgSize: opts.MaxRecvMsgSize,
 		DrainTimeout: opts.DrainTimeout, TrustDomain: m.registry.TrustDomain(), Dispatcher: m.disp,
 		Gatherer: prometheus.Gatherers{m.metrics, m.disp}, Metrics: m.metrics, Logger: opts.Logger,
-		Config: m.configView, Routes: opts.AdminRoutes, Register: opts.GRPCServices,
+		Config: m.configView, Routes: opts.AdminRoutes,
+		Register: append([]func(*grpc.Server){checks.Register}, opts.GRPCServices...),
 	}
 	if grpcTLS.Enabled() {
 		if sopts.GRPCTLS, err = grpcTLS.TLSConfig(); err != nil {

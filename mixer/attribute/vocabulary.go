@@ -136,6 +136,7 @@ const (
 	ResponseTrailers
 	SourceLabels
 	DestinationLabels
+	ContextExtensions
 
 	// Count is the number of attributes in the vocabulary.
 	Count
@@ -234,6 +235,7 @@ var vocabulary = [Count]Def{
 	ResponseTrailers:        {Name: "response.trailers", Kind: Map, Doc: "logged response trailers"},
 	SourceLabels:            {Name: "source.labels", Kind: Map, Doc: "the source workload's labels"},
 	DestinationLabels:       {Name: "destination.labels", Kind: Map, Doc: "the destination workload's labels"},
+	ContextExtensions:       {Name: "context.extensions", Kind: Map, Doc: "ext_authz context extensions of the route"},
 }
 
 // Vocabulary is the read-only table of attributes; its index is the ID.

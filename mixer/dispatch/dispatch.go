@@ -219,6 +219,7 @@ func (d *Dispatcher) Apply(ctx context.Context, snap *config.Snapshot) error {
 	d.rt.Store(rt)
 	d.barrier(ctx)
 	if prev != nil {
+		d.waitLeases(ctx, prev)
 		kept := map[any]bool{}
 		for _, h := range rt.handlers {
 			kept[h.h] = true
@@ -232,6 +233,56 @@ func (d *Dispatcher) Apply(ctx context.Context, snap *config.Snapshot) error {
 		}
 	}
 	return nil
+}
+
+// Lease holds a config version's live handlers for the check path: they are not closed
+// by a reload while a lease is held. Release it when the request is answered.
+type Lease struct {
+	rt *runtime
+}
+
+// Lease returns a lease on the running config, or nil before the first Apply.
+func (d *Dispatcher) Lease() *Lease {
+	for {
+		rt := d.rt.Load()
+		if rt == nil {
+			return nil
+		}
+		rt.leases.Add(1)
+		if d.rt.Load() == rt {
+			return &Lease{rt: rt}
+		}
+		// A reload swapped the runtime in between: it may already be waiting for
+		// this one's leases to drain. Take the new one instead.
+		rt.leases.Add(-1)
+	}
+}
+
+// Release ends the lease.
+func (l *Lease) Release() { l.rt.leases.Add(-1) }
+
+// Snapshot returns the leased config.
+func (l *Lease) Snapshot() *config.Snapshot { return l.rt.snap }
+
+// Handler returns a live handler of the leased config by qualified name.
+func (l *Lease) Handler(name string) (adapters.Handler, bool) {
+	h, ok := l.rt.byName[name]
+	if !ok {
+		return nil, false
+	}
+	return h.h, true
+}
+
+// waitLeases waits until no check-path call holds rt.
+func (d *Dispatcher) waitLeases(ctx context.Context, rt *runtime) {
+	for rt.leases.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			d.log.Warn("check requests still hold the previous config; closing its replaced handlers anyway")
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 // barrier waits until every shard has processed what was queued before it, so that

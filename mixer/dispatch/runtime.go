@@ -31,6 +31,10 @@ type runtime struct {
 	// slice per entry of it.
 	logHandlers []*liveHandler
 	collectors  *prometheus.Registry
+	byName      map[string]*liveHandler
+	// leases counts check-path calls holding this runtime; a reload closes the
+	// handlers it replaces only once the count is zero.
+	leases atomic.Int64
 }
 
 type rulePlan struct {
@@ -128,6 +132,7 @@ func (d *Dispatcher) buildRuntime(ctx context.Context, snap *config.Snapshot, pr
 		}
 		rt.handlers = append(rt.handlers, lh)
 		byName[hc.Name] = lh
+		rt.byName = byName
 		if lh.log != nil {
 			rt.logHandlers = append(rt.logHandlers, lh)
 		}

@@ -115,6 +115,7 @@ func (c *Compiler) compile(src string, fast bool) (*Expression, error) {
 	native := checked.NativeRep()
 	e := &Expression{Source: src, Type: typeOf(checked.OutputType())}
 	e.refs = c.references(native)
+	e.keyRefs = c.keyReferences(native)
 	if !fast || !c.fastPath(e, native) {
 		prg, err := c.env.Program(checked, cel.EvalOptions(cel.OptOptimize))
 		if err != nil {
@@ -151,6 +152,105 @@ func (c *Compiler) references(a *ast.AST) []attribute.ID {
 		out = append(out, id)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Ref is an attribute an expression reads: a whole attribute, or one key of a map
+// attribute when every use of the map is an index by a constant key.
+type Ref struct {
+	ID  attribute.ID
+	Key string
+	// Keyed is set when Key names the one entry read.
+	Keyed bool
+}
+
+// keyReferences lists the attributes read, narrowing map attributes to the constant
+// keys they are indexed by, so that the check cache keys on one header rather than
+// on every header (x-request-id differs for every request).
+func (c *Compiler) keyReferences(a *ast.AST) []Ref {
+	keys := map[attribute.ID]map[string]bool{}
+	whole := map[attribute.ID]bool{}
+	var visit func(e ast.Expr)
+	visit = func(e ast.Expr) {
+		switch e.Kind() {
+		case ast.IdentKind, ast.SelectKind:
+			if id, ok := c.attrRef(a, e); ok {
+				if id.Kind() == attribute.Map {
+					whole[id] = true
+				} else {
+					keys[id] = nil
+				}
+				return
+			}
+			if e.Kind() == ast.SelectKind {
+				sel := e.AsSelect()
+				// has(request.headers.x) or request.headers.x: a keyed read.
+				if id, ok := c.attrRef(a, sel.Operand()); ok && id.Kind() == attribute.Map {
+					if keys[id] == nil {
+						keys[id] = map[string]bool{}
+					}
+					keys[id][sel.FieldName()] = true
+					return
+				}
+				visit(sel.Operand())
+			}
+		case ast.CallKind:
+			call := e.AsCall()
+			if id, key, ok := c.mapIndex(a, e); ok {
+				if keys[id] == nil {
+					keys[id] = map[string]bool{}
+				}
+				keys[id][key] = true
+				return
+			}
+			if call.IsMemberFunction() {
+				visit(call.Target())
+			}
+			for _, arg := range call.Args() {
+				visit(arg)
+			}
+		case ast.ListKind:
+			for _, el := range e.AsList().Elements() {
+				visit(el)
+			}
+		case ast.MapKind:
+			for _, en := range e.AsMap().Entries() {
+				me := en.AsMapEntry()
+				visit(me.Key())
+				visit(me.Value())
+			}
+		case ast.ComprehensionKind:
+			comp := e.AsComprehension()
+			visit(comp.IterRange())
+			visit(comp.AccuInit())
+			visit(comp.LoopCondition())
+			visit(comp.LoopStep())
+			visit(comp.Result())
+		}
+	}
+	visit(a.Expr())
+	var out []Ref
+	for id, ks := range keys {
+		if whole[id] {
+			continue
+		}
+		if ks == nil {
+			out = append(out, Ref{ID: id})
+			continue
+		}
+		for k := range ks {
+			out = append(out, Ref{ID: id, Key: k, Keyed: true})
+		}
+	}
+	for id := range whole {
+		out = append(out, Ref{ID: id})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ID != out[j].ID {
+			return out[i].ID < out[j].ID
+		}
+		return out[i].Key < out[j].Key
+	})
 	return out
 }
 

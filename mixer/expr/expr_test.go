@@ -179,3 +179,33 @@ func BenchmarkMatchCEL(b *testing.B) {
 		_, _ = x.EvalBool(a)
 	}
 }
+
+func TestKeyReferences(t *testing.T) {
+	c := compiler(t)
+	tests := []struct {
+		src  string
+		want string
+	}{
+		{`request.headers["x-role"] == "admin"`, `[request.headers["x-role"]]`},
+		{`request.headers["a"] == "1" && has(request.headers.b)`, `[request.headers["a"] request.headers["b"]]`},
+		{`"a" in request.headers`, `[request.headers]`},
+		{`request.headers["a"] == "1" && size(request.headers) > 2`, `[request.headers]`},
+		{`source.principal.startsWith("spiffe://") && response.code > 1`, `[source.principal response.code]`},
+		{`request.headers.exists(k, k.startsWith("x-"))`, `[request.headers]`},
+		{`[source.ip, destination.ip].exists(x, x == "1.2.3.4")`, `[source.ip destination.ip]`},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, r := range c.MustCompile(tt.src).KeyReferences() {
+			got = append(got, r.String())
+		}
+		if fmt.Sprint(got) != tt.want {
+			t.Errorf("%s: KeyReferences = %v, want %v", tt.src, got, tt.want)
+		}
+		for _, s := range got {
+			if r, ok := c.ParseRef(s); !ok || r.String() != s {
+				t.Errorf("ParseRef(%q) = %v, %v", s, r, ok)
+			}
+		}
+	}
+}

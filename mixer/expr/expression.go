@@ -47,10 +47,23 @@ type Expression struct {
 	match    matcher
 	prog     cel.Program
 	refs     []attribute.ID
+	keyRefs  []Ref
 }
 
 // References returns the attributes the expression reads.
 func (e *Expression) References() []attribute.ID { return e.refs }
+
+// KeyReferences returns the attributes the expression reads, map attributes narrowed
+// to the constant keys they are read by.
+func (e *Expression) KeyReferences() []Ref { return e.keyRefs }
+
+// String formats a reference as name or name["key"].
+func (r Ref) String() string {
+	if r.Keyed {
+		return r.ID.Name() + "[" + strconv.Quote(r.Key) + "]"
+	}
+	return r.ID.Name()
+}
 
 // IsFast reports whether the expression is evaluated without CEL.
 func (e *Expression) IsFast() bool { return e.kind != kindCEL }

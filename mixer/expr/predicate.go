@@ -2,6 +2,8 @@ package expr
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/mixer/attribute"
@@ -44,12 +46,31 @@ func (p *predicate) Eval(attrs adapters.Attributes) (bool, error) {
 	return p.e.EvalBool(a)
 }
 
+// Attributes lists what the predicate reads: names, and name["key"] for maps read by
+// one constant key (see ParseRef).
 func (p *predicate) Attributes() []string {
-	out := make([]string, len(p.e.References()))
-	for i, id := range p.e.References() {
-		out[i] = id.Name()
+	out := make([]string, len(p.e.KeyReferences()))
+	for i, r := range p.e.KeyReferences() {
+		out[i] = r.String()
 	}
 	return out
+}
+
+// ParseRef reads a reference formatted by Ref.String.
+func (c *Compiler) ParseRef(s string) (Ref, bool) {
+	name, key, keyed := strings.Cut(s, "[")
+	id, ok := c.vocab.Lookup(name)
+	if !ok {
+		return Ref{}, false
+	}
+	if !keyed {
+		return Ref{ID: id}, true
+	}
+	k, err := strconv.Unquote(strings.TrimSuffix(key, "]"))
+	if err != nil || id.Kind() != attribute.Map {
+		return Ref{}, false
+	}
+	return Ref{ID: id, Key: k, Keyed: true}, true
 }
 
 // References returns the attribute IDs the predicate reads.

@@ -1,0 +1,243 @@
+package check
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/mixer/expr"
+	"github.com/sluicemesh/sluice/templates/authorization"
+	"github.com/sluicemesh/sluice/templates/quota"
+)
+
+// maxHeaders bounds the request headers a check accepts; Envoy's own default limit
+// is 100, so a request above this was not built by an Envoy.
+const maxHeaders = 1024
+
+// Check implements envoy.service.auth.v3.Authorization.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := time.Now()
+	resp, outcome, err := s.check(ctx, req)
+	s.metrics.observe("ext_authz", outcome, time.Since(start))
+	return resp, err
+}
+
+func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, string, error) {
+	if req.GetAttributes() == nil {
+		return nil, "invalid", status.Error(codes.InvalidArgument, "CheckRequest has no attributes")
+	}
+	if n := len(req.GetAttributes().GetRequest().GetHttp().GetHeaders()); n > maxHeaders {
+		return nil, "invalid", status.Errorf(codes.InvalidArgument, "CheckRequest has %d headers, more than %d", n, maxHeaders)
+	}
+	lease := s.opts.Dispatcher.Lease()
+	if lease == nil {
+		return nil, "unavailable", status.Error(codes.Unavailable, "no config applied yet")
+	}
+	defer lease.Release()
+	p := s.planFor(lease)
+
+	st := s.scratch.Get().(*requestState)
+	defer s.scratch.Put(st)
+	st.bag.Reset()
+	now := s.opts.Now()
+	s.dec.Decode(req, now, &st.bag)
+	st.act.Reset(&st.bag)
+
+	// Policy: from the cache where the same attribute values were decided before.
+	allowed := authorization.Result{Code: codes.OK}
+	rule := ""
+	if p.hasAuthz {
+		st.key = p.cacheKey(st.key[:0], &st.bag)
+		var hit bool
+		allowed, rule, hit = p.cache.get(st.key, now)
+		if !hit {
+			var err error
+			allowed, rule, err = s.authorize(ctx, lease, p, st)
+			if err != nil {
+				return nil, "error", err
+			}
+			if allowed.ValidDuration > 0 {
+				p.cache.put(st.key, allowed, rule, now.Add(allowed.ValidDuration))
+			}
+		}
+	}
+	if !allowed.Allowed() {
+		return denied(allowed, rule), "denied", nil
+	}
+	// Quota is charged on every request and never cached.
+	q, qrule, err := s.chargeQuotas(ctx, lease, p, st, now)
+	if err != nil {
+		return nil, "error", err
+	}
+	if q != nil && !q.Allowed() {
+		return denied(*q, qrule), "quota_exceeded", nil
+	}
+	return okResponse(allowed), "allowed", nil
+}
+
+// authorize runs every matching rule's policy handlers. The first denial wins; the
+// headers of the allowing results add up; the result holds for the shortest validity.
+func (s *Server) authorize(ctx context.Context, lease leaseView, p *plan, st *requestState) (authorization.Result, string, error) {
+	out := authorization.Result{Code: codes.OK, ValidDuration: time.Duration(1<<63 - 1)}
+	for i := range p.rules {
+		r := &p.rules[i]
+		if len(r.authz) == 0 || !s.matches(r, st) {
+			continue
+		}
+		for _, t := range r.authz {
+			h, ok := lease.Handler(t.handler)
+			if !ok {
+				return out, "", status.Errorf(codes.Internal, "handler %s is not running", t.handler)
+			}
+			ah, ok := h.(adapters.AuthorizationHandler)
+			if !ok {
+				return out, "", status.Errorf(codes.Internal, "handler %s does not answer authorization checks", t.handler)
+			}
+			inst := s.authzInstance(t, st)
+			res, err := ah.Authorize(ctx, inst, st.act)
+			if err != nil {
+				s.metrics.handlerErrors.WithLabelValues(t.handler).Inc()
+				s.log.Warn("policy handler failed", "handler", t.handler, "rule", r.name, "err", err)
+				return out, "", status.Errorf(codes.Unavailable, "policy handler %s failed: %v", t.handler, err)
+			}
+			if res.ValidDuration < out.ValidDuration {
+				out.ValidDuration = res.ValidDuration
+			}
+			if !res.Allowed() {
+				res.ValidDuration = out.ValidDuration
+				return res, r.name, nil
+			}
+			out.Headers = append(out.Headers, res.Headers...)
+		}
+	}
+	return out, "", nil
+}
+
+// leaseView is what authorize needs of a lease, for tests.
+type leaseView interface {
+	Handler(name string) (adapters.Handler, bool)
+}
+
+func (s *Server) matches(r *rulePlan, st *requestState) bool {
+	if r.match == nil {
+		return true
+	}
+	ok, err := r.match.EvalBool(st.act)
+	if err != nil && !errors.Is(err, expr.ErrMissing) {
+		s.metrics.ruleErrors.WithLabelValues(r.name).Inc()
+	}
+	return ok
+}
+
+func (s *Server) authzInstance(t authzTarget, st *requestState) *authorization.Instance {
+	inst := &authorization.Instance{Name: t.inst}
+	if t.value != nil {
+		if v, err := t.value.Eval(st.act); err == nil {
+			inst.Value = v
+		}
+	}
+	if len(t.props) > 0 {
+		inst.Properties = make(map[string]any, len(t.props))
+		for _, pe := range t.props {
+			if v, err := pe.Expr.Eval(st.act); err == nil {
+				inst.Properties[pe.Name] = v
+			}
+		}
+	}
+	return inst
+}
+
+// chargeQuotas charges one unit of every matching quota; it returns the denial of the
+// first exhausted one, or nil.
+func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st *requestState, now time.Time) (*authorization.Result, string, error) {
+	for i := range p.rules {
+		r := &p.rules[i]
+		if len(r.quotas) == 0 || !s.matches(r, st) {
+			continue
+		}
+		for _, t := range r.quotas {
+			h, ok := lease.Handler(t.handler)
+			if !ok {
+				return nil, "", status.Errorf(codes.Internal, "handler %s is not running", t.handler)
+			}
+			qh, ok := h.(adapters.QuotaHandler)
+			if !ok {
+				return nil, "", status.Errorf(codes.Internal, "handler %s does not enforce quotas", t.handler)
+			}
+			inst := &quota.Instance{Name: t.inst, Dimensions: make(map[string]string, len(t.dims))}
+			for _, d := range t.dims {
+				v, _ := d.Expr.AppendString(nil, st.act)
+				inst.Dimensions[d.Name] = string(v)
+			}
+			dec, err := qh.Quota(ctx, now, inst, 1)
+			if err != nil {
+				s.metrics.handlerErrors.WithLabelValues(t.handler).Inc()
+				return nil, "", status.Errorf(codes.Unavailable, "quota handler %s failed: %v", t.handler, err)
+			}
+			if !dec.Allowed {
+				res := &authorization.Result{
+					Code:    codes.ResourceExhausted,
+					Message: fmt.Sprintf("quota %s exhausted", t.inst),
+					Headers: []authorization.Header{
+						{Name: "RateLimit-Remaining", Value: "0"},
+						{Name: "Retry-After", Value: strconv.FormatInt(int64((dec.ResetAfter+time.Second-1)/time.Second), 10)},
+					},
+				}
+				return res, r.name, nil
+			}
+		}
+	}
+	return nil, "", nil
+}
+
+func headerOptions(hs []authorization.Header) []*corev3.HeaderValueOption {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]*corev3.HeaderValueOption, len(hs))
+	for i, h := range hs {
+		action := corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		if h.Append {
+			action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+		}
+		out[i] = &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: h.Name, Value: h.Value}, AppendAction: action}
+	}
+	return out
+}
+
+func okResponse(r authorization.Result) *authv3.CheckResponse {
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers: headerOptions(r.Headers),
+		}},
+	}
+}
+
+// denied answers a denial: the gRPC status Envoy acts on and the HTTP response it sends
+// back, whose body names the rule.
+func denied(r authorization.Result, rule string) *authv3.CheckResponse {
+	msg := r.Message
+	if msg == "" {
+		msg = "denied"
+	}
+	body := fmt.Sprintf("%s: rule %s: %s\n", r.Code, rule, msg)
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(r.Code), Message: msg},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(r.HTTPStatusOf())},
+			Headers: headerOptions(append([]authorization.Header{{Name: "Content-Type", Value: "text/plain"}}, r.Headers...)),
+			Body:    body,
+		}},
+	}
+}

@@ -1,0 +1,171 @@
+package check
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/mixer/attribute"
+	"github.com/sluicemesh/sluice/mixer/config"
+	"github.com/sluicemesh/sluice/mixer/dispatch"
+	"github.com/sluicemesh/sluice/mixer/expr"
+	"github.com/sluicemesh/sluice/templates"
+)
+
+// plan is the check path's view of one config version: the rules that send
+// authorization or quota instances, and what the check cache keys on.
+type plan struct {
+	snap  *config.Snapshot
+	rules []rulePlan
+	// refs are the attributes whose values decide every policy answer: the cache key.
+	refs     []expr.Ref
+	hasAuthz bool
+	cache    *cache
+}
+
+type rulePlan struct {
+	name   string
+	match  *expr.Expression
+	authz  []authzTarget
+	quotas []quotaTarget
+}
+
+type authzTarget struct {
+	handler string
+	inst    string
+	value   *expr.Expression
+	props   []config.NamedExpr
+}
+
+type quotaTarget struct {
+	handler string
+	inst    string
+	dims    []config.NamedExpr
+}
+
+// buildPlan compiles the check rules of the leased config.
+func (s *Server) buildPlan(l *dispatch.Lease) *plan {
+	p := &plan{snap: l.Snapshot(), cache: newCache(s.opts.CacheSize, s.metrics)}
+	refs := map[string]expr.Ref{}
+	addRefs := func(e *expr.Expression) {
+		if e == nil {
+			return
+		}
+		for _, r := range e.KeyReferences() {
+			refs[r.String()] = r
+		}
+	}
+	readers := map[string]bool{}
+	for _, r := range p.snap.Rules {
+		rp := rulePlan{name: r.Name, match: r.Match}
+		for _, a := range r.Actions {
+			for _, inst := range a.Instances {
+				switch inst.Template.Name {
+				case templates.Authorization:
+					t := authzTarget{handler: a.Handler.Name, inst: inst.Name, value: inst.Fields["value"], props: inst.Maps["properties"]}
+					addRefs(t.value)
+					for _, pe := range t.props {
+						addRefs(pe.Expr)
+					}
+					rp.authz = append(rp.authz, t)
+					if !readers[a.Handler.Name] {
+						readers[a.Handler.Name] = true
+						s.addHandlerRefs(l, a.Handler.Name, refs)
+					}
+				case templates.Quota:
+					rp.quotas = append(rp.quotas, quotaTarget{handler: a.Handler.Name, inst: inst.Name, dims: inst.Maps["dimensions"]})
+				}
+			}
+		}
+		if len(rp.authz) == 0 && len(rp.quotas) == 0 {
+			continue
+		}
+		if len(rp.authz) > 0 {
+			p.hasAuthz = true
+			addRefs(rp.match)
+		}
+		p.rules = append(p.rules, rp)
+	}
+	// A keyed reference is redundant where the whole map is read.
+	for k, r := range refs {
+		if r.Keyed {
+			if _, whole := refs[r.ID.Name()]; whole {
+				delete(refs, k)
+			}
+		}
+	}
+	for _, r := range refs {
+		p.refs = append(p.refs, r)
+	}
+	sort.Slice(p.refs, func(i, j int) bool { return p.refs[i].String() < p.refs[j].String() })
+	return p
+}
+
+// addHandlerRefs adds what a handler reads beyond its instances (rbac policies).
+func (s *Server) addHandlerRefs(l *dispatch.Lease, name string, refs map[string]expr.Ref) {
+	h, ok := l.Handler(name)
+	if !ok {
+		return
+	}
+	ar, ok := h.(adapters.AttributeReader)
+	if !ok {
+		return
+	}
+	for _, a := range ar.ReadsAttributes() {
+		if r, ok := s.compiler.ParseRef(a); ok {
+			refs[r.String()] = r
+		} else {
+			s.log.Warn("handler reads an attribute outside the vocabulary; not cached on it", "handler", name, "attribute", a)
+		}
+	}
+}
+
+// cacheKey appends the values of the plan's attributes: every value, or its absence,
+// followed by its length, so that distinct value lists never share a key.
+func (p *plan) cacheKey(dst []byte, bag *attribute.Bag) []byte {
+	for _, r := range p.refs {
+		start := len(dst)
+		v, ok := bag.Value(r.ID)
+		switch {
+		case !ok:
+			dst = append(dst, 0)
+		case r.Keyed:
+			m := v.(attribute.StringMap)
+			if s, found := m.Get(r.Key); found {
+				dst = append(dst, 1)
+				dst = append(dst, s...)
+			} else {
+				dst = append(dst, 0)
+			}
+		default:
+			dst = append(dst, 1)
+			dst = appendAny(dst, v)
+		}
+		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(dst)-start))
+	}
+	return dst
+}
+
+func appendAny(dst []byte, v any) []byte {
+	switch t := v.(type) {
+	case string:
+		return append(dst, t...)
+	case attribute.StringMap:
+		keys := make([]string, 0, t.Len())
+		t.Range(func(k, _ string) bool {
+			keys = append(keys, k)
+			return true
+		})
+		sort.Strings(keys)
+		for _, k := range keys {
+			val, _ := t.Get(k)
+			dst = append(dst, k...)
+			dst = append(dst, 0)
+			dst = append(dst, val...)
+			dst = append(dst, 0)
+		}
+		return dst
+	}
+	return fmt.Append(dst, v)
+}

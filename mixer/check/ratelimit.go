@@ -1,0 +1,393 @@
+package check
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/sluicemesh/sluice/mixer/config"
+	"github.com/sluicemesh/sluice/mixer/dispatch"
+	"github.com/sluicemesh/sluice/templates/quota"
+)
+
+// maxHits bounds a request's hits_addend: beyond it a count cannot be meaningful,
+// and Redis counters would overflow.
+const maxHits = 1_000_000_000
+
+// rateLimits is the rate-limit config of one config version, as descriptor trees.
+type rateLimits struct {
+	snap    *config.Snapshot
+	domains map[string]*rlNode
+}
+
+// rlNode is one level of a domain's descriptor tree.
+type rlNode struct {
+	exact    map[string]*rlNode // by key "\x00" value
+	keyOnly  map[string]*rlNode // by key, for entries written without a value
+	wildcard map[string][]*rlNode
+	// pattern is the value prefix of a wildcard node (its value without the '*').
+	pattern string
+	desc    *config.RateLimitDescriptor
+	rule    *rlRule
+}
+
+// rlRule is a descriptor's limit.
+type rlRule struct {
+	name      string
+	limit     quota.Limit
+	unit      rlsv3.RateLimitResponse_RateLimit_Unit
+	rpu       uint32
+	unlimited bool
+	replaces  []string
+	shadow    bool
+}
+
+var units = map[string]struct {
+	d time.Duration
+	u rlsv3.RateLimitResponse_RateLimit_Unit
+}{
+	"second": {time.Second, rlsv3.RateLimitResponse_RateLimit_SECOND},
+	"minute": {time.Minute, rlsv3.RateLimitResponse_RateLimit_MINUTE},
+	"hour":   {time.Hour, rlsv3.RateLimitResponse_RateLimit_HOUR},
+	"day":    {24 * time.Hour, rlsv3.RateLimitResponse_RateLimit_DAY},
+}
+
+func unitOf(u rlsv3.RateLimitResponse_RateLimit_Unit) (time.Duration, bool) {
+	for _, x := range units {
+		if x.u == u {
+			return x.d, true
+		}
+	}
+	return 0, false
+}
+
+func newNode() *rlNode {
+	return &rlNode{exact: map[string]*rlNode{}, keyOnly: map[string]*rlNode{}, wildcard: map[string][]*rlNode{}}
+}
+
+// compileRateLimits builds the descriptor trees; the config loader has validated them.
+func compileRateLimits(snap *config.Snapshot) *rateLimits {
+	rl := &rateLimits{snap: snap, domains: map[string]*rlNode{}}
+	for domain, cfg := range snap.RateLimits() {
+		root := newNode()
+		addDescriptors(root, cfg.Descriptors)
+		rl.domains[domain] = root
+	}
+	return rl
+}
+
+func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
+	for i := range ds {
+		d := &ds[i]
+		n := newNode()
+		n.desc = d
+		if r := d.RateLimit; r != nil {
+			rule := &rlRule{name: r.Name, unlimited: r.Unlimited, shadow: d.ShadowMode}
+			for _, rep := range r.Replaces {
+				rule.replaces = append(rule.replaces, rep.Name)
+			}
+			if !r.Unlimited {
+				u := units[strings.ToLower(r.Unit)]
+				alg, _ := quota.ParseAlgorithm(r.Algorithm)
+				rule.unit, rule.rpu = u.u, r.RequestsPerUnit
+				rule.limit = quota.Limit{Requests: uint64(r.RequestsPerUnit), Window: u.d, Algorithm: alg}
+			}
+			n.rule = rule
+		}
+		switch {
+		case d.Value == "":
+			parent.keyOnly[d.Key] = n
+		case strings.HasSuffix(d.Value, "*"):
+			n.pattern = strings.TrimSuffix(d.Value, "*")
+			parent.wildcard[d.Key] = append(parent.wildcard[d.Key], n)
+			// The longest prefix is the most specific.
+			sort.SliceStable(parent.wildcard[d.Key], func(a, b int) bool {
+				return len(parent.wildcard[d.Key][a].pattern) > len(parent.wildcard[d.Key][b].pattern)
+			})
+		default:
+			parent.exact[d.Key+"\x00"+d.Value] = n
+		}
+		addDescriptors(n, d.Descriptors)
+	}
+}
+
+// match walks the tree for a request descriptor: at each level the most specific
+// entry (key and value, then a wildcard value, then the key alone). It returns the
+// matched rule, the counting key, and the statistics name of the descriptor.
+func (root *rlNode) match(entries []*rlcommon.RateLimitDescriptor_Entry) (n *rlNode, key, stat string) {
+	var kb, sb strings.Builder
+	n = root
+	for i, e := range entries {
+		k, v := e.GetKey(), e.GetValue()
+		next, how := n.exact[k+"\x00"+v], "exact"
+		if next == nil {
+			for _, w := range n.wildcard[k] {
+				if strings.HasPrefix(v, w.pattern) {
+					next, how = w, "wildcard"
+					break
+				}
+			}
+		}
+		if next == nil {
+			next, how = n.keyOnly[k], "key"
+		}
+		if next == nil {
+			return nil, "", ""
+		}
+		if i > 0 {
+			kb.WriteByte('|')
+			sb.WriteByte('.')
+		}
+		kb.WriteString(k)
+		kb.WriteByte('=')
+		sb.WriteString(k)
+		switch {
+		case how == "wildcard" && next.desc.ShareThreshold:
+			kb.WriteString(next.desc.Value) // every matching value shares one count
+			sb.WriteString("_" + next.desc.Value)
+		case how == "key" && !next.desc.DetailedMetric:
+			kb.WriteString(v)
+		default:
+			kb.WriteString(v)
+			if how == "wildcard" && !next.desc.DetailedMetric {
+				sb.WriteString("_" + next.desc.Value)
+			} else {
+				sb.WriteString("_" + v)
+			}
+		}
+		n = next
+	}
+	return n, kb.String(), sb.String()
+}
+
+func (s *Server) rateLimitsFor(l *dispatch.Lease) *rateLimits {
+	if rl := s.rl.Load(); rl != nil && rl.snap == l.Snapshot() {
+		return rl
+	}
+	s.rlMu.Lock()
+	defer s.rlMu.Unlock()
+	if rl := s.rl.Load(); rl != nil && rl.snap == l.Snapshot() {
+		return rl
+	}
+	rl := compileRateLimits(l.Snapshot())
+	s.rl.Store(rl)
+	return rl
+}
+
+// ShouldRateLimit implements envoy.service.ratelimit.v3.RateLimitService.
+func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	start := time.Now()
+	resp, outcome, err := s.shouldRateLimit(ctx, req)
+	s.metrics.observe("ratelimit", outcome, time.Since(start))
+	return resp, err
+}
+
+// pending is one descriptor's matched rule, waiting for its decision.
+type pending struct {
+	rule  *rlRule
+	stat  string
+	limit quota.Limit
+	req   int // index into the backend batch, -1 when not counted
+}
+
+func (s *Server) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, string, error) {
+	if req.GetDomain() == "" {
+		return nil, "invalid", status.Error(codes.InvalidArgument, "rate limit domain must not be empty")
+	}
+	if len(req.GetDescriptors()) == 0 {
+		return nil, "invalid", status.Error(codes.InvalidArgument, "rate limit descriptor list must not be empty")
+	}
+	hits := uint64(req.GetHitsAddend())
+	if hits == 0 {
+		hits = 1
+	}
+	lease := s.opts.Dispatcher.Lease()
+	if lease == nil {
+		return nil, "unavailable", status.Error(codes.Unavailable, "no config applied yet")
+	}
+	defer lease.Release()
+	rl := s.rateLimitsFor(lease)
+	root, known := rl.domains[req.GetDomain()]
+	domain := req.GetDomain()
+	if !known {
+		domain = "" // unknown domains are counted together: their names are unbounded
+	}
+
+	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.GetDescriptors()))}
+	pend := make([]pending, len(req.GetDescriptors()))
+	var batch []quota.Request
+	replaced := map[string]bool{}
+	for i, d := range req.GetDescriptors() {
+		pend[i].req = -1
+		h := hits
+		if d.GetHitsAddend() != nil {
+			h = d.GetHitsAddend().GetValue()
+		}
+		if h > maxHits {
+			return nil, "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d exceeds %d", i, h, maxHits)
+		}
+		var n *rlNode
+		var key string
+		if known && len(d.GetEntries()) > 0 {
+			n, key, pend[i].stat = root.match(d.GetEntries())
+		}
+		var rule *rlRule
+		if n != nil {
+			rule = n.rule
+		}
+		if o := d.GetLimit(); o != nil {
+			// Envoy may send the limit itself (from route metadata): it replaces the
+			// configured one, and needs no configured match.
+			unit := rlsv3.RateLimitResponse_RateLimit_Unit(o.GetUnit()) // the two enums share their numbers
+			w, ok := unitOf(unit)
+			if !ok {
+				return nil, "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: limit override unit %v is not supported", i, o.GetUnit())
+			}
+			if key == "" {
+				key = "override|" + entriesKey(d.GetEntries())
+				pend[i].stat = "override"
+			}
+			base := rlRule{}
+			if rule != nil {
+				base = *rule
+			}
+			base.unlimited = false
+			base.rpu, base.unit = o.GetRequestsPerUnit(), unit
+			base.limit = quota.Limit{Requests: uint64(o.GetRequestsPerUnit()), Window: w, Algorithm: base.limit.Algorithm}
+			if base.limit.Algorithm == "" {
+				base.limit.Algorithm = quota.FixedWindow
+			}
+			rule = &base
+		}
+		pend[i].rule = rule
+		if rule == nil {
+			continue
+		}
+		for _, r := range rule.replaces {
+			replaced[r] = true
+		}
+		if rule.unlimited || d.GetIsNegativeHits() {
+			continue
+		}
+		pend[i].limit = rule.limit
+		pend[i].req = len(batch)
+		batch = append(batch, quota.Request{Key: req.GetDomain() + "|" + key, Limit: rule.limit, Hits: h})
+	}
+	// A limit replaced by another matched one neither counts nor answers.
+	if len(replaced) > 0 {
+		kept := batch[:0]
+		idx := map[int]int{}
+		for i := range pend {
+			if pend[i].rule != nil && pend[i].rule.name != "" && replaced[pend[i].rule.name] {
+				pend[i].rule = nil
+				pend[i].req = -1
+				continue
+			}
+			if pend[i].req >= 0 {
+				idx[i] = len(kept)
+				kept = append(kept, batch[pend[i].req])
+			}
+		}
+		for i, j := range idx {
+			pend[i].req = j
+		}
+		batch = kept
+	}
+
+	decisions := make([]quota.Decision, len(batch))
+	if len(batch) > 0 {
+		h, ok := lease.Handler(s.opts.QuotaHandler)
+		if !ok {
+			return nil, "error", status.Errorf(codes.Unavailable, "the rate-limit backend %s is not configured", s.opts.QuotaHandler)
+		}
+		rlh, ok := h.(quota.RateLimiter)
+		if !ok {
+			return nil, "error", status.Errorf(codes.Internal, "handler %s is not a rate-limit backend", s.opts.QuotaHandler)
+		}
+		if err := rlh.Allow(ctx, s.opts.Now(), batch, decisions); err != nil {
+			s.metrics.handlerErrors.WithLabelValues(s.opts.QuotaHandler).Inc()
+			return nil, "error", status.Errorf(codes.Unavailable, "rate-limit backend: %v", err)
+		}
+	}
+
+	var tightest *rlsv3.RateLimitResponse_DescriptorStatus
+	for i := range pend {
+		p := &pend[i]
+		st := &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+		resp.Statuses[i] = st
+		result := "no_limit"
+		switch {
+		case !known:
+			result = "unknown_domain"
+		case req.GetDescriptors()[i].GetIsNegativeHits():
+			result = "negative_hits_ignored"
+		case p.rule == nil:
+		case p.rule.unlimited:
+			st.LimitRemaining = math.MaxUint32
+			result = "unlimited"
+		default:
+			dec := decisions[p.req]
+			st.CurrentLimit = &rlsv3.RateLimitResponse_RateLimit{Name: p.rule.name, RequestsPerUnit: p.rule.rpu, Unit: p.rule.unit}
+			st.LimitRemaining = uint32(min(dec.Remaining, math.MaxUint32))
+			st.DurationUntilReset = durationpb.New(dec.ResetAfter)
+			result = "ok"
+			if !dec.Allowed {
+				if p.rule.shadow {
+					result = "shadow_over_limit"
+				} else {
+					result = "over_limit"
+					st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
+					resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+				}
+			}
+			if tightest == nil || st.LimitRemaining < tightest.LimitRemaining {
+				tightest = st
+			}
+		}
+		s.metrics.rateLimit.WithLabelValues(domain, p.stat, result).Inc()
+	}
+	if s.opts.RateLimitHeaders && tightest != nil {
+		resp.ResponseHeadersToAdd = rateLimitHeaders(tightest)
+	}
+	outcome := "ok"
+	if resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT {
+		outcome = "over_limit"
+	}
+	return resp, outcome, nil
+}
+
+func entriesKey(es []*rlcommon.RateLimitDescriptor_Entry) string {
+	var b strings.Builder
+	for i, e := range es {
+		if i > 0 {
+			b.WriteByte('|')
+		}
+		b.WriteString(e.GetKey())
+		b.WriteByte('=')
+		b.WriteString(e.GetValue())
+	}
+	return b.String()
+}
+
+// rateLimitHeaders are the IETF draft's RateLimit-* headers for the descriptor with
+// the least remaining, as envoyproxy/ratelimit sends them.
+func rateLimitHeaders(st *rlsv3.RateLimitResponse_DescriptorStatus) []*corev3.HeaderValue {
+	w, _ := unitOf(st.GetCurrentLimit().GetUnit())
+	reset := int64(math.Ceil(st.GetDurationUntilReset().AsDuration().Seconds()))
+	return []*corev3.HeaderValue{
+		{Key: "RateLimit-Limit", Value: fmt.Sprintf("%d, %d;w=%d", st.GetCurrentLimit().GetRequestsPerUnit(), st.GetCurrentLimit().GetRequestsPerUnit(), int64(w.Seconds()))},
+		{Key: "RateLimit-Remaining", Value: strconv.FormatUint(uint64(st.GetLimitRemaining()), 10)},
+		{Key: "RateLimit-Reset", Value: strconv.FormatInt(reset, 10)},
+	}
+}
