@@ -258,3 +258,22 @@ func FuzzParseFile(f *testing.F) {
 		}
 	})
 }
+
+func TestLaterDefaultLayerReplaces(t *testing.T) {
+	l := loader(t, "")
+	l.Layers = append(config.DefaultLayers(), config.Layer{Name: "flags", Default: true, FS: fstest.MapFS{
+		"x.yaml": {Data: []byte("apiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: prometheus, namespace: sluice-system}\n" +
+			"spec:\n  adapter: prometheus\n  params:\n    maxSeriesPerMetric: 7\n    metrics:\n" +
+			"    - {instance: requestcount, name: istio_requests_total, kind: COUNTER}\n    - {instance: requestduration, name: d, kind: COUNTER}\n" +
+			"    - {instance: requestsize, name: rq, kind: COUNTER}\n    - {instance: responsesize, name: rs, kind: COUNTER}\n" +
+			"    - {instance: tcpbytesent, name: ts, kind: COUNTER}\n    - {instance: tcpbytereceived, name: tr, kind: COUNTER}\n" +
+			"    - {instance: tcpconnectionsopened, name: to, kind: COUNTER}\n    - {instance: tcpconnectionsclosed, name: tc, kind: COUNTER}\n")},
+	}})
+	s, err := l.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := s.Handlers[0]; !strings.HasPrefix(h.Object.Pos.File, "flags/") {
+		t.Errorf("the later default layer did not replace the handler: %s", h.Object.Pos)
+	}
+}

@@ -81,15 +81,21 @@ func (l *Loader) Load() (*Snapshot, error) {
 	var c collector
 	var objs []*Object
 	var raw bytes.Buffer
-	for _, layer := range layers {
+	for i, layer := range layers {
 		o, err := readFS(layer.FS, layer.Name, layer.Default, &raw)
 		c.addErr(Position{File: layer.Name}, err)
+		for _, x := range o {
+			x.layer = i
+		}
 		objs = append(objs, o...)
 	}
 	if l.Dir != "" {
 		o, err := readDir(l.Dir, &raw)
 		if err != nil {
 			c.addErr(Position{File: l.Dir}, err)
+		}
+		for _, x := range o {
+			x.layer = len(layers)
 		}
 		objs = append(objs, o...)
 	}
@@ -219,14 +225,15 @@ func ParseFile(file string, data []byte) ([]*Object, error) {
 }
 
 // layer applies replacement and disabling: a user object with a default's key replaces
-// it, or removes it when annotated sluice.dev/disabled: "true".
+// it, or removes it when annotated sluice.dev/disabled: "true"; a default of a later
+// layer replaces one of an earlier layer (as --redis-addr replaces the quota backend).
 func layer(objs []*Object) ([]*Object, error) {
 	var c collector
 	byKey := map[Key]*Object{}
 	domains := map[string]*Object{}
 	for _, o := range objs {
 		if o.Family == FamilyRateLimit {
-			if prev, dup := domains[o.Name]; dup && prev.Default == o.Default {
+			if prev, dup := domains[o.Name]; dup && prev.Default == o.Default && prev.layer == o.layer {
 				c.add(o.Pos, "rate-limit domain %q is already defined at %s", o.Name, prev.Pos)
 				continue
 			}
@@ -236,7 +243,7 @@ func layer(objs []*Object) ([]*Object, error) {
 		switch {
 		case !exists:
 			byKey[o.Key] = o
-		case prev.Default && !o.Default:
+		case prev.Default && !o.Default, prev.Default && o.Default && o.layer > prev.layer:
 			byKey[o.Key] = o
 		case o.Family != FamilyRateLimit:
 			c.add(o.Pos, "%s is already defined at %s", o.Key, prev.Pos)

@@ -88,6 +88,8 @@ type Object struct {
 	Spec any `json:"spec"`
 	// node is the spec's YAML, for positioning errors found after decoding.
 	node *yaml.Node
+	// layer is the index of the layer the object was read from (the directory last).
+	layer int
 }
 
 // MarshalJSON encodes mesh specs with protojson, the form Istio users know.
