@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -18,7 +19,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "sluice-loadtest", Short: "Load tests and benchmark reports for Sluice", SilenceUsage: true}
-	root.AddCommand(newReport())
+	root.AddCommand(newReport(), newCheck())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-loadtest:", err)
 		os.Exit(1)
@@ -47,5 +48,35 @@ costs per entry, their ratio, and allocations per entry.`,
 	f.IntVar(&o.Repeat, "repeat", 3, "runs per batch size (the median is reported)")
 	f.IntVar(&o.Streams, "streams", 16, "concurrent access-log streams")
 	f.StringVar(&o.Profile, "profile", "", "write a CPU profile of the server, taken while it works, to this file")
+	return cmd
+}
+
+func newCheck() *cobra.Command {
+	o := loadtest.CheckLoadOptions{Out: os.Stdout}
+	cmd := &cobra.Command{
+		Use:   "check --server bin/sluice",
+		Short: "Open-loop latency of ext_authz and rate-limit checks at fixed offered rates",
+		Long: `Starts the given sluice binary (and, for the redis backend, redis-server) on free
+loopback ports with a benchmark config (an rbac policy, a per-user quota, a rate-limit
+domain), then offers each rate for --duration, open loop: requests leave at their
+scheduled times whatever the server does, and latency is measured from that time.
+It prints p50, p99, p99.9 and the server's CPU per request for every scenario, and
+the highest rate at which p99 stays under --target-p99.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := loadtest.RunCheckLoad(cmd.Context(), o)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Server, "server", "bin/sluice", "sluice binary to measure")
+	f.StringVar(&o.RedisServer, "redis-server", "redis-server", "redis-server binary, for the redis backend")
+	f.IntSliceVar(&o.Rates, "rate", []int{1000, 10000, 30000}, "offered requests per second, one row each")
+	f.DurationVar(&o.Duration, "duration", 10*time.Second, "how long each rate is offered")
+	f.StringSliceVar(&o.Services, "service", []string{"ext_authz", "ratelimit"}, "services to load")
+	f.StringSliceVar(&o.Backends, "backend", []string{"memquota", "redis"}, "quota backends")
+	f.StringSliceVar(&o.Caches, "cache", []string{"hit", "miss"}, "check-cache scenarios (ext_authz)")
+	f.IntVar(&o.Conns, "conns", 4, "client connections")
+	f.IntVar(&o.Workers, "workers", 512, "requests in flight at most")
+	f.DurationVar(&o.TargetP99, "target-p99", time.Millisecond, "p99 the highest-rate summary is reported against")
 	return cmd
 }
