@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
+	"testing/fstest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,6 +65,17 @@ type Options struct {
 	CheckCacheSize int
 	// RateLimitHeaders adds the RateLimit-* headers to rate-limit answers.
 	RateLimitHeaders bool
+	// RedisAddr, when set, replaces the default quota backend (memquota) with a
+	// redisquota handler at this address, so that replicas share their counts.
+	RedisAddr string
+}
+
+// redisLayer replaces the default quota handler with one backed by Redis at addr.
+func redisLayer(addr string) config.Layer {
+	ns, name, _ := strings.Cut(check.DefaultQuotaHandler, "/")
+	doc := fmt.Sprintf("apiVersion: %s\nkind: Handler\nmetadata: {name: %s, namespace: %s}\nspec:\n  adapter: redisquota\n  params:\n    redisServerUrl: %q\n",
+		config.MixerAPIVersion, name, ns, addr)
+	return config.Layer{Name: "flag:--redis-addr", Default: true, FS: fstest.MapFS{"redis.yaml": {Data: []byte(doc)}}}
 }
 
 // Mixer is a running Sluice core.
@@ -114,7 +127,14 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 	if err != nil {
 		return nil, err
 	}
-	loader := &config.Loader{Dir: opts.ConfigDir, Layers: opts.Layers, Adapters: opts.Adapters, Compiler: compiler, Validators: opts.Validators}
+	layers := opts.Layers
+	if opts.RedisAddr != "" {
+		if layers == nil {
+			layers = config.DefaultLayers()
+		}
+		layers = append(layers, redisLayer(opts.RedisAddr))
+	}
+	loader := &config.Loader{Dir: opts.ConfigDir, Layers: layers, Adapters: opts.Adapters, Compiler: compiler, Validators: opts.Validators}
 	m.watcher, err = config.NewWatcher(loader, m.apply, opts.Logger, m.metrics)
 	if err != nil {
 		return nil, err
