@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(agentEnv) == "1" {
 		os.Exit(runAgent(os.Stdin, os.Stdout))
 	}
+	if spec := os.Getenv(fleetEnv); spec != "" {
+		os.Exit(runFleet(spec, os.Stdin, os.Stdout))
+	}
 	os.Exit(m.Run())
 }
 
@@ -242,7 +245,7 @@ func (a *agent) do(t *testing.T, c command) result {
 
 // testLogWriter sends a child's stderr to the test log.
 type testLogWriter struct {
-	t      *testing.T
+	t      testing.TB
 	prefix string
 	mu     sync.Mutex
 }
@@ -305,7 +308,7 @@ type sluice struct {
 	metrics *prometheus.Registry
 }
 
-func startSluice(t *testing.T, files map[string]string) *sluice {
+func startSluice(t testing.TB, files map[string]string) *sluice {
 	t.Helper()
 	dir := t.TempDir()
 	for name, body := range files {
@@ -386,7 +389,7 @@ func metricValue(t testing.TB, s *sluice, name, labels string) float64 {
 	return -1
 }
 
-func writeFile(t *testing.T, path, body string) {
+func writeFile(t testing.TB, path, body string) {
 	t.Helper()
 	// Write and rename, as config management tools do, so the watcher never reads
 	// half a file.

@@ -40,7 +40,7 @@ func Build(s *config.Snapshot, opts Options) (*Mesh, error) {
 	if opts.DomainSuffix == "" {
 		opts.DomainSuffix = DefaultDomainSuffix
 	}
-	b := &builder{opts: opts, m: &Mesh{byHost: map[string]*Service{}}, vips: map[string]*config.Object{}, fields: supportedFields()}
+	b := &builder{opts: opts, m: &Mesh{byHost: map[string]*Service{}}, vips: map[string]*config.Object{}, fields: supportedFields(), deprecated: replacements()}
 	for _, o := range s.ByKind(config.KindWorkloadEntry) {
 		b.workloadEntry(o)
 	}
@@ -73,11 +73,12 @@ func sortErrors(l config.ErrorList) config.ErrorList {
 }
 
 type builder struct {
-	opts   Options
-	m      *Mesh
-	c      collector
-	vips   map[string]*config.Object
-	fields map[string]map[string]bool
+	opts       Options
+	m          *Mesh
+	c          collector
+	vips       map[string]*config.Object
+	fields     map[string]map[string]bool
+	deprecated map[string]string
 }
 
 // qualify turns a host as written in namespace ns into the service host it names.
@@ -371,9 +372,6 @@ func (b *builder) policy(o *config.Object, path string, tp *networking.TrafficPo
 				b.c.add(o.PosOf(lbPath+".consistentHash"), "consistentHash needs httpHeaderName (the hash key Sluice implements)")
 			}
 			p.MinRingSize = ch.GetRingHash().GetMinimumRingSize()
-			if p.MinRingSize == 0 {
-				p.MinRingSize = ch.GetMinimumRingSize()
-			}
 			if p.MinRingSize > 8<<20 {
 				b.c.add(o.PosOf(lbPath+".consistentHash"), "minimumRingSize %d is larger than 8388608", p.MinRingSize)
 			}
@@ -762,11 +760,8 @@ func (b *builder) fault(o *config.Object, path string, f *networking.HTTPFaultIn
 			b.c.add(o.PosOf(dp), "delay needs fixedDelay")
 		}
 		out.Delay = b.duration(o, dp+".fixedDelay", d.GetFixedDelay())
-		if p := d.GetPercentage(); p != nil {
-			out.DelayPercent = b.percent(o, dp+".percentage.value", p.GetValue())
-		} else {
-			out.DelayPercent = b.percent(o, dp+".percent", float64(d.GetPercent()))
-		}
+		// Without a percentage no request is delayed, as in Istio.
+		out.DelayPercent = b.percent(o, dp+".percentage.value", d.GetPercentage().GetValue())
 	}
 	if a := f.GetAbort(); a != nil {
 		ap := path + ".abort"

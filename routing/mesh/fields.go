@@ -36,7 +36,7 @@ func supportedFields() map[string]map[string]bool {
 			"http.timeout",
 			"http.retries", "http.retries.attempts", "http.retries.perTryTimeout", "http.retries.retryOn",
 			"http.fault", "http.fault.delay", "http.fault.delay.fixedDelay", "http.fault.delay.percentage",
-			"http.fault.delay.percentage.value", "http.fault.delay.percent",
+			"http.fault.delay.percentage.value",
 			"http.fault.abort", "http.fault.abort.httpStatus", "http.fault.abort.grpcStatus",
 			"http.fault.abort.percentage", "http.fault.abort.percentage.value",
 			"http.mirror", "http.mirror.host", "http.mirror.subset", "http.mirror.port", "http.mirror.port.number",
@@ -55,7 +55,7 @@ func policyFields(prefixes ...string) []string {
 		for _, f := range []string{
 			"", "loadBalancer", "loadBalancer.simple", "loadBalancer.consistentHash",
 			"loadBalancer.consistentHash.httpHeaderName", "loadBalancer.consistentHash.ringHash",
-			"loadBalancer.consistentHash.ringHash.minimumRingSize", "loadBalancer.consistentHash.minimumRingSize",
+			"loadBalancer.consistentHash.ringHash.minimumRingSize",
 			"connectionPool", "connectionPool.tcp", "connectionPool.tcp.maxConnections",
 			"connectionPool.tcp.connectTimeout", "connectionPool.http", "connectionPool.http.http1MaxPendingRequests",
 			"connectionPool.http.http2MaxRequests", "connectionPool.http.maxRequestsPerConnection",
@@ -74,6 +74,16 @@ func policyFields(prefixes ...string) []string {
 	return out
 }
 
+// replacements name the supported field that replaces a deprecated one.
+func replacements() map[string]string {
+	return map[string]string{
+		"http.fault.delay.percent":                    "percentage.value",
+		"http.mirrorPercent":                          "mirrorPercentage.value",
+		"loadBalancer.consistentHash.minimumRingSize": "consistentHash.ringHash.minimumRingSize",
+		"outlierDetection.consecutiveErrors":          "consecutive5xxErrors",
+	}
+}
+
 func set(names ...string) map[string]bool {
 	m := make(map[string]bool, len(names))
 	for _, n := range names {
@@ -89,6 +99,12 @@ func (b *builder) checkFields(o *config.Object, msg proto.Message) {
 	walkFields(msg.ProtoReflect(), "", "", func(path, key string) bool {
 		if allowed[key] {
 			return true
+		}
+		for old, use := range b.deprecated {
+			if strings.HasSuffix(key, old) {
+				c.add(o.KeyPos(path), "%s field %q is deprecated and not supported by Sluice: use %s", o.Kind, path, use)
+				return false
+			}
 		}
 		c.add(o.KeyPos(path), "%s field %q is not supported by Sluice (remove it; Sluice never ignores a setting silently)", o.Kind, path)
 		return false

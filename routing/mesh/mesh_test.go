@@ -130,6 +130,16 @@ spec:
   - route: [{destination: {host: reviews}}]
 `, []string{`8: VirtualService field "http[0].rewrite" is not supported by Sluice`, `9: VirtualService field "http[0].corsPolicy" is not supported`,
 			`12: VirtualService field "http[0].match[0].queryParams" is not supported`, `13: VirtualService field "tcp" is not supported`}},
+		{"deprecated fields", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    fault:
+      delay: {fixedDelay: 1s, percent: 10}
+`, []string{`9: VirtualService field "http[0].fault.delay.percent" is deprecated and not supported by Sluice: use percentage.value`}},
 		{"two virtual services for one host", `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: a}
@@ -243,7 +253,7 @@ spec:
   - match: [{headers: {end-user: {exact: jason}}}, {uri: {prefix: /v2}, ignoreUriCase: true}]
     route: [{destination: {host: reviews, subset: v2}}]
     fault:
-      delay: {fixedDelay: 1.5s, percent: 10}
+      delay: {fixedDelay: 1.5s, percentage: {value: 10}}
   - route:
     - {destination: {host: reviews, subset: v1}, weight: 90}
     - {destination: {host: reviews, subset: v2}, weight: 10}

@@ -15,6 +15,7 @@ import (
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	previoushosts "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -115,8 +116,18 @@ func httpFilter(name string, cfg proto.Message) *hcm.HttpFilter {
 	return &hcm.HttpFilter{Name: name, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(cfg)}}
 }
 
-// extAuthzOff disables the check on a virtual host. Sidecars check requests where
-// they arrive (inbound), as Mixer did, not again where they leave.
+// constants are typed configs many resources share, marshalled once per Build.
+type constants struct {
+	// extAuthzOff disables the check on a virtual host. Sidecars check requests
+	// where they arrive (inbound), as Mixer did, not again where they leave.
+	extAuthzOff   map[string]*anypb.Any
+	previousHosts *anypb.Any
+}
+
+func newConstants() constants {
+	return constants{extAuthzOff: extAuthzOff(), previousHosts: toAny(&previoushosts.PreviousHostsPredicate{})}
+}
+
 func extAuthzOff() map[string]*anypb.Any {
 	return map[string]*anypb.Any{
 		wellknown.HTTPExternalAuthorization: toAny(&extauthz.ExtAuthzPerRoute{

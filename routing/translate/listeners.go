@@ -100,7 +100,7 @@ func (r *Resources) grpcService(m *mesh.Mesh, s *mesh.Service, p mesh.Port) {
 		VirtualHosts: []*route.VirtualHost{{
 			Name:    rcName,
 			Domains: domains(s, p.Number),
-			Routes:  routes(m, s, p.Number, true),
+			Routes:  r.routes(m, s, p.Number, true),
 		}},
 	}
 	r.GRPC.Routes[rcName] = rc

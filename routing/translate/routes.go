@@ -11,7 +11,6 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	commonfault "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
 	fault "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	previoushosts "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
@@ -38,19 +37,18 @@ func domains(s *mesh.Service, port uint32) []string {
 // routes translates a service's routes for requests arriving on port. Proxyless
 // routes carry only what grpc-go implements: it reads timeouts from
 // max_stream_duration, retries only on gRPC status codes, and has no mirroring.
-func routes(m *mesh.Mesh, s *mesh.Service, port uint32, proxyless bool) []*route.Route {
+func (r *Resources) routes(m *mesh.Mesh, s *mesh.Service, port uint32, proxyless bool) []*route.Route {
 	if len(s.Routes) == 0 {
 		d := mesh.Destination{Host: s.Host, Port: port, Weight: 100}
-		r := &route.Route{
+		return []*route.Route{{
 			Name:   "default",
 			Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-			Action: &route.Route_Route{Route: routeAction(m, &mesh.Route{Destinations: []mesh.Destination{d}}, port, proxyless)},
-		}
-		return []*route.Route{r}
+			Action: &route.Route_Route{Route: r.routeAction(m, &mesh.Route{Destinations: []mesh.Destination{d}}, port, proxyless)},
+		}}
 	}
 	var out []*route.Route
 	for _, mr := range s.Routes {
-		action := routeAction(m, mr, port, proxyless)
+		action := r.routeAction(m, mr, port, proxyless)
 		perFilter := faultConfig(mr.Fault)
 		var md *core.Metadata
 		if !proxyless {
@@ -76,13 +74,10 @@ func routes(m *mesh.Mesh, s *mesh.Service, port uint32, proxyless bool) []*route
 // routeMetadata names the VirtualService a route came from, for Envoy's admin views.
 func routeMetadata(mr *mesh.Route) *core.Metadata {
 	src := mr.Source
-	v, err := structpb.NewStruct(map[string]any{
-		"config": fmt.Sprintf("VirtualService %s/%s", src.Namespace, src.Name),
-		"route":  fmt.Sprintf("http[%d]", mr.Index),
-	})
-	if err != nil {
-		return nil
-	}
+	v := &structpb.Struct{Fields: map[string]*structpb.Value{
+		"config": structpb.NewStringValue("VirtualService " + src.Namespace + "/" + src.Name),
+		"route":  structpb.NewStringValue(fmt.Sprintf("http[%d]", mr.Index)),
+	}}
 	return &core.Metadata{FilterMetadata: map[string]*structpb.Struct{"sluice": v}}
 }
 
@@ -123,7 +118,7 @@ func headerMatch(name string, sm mesh.StringMatch) *route.HeaderMatcher {
 	return &route.HeaderMatcher{Name: name, HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: m}}
 }
 
-func routeAction(m *mesh.Mesh, mr *mesh.Route, port uint32, proxyless bool) *route.RouteAction {
+func (r *Resources) routeAction(m *mesh.Mesh, mr *mesh.Route, port uint32, proxyless bool) *route.RouteAction {
 	a := &route.RouteAction{}
 	type wc struct {
 		name   string
@@ -166,7 +161,7 @@ func routeAction(m *mesh.Mesh, mr *mesh.Route, port uint32, proxyless bool) *rou
 	}
 	// Like Istio: no timeout unless the VirtualService sets one (Envoy's default is 15s).
 	a.Timeout = durationpb.New(mr.Timeout)
-	a.RetryPolicy = envoyRetry(mr.Retries)
+	a.RetryPolicy = r.envoyRetry(mr.Retries)
 	if mr.Mirror != nil {
 		p, _ := mr.Mirror.ResolvePort(m, port)
 		a.RequestMirrorPolicies = []*route.RouteAction_RequestMirrorPolicy{{
@@ -181,7 +176,7 @@ func routeAction(m *mesh.Mesh, mr *mesh.Route, port uint32, proxyless bool) *rou
 
 // envoyRetry is the VirtualService's retry policy, or Istio's default (two retries of
 // connection failures and 503s) when it has none.
-func envoyRetry(rt *mesh.Retries) *route.RetryPolicy {
+func (r *Resources) envoyRetry(rt *mesh.Retries) *route.RetryPolicy {
 	if rt == nil {
 		rt = &mesh.Retries{Attempts: 2, RetryOn: []string{"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"}, StatusCode: []uint32{503}}
 	}
@@ -195,7 +190,7 @@ func envoyRetry(rt *mesh.Retries) *route.RetryPolicy {
 		HostSelectionRetryMaxAttempts: 5,
 		RetryHostPredicate: []*route.RetryPolicy_RetryHostPredicate{{
 			Name:       "envoy.retry_host_predicates.previous_hosts",
-			ConfigType: &route.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: toAny(&previoushosts.PreviousHostsPredicate{})},
+			ConfigType: &route.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: r.consts.previousHosts},
 		}},
 	}
 	if rt.PerTry > 0 {
@@ -266,8 +261,8 @@ func (r *Resources) outboundRoutes(m *mesh.Mesh, port uint32, services []*mesh.S
 		rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
 			Name:                 s.Host + ":" + strconv.Itoa(int(port)),
 			Domains:              domains(s, port),
-			Routes:               routes(m, s, port, false),
-			TypedPerFilterConfig: extAuthzOff(),
+			Routes:               r.routes(m, s, port, false),
+			TypedPerFilterConfig: r.consts.extAuthzOff,
 		})
 	}
 	rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
@@ -281,7 +276,7 @@ func (r *Resources) outboundRoutes(m *mesh.Mesh, port uint32, services []*mesh.S
 				Timeout:          durationpb.New(0),
 			}},
 		}},
-		TypedPerFilterConfig: extAuthzOff(),
+		TypedPerFilterConfig: r.consts.extAuthzOff,
 	})
 	return rc
 }

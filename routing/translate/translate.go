@@ -54,6 +54,7 @@ type Resources struct {
 	Endpoints map[string]types.Resource
 
 	opts    Options
+	consts  constants
 	inbound map[netip.Addr][]inboundPort
 
 	mu       sync.Mutex
@@ -75,7 +76,7 @@ func Build(m *mesh.Mesh, reg *registry.Snapshot, opts Options) *Resources {
 	}
 	r := &Resources{
 		Envoy: newSet(), GRPC: newSet(), Endpoints: map[string]types.Resource{},
-		opts: opts, inbound: map[netip.Addr][]inboundPort{}, inbounds: map[string]types.Resource{},
+		opts: opts, consts: newConstants(), inbound: map[netip.Addr][]inboundPort{}, inbounds: map[string]types.Resource{},
 	}
 	idx := newIndex(reg)
 	byPort := map[uint32][]*mesh.Service{}

@@ -13,9 +13,6 @@ import (
 	"github.com/sluicemesh/sluice/routing/translate"
 )
 
-// Resource types Sluice serves.
-var servedTypes = []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType}
-
 // caches routes each request to the cache of its client family and type:
 //
 //   - Envoy sidecars ask for listeners and clusters by wildcard and for routes and
