@@ -610,3 +610,45 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 func (rawCodec) Name() string { return "proto" }
+
+// TestInboundFollowsRegistry: a sidecar whose address the registry does not know yet
+// has an inbound listener without service ports; once a WorkloadEntry gives that
+// address a workload selected by a service, its listener gains the port.
+func TestInboundFollowsRegistry(t *testing.T) {
+	s := bookinfo(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := newSotw(t, ctx, dial(t, s.xdsAddr()), "sidecar~10.0.0.99~ratings-v2-x.default~default.svc.cluster.local")
+	inboundPorts := func(r *discovery.DiscoveryResponse) []uint32 {
+		var out []uint32
+		for _, l := range unpack(t, r.GetResources(), func() *listener.Listener { return &listener.Listener{} }) {
+			if l.GetName() == "virtualInbound" {
+				for _, fc := range l.GetFilterChains() {
+					out = append(out, fc.GetFilterChainMatch().GetDestinationPort().GetValue())
+				}
+			}
+		}
+		return out
+	}
+	c.request(resourcev3.ListenerType, nil, "", "", nil)
+	r := c.recv()
+	if p := inboundPorts(r); len(p) != 0 {
+		t.Fatalf("inbound ports of an unknown address: %v", p)
+	}
+	c.request(resourcev3.ListenerType, nil, r.GetVersionInfo(), r.GetNonce(), nil)
+	path := filepath.Join(s.dir, "workloads.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path, string(b)+`---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-v2, namespace: default}
+spec: {address: 10.0.0.99, labels: {app: ratings, version: v2}}
+`)
+	r = c.recv()
+	if p := inboundPorts(r); len(p) != 1 || p[0] != 8080 {
+		t.Errorf("inbound ports after the WorkloadEntry: %v, want ratings' target port 8080", p)
+	}
+}
