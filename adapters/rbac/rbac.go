@@ -1,0 +1,325 @@
+// Package rbac is the rbac adapter: a check handler whose policies are CEL conditions
+// over the request's attributes, with the ALLOW and DENY actions of Istio's AuthorizationPolicy.
+//
+// With action ALLOW a request is allowed when at least one policy matches, and denied
+// otherwise. With action DENY a request is denied when at least one policy matches,
+// and allowed otherwise.
+//
+// A condition that reads a missing attribute (an absent header, a request without a
+// principal) is simply false, as in Istio: a DENY policy on a missing value does not
+// match. A condition whose evaluation fails for another reason (ip() of a malformed
+// address, a runtime type error) is counted as an error and fails closed whatever
+// the action: under ALLOW the failed policy grants nothing (another policy may still
+// allow), under DENY the failed policy denies, as if it had matched. Such answers are
+// never cached.
+package rbac
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/templates"
+	"github.com/sluicemesh/sluice/templates/authorization"
+	"github.com/sluicemesh/sluice/templates/metric"
+)
+
+// Name is the adapter's name in a Handler's spec.adapter.
+const Name = "rbac"
+
+// Actions, as written in params.action.
+const (
+	Allow = "ALLOW"
+	Deny  = "DENY"
+)
+
+// Defaults of an rbac handler's params.
+const (
+	DefaultValidDuration = 5 * time.Second
+)
+
+// errorLogInterval bounds how often a failing policy is logged: it fails on the request
+// path, possibly on every request.
+const errorLogInterval = 10 * time.Second
+
+// Params configure an rbac handler.
+type Params struct {
+	// Action is ALLOW (the default: allow only what some policy matches) or DENY
+	// (deny what some policy matches).
+	Action string `yaml:"action"`
+	// Policies are tried in order.
+	Policies []Policy `yaml:"policies"`
+	// ValidDuration is how long the core's check cache may reuse an answer for
+	// requests with the same values of the attributes the policies read; "0s"
+	// disables caching. Default 5s.
+	ValidDuration time.Duration `yaml:"validDuration"`
+}
+
+// Policy is one named condition.
+type Policy struct {
+	// Name identifies the policy in denials and logs.
+	Name string `yaml:"name"`
+	// Condition is a CEL expression over attributes that yields a bool, such as
+	// `source.principal == "spiffe://cluster.local/ns/shop/sa/frontend" && request.method in ["GET", "HEAD"]`.
+	Condition string `yaml:"condition"`
+}
+
+var policyName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$`)
+
+// Validate implements adapters.Params. The conditions are compiled by Bind and New,
+// which have a compiler.
+func (p *Params) Validate() error {
+	if _, err := parseAction(p.Action); err != nil {
+		return adapters.Errorf("action", "%v", err)
+	}
+	if len(p.Policies) == 0 {
+		return adapters.Errorf("policies", "at least one policy is required")
+	}
+	seen := map[string]int{}
+	for i, pol := range p.Policies {
+		path := fmt.Sprintf("policies[%d]", i)
+		if !policyName.MatchString(pol.Name) {
+			return adapters.Errorf(path+".name", "%q is not a policy name (1 to 128 letters, digits and . _ : / -, starting and ending with a letter or digit)", pol.Name)
+		}
+		if j, dup := seen[pol.Name]; dup {
+			return adapters.Errorf(path+".name", "policy %q is also policies[%d]", pol.Name, j)
+		}
+		seen[pol.Name] = i
+		if strings.TrimSpace(pol.Condition) == "" {
+			return adapters.Errorf(path+".condition", "a condition is required (write true to match every request)")
+		}
+	}
+	if p.ValidDuration < 0 {
+		return adapters.Errorf("validDuration", "must not be negative")
+	}
+	return nil
+}
+
+// parseAction reads an action, case-insensitively; "" is ALLOW.
+func parseAction(s string) (deny bool, err error) {
+	switch strings.ToUpper(s) {
+	case "", Allow:
+		return false, nil
+	case Deny:
+		return true, nil
+	}
+	return false, fmt.Errorf("action %q is not ALLOW or DENY", s)
+}
+
+// compile compiles every condition, reporting a bad one at its field path.
+func compile(p *Params, c adapters.Compiler) ([]adapters.Predicate, error) {
+	if c == nil {
+		return nil, errors.New("rbac needs an expression compiler, and none was given")
+	}
+	out := make([]adapters.Predicate, len(p.Policies))
+	for i, pol := range p.Policies {
+		pred, err := c.CompileBool(pol.Condition)
+		if err != nil {
+			return nil, adapters.Errorf(fmt.Sprintf("policies[%d].condition", i), "%v", err)
+		}
+		out[i] = pred
+	}
+	return out, nil
+}
+
+// Factory returns the rbac adapter's factory.
+func Factory() *adapters.Factory {
+	return &adapters.Factory{
+		Name:      Name,
+		Doc:       "allows or denies requests by policies written as CEL conditions over attributes",
+		Templates: []string{templates.Authorization},
+		NewParams: func() adapters.Params { return &Params{Action: Allow, ValidDuration: DefaultValidDuration} },
+		Bind: func(b adapters.Binding) (map[string]metric.Aggregation, error) {
+			if b.Compiler == nil {
+				return nil, nil // nothing to compile with; New compiles again
+			}
+			_, err := compile(b.Params.(*Params), b.Compiler)
+			return nil, err
+		},
+		New: func(_ context.Context, env adapters.Env, p adapters.Params, _ adapters.Instances) (adapters.Handler, error) {
+			return New(env, p.(*Params))
+		},
+	}
+}
+
+// Handler evaluates the policies of one rbac handler.
+type Handler struct {
+	env           adapters.Env
+	deny          bool
+	validDuration time.Duration
+	policies      []policy
+	reads         []string
+}
+
+type policy struct {
+	name string
+	pred adapters.Predicate
+	// reads are the attributes the condition reads, to tell a missing attribute
+	// from a failure.
+	reads []string
+	// lastLog is when the policy's failure was last logged (Unix nanoseconds).
+	lastLog atomic.Int64
+}
+
+// New compiles the policies with env.Compiler.
+func New(env adapters.Env, p *Params) (*Handler, error) {
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("rbac params: %w", err)
+	}
+	preds, err := compile(p, env.Compiler)
+	if err != nil {
+		return nil, fmt.Errorf("compile rbac policies: %w", err)
+	}
+	if env.Logger == nil {
+		env.Logger = slog.New(slog.DiscardHandler)
+	}
+	if env.Stats == nil {
+		env.Stats = noStats{}
+	}
+	if env.Now == nil {
+		env.Now = time.Now
+	}
+	deny, _ := parseAction(p.Action) // Validate has checked it
+	h := &Handler{env: env, deny: deny, validDuration: p.ValidDuration, policies: make([]policy, len(preds))}
+	for i, pred := range preds {
+		h.policies[i].name = p.Policies[i].Name
+		h.policies[i].pred = pred
+		h.policies[i].reads = pred.Attributes()
+		h.reads = append(h.reads, pred.Attributes()...)
+	}
+	slices.Sort(h.reads)
+	h.reads = slices.Compact(h.reads)
+	return h, nil
+}
+
+// ReadsAttributes implements adapters.AttributeReader: the union of the attributes the
+// policies read, so that the check cache never reuses an answer for a request that
+// differs in one of them.
+func (h *Handler) ReadsAttributes() []string { return slices.Clone(h.reads) }
+
+// Authorize implements adapters.AuthorizationHandler.
+func (h *Handler) Authorize(_ context.Context, _ *authorization.Instance, attrs adapters.Attributes) (authorization.Result, error) {
+	failed := -1 // the first policy whose evaluation failed
+	for i := range h.policies {
+		pol := &h.policies[i]
+		match, err := pol.pred.Eval(attrs)
+		if err != nil {
+			if missing(err, pol.reads, attrs) {
+				continue
+			}
+			h.failure(pol, err)
+			if failed < 0 {
+				failed = i
+			}
+			continue
+		}
+		if !match {
+			continue
+		}
+		if h.deny {
+			return h.denial(fmt.Sprintf("denied by rbac %s: policy %q matches", h.name(), pol.name), h.validDuration), nil
+		}
+		return authorization.Result{Code: codes.OK, ValidDuration: h.validDuration}, nil
+	}
+	switch {
+	case failed >= 0 && h.deny:
+		return h.denial(fmt.Sprintf("denied by rbac %s: policy %q could not be evaluated", h.name(), h.policies[failed].name), 0), nil
+	case failed >= 0:
+		return h.denial(fmt.Sprintf("denied by rbac %s: no policy allows the request (policy %q could not be evaluated)", h.name(), h.policies[failed].name), 0), nil
+	case h.deny:
+		return authorization.Result{Code: codes.OK, ValidDuration: h.validDuration}, nil
+	}
+	return h.denial(fmt.Sprintf("denied by rbac %s: no policy allows the request", h.name()), h.validDuration), nil
+}
+
+func (h *Handler) denial(msg string, valid time.Duration) authorization.Result {
+	return authorization.Result{Code: codes.PermissionDenied, Message: msg, HTTPStatus: 403, ValidDuration: valid}
+}
+
+func (h *Handler) name() string {
+	if h.env.Name == "" {
+		return Name
+	}
+	return h.env.Name
+}
+
+// failure counts a failed evaluation and logs it, at most once per errorLogInterval
+// per policy.
+func (h *Handler) failure(pol *policy, err error) {
+	h.env.Stats.Error("policy_eval")
+	now := h.env.Now().UnixNano()
+	last := pol.lastLog.Load()
+	if now-last < int64(errorLogInterval) || !pol.lastLog.CompareAndSwap(last, now) {
+		return
+	}
+	h.env.Logger.Warn("rbac policy evaluation failed; failing closed", "policy", pol.name, "err", err)
+}
+
+// missingText is the text of the core's error for a missing attribute or map key.
+// The SDK's Predicate documents that a missing attribute makes a condition false,
+// but the core's predicate reports it as an error that adapters cannot name (it is
+// declared in mixer/expr), so it is recognised here by its text.
+const missingText = "attribute not present"
+
+// missing reports whether a failed evaluation is due to missing data rather than a
+// broken condition: the error (or one it wraps) is the core's missing-attribute
+// error, or an attribute the condition reads is absent from the request.
+func missing(err error, reads []string, attrs adapters.Attributes) bool {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if e.Error() == missingText {
+			return true
+		}
+	}
+	if attrs == nil {
+		return true
+	}
+	for _, ref := range reads {
+		if absent(attrs, ref) {
+			return true
+		}
+	}
+	return false
+}
+
+// absent reports whether the attribute a Predicate reads is missing. A reference is an
+// attribute name, or name["key"] for one key of a map attribute.
+func absent(attrs adapters.Attributes, ref string) bool {
+	name, key, keyed := strings.Cut(ref, "[")
+	v, ok := attrs.Get(name)
+	if !ok {
+		return true
+	}
+	if !keyed {
+		return false
+	}
+	k, err := strconv.Unquote(strings.TrimSuffix(key, "]"))
+	m, isMap := v.(map[string]string)
+	if err != nil || !isMap {
+		return false // not a form this handler knows: assume present, so a failure counts
+	}
+	_, ok = m[k]
+	return !ok
+}
+
+// Close implements adapters.Handler; an rbac handler holds nothing.
+func (h *Handler) Close(context.Context) error { return nil }
+
+type noStats struct{}
+
+func (noStats) Error(string)        {}
+func (noStats) Dropped(int, string) {}
+
+var (
+	_ adapters.AuthorizationHandler = (*Handler)(nil)
+	_ adapters.AttributeReader      = (*Handler)(nil)
+)
