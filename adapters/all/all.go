@@ -3,7 +3,10 @@ package all
 
 import (
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/denier"
+	"github.com/sluicemesh/sluice/adapters/list"
 	"github.com/sluicemesh/sluice/adapters/prometheus"
+	"github.com/sluicemesh/sluice/adapters/rbac"
 	"github.com/sluicemesh/sluice/adapters/stdio"
 )
 
@@ -12,6 +15,9 @@ func Registry() *adapters.Registry {
 	r, err := adapters.NewRegistry(
 		prometheus.Factory(),
 		stdio.Factory(),
+		denier.Factory(),
+		list.Factory(),
+		rbac.Factory(),
 	)
 	if err != nil {
 		panic(err) // the list above is fixed at build time
