@@ -47,6 +47,17 @@ func Build(s *config.Snapshot, opts Options) (*Mesh, error) {
 	for _, o := range s.ByKind(config.KindServiceEntry) {
 		b.serviceEntry(o)
 	}
+	// A host written explicitly wins over another host's alias of the same name,
+	// whichever was read first: two virtual hosts may not share a domain.
+	for _, svc := range b.m.Services {
+		kept := svc.Aliases[:0]
+		for _, a := range svc.Aliases {
+			if _, clash := b.m.byHost[a]; !clash {
+				kept = append(kept, a)
+			}
+		}
+		svc.Aliases = kept
+	}
 	for _, o := range s.ByKind(config.KindDestinationRule) {
 		b.destinationRule(o)
 	}
@@ -165,6 +176,10 @@ func (b *builder) serviceEntry(o *config.Object) {
 			b.c.add(o.PosOf(path+".number"), "port number %d is not between 1 and 65535", p.GetNumber())
 			continue
 		}
+		if reservedPort(p.GetNumber()) {
+			b.c.add(o.PosOf(path+".number"), "port %d is reserved for the sidecar (Istio's 15000-15090 ports): choose another", p.GetNumber())
+			continue
+		}
 		if seenPort[p.GetNumber()] {
 			b.c.add(o.PosOf(path+".number"), "port %d is listed twice", p.GetNumber())
 		}
@@ -245,14 +260,19 @@ func (b *builder) serviceEntry(o *config.Object) {
 			Host: host, Aliases: b.aliases(host), Namespace: o.Namespace, Addresses: addresses,
 			Ports: ports, Selector: selector, Endpoints: endpoints, Entry: o,
 		}
-		for _, a := range s.Aliases {
-			if _, clash := b.m.byHost[a]; clash {
-				s.Aliases = nil // an explicit host of that name wins
-			}
-		}
 		b.m.byHost[host] = s
 		b.m.Services = append(b.m.Services, s)
 	}
+}
+
+// reservedPort reports the ports Istio's sidecars use themselves: the virtual
+// listeners (15001, 15006) and Envoy's admin, health and stats ports.
+func reservedPort(p uint32) bool {
+	switch p {
+	case 15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090:
+		return true
+	}
+	return false
 }
 
 func first(vals ...string) string {

@@ -130,6 +130,14 @@ spec:
   - route: [{destination: {host: reviews}}]
 `, []string{`8: VirtualService field "http[0].rewrite" is not supported by Sluice`, `9: VirtualService field "http[0].corsPolicy" is not supported`,
 			`12: VirtualService field "http[0].match[0].queryParams" is not supported`, `13: VirtualService field "tcp" is not supported`}},
+		{"reserved port", `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: admin}
+spec:
+  hosts: [admin]
+  ports: [{number: 15001, name: http}]
+  resolution: STATIC
+`, []string{`6: port 15001 is reserved for the sidecar`}},
 		{"deprecated fields", `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: x}
@@ -281,5 +289,39 @@ spec:
 	r := svc.Routes[1]
 	if r.Timeout.Milliseconds() != 250 || r.Retries.Attempts != 3 || strings.Join(r.Retries.RetryOn, ",") != "unavailable,retriable-status-codes" || r.Retries.StatusCode[0] != 503 {
 		t.Errorf("route = %+v, retries %+v", r, r.Retries)
+	}
+}
+
+// TestAliasesYieldToHosts: a host written as reviews.default wins over the alias of
+// reviews.default.svc.cluster.local, in whichever order they are read.
+func TestAliasesYieldToHosts(t *testing.T) {
+	for _, names := range [][2]string{{"a", "b"}, {"b", "a"}} {
+		s, err := loadDir(t, map[string]string{"se.yaml": `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ` + names[0] + `}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ` + names[1] + `}
+spec:
+  hosts: [reviews.default]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := mesh.Build(s, mesh.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc, _ := m.Service("reviews.default.svc.cluster.local")
+		if strings.Join(svc.Aliases, ",") != "reviews.default.svc" {
+			t.Errorf("order %v: aliases %v", names, svc.Aliases)
+		}
 	}
 }

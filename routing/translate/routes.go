@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,10 +27,11 @@ import (
 // addresses, each with and without the port.
 func domains(s *mesh.Service, port uint32) []string {
 	names := append(append([]string{s.Host}, s.Aliases...), s.Addresses...)
-	p := ":" + strconv.Itoa(int(port))
+	p := strconv.Itoa(int(port))
 	out := make([]string, 0, 2*len(names))
 	for _, n := range names {
-		out = append(out, n, n+p)
+		// net.JoinHostPort brackets IPv6 addresses, as Host headers carry them.
+		out = append(out, n, net.JoinHostPort(n, p))
 	}
 	return out
 }
