@@ -21,7 +21,6 @@ import (
 	"log/slog"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -164,9 +163,6 @@ type Handler struct {
 type policy struct {
 	name string
 	pred adapters.Predicate
-	// reads are the attributes the condition reads, to tell a missing attribute
-	// from a failure.
-	reads []string
 	// lastLog is when the policy's failure was last logged (Unix nanoseconds).
 	lastLog atomic.Int64
 }
@@ -194,7 +190,6 @@ func New(env adapters.Env, p *Params) (*Handler, error) {
 	for i, pred := range preds {
 		h.policies[i].name = p.Policies[i].Name
 		h.policies[i].pred = pred
-		h.policies[i].reads = pred.Attributes()
 		h.reads = append(h.reads, pred.Attributes()...)
 	}
 	slices.Sort(h.reads)
@@ -212,11 +207,10 @@ func (h *Handler) Authorize(_ context.Context, _ *authorization.Instance, attrs 
 	failed := -1 // the first policy whose evaluation failed
 	for i := range h.policies {
 		pol := &h.policies[i]
+		// The SDK's predicates answer false, without an error, for a missing
+		// attribute: an error here is a condition that cannot be evaluated.
 		match, err := pol.pred.Eval(attrs)
 		if err != nil {
-			if missing(err, pol.reads, attrs) {
-				continue
-			}
 			h.failure(pol, err)
 			if failed < 0 {
 				failed = i
@@ -263,52 +257,6 @@ func (h *Handler) failure(pol *policy, err error) {
 		return
 	}
 	h.env.Logger.Warn("rbac policy evaluation failed; failing closed", "policy", pol.name, "err", err)
-}
-
-// missingText is the text of the core's error for a missing attribute or map key.
-// The SDK's Predicate documents that a missing attribute makes a condition false,
-// but the core's predicate reports it as an error that adapters cannot name (it is
-// declared in mixer/expr), so it is recognised here by its text.
-const missingText = "attribute not present"
-
-// missing reports whether a failed evaluation is due to missing data rather than a
-// broken condition: the error (or one it wraps) is the core's missing-attribute
-// error, or an attribute the condition reads is absent from the request.
-func missing(err error, reads []string, attrs adapters.Attributes) bool {
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if e.Error() == missingText {
-			return true
-		}
-	}
-	if attrs == nil {
-		return true
-	}
-	for _, ref := range reads {
-		if absent(attrs, ref) {
-			return true
-		}
-	}
-	return false
-}
-
-// absent reports whether the attribute a Predicate reads is missing. A reference is an
-// attribute name, or name["key"] for one key of a map attribute.
-func absent(attrs adapters.Attributes, ref string) bool {
-	name, key, keyed := strings.Cut(ref, "[")
-	v, ok := attrs.Get(name)
-	if !ok {
-		return true
-	}
-	if !keyed {
-		return false
-	}
-	k, err := strconv.Unquote(strings.TrimSuffix(key, "]"))
-	m, isMap := v.(map[string]string)
-	if err != nil || !isMap {
-		return false // not a form this handler knows: assume present, so a failure counts
-	}
-	_, ok = m[k]
-	return !ok
 }
 
 // Close implements adapters.Handler; an rbac handler holds nothing.

@@ -1,6 +1,7 @@
 package expr
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -26,7 +27,17 @@ type predicate struct {
 	vocab *attribute.Vocabulary
 }
 
+// Eval implements adapters.Predicate: as the SDK promises, a missing attribute or map
+// key makes the predicate false without an error.
 func (p *predicate) Eval(attrs adapters.Attributes) (bool, error) {
+	ok, err := p.eval(attrs)
+	if errors.Is(err, ErrMissing) {
+		return false, nil
+	}
+	return ok, err
+}
+
+func (p *predicate) eval(attrs adapters.Attributes) (bool, error) {
 	if a, ok := attrs.(*Activation); ok {
 		return p.e.EvalBool(a)
 	}
