@@ -180,6 +180,10 @@ func BenchmarkMemoryPerClient(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			s := startSluice(b, tc.spec.files())
 			for b.Loop() {
+				// The streams of an earlier round must be gone before measuring.
+				for deadline := time.Now().Add(10 * time.Second); s.routing.Clients() > 0 && time.Now().Before(deadline); {
+					time.Sleep(10 * time.Millisecond)
+				}
 				before := heap()
 				f := startFleet(b, s.xdsAddr(), tc.clients, false)
 				after := heap()
