@@ -1,0 +1,293 @@
+package memquota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/quotakit"
+	"github.com/sluicemesh/sluice/adapters/quotakit/quotatest"
+	"github.com/sluicemesh/sluice/templates/quota"
+)
+
+func newHandler(t *testing.T, p *Params, instances ...string) (*Handler, *quotatest.Stats) {
+	t.Helper()
+	if p.MaxKeys == 0 {
+		p.MaxKeys = DefaultMaxKeys
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	st := &quotatest.Stats{}
+	h, err := New(adapters.Env{Name: "ns/mem", Stats: st, Now: quotatest.Base}, p, instances)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close(context.Background()) })
+	return h, st
+}
+
+func TestValidate(t *testing.T) {
+	ok := quotakit.Quota{Name: "rq", MaxAmount: 10, ValidDuration: time.Second}
+	tests := []struct {
+		name string
+		p    Params
+		path string // the FieldError path, "" when valid
+	}{
+		{"valid", Params{MaxKeys: 10, Quotas: []quotakit.Quota{ok}}, ""},
+		{"no quotas", Params{MaxKeys: 1}, ""},
+		{"maxKeys", Params{MaxKeys: 0, Quotas: []quotakit.Quota{ok}}, "maxKeys"},
+		{"quota field", Params{MaxKeys: 10, Quotas: []quotakit.Quota{ok, {Name: "b", ValidDuration: time.Second}}}, "quotas[1].maxAmount"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.p.Validate()
+			if tt.path == "" {
+				if err != nil {
+					t.Fatalf("unexpected error %v", err)
+				}
+				return
+			}
+			var fe *adapters.FieldError
+			if !errors.As(err, &fe) || fe.Path != tt.path {
+				t.Errorf("error %v, want one at %s", err, tt.path)
+			}
+		})
+	}
+}
+
+func TestSequences(t *testing.T) {
+	h, _ := newHandler(t, &Params{})
+	quotatest.RunSequences(t, h, "mem")
+}
+
+func TestBatch(t *testing.T) {
+	h, _ := newHandler(t, &Params{})
+	quotatest.RunBatch(t, h, "mem")
+}
+
+// TestConcurrent races goroutines on one key with an injected clock; the allowed
+// count of every round must be the reference model's, and each algorithm's
+// guarantee must hold.
+func TestConcurrent(t *testing.T) {
+	for i, l := range []quota.Limit{
+		{Requests: 20, Window: time.Second, Algorithm: quota.FixedWindow},
+		{Requests: 20, Window: time.Second, Algorithm: quota.SlidingWindow},
+		{Requests: 20, Window: time.Second, Algorithm: quota.TokenBucket},
+	} {
+		t.Run(string(l.Algorithm), func(t *testing.T) {
+			h, _ := newHandler(t, &Params{})
+			c := quotatest.Concurrent{Limit: l, Rounds: 60, Workers: 8, PerWorker: 3, MaxStep: 250 * time.Millisecond, Seed: uint64(i + 1)}
+			c.Run(t, []quota.RateLimiter{h, h}, "concurrent")
+		})
+	}
+}
+
+func TestQuotaOverrides(t *testing.T) {
+	zero := int64(0)
+	five := int64(5)
+	h, _ := newHandler(t, &Params{Quotas: []quotakit.Quota{{
+		Name: "rq", MaxAmount: 2, ValidDuration: time.Minute,
+		Overrides: []quotakit.Override{
+			{Dimensions: map[string]string{"source": "batch"}, MaxAmount: &zero},
+			{Dimensions: map[string]string{"source": "batch", "dest": "db"}, MaxAmount: &five},
+		},
+	}}}, "ns/rq")
+	ctx := context.Background()
+	now := quotatest.Base()
+	charge := func(dims map[string]string, n int) (allowed int) {
+		for range n {
+			d, err := h.Quota(ctx, now, &quota.Instance{Name: "ns/rq", Dimensions: dims}, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Allowed {
+				allowed++
+			}
+		}
+		return allowed
+	}
+	for _, tc := range []struct {
+		dims map[string]string
+		want int
+	}{
+		{map[string]string{"source": "web"}, 2},
+		{map[string]string{"source": "web", "dest": "db"}, 2}, // its own key: other dimensions
+		{map[string]string{"source": "batch"}, 0},
+		{map[string]string{"source": "batch", "dest": "db"}, 5},  // the more specific override
+		{map[string]string{"source": "batch", "dest": "api"}, 0}, // only the first matches
+	} {
+		if got := charge(tc.dims, 10); got != tc.want {
+			t.Errorf("%v: %d allowed, want %d", tc.dims, got, tc.want)
+		}
+	}
+	if _, err := h.Quota(ctx, now, &quota.Instance{Name: "ns/other"}, 1); err == nil {
+		t.Error("an instance without a quota was charged")
+	}
+}
+
+func TestBind(t *testing.T) {
+	f := Factory()
+	p := f.NewParams().(*Params)
+	p.Quotas = []quotakit.Quota{{Name: "rq", MaxAmount: 1, ValidDuration: time.Second}, {Name: "ns/rq", MaxAmount: 1, ValidDuration: time.Second}}
+	for _, tc := range []struct {
+		instances []string
+		path      string
+	}{
+		{[]string{"other/rq"}, ""},
+		{[]string{"ns/missing"}, "quotas"},
+		{[]string{"ns/rq"}, "quotas[1].name"}, // matched by both
+	} {
+		_, err := f.Bind(adapters.Binding{Params: p, Instances: adapters.Instances{Quotas: tc.instances}})
+		var fe *adapters.FieldError
+		switch {
+		case tc.path == "" && err != nil:
+			t.Errorf("%v: %v", tc.instances, err)
+		case tc.path != "" && (!errors.As(err, &fe) || fe.Path != tc.path):
+			t.Errorf("%v: error %v, want one at %s", tc.instances, err, tc.path)
+		}
+	}
+}
+
+func TestMaxKeysEvictsLeastRecent(t *testing.T) {
+	h, st := newHandler(t, &Params{MaxKeys: 3})
+	if len(h.shards) != 2 {
+		t.Fatalf("%d shards for 3 keys, want 2", len(h.shards))
+	}
+	ctx := context.Background()
+	now := quotatest.Base()
+	l := quota.Limit{Requests: 1, Window: time.Minute}
+	take := func(key string) bool {
+		var out [1]quota.Decision
+		if err := h.Allow(ctx, now, []quota.Request{{Key: key, Limit: l, Hits: 1}}, out[:]); err != nil {
+			t.Fatal(err)
+		}
+		return out[0].Allowed
+	}
+	for i := range 50 {
+		take(fmt.Sprint("k", i))
+		if n := h.Len(); n > 3 {
+			t.Fatalf("%d keys held, maxKeys 3", n)
+		}
+	}
+	// Keys spread over the shards by hash: every key not held was evicted.
+	evicted := st.Drops("key_evicted")
+	if want := 50 - h.Len(); evicted != want {
+		t.Errorf("%d evictions counted, want %d", evicted, want)
+	}
+	// The most recent key is still counted: its one hit is spent.
+	if take("k49") {
+		t.Error("the most recent key was forgotten")
+	}
+	// Keys whose state has expired make room without counting an eviction.
+	now = now.Add(time.Hour)
+	take("late")
+	if got := st.Drops("key_evicted"); got != evicted {
+		t.Errorf("an expired key counted as evicted: %d, was %d", got, evicted)
+	}
+}
+
+func TestSweepForgetsIdleKeys(t *testing.T) {
+	h, _ := newHandler(t, &Params{})
+	ctx := context.Background()
+	now := quotatest.Base()
+	reqs := []quota.Request{
+		{Key: "f", Limit: quota.Limit{Requests: 5, Window: time.Second}, Hits: 1},
+		{Key: "s", Limit: quota.Limit{Requests: 5, Window: 2 * time.Second, Algorithm: quota.SlidingWindow}, Hits: 1},
+		{Key: "t", Limit: quota.Limit{Requests: 5, Window: 4 * time.Second, Algorithm: quota.TokenBucket}, Hits: 5},
+	}
+	out := make([]quota.Decision, len(reqs))
+	if err := h.Allow(ctx, now, reqs, out); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		after time.Duration
+		left  int
+	}{
+		{999 * time.Millisecond, 3},
+		{time.Second, 2},     // the fixed window ended
+		{2 * time.Second, 1}, // the hit left the sliding window
+		{4 * time.Second, 0}, // the bucket is full again
+	} {
+		h.sweep(quotakit.Micros(now.Add(tc.after)))
+		if got := h.Len(); got != tc.left {
+			t.Errorf("after %v: %d keys, want %d", tc.after, got, tc.left)
+		}
+	}
+}
+
+// TestFixedWindowLateRequest: a request of the previous window that reaches the
+// lock after the window turned counts in its own window.
+func TestFixedWindowLateRequest(t *testing.T) {
+	h, _ := newHandler(t, &Params{})
+	l := quota.Limit{Requests: 2, Window: time.Second}
+	base := quotatest.Base()
+	steps := []struct {
+		at   time.Duration
+		want bool
+	}{
+		{900 * time.Millisecond, true},
+		{1000 * time.Millisecond, true},
+		{950 * time.Millisecond, true}, // window 0 has room for one more
+		{960 * time.Millisecond, false},
+		{1001 * time.Millisecond, true}, // window 1 kept its count
+		{1002 * time.Millisecond, false},
+	}
+	for i, s := range steps {
+		var out [1]quota.Decision
+		if err := h.Allow(context.Background(), base.Add(s.at), []quota.Request{{Key: "k", Limit: l, Hits: 1}}, out[:]); err != nil {
+			t.Fatal(err)
+		}
+		if out[0].Allowed != s.want {
+			t.Errorf("step %d at %v: allowed=%v, want %v", i, s.at, out[0].Allowed, s.want)
+		}
+	}
+}
+
+// TestSlidingLogIsBounded: a very large limit keeps at most 4097 log entries.
+func TestSlidingLogIsBounded(t *testing.T) {
+	h, _ := newHandler(t, &Params{})
+	l := quota.Limit{Requests: 1 << 40, Window: time.Second, Algorithm: quota.SlidingWindow}
+	now := quotatest.Base()
+	for i := range 20000 {
+		var out [1]quota.Decision
+		at := now.Add(time.Duration(i) * 97 * time.Microsecond)
+		if err := h.Allow(context.Background(), at, []quota.Request{{Key: "big", Limit: l, Hits: 1}}, out[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &h.shards[0]
+	for i := range h.shards {
+		if len(h.shards[i].keys) > 0 {
+			s = &h.shards[i]
+		}
+	}
+	e := s.keys[stateKey{key: "big", alg: slidingWindow}]
+	if e == nil {
+		t.Fatal("no state")
+	}
+	// The quantum is 245µs: about 4082 distinct entry times in a second.
+	if e.log.n > 4097 || e.log.n < 4000 {
+		t.Errorf("log of %d entries", e.log.n)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	h, _ := newHandler(t, &Params{})
+	for _, l := range []quota.Limit{
+		{Requests: 1, Window: 0},
+		{Requests: quotakit.MaxRequests + 1, Window: time.Second},
+		{Requests: 1, Window: time.Second, Algorithm: "leaky"},
+	} {
+		var out [1]quota.Decision
+		if err := h.Allow(context.Background(), quotatest.Base(), []quota.Request{{Key: "k", Limit: l, Hits: 1}}, out[:]); err == nil {
+			t.Errorf("%+v was decided", l)
+		}
+	}
+	if err := h.Allow(context.Background(), quotatest.Base(), make([]quota.Request, 2), make([]quota.Decision, 1)); err == nil {
+		t.Error("a short out slice was accepted")
+	}
+}

@@ -1,0 +1,77 @@
+package quotakit
+
+import (
+	"sort"
+	"strings"
+)
+
+// InstanceKey is the rate-limit key of a quota instance: its qualified name and every
+// dimension, sorted by name, as name;k1=v1;k2=v2. Each distinct set of dimension
+// values has its own count, as in Mixer; the separators are escaped in names and
+// values so that distinct instances never share a key.
+func InstanceKey(name string, dims map[string]string) string {
+	n := len(name)
+	for k, v := range dims {
+		n += len(k) + len(v) + 2
+	}
+	b := make([]byte, 0, n)
+	b = appendEscaped(b, name, keySpecials)
+	b = appendDims(b, dims)
+	return string(b)
+}
+
+func appendDims(b []byte, dims map[string]string) []byte {
+	if len(dims) == 0 {
+		return b
+	}
+	var small [8]string
+	names := small[:0]
+	for k := range dims {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		b = append(b, ';')
+		b = appendEscaped(b, k, keySpecials)
+		b = append(b, '=')
+		b = appendEscaped(b, dims[k], keySpecials)
+	}
+	return b
+}
+
+// The bytes percent-encoded in keys: in instance keys, the separators and braces
+// (so that values cannot forge a key's structure or a Redis hash tag); in the hash
+// tag of a Redis key, the braces. '%' itself is always encoded, which keeps the
+// encoding one-to-one.
+const (
+	keySpecials = "%;={}"
+	tagSpecials = "%{}"
+)
+
+// appendEscaped writes s with the bytes of specials percent-encoded.
+func appendEscaped(b []byte, s, specials string) []byte {
+	if !strings.ContainsAny(s, specials) {
+		return append(b, s...)
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; strings.IndexByte(specials, c) >= 0 {
+			const hex = "0123456789ABCDEF"
+			b = append(b, '%', hex[c>>4], hex[c&15])
+		} else {
+			b = append(b, c)
+		}
+	}
+	return b
+}
+
+// AppendClusterKey appends a Redis key for the limit identified by id: prefix, then
+// id inside a hash tag, {id}. Redis Cluster hashes only what is inside the first
+// braces, so every key of one limit (its windows, its log and counts) lands in one
+// slot and one Lua script may touch them all. Braces and '%' in id are
+// percent-encoded so that id cannot end the tag early.
+func AppendClusterKey(b []byte, prefix, id string) []byte {
+	b = append(b, prefix...)
+	b = append(b, '{')
+	b = appendEscaped(b, id, tagSpecials)
+	return append(b, '}')
+}

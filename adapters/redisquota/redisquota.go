@@ -1,0 +1,268 @@
+// Package redisquota is the redisquota adapter: quotas and rate limits counted in Redis
+// (or Redis Cluster), one Lua script per decision, so that every Sluice replica shares one exact count.
+package redisquota
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/quotakit"
+	"github.com/sluicemesh/sluice/templates"
+	"github.com/sluicemesh/sluice/templates/metric"
+	"github.com/sluicemesh/sluice/templates/quota"
+)
+
+// Name is the adapter's name in a Handler's spec.adapter.
+const Name = "redisquota"
+
+// Defaults.
+const (
+	DefaultTimeout        = 50 * time.Millisecond
+	DefaultLocalCacheSize = 10000
+)
+
+// keySlack is how much longer a Redis key lives than the state in it, so that a
+// replica whose clock lags Redis's by up to that much still finds its keys.
+const keySlack = time.Second
+
+// Params configure a redisquota handler.
+//
+//	redisServerUrl: redis:6379       # or clusterAddresses: [a:6379, b:6379, c:6379]
+//	timeout: 50ms
+//	failPolicy: open
+//	quotas:
+//	- name: requestcount
+//	  maxAmount: 100
+//	  validDuration: 1s
+//	  algorithm: token_bucket
+type Params struct {
+	// Quotas give the limits of the quota instances sent to the handler.
+	Quotas []quotakit.Quota `yaml:"quotas"`
+	// RedisServerURL is the Redis server: host:port, or a redis:// or rediss:// URL.
+	// A comma-separated list of host:port addresses means a Redis Cluster.
+	RedisServerURL string `yaml:"redisServerUrl"`
+	// ClusterAddresses are seed nodes of a Redis Cluster, instead of RedisServerURL.
+	ClusterAddresses []string `yaml:"clusterAddresses"`
+	// Password authenticates to Redis (AUTH); empty for none.
+	Password string `yaml:"password"`
+	// DB is the database of a single server; a cluster has only 0.
+	DB int `yaml:"db"`
+	// ConnectionPoolSize is the connections per Redis node; 0 for go-redis's default
+	// (10 per CPU).
+	ConnectionPoolSize int `yaml:"connectionPoolSize"`
+	// Timeout bounds each batch of decisions; when Redis is slower, or down, the
+	// requests are decided by FailPolicy. Default 50ms.
+	Timeout time.Duration `yaml:"timeout"`
+	// FailPolicy is open (allow; the default) or closed (deny) when Redis fails.
+	FailPolicy string `yaml:"failPolicy"`
+	// LocalCacheSize bounds the denied keys remembered in this replica until they
+	// could be allowed again, which keeps hot offenders off Redis; 0 disables it.
+	// Default 10000.
+	LocalCacheSize int `yaml:"localCacheSize"`
+}
+
+// Validate implements adapters.Params.
+func (p *Params) Validate() error {
+	_, cluster, err := p.addresses()
+	if err != nil {
+		return err
+	}
+	if cluster && p.DB != 0 {
+		return adapters.Errorf("db", "a Redis Cluster has only db 0")
+	}
+	if p.DB < 0 {
+		return adapters.Errorf("db", "must not be negative")
+	}
+	if p.ConnectionPoolSize < 0 {
+		return adapters.Errorf("connectionPoolSize", "must not be negative")
+	}
+	if p.Timeout <= 0 {
+		return adapters.Errorf("timeout", "must be positive")
+	}
+	if _, err := quotakit.ParseFailPolicy(p.FailPolicy); err != nil {
+		return adapters.Errorf("failPolicy", "%v", err)
+	}
+	if p.LocalCacheSize < 0 {
+		return adapters.Errorf("localCacheSize", "must not be negative")
+	}
+	return quotakit.ValidateQuotas(p.Quotas)
+}
+
+// addresses returns the servers to connect to: one for a single server (a URL or
+// host:port), or the seed nodes of a cluster.
+func (p *Params) addresses() (addrs []string, cluster bool, err error) {
+	switch {
+	case p.RedisServerURL != "" && len(p.ClusterAddresses) > 0:
+		return nil, false, adapters.Errorf("clusterAddresses", "give redisServerUrl or clusterAddresses, not both")
+	case len(p.ClusterAddresses) > 0:
+		for i, a := range p.ClusterAddresses {
+			if err := checkHostPort(a); err != nil {
+				return nil, false, adapters.Errorf(fmt.Sprintf("clusterAddresses[%d]", i), "%v", err)
+			}
+		}
+		return p.ClusterAddresses, true, nil
+	case p.RedisServerURL == "":
+		return nil, false, adapters.Errorf("redisServerUrl", "is required (host:port of the Redis server), or clusterAddresses")
+	case strings.Contains(p.RedisServerURL, "://"):
+		if _, err := redis.ParseURL(p.RedisServerURL); err != nil {
+			return nil, false, adapters.Errorf("redisServerUrl", "%v", err)
+		}
+		return []string{p.RedisServerURL}, false, nil
+	}
+	addrs = strings.Split(p.RedisServerURL, ",")
+	for i, a := range addrs {
+		addrs[i] = strings.TrimSpace(a)
+		if err := checkHostPort(addrs[i]); err != nil {
+			return nil, false, adapters.Errorf("redisServerUrl", "%v", err)
+		}
+	}
+	return addrs, len(addrs) > 1, nil
+}
+
+func checkHostPort(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || host == "" {
+		return fmt.Errorf("%q is not host:port", a)
+	}
+	return nil
+}
+
+// Factory returns the redisquota adapter's factory.
+func Factory() *adapters.Factory {
+	return &adapters.Factory{
+		Name:      Name,
+		Doc:       "counts quotas and rate limits in Redis, shared by every replica",
+		Templates: []string{templates.Quota},
+		NewParams: func() adapters.Params {
+			return &Params{Timeout: DefaultTimeout, FailPolicy: string(quotakit.FailOpen), LocalCacheSize: DefaultLocalCacheSize}
+		},
+		Bind: func(b adapters.Binding) (map[string]metric.Aggregation, error) {
+			_, err := quotakit.NewTable(b.Params.(*Params).Quotas, b.Instances.Quotas)
+			return nil, err
+		},
+		New: func(ctx context.Context, env adapters.Env, p adapters.Params, inst adapters.Instances) (adapters.Handler, error) {
+			return New(ctx, env, p.(*Params), inst.Quotas)
+		},
+	}
+}
+
+// Handler is a redisquota handler.
+type Handler struct {
+	env    adapters.Env
+	table  *quotakit.Table
+	client redis.UniversalClient
+	guard  *quotakit.Guard
+	cache  *quotakit.DenyCache
+	// One script per algorithm; a Script is safe for concurrent use.
+	fixed, sliding, bucket *redis.Script
+}
+
+// New connects a handler for the quota instances bound to it (qualified names).
+// Redis need not be up: until it is, requests are decided by the fail policy.
+func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (*Handler, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	table, err := quotakit.NewTable(p.Quotas, instances)
+	if err != nil {
+		return nil, err
+	}
+	policy, _ := quotakit.ParseFailPolicy(p.FailPolicy)
+	client, err := newClient(p)
+	if err != nil {
+		return nil, err
+	}
+	h := &Handler{
+		env: env, table: table, client: client,
+		guard: quotakit.NewGuard(env, p.Timeout, policy),
+		cache: quotakit.NewDenyCache(p.LocalCacheSize),
+		fixed: redis.NewScript(fixedWindowScript), sliding: redis.NewScript(slidingWindowScript),
+		bucket: redis.NewScript(tokenBucketScript),
+	}
+	// Loading the scripts now spares the first batch its NOSCRIPT round trip. A
+	// Redis that is down is not an error here: the fail policy covers it.
+	lctx, cancel := context.WithTimeout(ctx, max(p.Timeout, time.Second))
+	defer cancel()
+	for _, s := range []*redis.Script{h.fixed, h.sliding, h.bucket} {
+		if err := s.Load(lctx, client).Err(); err != nil {
+			if env.Logger != nil {
+				env.Logger.Warn("redisquota: cannot load scripts; Redis may be down", "error", err)
+			}
+			break
+		}
+	}
+	return h, nil
+}
+
+func newClient(p *Params) (redis.UniversalClient, error) {
+	addrs, cluster, err := p.addresses()
+	if err != nil {
+		return nil, err
+	}
+	// The timeout of each batch bounds every wait through the context; retries are
+	// off because a fixed-window increment is not idempotent: a retried script
+	// whose first run did reach Redis would count twice.
+	slow := max(p.Timeout, time.Second)
+	if cluster {
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: addrs, Password: p.Password, PoolSize: p.ConnectionPoolSize,
+			ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1,
+			DialTimeout: slow, ReadTimeout: slow, WriteTimeout: slow, PoolTimeout: p.Timeout,
+		}), nil
+	}
+	var opt *redis.Options
+	if strings.Contains(addrs[0], "://") {
+		if opt, err = redis.ParseURL(addrs[0]); err != nil {
+			return nil, fmt.Errorf("redisquota: parse redisServerUrl: %w", err)
+		}
+	} else {
+		opt = &redis.Options{Addr: addrs[0]}
+	}
+	if p.Password != "" {
+		opt.Password = p.Password
+	}
+	if p.DB != 0 {
+		opt.DB = p.DB
+	}
+	if p.ConnectionPoolSize != 0 {
+		opt.PoolSize = p.ConnectionPoolSize
+	}
+	opt.ContextTimeoutEnabled = true
+	opt.MaxRetries = -1
+	// One dial attempt: backing off between attempts does not fit in a timeout of
+	// milliseconds, and go-redis stops dialing a server that keeps refusing.
+	opt.DialerRetries = 1
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.PoolTimeout = slow, slow, slow, p.Timeout
+	return redis.NewClient(opt), nil
+}
+
+// Quota implements adapters.QuotaHandler.
+func (h *Handler) Quota(ctx context.Context, now time.Time, inst *quota.Instance, amount uint64) (quota.Decision, error) {
+	req, err := h.table.Request(inst, amount)
+	if err != nil {
+		return quota.Decision{}, fmt.Errorf("redisquota: %w", err)
+	}
+	var out [1]quota.Decision
+	if err := h.Allow(ctx, now, []quota.Request{req}, out[:]); err != nil {
+		return quota.Decision{}, err
+	}
+	return out[0], nil
+}
+
+// Close implements adapters.Handler.
+func (h *Handler) Close(context.Context) error {
+	if err := h.client.Close(); err != nil {
+		return fmt.Errorf("redisquota: close client: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,467 @@
+//go:build integration
+
+package redisquota
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/quotakit"
+	"github.com/sluicemesh/sluice/adapters/quotakit/quotatest"
+	"github.com/sluicemesh/sluice/templates/quota"
+)
+
+// syncBuffer is a log destination safe for concurrent handlers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type testHandler struct {
+	*Handler
+	stats *quotatest.Stats
+	log   *syncBuffer
+}
+
+func newTestHandler(t *testing.T, addr string, mod func(*Params), instances ...string) testHandler {
+	t.Helper()
+	p := defaults()
+	p.RedisServerURL = addr
+	if mod != nil {
+		mod(p)
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	th := testHandler{stats: &quotatest.Stats{}, log: &syncBuffer{}}
+	env := adapters.Env{Name: "ns/redis", Stats: th.stats, Logger: slog.New(slog.NewTextHandler(th.log, nil)), Now: time.Now}
+	h, err := New(context.Background(), env, p, instances)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close(context.Background()) })
+	th.Handler = h
+	return th
+}
+
+func allowOne(t *testing.T, h quota.RateLimiter, now time.Time, r quota.Request) quota.Decision {
+	t.Helper()
+	var out [1]quota.Decision
+	if err := h.Allow(context.Background(), now, []quota.Request{r}, out[:]); err != nil {
+		t.Fatal(err)
+	}
+	return out[0]
+}
+
+// TestIntegrationSequences: Redis answers the scripted sequences exactly as memquota
+// does, with the local cache of denied keys and without it.
+func TestIntegrationSequences(t *testing.T) {
+	s := startRedis(t)
+	for _, size := range []int{DefaultLocalCacheSize, 0} {
+		t.Run(fmt.Sprint("localCacheSize=", size), func(t *testing.T) {
+			h := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = size })
+			quotatest.RunSequences(t, h, fmt.Sprint("cache", size))
+			quotatest.RunBatch(t, h, fmt.Sprint("cache", size))
+		})
+	}
+}
+
+// TestIntegrationReplicas: two handlers ("replicas") share one Redis; many goroutines
+// race on one key at the same injected times. Every round's allowed count must be
+// the reference model's, and each algorithm's guarantee must hold.
+func TestIntegrationReplicas(t *testing.T) {
+	s := startRedis(t)
+	for i, l := range []quota.Limit{
+		{Requests: 20, Window: time.Second, Algorithm: quota.FixedWindow},
+		{Requests: 20, Window: time.Second, Algorithm: quota.SlidingWindow},
+		{Requests: 20, Window: time.Second, Algorithm: quota.TokenBucket},
+	} {
+		t.Run(string(l.Algorithm), func(t *testing.T) {
+			a := newTestHandler(t, s.addr, nil)
+			b := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = 0 }) // one replica without the cache
+			c := quotatest.Concurrent{Limit: l, Rounds: 40, Workers: 16, PerWorker: 2, MaxStep: 250 * time.Millisecond, Seed: uint64(10 + i)}
+			c.Run(t, []quota.RateLimiter{a, b}, "replicas")
+			if n := a.stats.Drops(quotakit.ReasonFailOpen) + b.stats.Drops(quotakit.ReasonFailOpen); n > 0 {
+				t.Errorf("%d decisions failed open", n)
+			}
+		})
+	}
+}
+
+// TestIntegrationFixedWindowRealClock: two replicas and many goroutines on the real
+// clock for several windows: exactly the limit is allowed in every window, never more.
+func TestIntegrationFixedWindowRealClock(t *testing.T) {
+	s := startRedis(t)
+	replicas := []testHandler{newTestHandler(t, s.addr, nil), newTestHandler(t, s.addr, nil)}
+	l := quota.Limit{Requests: 25, Window: 100 * time.Millisecond}
+	key := fmt.Sprint("realclock-", time.Now().UnixNano())
+	var mu sync.Mutex
+	allowed := map[int64]int{}
+	denied := map[int64]int{}
+	stop := time.Now().Add(700 * time.Millisecond)
+	var wg sync.WaitGroup
+	for w := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h := replicas[w%2]
+			for time.Now().Before(stop) {
+				now := time.Now()
+				var out [1]quota.Decision
+				if err := h.Allow(context.Background(), now, []quota.Request{{Key: key, Limit: l, Hits: 1}}, out[:]); err != nil {
+					t.Error(err)
+					return
+				}
+				win := now.UnixMicro() / l.Window.Microseconds()
+				mu.Lock()
+				if out[0].Allowed {
+					allowed[win]++
+				} else {
+					denied[win]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	full := 0
+	for win, n := range allowed {
+		if n > int(l.Requests) {
+			t.Errorf("window %d: %d allowed, limit %d", win, n, l.Requests)
+		}
+		if denied[win] > 0 {
+			full++
+			if n != int(l.Requests) {
+				t.Errorf("window %d: %d allowed with %d denied, want exactly %d", win, n, denied[win], l.Requests)
+			}
+		}
+	}
+	if full < 4 {
+		t.Errorf("only %d windows were saturated", full)
+	}
+	for _, h := range replicas {
+		if n := h.stats.Drops(quotakit.ReasonFailOpen); n > 0 {
+			t.Errorf("%d decisions failed open", n)
+		}
+	}
+}
+
+// TestIntegrationLocalCache: once a key is denied, its requests are answered in the
+// replica until the key could allow again; Redis sees only the decisions it must
+// make, counted by its own INFO commandstats.
+func TestIntegrationLocalCache(t *testing.T) {
+	s := startRedis(t)
+	now := quotatest.Base()
+	for _, tc := range []struct {
+		l     quota.Limit
+		calls int // EVALSHA calls for 100 one-hit requests at one time
+	}{
+		{quota.Limit{Requests: 5, Window: time.Minute}, 5}, // the 5th fills the window
+		{quota.Limit{Requests: 5, Window: time.Minute, Algorithm: quota.SlidingWindow}, 5},
+		{quota.Limit{Requests: 5, Window: time.Minute, Algorithm: quota.TokenBucket}, 5},
+	} {
+		for _, size := range []int{100, 0} {
+			h := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = size })
+			key := fmt.Sprintf("cache/%s/%d", tc.l.Algorithm, size)
+			s.resetStats()
+			n := 0
+			for range 100 {
+				if allowOne(t, h, now, quota.Request{Key: key, Limit: tc.l, Hits: 1}).Allowed {
+					n++
+				}
+			}
+			want := tc.calls
+			if size == 0 {
+				want = 100
+			}
+			if got := s.calls("evalsha"); got != want || n != 5 {
+				t.Errorf("%s, localCacheSize %d: %d EVALSHA calls (want %d), %d allowed", tc.l.Algorithm, size, got, want, n)
+			}
+			// Once the key could allow again, the cache lets requests through.
+			later := now.Add(time.Minute)
+			if d := allowOne(t, h, later, quota.Request{Key: key, Limit: tc.l, Hits: 1}); !d.Allowed {
+				t.Errorf("%s, localCacheSize %d: denied after the reset: %+v", tc.l.Algorithm, size, d)
+			}
+		}
+	}
+}
+
+// TestIntegrationScriptCacheFlushed: after SCRIPT FLUSH the scripts are sent in full
+// (EVAL) and decisions go on.
+func TestIntegrationScriptCacheFlushed(t *testing.T) {
+	s := startRedis(t)
+	h := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = 0 })
+	l := quota.Limit{Requests: 2, Window: time.Minute, Algorithm: quota.SlidingWindow}
+	now := quotatest.Base()
+	if !allowOne(t, h, now, quota.Request{Key: "flush", Limit: l, Hits: 1}).Allowed {
+		t.Fatal("denied")
+	}
+	if err := s.client.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.resetStats()
+	reqs := []quota.Request{{Key: "flush", Limit: l, Hits: 1}, {Key: "flush", Limit: l, Hits: 1}}
+	out := make([]quota.Decision, 2)
+	if err := h.Allow(context.Background(), now, reqs, out); err != nil {
+		t.Fatal(err)
+	}
+	if !out[0].Allowed || out[1].Allowed {
+		t.Errorf("after the flush: %+v", out)
+	}
+	if s.calls("eval") != 2 || h.stats.Drops(quotakit.ReasonFailOpen) != 0 {
+		t.Errorf("%d EVAL calls, %d failed open", s.calls("eval"), h.stats.Drops(quotakit.ReasonFailOpen))
+	}
+}
+
+// TestIntegrationRedisDown: while Redis is down every decision follows the fail
+// policy, is counted, and the burst is logged once; after a restart (an empty
+// server, without the scripts) decisions come from Redis again.
+func TestIntegrationRedisDown(t *testing.T) {
+	s := startRedis(t)
+	open := newTestHandler(t, s.addr, nil)
+	closed := newTestHandler(t, s.addr, func(p *Params) { p.FailPolicy = "closed" })
+	l := quota.Limit{Requests: 1, Window: time.Hour}
+	key := func(i int) quota.Request { return quota.Request{Key: fmt.Sprint("down", i), Limit: l, Hits: 1} }
+	now := quotatest.Base()
+	if !allowOne(t, open, now, key(0)).Allowed || allowOne(t, closed, now, key(0)).Allowed {
+		t.Fatal("Redis did not decide")
+	}
+	// A key denied before the outage stays denied from the local cache, even
+	// failing open: the denial is known.
+	if d := allowOne(t, open, now, key(0)); d.Allowed {
+		t.Errorf("a cached denial was forgotten: %+v", d)
+	}
+	s.stop()
+	start := time.Now()
+	for i := range 50 {
+		if d := allowOne(t, open, now, key(i+1)); !d.Allowed {
+			t.Fatalf("fail open denied: %+v", d)
+		}
+		if d := allowOne(t, closed, now, key(i+1)); d.Allowed {
+			t.Fatalf("fail closed allowed: %+v", d)
+		}
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Errorf("100 decisions took %v with Redis down", el)
+	}
+	for _, tc := range []struct {
+		h      testHandler
+		reason string
+	}{{open, quotakit.ReasonFailOpen}, {closed, quotakit.ReasonFailClosed}} {
+		if n := tc.h.stats.Drops(tc.reason); n != 50 {
+			t.Errorf("%s: %d counted, want 50", tc.reason, n)
+		}
+		if n := tc.h.stats.Errors(quotakit.ReasonError) + tc.h.stats.Errors(quotakit.ReasonTimeout); n != 50 {
+			t.Errorf("%s: %d backend errors counted, want 50", tc.reason, n)
+		}
+		if n := strings.Count(tc.h.log.String(), "quota backend failing"); n != 1 {
+			t.Errorf("%s: the outage was logged %d times:\n%s", tc.reason, n, tc.h.log.String())
+		}
+	}
+	s.restart()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before := closed.stats.Drops(quotakit.ReasonFailClosed)
+		d := allowOne(t, closed, now, key(1000))
+		if closed.stats.Drops(quotakit.ReasonFailClosed) == before {
+			if !d.Allowed {
+				t.Errorf("Redis back, a fresh key denied: %+v", d)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("decisions did not come back from Redis within 10s of its restart")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(closed.log.String(), "quota backend recovered") {
+		t.Errorf("recovery not logged:\n%s", closed.log.String())
+	}
+	if s.calls("eval") == 0 {
+		t.Error("the restarted server was never sent the script in full")
+	}
+}
+
+// TestIntegrationSlowRedis: a Redis that does not answer within the timeout (all
+// clients paused) is a failure: decided by policy in about the timeout, counted as
+// backend_timeout.
+func TestIntegrationSlowRedis(t *testing.T) {
+	s := startRedis(t)
+	for _, policy := range []string{"open", "closed"} {
+		h := newTestHandler(t, s.addr, func(p *Params) { p.FailPolicy = policy; p.Timeout = 50 * time.Millisecond })
+		l := quota.Limit{Requests: 10, Window: time.Hour, Algorithm: quota.TokenBucket}
+		now := quotatest.Base()
+		allowOne(t, h, now, quota.Request{Key: "slow-warm-" + policy, Limit: l, Hits: 1})
+		if err := s.client.Do(context.Background(), "CLIENT", "PAUSE", "600", "ALL").Err(); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		d := allowOne(t, h, now, quota.Request{Key: "slow-" + policy, Limit: l, Hits: 1})
+		el := time.Since(start)
+		if d.Allowed != (policy == "open") {
+			t.Errorf("%s: %+v", policy, d)
+		}
+		if el < 40*time.Millisecond || el > 400*time.Millisecond {
+			t.Errorf("%s: decided in %v with a 50ms timeout", policy, el)
+		}
+		if h.stats.Errors(quotakit.ReasonTimeout) != 1 || h.stats.Drops("fail_"+policy) != 1 {
+			t.Errorf("%s: %d timeouts, %d drops counted", policy, h.stats.Errors(quotakit.ReasonTimeout), h.stats.Drops("fail_"+policy))
+		}
+		if err := s.client.Do(context.Background(), "CLIENT", "UNPAUSE").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if d := allowOne(t, h, now, quota.Request{Key: "slow-after-" + policy, Limit: l, Hits: 1}); !d.Allowed || d.Remaining != 9 {
+			t.Errorf("%s: after the pause: %+v", policy, d)
+		}
+	}
+}
+
+// TestIntegrationKeysExpire: every key is written with an expiry, and is gone once
+// its state no longer matters (plus a second of slack).
+func TestIntegrationKeysExpire(t *testing.T) {
+	s := startRedis(t)
+	h := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = 0 })
+	now := time.Now()
+	for i, alg := range []quota.Algorithm{quota.FixedWindow, quota.SlidingWindow, quota.TokenBucket} {
+		l := quota.Limit{Requests: 3, Window: 200 * time.Millisecond, Algorithm: alg}
+		for range 5 {
+			allowOne(t, h, now, quota.Request{Key: fmt.Sprint("ttl", i), Limit: l, Hits: 1})
+		}
+	}
+	ctx := context.Background()
+	keys, err := s.client.Keys(ctx, "sluice:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 4 { // a fixed window's counter, a sliding log and its hits, a bucket
+		t.Errorf("keys %q", keys)
+	}
+	for _, k := range keys {
+		ttl, err := s.client.PTTL(ctx, k).Result()
+		if err != nil || ttl <= 0 || ttl > 1300*time.Millisecond {
+			t.Errorf("%s: PTTL %v, %v", k, ttl, err)
+		}
+	}
+	time.Sleep(1300 * time.Millisecond)
+	if n, err := s.client.DBSize(ctx).Result(); err != nil || n != 0 {
+		t.Errorf("%d keys left, %v", n, err)
+	}
+}
+
+// TestIntegrationQuotaInstances: quota instances resolve to their quota and override,
+// and count per dimension set.
+func TestIntegrationQuotaInstances(t *testing.T) {
+	s := startRedis(t)
+	one := int64(1)
+	h := newTestHandler(t, s.addr, func(p *Params) {
+		p.Quotas = []quotakit.Quota{{Name: "rq", MaxAmount: 3, ValidDuration: time.Minute, Algorithm: "sliding_window",
+			Overrides: []quotakit.Override{{Dimensions: map[string]string{"user": "greedy"}, MaxAmount: &one}}}}
+	}, "ns/rq")
+	now := quotatest.Base()
+	count := func(dims map[string]string) int {
+		n := 0
+		for range 5 {
+			d, err := h.Quota(context.Background(), now, &quota.Instance{Name: "ns/rq", Dimensions: dims}, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Allowed {
+				n++
+			}
+		}
+		return n
+	}
+	if a, b, c := count(map[string]string{"user": "a"}), count(map[string]string{"user": "b"}), count(map[string]string{"user": "greedy"}); a != 3 || b != 3 || c != 1 {
+		t.Errorf("allowed a=%d b=%d greedy=%d, want 3 3 1", a, b, c)
+	}
+}
+
+// TestIntegrationCluster: a three-node Redis Cluster (created with redis-cli
+// --cluster create). The sliding window's two keys share a hash tag, or Redis would
+// refuse the script (CROSSSLOT); limits spread over the nodes.
+func TestIntegrationCluster(t *testing.T) {
+	dir := t.TempDir()
+	var nodes []*redisServer
+	for i := range 3 {
+		nodes = append(nodes, startRedis(t, "--cluster-enabled", "yes", "--dir", dir,
+			"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", i)), "--cluster-node-timeout", "2000"))
+	}
+	args := []string{"--cluster", "create"}
+	for _, n := range nodes {
+		args = append(args, n.addr)
+	}
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, n := range nodes {
+		for {
+			info, _ := n.client.ClusterInfo(context.Background()).Result()
+			if strings.Contains(info, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster not ok on %s: %s", n.addr, info)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	addrs := []string{nodes[0].addr, nodes[1].addr, nodes[2].addr}
+	mod := func(p *Params) { p.RedisServerURL = ""; p.ClusterAddresses = addrs; p.Timeout = time.Second }
+	a := newTestHandler(t, "", mod)
+	if _, ok := a.client.(*redis.ClusterClient); !ok {
+		t.Fatalf("client %T", a.client)
+	}
+	quotatest.RunSequences(t, a, "cluster")
+	quotatest.RunBatch(t, a, "cluster")
+	b := newTestHandler(t, "", func(p *Params) { mod(p); p.LocalCacheSize = 0 })
+	c := quotatest.Concurrent{Limit: quota.Limit{Requests: 20, Window: time.Second, Algorithm: quota.SlidingWindow},
+		Rounds: 20, Workers: 8, PerWorker: 2, MaxStep: 250 * time.Millisecond, Seed: 7}
+	c.Run(t, []quota.RateLimiter{a, b}, "cluster-replicas")
+	// One batch over many limits: one pipeline, split by go-redis per node.
+	reqs := make([]quota.Request, 60)
+	for i := range reqs {
+		reqs[i] = quota.Request{Key: fmt.Sprint("spread", i), Limit: quota.Limit{Requests: 1, Window: time.Minute, Algorithm: quota.SlidingWindow}, Hits: 1}
+	}
+	out := make([]quota.Decision, len(reqs))
+	if err := a.Allow(context.Background(), quotatest.Base(), reqs, out); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range out {
+		if !d.Allowed {
+			t.Errorf("request %d: %+v", i, d)
+		}
+	}
+	for _, n := range nodes {
+		if size, _ := n.client.DBSize(context.Background()).Result(); size == 0 {
+			t.Errorf("node %s holds no keys", n.addr)
+		}
+	}
+	if n := a.stats.Drops(quotakit.ReasonFailOpen) + b.stats.Drops(quotakit.ReasonFailOpen); n > 0 {
+		t.Errorf("%d decisions failed open:\n%s", n, a.log.String())
+	}
+}

@@ -1,0 +1,171 @@
+package redisquota
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/quotakit"
+	"github.com/sluicemesh/sluice/adapters/quotakit/quotatest"
+	"github.com/sluicemesh/sluice/templates/quota"
+)
+
+func defaults() *Params { return Factory().NewParams().(*Params) }
+
+func TestValidate(t *testing.T) {
+	with := func(f func(*Params)) Params {
+		p := defaults()
+		p.RedisServerURL = "127.0.0.1:6379"
+		f(p)
+		return *p
+	}
+	tests := []struct {
+		name string
+		p    Params
+		path string // the FieldError path, "" when valid
+	}{
+		{"valid", with(func(*Params) {}), ""},
+		{"url", with(func(p *Params) { p.RedisServerURL = "redis://:secret@redis:6380/2" }), ""},
+		{"comma list is a cluster", with(func(p *Params) { p.RedisServerURL = "a:1, b:2,c:3" }), ""},
+		{"cluster addresses", with(func(p *Params) { p.RedisServerURL = ""; p.ClusterAddresses = []string{"a:1"} }), ""},
+		{"quotas", with(func(p *Params) {
+			p.Quotas = []quotakit.Quota{{Name: "rq", MaxAmount: 1, ValidDuration: time.Second, Algorithm: "sliding_window"}}
+		}), ""},
+		{"no server", with(func(p *Params) { p.RedisServerURL = "" }), "redisServerUrl"},
+		{"no port", with(func(p *Params) { p.RedisServerURL = "redis" }), "redisServerUrl"},
+		{"bad port", with(func(p *Params) { p.RedisServerURL = "redis:http" }), "redisServerUrl"},
+		{"bad list", with(func(p *Params) { p.RedisServerURL = "a:1,b" }), "redisServerUrl"},
+		{"bad url", with(func(p *Params) { p.RedisServerURL = "redis://h:1/notadb" }), "redisServerUrl"},
+		{"both", with(func(p *Params) { p.ClusterAddresses = []string{"a:1"} }), "clusterAddresses"},
+		{"bad cluster address", with(func(p *Params) { p.RedisServerURL = ""; p.ClusterAddresses = []string{"a:1", ":2"} }), "clusterAddresses[1]"},
+		{"db in a cluster", with(func(p *Params) { p.RedisServerURL = "a:1,b:2"; p.DB = 1 }), "db"},
+		{"negative db", with(func(p *Params) { p.DB = -1 }), "db"},
+		{"negative pool", with(func(p *Params) { p.ConnectionPoolSize = -1 }), "connectionPoolSize"},
+		{"no timeout", with(func(p *Params) { p.Timeout = 0 }), "timeout"},
+		{"fail policy", with(func(p *Params) { p.FailPolicy = "sometimes" }), "failPolicy"},
+		{"negative cache", with(func(p *Params) { p.LocalCacheSize = -1 }), "localCacheSize"},
+		{"quota", with(func(p *Params) { p.Quotas = []quotakit.Quota{{Name: "rq", MaxAmount: 1}} }), "quotas[0].validDuration"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.p.Validate()
+			if tt.path == "" {
+				if err != nil {
+					t.Fatalf("unexpected error %v", err)
+				}
+				return
+			}
+			var fe *adapters.FieldError
+			if !errors.As(err, &fe) || fe.Path != tt.path {
+				t.Errorf("error %v, want one at %s", err, tt.path)
+			}
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	p := defaults()
+	if p.Timeout != 50*time.Millisecond || p.FailPolicy != "open" || p.LocalCacheSize != 10000 {
+		t.Errorf("defaults %+v", p)
+	}
+}
+
+func TestClients(t *testing.T) {
+	for _, tc := range []struct {
+		p       Params
+		cluster bool
+	}{
+		{Params{RedisServerURL: "127.0.0.1:1", Timeout: time.Second}, false},
+		{Params{RedisServerURL: "redis://127.0.0.1:1/3", Timeout: time.Second}, false},
+		{Params{RedisServerURL: "127.0.0.1:1,127.0.0.1:2", Timeout: time.Second}, true},
+		{Params{ClusterAddresses: []string{"127.0.0.1:1"}, Timeout: time.Second}, true},
+	} {
+		c, err := newClient(&tc.p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, isCluster := c.(*redis.ClusterClient)
+		if isCluster != tc.cluster {
+			t.Errorf("%+v: cluster client %v, want %v", tc.p, isCluster, tc.cluster)
+		}
+		if cl, ok := c.(*redis.Client); ok && strings.Contains(tc.p.RedisServerURL, "/3") && cl.Options().DB != 3 {
+			t.Errorf("db %d from the URL", cl.Options().DB)
+		}
+		_ = c.Close()
+	}
+}
+
+// TestPlanKeys: every key of a limit carries the limit's identity in one hash tag,
+// and the keys tell algorithms, windows and limits apart where their state would
+// mean something else.
+func TestPlanKeys(t *testing.T) {
+	h := &Handler{fixed: redis.NewScript(fixedWindowScript), sliding: redis.NewScript(slidingWindowScript), bucket: redis.NewScript(tokenBucketScript)}
+	now := quotakit.Micros(quotatest.Base().Add(1500 * time.Millisecond))
+	for _, tc := range []struct {
+		l    quota.Limit
+		keys []string
+	}{
+		{quota.Limit{Requests: 5, Window: time.Second}, []string{"sluice:fw:{ns/rq;a=1}:1000000:1893456001000000"}},
+		{quota.Limit{Requests: 5, Window: time.Second, Algorithm: quota.SlidingWindow}, []string{"sluice:sw:{ns/rq;a=1}:log", "sluice:sw:{ns/rq;a=1}:hits"}},
+		{quota.Limit{Requests: 5, Window: time.Minute, Algorithm: quota.TokenBucket}, []string{"sluice:tb:{ns/rq;a=1}:5:60000000"}},
+	} {
+		var o op
+		r := quota.Request{Key: "ns/rq;a=1", Limit: tc.l, Hits: 1}
+		if err := h.plan(&o, &r, now); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(o.keys, " ") != strings.Join(tc.keys, " ") {
+			t.Errorf("%s: keys %q, want %q", tc.l.Algorithm, o.keys, tc.keys)
+		}
+	}
+	var o op
+	if err := h.plan(&o, &quota.Request{Key: "k", Limit: quota.Limit{Requests: 1}}, now); err == nil {
+		t.Error("a zero window was planned")
+	}
+}
+
+// TestRedisDown: with nothing listening, New succeeds and every request is decided
+// by the fail policy, counted, and fast.
+func TestRedisDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close() // a port nothing listens on
+	for _, policy := range []string{"open", "closed"} {
+		st := &quotatest.Stats{}
+		p := defaults()
+		p.RedisServerURL, p.FailPolicy = addr, policy
+		h, err := New(context.Background(), adapters.Env{Stats: st}, p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs := []quota.Request{{Key: "a", Limit: quota.Limit{Requests: 5, Window: time.Second}, Hits: 1}, {Key: "b", Limit: quota.Limit{Requests: 5, Window: time.Second, Algorithm: quota.TokenBucket}, Hits: 1}}
+		out := make([]quota.Decision, 2)
+		start := time.Now()
+		for range 10 {
+			if err := h.Allow(context.Background(), time.Now(), reqs, out); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range out {
+				if d.Allowed != (policy == "open") {
+					t.Errorf("%s: %+v", policy, d)
+				}
+			}
+		}
+		if el := time.Since(start); el > 2*time.Second {
+			t.Errorf("%s: 10 batches took %v with Redis down", policy, el)
+		}
+		if st.Errors(quotakit.ReasonError)+st.Errors(quotakit.ReasonTimeout) != 10 || st.Drops("fail_"+policy) != 20 {
+			t.Errorf("%s: counted errors %d+%d, drops %d", policy, st.Errors(quotakit.ReasonError), st.Errors(quotakit.ReasonTimeout), st.Drops("fail_"+policy))
+		}
+		_ = h.Close(context.Background())
+	}
+}
