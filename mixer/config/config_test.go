@@ -41,8 +41,12 @@ func TestDefaults(t *testing.T) {
 	if got := len(s.Instances); got != 8 {
 		t.Errorf("%d default instances, want the 8 Istio metrics", got)
 	}
-	if len(s.Handlers) != 1 || s.Handlers[0].Name != "sluice-system/prometheus" {
-		t.Errorf("default handlers = %v", s.Handlers)
+	var handlers []string
+	for _, h := range s.Handlers {
+		handlers = append(handlers, h.Name+":"+h.Factory.Name)
+	}
+	if strings.Join(handlers, ",") != "sluice-system/prometheus:prometheus,sluice-system/quota:memquota" {
+		t.Errorf("default handlers = %v", handlers)
 	}
 	for _, r := range s.Rules {
 		if r.Match != nil && !r.Match.IsFast() {
@@ -273,7 +277,7 @@ func TestLaterDefaultLayerReplaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := s.Handlers[0]; !strings.HasPrefix(h.Object.Pos.File, "flags/") {
+	if h := s.Handlers[0]; h.Name != "sluice-system/prometheus" || !strings.HasPrefix(h.Object.Pos.File, "flags/") {
 		t.Errorf("the later default layer did not replace the handler: %s", h.Object.Pos)
 	}
 }

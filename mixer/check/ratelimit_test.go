@@ -1,0 +1,331 @@
+package check_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/sluicemesh/sluice/adapters/all"
+	"github.com/sluicemesh/sluice/loadtest"
+	"github.com/sluicemesh/sluice/mixer"
+)
+
+// clock is a test clock that only moves when told.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+type server struct {
+	m     *mixer.Mixer
+	conn  *grpc.ClientConn
+	clock *clock
+	url   string
+}
+
+// startServer runs a whole Sluice on loopback with the files of dirs as its config.
+func startServer(t *testing.T, mod func(*mixer.Options), files ...string) *server {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Midnight UTC, so that every window of the tests starts with the test.
+	c := &clock{now: time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)}
+	opts := mixer.Options{
+		ConfigDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Adapters: all.Registry(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: c.Now, DrainTimeout: 5 * time.Second,
+	}
+	if mod != nil {
+		mod(&opts)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m, err := mixer.New(ctx, opts)
+	if err != nil {
+		cancel()
+		t.Fatalf("mixer.New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	conn, err := grpc.NewClient(m.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		<-done
+	})
+	return &server{m: m, conn: conn, clock: c, url: "http://" + m.AdminAddr().String() + "/metrics"}
+}
+
+func descriptor(kv ...string) *rlcommon.RateLimitDescriptor {
+	d := &rlcommon.RateLimitDescriptor{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		d.Entries = append(d.Entries, &rlcommon.RateLimitDescriptor_Entry{Key: kv[i], Value: kv[i+1]})
+	}
+	return d
+}
+
+// want is the expected status of one descriptor; remaining -1 is not checked, and
+// rpu 0 means no current limit.
+type want struct {
+	code      rlsv3.RateLimitResponse_Code
+	rpu       uint32
+	unit      rlsv3.RateLimitResponse_RateLimit_Unit
+	remaining int64
+}
+
+var (
+	ok      = rlsv3.RateLimitResponse_OK
+	over    = rlsv3.RateLimitResponse_OVER_LIMIT
+	second  = rlsv3.RateLimitResponse_RateLimit_SECOND
+	minute  = rlsv3.RateLimitResponse_RateLimit_MINUTE
+	hour    = rlsv3.RateLimitResponse_RateLimit_HOUR
+	day     = rlsv3.RateLimitResponse_RateLimit_DAY
+	noLimit = want{code: rlsv3.RateLimitResponse_OK, remaining: 0}
+)
+
+type step struct {
+	name    string
+	advance time.Duration
+	domain  string
+	descs   []*rlcommon.RateLimitDescriptor
+	repeat  int // send this many times; the wants are checked on the last
+	overall rlsv3.RateLimitResponse_Code
+	want    []want
+}
+
+// TestREADMECompatibility feeds the examples of envoyproxy/ratelimit's README, written
+// as test data from its documentation, and checks the answers it documents.
+func TestREADMECompatibility(t *testing.T) {
+	files, err := filepath.Glob("testdata/ratelimit-readme/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, nil, files...)
+	client := rlsv3.NewRateLimitServiceClient(s.conn)
+	steps := []step{
+		{name: "1: database users", domain: "mongo_cps", descs: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")},
+			overall: ok, want: []want{{ok, 500, second, 499}}},
+		{name: "1: an unconfigured value has no limit", domain: "mongo_cps", descs: []*rlcommon.RateLimitDescriptor{descriptor("database", "other")},
+			overall: ok, want: []want{noLimit}},
+		{name: "2: five marketing messages a day", domain: "messaging", repeat: 5,
+			descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2061111111")},
+			overall: ok, want: []want{{ok, 5, day, 0}}},
+		{name: "2: the sixth is over the limit", domain: "messaging",
+			descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2061111111")},
+			overall: over, want: []want{{over, 5, day, 0}}},
+		{name: "2: another number has its own five", domain: "messaging",
+			descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2062222222")},
+			overall: ok, want: []want{{ok, 5, day, 4}}},
+		{name: "2: both descriptors, a logical OR", domain: "messaging",
+			descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2061111111"), descriptor("to_number", "2061111111")},
+			overall: over, want: []want{{over, 5, day, 0}, {ok, 100, day, 99}}},
+		{name: "3: any address gets ten a second", domain: "edge_proxy_per_ip", repeat: 10,
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.1")}, overall: ok, want: []want{{ok, 10, second, 0}}},
+		{name: "3: the eleventh is over", domain: "edge_proxy_per_ip",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.1")}, overall: over, want: []want{{over, 10, second, 0}}},
+		{name: "3: the most specific match wins: blacklisted", domain: "edge_proxy_per_ip",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.5")}, overall: over, want: []want{{over, 0, second, 0}}},
+		{name: "3: a new second resets the window", advance: time.Second, domain: "edge_proxy_per_ip",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.1")}, overall: ok, want: []want{{ok, 10, second, 9}}},
+		{name: "4: two tuples do not match a one-level config", domain: "example4",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("key", "value", "subkey", "subvalue")}, overall: ok, want: []want{noLimit}},
+		{name: "4: but match a nested one", domain: "example4_nested",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("key", "value", "subkey", "subvalue")}, overall: ok, want: []want{{ok, 300, second, 299}}},
+		{name: "5: unlimited answers OK with MaxUint32 remaining", domain: "internal", repeat: 3,
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("ldap", "cn=admin")}, overall: ok, want: []want{{ok, 0, 0, math.MaxUint32}}},
+		{name: "5: azure a hundred a minute", domain: "internal",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("azure", "x")}, overall: ok, want: []want{{ok, 100, minute, 99}}},
+		{name: "6: user-a in shadow mode is never limited", domain: "example6", repeat: 15,
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("service", "auth-service", "user", "user-a")}, overall: ok, want: []want{{ok, 10, second, 0}}},
+		{name: "6: user-b is limited to twenty", domain: "example6", repeat: 21,
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("service", "auth-service", "user", "user-b")}, overall: over, want: []want{{over, 20, second, 0}}},
+		{name: "7: alone, the specific limit is five", advance: time.Second, domain: "example7", repeat: 5,
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("key_1", "value_1", "user", "bkthomps")}, overall: ok, want: []want{{ok, 5, second, 0}}},
+		{name: "7: together, it is replaced and ten apply", domain: "example7", repeat: 10,
+			descs:   []*rlcommon.RateLimitDescriptor{descriptor("key_1", "value_1", "user", "bkthomps"), descriptor("key_2", "value_2", "user", "bkthomps")},
+			overall: ok, want: []want{noLimit, {ok, 10, second, 0}}},
+		{name: "7: the replaced limit was not charged", domain: "example7",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("key_1", "value_1", "user", "bkthomps")}, overall: over, want: []want{{over, 5, second, 0}}},
+		{name: "8: unspecified values have their own limit", domain: "example8", repeat: 10,
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("key1", "unspecified_value")}, overall: ok, want: []want{{ok, 10, minute, 0}}},
+		{name: "8: and value1 its twenty", domain: "example8",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("key1", "value1")}, overall: ok, want: []want{{ok, 20, minute, 19}}},
+		{name: "9: wildcard values", domain: "example9",
+			descs:   []*rlcommon.RateLimitDescriptor{descriptor("key1", "value_1"), descriptor("key1", "value_2"), descriptor("key1", "other")},
+			overall: ok, want: []want{{ok, 20, minute, 19}, {ok, 20, minute, 19}, noLimit}},
+		{name: "share_threshold: matching values share one count", domain: "algorithms", repeat: 3,
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("wild", "tenant-a")}, overall: ok, want: []want{{ok, 3, hour, 0}}},
+		{name: "share_threshold: a second tenant finds it spent", domain: "algorithms",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("wild", "tenant-b")}, overall: over, want: []want{{over, 3, hour, 0}}},
+		{name: "an unknown domain is not limited", domain: "no-such-domain",
+			descs: []*rlcommon.RateLimitDescriptor{descriptor("a", "b")}, overall: ok, want: []want{noLimit}},
+	}
+	for _, st := range steps {
+		s.clock.Advance(st.advance)
+		n := max(st.repeat, 1)
+		var resp *rlsv3.RateLimitResponse
+		for i := 0; i < n; i++ {
+			var err error
+			resp, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: st.domain, Descriptors: st.descs})
+			if err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+		}
+		checkResponse(t, st.name, resp, st.overall, st.want)
+	}
+	f, err := loadtest.Scrape(context.Background(), s.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for labels, wantN := range map[[3]string]float64{
+		{"example6", "service.user_user-a", "shadow_over_limit"}: 5,
+		{"example8", "key1_unspecified_value", "ok"}:             10,
+		{"example8", "key1_value1", "ok"}:                        1,
+		{"mongo_cps", "database_users", "ok"}:                    1,
+		{"messaging", "message_type_marketing.to_number", "ok"}:  6,
+		{"", "", "unknown_domain"}:                               1,
+	} {
+		got := f.Sum("sluice_ratelimit_descriptors_total", map[string]string{"domain": labels[0], "descriptor": labels[1], "result": labels[2]})
+		if got != wantN {
+			t.Errorf("sluice_ratelimit_descriptors_total%v = %v, want %v", labels, got, wantN)
+		}
+	}
+}
+
+func checkResponse(t *testing.T, name string, resp *rlsv3.RateLimitResponse, overall rlsv3.RateLimitResponse_Code, ws []want) {
+	t.Helper()
+	if resp.GetOverallCode() != overall {
+		t.Errorf("%s: overall %v, want %v", name, resp.GetOverallCode(), overall)
+	}
+	if len(resp.GetStatuses()) != len(ws) {
+		t.Fatalf("%s: %d statuses, want %d", name, len(resp.GetStatuses()), len(ws))
+	}
+	for i, w := range ws {
+		st := resp.GetStatuses()[i]
+		if st.GetCode() != w.code {
+			t.Errorf("%s: descriptor %d code %v, want %v", name, i, st.GetCode(), w.code)
+		}
+		if got := st.GetCurrentLimit().GetRequestsPerUnit(); w.rpu != 0 && (got != w.rpu || st.GetCurrentLimit().GetUnit() != w.unit) {
+			t.Errorf("%s: descriptor %d limit %d/%v, want %d/%v", name, i, got, st.GetCurrentLimit().GetUnit(), w.rpu, w.unit)
+		}
+		if w.rpu == 0 && w.unit == 0 && w.remaining == 0 && st.GetCurrentLimit() != nil {
+			t.Errorf("%s: descriptor %d has limit %v, want none", name, i, st.GetCurrentLimit())
+		}
+		if w.remaining >= 0 && int64(st.GetLimitRemaining()) != w.remaining {
+			t.Errorf("%s: descriptor %d remaining %d, want %d", name, i, st.GetLimitRemaining(), w.remaining)
+		}
+	}
+}
+
+func TestRateLimitBadInput(t *testing.T) {
+	s := startServer(t, nil, "testdata/ratelimit-readme/example1.yaml")
+	client := rlsv3.NewRateLimitServiceClient(s.conn)
+	for name, req := range map[string]*rlsv3.RateLimitRequest{
+		"no domain":      {Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("a", "b")}},
+		"no descriptors": {Domain: "mongo_cps"},
+		"huge hits": {Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{{
+			Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}}, HitsAddend: wrapperspb.UInt64(1 << 62)}}},
+	} {
+		_, err := client.ShouldRateLimit(context.Background(), req)
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want INVALID_ARGUMENT", name, err)
+		}
+	}
+	// An empty descriptor and negative hits get defined answers.
+	resp, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{
+		{}, {Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}}, IsNegativeHits: true},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkResponse(t, "empty and negative", resp, ok, []want{noLimit, noLimit})
+	// hits_addend counts as that many hits.
+	resp, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", HitsAddend: 499,
+		Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkResponse(t, "hits_addend", resp, ok, []want{{ok, 500, second, 1}})
+	resp, _ = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", HitsAddend: 2,
+		Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}})
+	checkResponse(t, "hits_addend over", resp, over, []want{{over, 500, second, 0}})
+}
+
+func TestRateLimitHeadersAndAlgorithms(t *testing.T) {
+	s := startServer(t, func(o *mixer.Options) { o.RateLimitHeaders = true }, "testdata/ratelimit-readme/algorithms.yaml")
+	client := rlsv3.NewRateLimitServiceClient(s.conn)
+	s.clock.Advance(30 * time.Second) // the middle of a minute window
+	ask := func(key string) *rlsv3.RateLimitResponse {
+		t.Helper()
+		resp, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "algorithms",
+			Descriptors: []*rlcommon.RateLimitDescriptor{descriptor(key, "x")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	for _, key := range []string{"fixed", "sliding", "bucket"} {
+		for i := 0; i < 4; i++ {
+			if r := ask(key); r.GetOverallCode() != ok {
+				t.Fatalf("%s: request %d refused", key, i)
+			}
+		}
+		if r := ask(key); r.GetOverallCode() != over {
+			t.Errorf("%s: the fifth request within a minute was allowed", key)
+		}
+	}
+	// 31 s later the fixed window has turned over; the sliding window has not.
+	s.clock.Advance(31 * time.Second)
+	if ask("fixed").GetOverallCode() != ok {
+		t.Error("fixed: a new window did not reset the count")
+	}
+	if ask("sliding").GetOverallCode() != over {
+		t.Error("sliding: the boundary let a burst through")
+	}
+	// The token bucket refills 4 per minute: after 31 s, two tokens.
+	if ask("bucket").GetOverallCode() != ok || ask("bucket").GetOverallCode() != ok || ask("bucket").GetOverallCode() != over {
+		t.Error("bucket: refill is not 4 per minute")
+	}
+	hdrs := map[string]string{}
+	for _, h := range ask("fixed").GetResponseHeadersToAdd() {
+		hdrs[h.GetKey()] = h.GetValue()
+	}
+	if hdrs["RateLimit-Limit"] != "4, 4;w=60" || hdrs["RateLimit-Remaining"] != "2" || hdrs["RateLimit-Reset"] != "59" {
+		t.Errorf("RateLimit headers %v", hdrs)
+	}
+}
