@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/adapters/quotakit"
@@ -289,5 +292,44 @@ func TestBadRequests(t *testing.T) {
 	}
 	if err := h.Allow(context.Background(), quotatest.Base(), make([]quota.Request, 2), make([]quota.Decision, 1)); err == nil {
 		t.Error("a short out slice was accepted")
+	}
+}
+
+func quotaFor(name string) quotakit.Quota {
+	return quotakit.Quota{Name: name, MaxAmount: 1000, ValidDuration: time.Second, Algorithm: "sliding_window"}
+}
+
+// TestParamsYAML decodes params as a Handler's spec.params are written, strictly.
+func TestParamsYAML(t *testing.T) {
+	const doc = `
+maxKeys: 50000
+quotas:
+- name: requestcount
+  maxAmount: 100
+  validDuration: 1s
+  algorithm: sliding_window
+  overrides:
+  - dimensions: {source: batch-job}
+    maxAmount: 0
+  - dimensions: {source: reviews, destination: ratings}
+    maxAmount: 500
+    validDuration: 1m
+- name: istio-system/perip
+  maxAmount: 10
+  validDuration: 1m
+  algorithm: token_bucket
+`
+	p := Factory().NewParams().(*Params)
+	dec := yaml.NewDecoder(strings.NewReader(doc))
+	dec.KnownFields(true)
+	if err := dec.Decode(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	q := p.Quotas[0]
+	if p.MaxKeys != 50000 || q.ValidDuration != time.Second || *q.Overrides[0].MaxAmount != 0 || q.Overrides[1].ValidDuration != time.Minute {
+		t.Errorf("decoded %+v", p)
 	}
 }

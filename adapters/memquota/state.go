@@ -102,7 +102,9 @@ func (e *entry) sliding(l quota.Limit, hits uint64, callerNow int64) quota.Decis
 	if lg.n > 0 {
 		e.expires = lg.back().at + w
 	} else {
-		e.expires = now
+		// An empty log protects nothing: forget the time too, as Redis forgets
+		// the whole key, so that both backends decide late requests alike.
+		e.expires, e.last = now, 0
 	}
 	return quotakit.SlidingDecision(l, allowed, lg.sum, resetAt, callerNow)
 }
@@ -121,6 +123,10 @@ func (e *entry) tokenBucket(l quota.Limit, hits uint64, now int64) (quota.Decisi
 	}
 	s := &e.scale
 	unit := s.Now(now)
+	if e.tokens >= s.Capacity {
+		// A full bucket has no time of its own (Redis deletes it): it is full now.
+		e.last = unit
+	}
 	tokens := s.Refill(e.tokens, e.last, unit)
 	e.last = max(e.last, unit)
 	cost := s.Cost(hits)

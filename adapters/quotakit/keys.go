@@ -1,9 +1,6 @@
 package quotakit
 
-import (
-	"sort"
-	"strings"
-)
+import "slices"
 
 // InstanceKey is the rate-limit key of a quota instance: its qualified name and every
 // dimension, sorted by name, as name;k1=v1;k2=v2. Each distinct set of dimension
@@ -15,7 +12,7 @@ func InstanceKey(name string, dims map[string]string) string {
 		n += len(k) + len(v) + 2
 	}
 	b := make([]byte, 0, n)
-	b = appendEscaped(b, name, keySpecials)
+	b = appendEscaped(b, name, false)
 	b = appendDims(b, dims)
 	return string(b)
 }
@@ -29,32 +26,31 @@ func appendDims(b []byte, dims map[string]string) []byte {
 	for k := range dims {
 		names = append(names, k)
 	}
-	sort.Strings(names)
+	slices.Sort(names)
 	for _, k := range names {
 		b = append(b, ';')
-		b = appendEscaped(b, k, keySpecials)
+		b = appendEscaped(b, k, false)
 		b = append(b, '=')
-		b = appendEscaped(b, dims[k], keySpecials)
+		b = appendEscaped(b, dims[k], false)
 	}
 	return b
 }
 
-// The bytes percent-encoded in keys: in instance keys, the separators and braces
-// (so that values cannot forge a key's structure or a Redis hash tag); in the hash
-// tag of a Redis key, the braces. '%' itself is always encoded, which keeps the
-// encoding one-to-one.
-const (
-	keySpecials = "%;={}"
-	tagSpecials = "%{}"
-)
-
-// appendEscaped writes s with the bytes of specials percent-encoded.
-func appendEscaped(b []byte, s, specials string) []byte {
-	if !strings.ContainsAny(s, specials) {
+// appendEscaped writes s with some bytes percent-encoded: in instance keys the
+// separators and braces (so that values cannot forge a key's structure or a Redis
+// hash tag), in the hash tag of a Redis key (tag) the braces. '%' itself is always
+// encoded, which keeps the encoding one-to-one.
+func appendEscaped(b []byte, s string, tag bool) []byte {
+	i := 0
+	for i < len(s) && !special(s[i], tag) {
+		i++
+	}
+	if i == len(s) {
 		return append(b, s...)
 	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; strings.IndexByte(specials, c) >= 0 {
+	b = append(b, s[:i]...)
+	for ; i < len(s); i++ {
+		if c := s[i]; special(c, tag) {
 			const hex = "0123456789ABCDEF"
 			b = append(b, '%', hex[c>>4], hex[c&15])
 		} else {
@@ -62,6 +58,16 @@ func appendEscaped(b []byte, s, specials string) []byte {
 		}
 	}
 	return b
+}
+
+func special(c byte, tag bool) bool {
+	switch c {
+	case '%', '{', '}':
+		return true
+	case ';', '=':
+		return !tag
+	}
+	return false
 }
 
 // AppendClusterKey appends a Redis key for the limit identified by id: prefix, then
@@ -72,6 +78,6 @@ func appendEscaped(b []byte, s, specials string) []byte {
 func AppendClusterKey(b []byte, prefix, id string) []byte {
 	b = append(b, prefix...)
 	b = append(b, '{')
-	b = appendEscaped(b, id, tagSpecials)
+	b = appendEscaped(b, id, true)
 	return append(b, '}')
 }

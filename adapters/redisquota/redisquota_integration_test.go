@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/memquota"
 	"github.com/sluicemesh/sluice/adapters/quotakit"
 	"github.com/sluicemesh/sluice/adapters/quotakit/quotatest"
 	"github.com/sluicemesh/sluice/templates/quota"
@@ -463,5 +465,63 @@ func TestIntegrationCluster(t *testing.T) {
 	}
 	if n := a.stats.Drops(quotakit.ReasonFailOpen) + b.stats.Drops(quotakit.ReasonFailOpen); n > 0 {
 		t.Errorf("%d decisions failed open:\n%s", n, a.log.String())
+	}
+}
+
+// TestIntegrationSameAsMemquota feeds random batches (times going back now and then,
+// zero hits, more hits than the limit) to memquota and to Redis: the two backends
+// must answer every request identically.
+func TestIntegrationSameAsMemquota(t *testing.T) {
+	s := startRedis(t)
+	red := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = 0 })
+	mem, err := memquota.New(adapters.Env{}, &memquota.Params{MaxKeys: 1000}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close(context.Background())
+	rng := rand.New(rand.NewPCG(42, 7))
+	var limits []quota.Limit
+	for _, alg := range []quota.Algorithm{quota.FixedWindow, quota.SlidingWindow, quota.TokenBucket} {
+		for _, n := range []uint64{1, 3, 7, 5000} {
+			for _, w := range []time.Duration{time.Second, 1500 * time.Millisecond, 7 * time.Second} {
+				limits = append(limits, quota.Limit{Requests: n, Window: w, Algorithm: alg})
+			}
+		}
+	}
+	for li, l := range limits {
+		now := quotatest.Base()
+		keys := []string{fmt.Sprint("diff", li, "a"), fmt.Sprint("diff", li, "b")}
+		for step := range 150 {
+			now = now.Add(time.Duration(rng.Int64N(int64(l.Window/time.Microsecond)/3)-int64(l.Window/time.Microsecond)/40) * time.Microsecond)
+			reqs := make([]quota.Request, 1+rng.IntN(3))
+			for i := range reqs {
+				hits := uint64(1)
+				switch rng.IntN(10) {
+				case 0:
+					hits = 0
+				case 1:
+					hits = l.Requests + 1
+				case 2, 3:
+					hits = 1 + rng.Uint64N(l.Requests)
+				}
+				reqs[i] = quota.Request{Key: keys[rng.IntN(2)], Limit: l, Hits: hits}
+			}
+			a, b := make([]quota.Decision, len(reqs)), make([]quota.Decision, len(reqs))
+			if err := mem.Allow(context.Background(), now, reqs, a); err != nil {
+				t.Fatal(err)
+			}
+			if err := red.Allow(context.Background(), now, reqs, b); err != nil {
+				t.Fatal(err)
+			}
+			for i := range reqs {
+				if a[i] != b[i] {
+					t.Fatalf("%+v step %d request %d (%d hits at +%v): memquota %+v, redisquota %+v",
+						l, step, i, reqs[i].Hits, now.Sub(quotatest.Base()), a[i], b[i])
+				}
+			}
+		}
+	}
+	if n := red.stats.Drops(quotakit.ReasonFailOpen); n > 0 {
+		t.Errorf("%d decisions failed open", n)
 	}
 }

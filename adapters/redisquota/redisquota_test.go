@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/adapters/quotakit"
@@ -167,5 +168,38 @@ func TestRedisDown(t *testing.T) {
 			t.Errorf("%s: counted errors %d+%d, drops %d", policy, st.Errors(quotakit.ReasonError), st.Errors(quotakit.ReasonTimeout), st.Drops("fail_"+policy))
 		}
 		_ = h.Close(context.Background())
+	}
+}
+
+// TestParamsYAML decodes params as a Handler's spec.params are written, strictly.
+func TestParamsYAML(t *testing.T) {
+	const doc = `
+redisServerUrl: redis.sluice-system:6379
+password: hunter2
+db: 1
+connectionPoolSize: 64
+timeout: 20ms
+failPolicy: closed
+localCacheSize: 50000
+quotas:
+- name: requestcount
+  maxAmount: 5000
+  validDuration: 1s
+  algorithm: token_bucket
+  overrides:
+  - dimensions: {destination: ratings}
+    maxAmount: 100
+`
+	p := defaults()
+	dec := yaml.NewDecoder(strings.NewReader(doc))
+	dec.KnownFields(true)
+	if err := dec.Decode(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if p.Timeout != 20*time.Millisecond || p.FailPolicy != "closed" || p.DB != 1 || p.Quotas[0].Algorithm != "token_bucket" {
+		t.Errorf("decoded %+v", p)
 	}
 }

@@ -19,7 +19,7 @@ import (
 
 // redisServer is a redis-server process of a test, on a free loopback port.
 type redisServer struct {
-	t      *testing.T
+	t      testing.TB
 	addr   string
 	args   []string
 	mu     sync.Mutex
@@ -29,7 +29,7 @@ type redisServer struct {
 }
 
 // startRedis starts redis-server as DEPENDENCIES.md says, with extra arguments.
-func startRedis(t *testing.T, extra ...string) *redisServer {
+func startRedis(t testing.TB, extra ...string) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server is not installed (%v): run `make deps` (hack/install-deps.sh installs Debian's redis-server)", err)
@@ -52,7 +52,7 @@ func startRedis(t *testing.T, extra ...string) *redisServer {
 	return nil
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
