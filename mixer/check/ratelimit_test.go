@@ -56,7 +56,7 @@ type server struct {
 }
 
 // startServer runs a whole Sluice on loopback with the files of dirs as its config.
-func startServer(t *testing.T, mod func(*mixer.Options), files ...string) *server {
+func startServer(t testing.TB, mod func(*mixer.Options), files ...string) *server {
 	t.Helper()
 	dir := t.TempDir()
 	for _, f := range files {
