@@ -39,9 +39,10 @@ lint:
 
 # Benchmarks report figures; they assert nothing. BENCHTIME shortens or lengthens them.
 BENCHTIME ?= 2s
-bench: build bench-routing
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./mixer/... ./adapters/...
+bench: build deps bench-routing
+	$(GO) test -tags $(TEST_TAGS) -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./mixer/... ./adapters/...
 	$(BIN)/sluice-loadtest report --server $(BIN)/sluice
+	$(BIN)/sluice-loadtest check --server $(BIN)/sluice
 
 # The routing core: computing every resource of 1,000 services (10,000 endpoints, 2,000
 # VirtualServices); convergence of 1,000 simulated sidecars (state of the world and delta)
@@ -58,6 +59,9 @@ fuzz:
 	$(GO) test ./mixer/envoy -run '^$$' -fuzz FuzzDecodeTCP -fuzztime $(FUZZTIME)
 	$(GO) test ./mixer/envoy -run '^$$' -fuzz FuzzScanMessage -fuzztime $(FUZZTIME)
 	$(GO) test ./mixer/config -run '^$$' -fuzz FuzzParseFile -fuzztime $(FUZZTIME)
+	$(GO) test ./mixer/check -run '^$$' -fuzz FuzzCheckRequest -fuzztime $(FUZZTIME)
+	$(GO) test ./mixer/check -run '^$$' -fuzz FuzzRateLimitRequest -fuzztime $(FUZZTIME)
+	$(GO) test ./adapters/list -run '^$$' -fuzz FuzzParseFile -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf $(BIN)
