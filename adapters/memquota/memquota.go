@@ -83,6 +83,8 @@ type Handler struct {
 	once   sync.Once
 }
 
+var _ adapters.QuotaHandler = (*Handler)(nil)
+
 // maxShards bounds the shards; a power of two.
 const maxShards = 64
 

@@ -54,9 +54,15 @@ const FailRetryAfter = time.Second
 // failReminder is how often a long failure burst is logged again, with its count.
 const failReminder = time.Minute
 
+// BurstQuiet is how long a backend must go without failing for a failure burst to
+// end. Answers in between (a Redis Cluster with one node down answers for the
+// others) do not end it, so that a flapping backend is not logged per request.
+const BurstQuiet = 5 * time.Second
+
 // Guard applies a quota handler's timeout and fail policy to its backend calls. It
 // counts every decision made for a failed backend through the handler's Stats and
-// logs a failure burst when it starts, once a minute while it lasts, and when it ends.
+// logs a failure burst when it starts, once a minute while it lasts, and when it
+// ends (the backend answered after BurstQuiet without failures).
 type Guard struct {
 	timeout time.Duration
 	policy  FailPolicy
@@ -70,9 +76,9 @@ type Guard struct {
 }
 
 type burst struct {
-	start, lastLog time.Time
-	decisions      int // decided by policy since lastLog
-	total          int // in the whole burst
+	start, lastLog, lastFail time.Time
+	decisions                int // decided by policy since lastLog
+	total                    int // in the whole burst
 }
 
 // NewGuard returns a guard for a handler built with env.
@@ -141,13 +147,14 @@ func (g *Guard) logFailure(reason string, err error, n int) {
 	b := &g.burst
 	if !g.failing.Load() {
 		g.failing.Store(true)
-		*b = burst{start: now, lastLog: now, decisions: n, total: n}
+		*b = burst{start: now, lastLog: now, lastFail: now, decisions: n, total: n}
 		g.log.Warn("quota backend failing; answering by fail policy until it recovers",
 			"policy", string(g.policy), "reason", reason, "error", err)
 		return
 	}
 	b.decisions += n
 	b.total += n
+	b.lastFail = now
 	if now.Sub(b.lastLog) >= failReminder {
 		g.log.Warn("quota backend still failing", "policy", string(g.policy), "reason", reason, "error", err,
 			"decisions", b.decisions, "since", now.Sub(b.start).Round(time.Millisecond))
@@ -155,7 +162,8 @@ func (g *Guard) logFailure(reason string, err error, n int) {
 	}
 }
 
-// Succeeded records that the backend answered; it ends a failure burst.
+// Succeeded records that the backend answered; it ends a failure burst once the
+// backend has not failed for BurstQuiet.
 func (g *Guard) Succeeded() {
 	if !g.failing.Load() {
 		return
@@ -163,12 +171,12 @@ func (g *Guard) Succeeded() {
 	now := g.now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.failing.Load() {
+	if !g.failing.Load() || now.Sub(g.burst.lastFail) < BurstQuiet {
 		return
 	}
 	g.failing.Store(false)
 	g.log.Info("quota backend recovered", "policy", string(g.policy),
-		"decisions", g.burst.total, "after", now.Sub(g.burst.start).Round(time.Millisecond))
+		"decisions", g.burst.total, "after", g.burst.lastFail.Sub(g.burst.start).Round(time.Millisecond))
 }
 
 type noStats struct{}

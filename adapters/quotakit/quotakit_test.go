@@ -421,9 +421,17 @@ func TestGuardLogsOncePerBurst(t *testing.T) {
 	if lines() != 2 || !strings.Contains(buf.String(), "still failing") || !strings.Contains(buf.String(), "decisions=201") {
 		t.Fatalf("no reminder after a minute:\n%s", buf.String())
 	}
+	g.Succeeded() // too soon after the last failure: the burst goes on
+	advance(BurstQuiet - time.Millisecond)
+	g.Succeeded()
+	fail(1) // still the same burst
+	if lines() != 2 {
+		t.Fatalf("a flapping backend was logged again:\n%s", buf.String())
+	}
+	advance(BurstQuiet)
 	g.Succeeded()
 	g.Succeeded()
-	if lines() != 3 || !strings.Contains(buf.String(), "recovered") || !strings.Contains(buf.String(), "decisions=201") {
+	if lines() != 3 || !strings.Contains(buf.String(), "recovered") || !strings.Contains(buf.String(), "decisions=202") {
 		t.Fatalf("recovery not logged once:\n%s", buf.String())
 	}
 	fail(1)

@@ -71,7 +71,7 @@ func (h *Handler) Allow(ctx context.Context, now time.Time, reqs []quota.Request
 		// A fixed window's denial holds for requests of any hits until it resets.
 		h.cache.Add(ops[i].deny, denyUntil, ops[i].alg == quota.FixedWindow, at)
 	}
-	if len(failed) < len(pending) {
+	if len(failed) == 0 {
 		h.guard.Succeeded()
 	}
 	return h.guard.Fail(ctx, failure, reqs, out, failed)

@@ -167,6 +167,8 @@ type Handler struct {
 	fixed, sliding, bucket *redis.Script
 }
 
+var _ adapters.QuotaHandler = (*Handler)(nil)
+
 // New connects a handler for the quota instances bound to it (qualified names).
 // Redis need not be up: until it is, requests are decided by the fail policy.
 func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (*Handler, error) {

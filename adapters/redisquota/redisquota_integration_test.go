@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,6 +51,13 @@ type testHandler struct {
 
 func newTestHandler(t *testing.T, addr string, mod func(*Params), instances ...string) testHandler {
 	t.Helper()
+	return newClockedHandler(t, addr, time.Now, mod, instances...)
+}
+
+// newClockedHandler builds a handler whose Env.Now (the guard's clock for failure
+// bursts) is now.
+func newClockedHandler(t *testing.T, addr string, now func() time.Time, mod func(*Params), instances ...string) testHandler {
+	t.Helper()
 	p := defaults()
 	p.RedisServerURL = addr
 	if mod != nil {
@@ -59,7 +67,7 @@ func newTestHandler(t *testing.T, addr string, mod func(*Params), instances ...s
 		t.Fatal(err)
 	}
 	th := testHandler{stats: &quotatest.Stats{}, log: &syncBuffer{}}
-	env := adapters.Env{Name: "ns/redis", Stats: th.stats, Logger: slog.New(slog.NewTextHandler(th.log, nil)), Now: time.Now}
+	env := adapters.Env{Name: "ns/redis", Stats: th.stats, Logger: slog.New(slog.NewTextHandler(th.log, nil)), Now: now}
 	h, err := New(context.Background(), env, p, instances)
 	if err != nil {
 		t.Fatal(err)
@@ -243,8 +251,10 @@ func TestIntegrationScriptCacheFlushed(t *testing.T) {
 // server, without the scripts) decisions come from Redis again.
 func TestIntegrationRedisDown(t *testing.T) {
 	s := startRedis(t)
+	var offset atomic.Int64 // lets the test skip the quiet time that ends a burst
+	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 	open := newTestHandler(t, s.addr, nil)
-	closed := newTestHandler(t, s.addr, func(p *Params) { p.FailPolicy = "closed" })
+	closed := newClockedHandler(t, s.addr, clock, func(p *Params) { p.FailPolicy = "closed" })
 	l := quota.Limit{Requests: 1, Window: time.Hour}
 	key := func(i int) quota.Request { return quota.Request{Key: fmt.Sprint("down", i), Limit: l, Hits: 1} }
 	now := quotatest.Base()
@@ -299,6 +309,11 @@ func TestIntegrationRedisDown(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	if strings.Contains(closed.log.String(), "quota backend recovered") {
+		t.Errorf("recovery logged before a quiet time without failures:\n%s", closed.log.String())
+	}
+	offset.Add(int64(quotakit.BurstQuiet))
+	allowOne(t, closed, now, key(1001))
 	if !strings.Contains(closed.log.String(), "quota backend recovered") {
 		t.Errorf("recovery not logged:\n%s", closed.log.String())
 	}
