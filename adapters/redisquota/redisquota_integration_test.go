@@ -540,3 +540,39 @@ func TestIntegrationSameAsMemquota(t *testing.T) {
 		t.Errorf("%d decisions failed open", n)
 	}
 }
+
+// TestIntegrationPasswordAndDB: AUTH and SELECT, from params or from a redis:// URL;
+// a wrong password is a backend failure, decided by the fail policy.
+func TestIntegrationPasswordAndDB(t *testing.T) {
+	s := startRedis(t, "--requirepass", "s3cret")
+	l := quota.Limit{Requests: 1, Window: time.Minute}
+	now := quotatest.Base()
+	for i, mod := range []func(*Params){
+		func(p *Params) { p.Password, p.DB = "s3cret", 2 },
+		func(p *Params) { p.RedisServerURL = "redis://:s3cret@" + s.addr + "/2" },
+	} {
+		h := newTestHandler(t, s.addr, mod)
+		key := fmt.Sprint("auth", i)
+		if d := allowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}); !d.Allowed {
+			t.Errorf("case %d: %+v", i, d)
+		}
+		if d := allowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}); d.Allowed {
+			t.Errorf("case %d: the second hit was allowed: %+v", i, d)
+		}
+		if n := h.stats.Drops(quotakit.ReasonFailOpen); n != 0 {
+			t.Errorf("case %d: %d decisions failed open", i, n)
+		}
+	}
+	admin := redis.NewClient(&redis.Options{Addr: s.addr, Password: "s3cret", DB: 2})
+	defer admin.Close()
+	if n, err := admin.DBSize(context.Background()).Result(); err != nil || n != 2 {
+		t.Errorf("db 2 holds %d keys (%v), want 2", n, err)
+	}
+	wrong := newTestHandler(t, s.addr, func(p *Params) { p.Password = "guess"; p.FailPolicy = "closed" })
+	if d := allowOne(t, wrong, now, quota.Request{Key: "auth-wrong", Limit: l, Hits: 1}); d.Allowed {
+		t.Errorf("a wrong password allowed: %+v", d)
+	}
+	if wrong.stats.Drops(quotakit.ReasonFailClosed) != 1 {
+		t.Errorf("the failure was not counted")
+	}
+}

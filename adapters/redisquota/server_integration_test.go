@@ -40,7 +40,7 @@ func startRedis(t testing.TB, extra ...string) *redisServer {
 		_, port, _ := net.SplitHostPort(s.addr)
 		s.args = append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}, extra...)
 		if lastErr = s.start(); lastErr == nil {
-			s.client = redis.NewClient(&redis.Options{Addr: s.addr, DialerRetries: 1})
+			s.client = redis.NewClient(&redis.Options{Addr: s.addr, DialerRetries: 1, Password: s.password()})
 			t.Cleanup(func() {
 				_ = s.client.Close()
 				s.stop()
@@ -74,7 +74,7 @@ func (s *redisServer) start() error {
 	}
 	exited := make(chan error, 1)
 	go func(cmd *exec.Cmd) { exited <- cmd.Wait() }(s.cmd)
-	ping := redis.NewClient(&redis.Options{Addr: s.addr, DialerRetries: 1, MaxRetries: -1})
+	ping := redis.NewClient(&redis.Options{Addr: s.addr, DialerRetries: 1, MaxRetries: -1, Password: s.password()})
 	defer ping.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -96,6 +96,16 @@ func (s *redisServer) start() error {
 	<-exited
 	s.cmd = nil
 	return fmt.Errorf("redis-server on %s did not answer PING: %s", s.addr, s.out.String())
+}
+
+// password is the --requirepass of the server, if any.
+func (s *redisServer) password() string {
+	for i, a := range s.args {
+		if a == "--requirepass" && i+1 < len(s.args) {
+			return s.args[i+1]
+		}
+	}
+	return ""
 }
 
 // stop kills the server; its port then refuses connections.
