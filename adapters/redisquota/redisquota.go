@@ -156,7 +156,15 @@ func Factory() *adapters.Factory {
 	}
 }
 
-// Handler is a redisquota handler.
+// Handler is a redisquota handler. Its Redis keys, per algorithm, with the limit's
+// key (its braces and % percent-encoded) in a hash tag, so that Redis Cluster keeps
+// all of a limit's keys in one slot:
+//
+//	sluice:fw:{KEY}:WINDOW:START      fixed window: the count of the window (µs)
+//	sluice:sw:{KEY}:log, …:hits        sliding window: the log and its sums
+//	sluice:tb:{KEY}:REQUESTS:WINDOW   token bucket: tokens and time
+//
+// Every key expires a second (keySlack) after its state stops mattering.
 type Handler struct {
 	env    adapters.Env
 	table  *quotakit.Table
