@@ -3,6 +3,7 @@
 package redisquota
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -74,8 +75,6 @@ func (s *redisServer) start() error {
 	}
 	exited := make(chan error, 1)
 	go func(cmd *exec.Cmd) { exited <- cmd.Wait() }(s.cmd)
-	ping := redis.NewClient(&redis.Options{Addr: s.addr, DialerRetries: 1, MaxRetries: -1, Password: s.password()})
-	defer ping.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -84,10 +83,7 @@ func (s *redisServer) start() error {
 			return fmt.Errorf("redis-server exited (%v): %s", err, s.out.String())
 		default:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := ping.Ping(ctx).Err()
-		cancel()
-		if err == nil {
+		if s.ping() {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -96,6 +92,30 @@ func (s *redisServer) start() error {
 	<-exited
 	s.cmd = nil
 	return fmt.Errorf("redis-server on %s did not answer PING: %s", s.addr, s.out.String())
+}
+
+// ping reports whether the server answers PING, over a raw connection: a go-redis
+// client would log every refused dial while the server starts.
+func (s *redisServer) ping() bool {
+	c, err := net.DialTimeout("tcp", s.addr, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	cmd := "PING\r\n"
+	if pw := s.password(); pw != "" {
+		cmd = fmt.Sprintf("AUTH %s\r\n%s", pw, cmd)
+	}
+	if _, err := c.Write([]byte(cmd)); err != nil {
+		return false
+	}
+	r := bufio.NewReader(c)
+	out, err := r.ReadString('\n')
+	for err == nil && strings.HasPrefix(out, "+OK") {
+		out, err = r.ReadString('\n')
+	}
+	return err == nil && strings.HasPrefix(out, "+PONG")
 }
 
 // password is the --requirepass of the server, if any.
