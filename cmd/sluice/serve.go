@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/sluicemesh/sluice/adapters/all"
@@ -36,6 +39,8 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 			}
 			opts.Logger = log
 			opts.Adapters = all.Registry()
+			// go-redis logs dial failures through its own global logger; send them to ours.
+			redis.SetLogger(redisLog{log.With("component", "redis")})
 			if demo {
 				opts.Layers = append(config.DefaultLayers(), loadtest.DemoLayer())
 			}
@@ -91,6 +96,13 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 	f.Float64Var(&demoRate, "demo-rate", 50, "requests per second of the demo traffic")
 	rf.register(f)
 	return cmd
+}
+
+// redisLog adapts slog to go-redis's logger.
+type redisLog struct{ l *slog.Logger }
+
+func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
+	r.l.WarnContext(ctx, fmt.Sprintf(format, v...))
 }
 
 // hostPort turns a listener address into one a local client can dial.
