@@ -11,7 +11,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/sluicemesh/sluice/mixer/registry"
 	"github.com/sluicemesh/sluice/mixer/registry/kube"
@@ -81,6 +83,17 @@ func TestSource(t *testing.T) {
 			},
 		},
 	)
+	// The fake API server drops events that happen before an informer's watch is
+	// open (it has no resource versions to resume from): learn when both are open.
+	watching := make(chan string, 4)
+	client.PrependWatchReactor("*", func(action k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := client.Tracker().Watch(action.GetResource(), action.GetNamespace())
+		if err != nil {
+			return false, nil, err
+		}
+		watching <- action.GetResource().Resource
+		return true, w, nil
+	})
 	reg := registry.New("cluster.local")
 	src := kube.New(client, reg, kube.Options{Debounce: 10 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -103,6 +116,13 @@ func TestSource(t *testing.T) {
 		}
 	}
 	wait("initial sync", func(s *registry.Snapshot) bool { return len(s.Workloads()) == 2 })
+	for range 2 {
+		select {
+		case <-watching:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the informers did not open their watches")
+		}
+	}
 	w, ok := reg.Snapshot().Lookup(netip.MustParseAddr("10.1.0.1"))
 	if !ok || w.Name != "reviews-v1" || w.Instance != "reviews-v1-5f9d8-abcde" || w.Locality != "/us-east1-b" ||
 		w.Principal != "spiffe://cluster.local/ns/default/sa/sa-reviews-v1-5f9d8-abcde" || w.Ports["http"] != 8080 || w.Version != "v1" {
