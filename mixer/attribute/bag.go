@@ -229,3 +229,21 @@ func (b *Bag) Range(fn func(id ID, v any) bool) {
 		}
 	}
 }
+
+// Set is a set of attributes, such as those a config's expressions read.
+type Set [presentWords]uint64
+
+// AllAttributes is the set of every attribute.
+func AllAttributes() Set {
+	var s Set
+	for id := ID(0); id < Count; id++ {
+		s.Add(id)
+	}
+	return s
+}
+
+// Add puts id in the set.
+func (s *Set) Add(id ID) { s[id>>6] |= 1 << (id & 63) }
+
+// Has reports whether id is in the set.
+func (s *Set) Has(id ID) bool { return s[id>>6]&(1<<(id&63)) != 0 }

@@ -43,7 +43,7 @@ func benchMessages(b *testing.B, batch int) ([][]byte, []*envoy.Node, int) {
 			msgs = append(msgs, m)
 			nodes = append(nodes, n)
 			var s envoy.Message
-			if err := envoy.ScanMessage(m, 0, &s); err != nil {
+			if err := envoy.ScanMessage(m, &s); err != nil {
 				b.Fatal(err)
 			}
 			entries += len(s.Entries)
@@ -91,7 +91,7 @@ func BenchmarkReportPathShard(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				for j, raw := range msgs {
-					if err := envoy.ScanMessage(raw, nodes[j].Seed(), &m); err != nil {
+					if err := envoy.ScanMessage(raw, &m); err != nil {
 						b.Fatal(err)
 					}
 					bt := d.NewBatch()

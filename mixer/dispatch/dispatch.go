@@ -156,12 +156,6 @@ func (d *Dispatcher) release(b *Batch) {
 	d.batches.Put(b)
 }
 
-// ShardOf returns the shard of a shard key.
-func (d *Dispatcher) ShardOf(key uint64) int {
-	// The key's high bits mix better than its low ones for FNV over short strings.
-	return int((key >> 32) % uint64(len(d.shards)))
-}
-
 // Submit hands a batch to shard i. It waits up to QueueWait on a full queue, then
 // drops the batch; every dropped entry is counted. It reports whether the batch was queued.
 func (d *Dispatcher) Submit(i int, b *Batch) bool {

@@ -32,6 +32,8 @@ type runtime struct {
 	logHandlers []*liveHandler
 	collectors  *prometheus.Registry
 	byName      map[string]*liveHandler
+	// needs are the attributes the runtime's expressions read; decoders skip the rest.
+	needs attribute.Set
 	// leases counts check-path calls holding this runtime; a reload closes the
 	// handlers it replaces only once the count is zero.
 	leases atomic.Int64
@@ -179,7 +181,40 @@ func (d *Dispatcher) buildRuntime(ctx context.Context, snap *config.Snapshot, pr
 		}
 		rt.rules = append(rt.rules, rp)
 	}
+	rt.needs = rt.referenced(logPlans)
 	return rt, created, nil
+}
+
+// referenced collects the attributes every expression of the runtime reads.
+func (rt *runtime) referenced(logs map[string]*logPlan) attribute.Set {
+	var set attribute.Set
+	add := func(e *expr.Expression) {
+		if e == nil {
+			return
+		}
+		for _, id := range e.References() {
+			set.Add(id)
+		}
+	}
+	for _, r := range rt.rules {
+		add(r.match)
+	}
+	for _, g := range rt.groups {
+		for _, d := range g.dims {
+			add(d.expr)
+		}
+	}
+	for _, a := range rt.aggs {
+		add(a.value)
+	}
+	for _, lp := range logs {
+		add(lp.severity)
+		add(lp.timestamp)
+		for _, v := range lp.vars {
+			add(v)
+		}
+	}
+	return set
 }
 
 // planMetric adds the aggregate of inst for handler h, and its label group, to rt.

@@ -117,6 +117,7 @@ func (s *shard) adopt(rt *runtime) {
 	}
 	s.flushLogs(s.rt)
 	s.rt = rt
+	s.dec.Need(rt.needs)
 	s.g = make([]*groupState, len(rt.groups))
 	keepGroups := map[string]bool{}
 	for i, gp := range rt.groups {

@@ -100,7 +100,10 @@ type Decoder struct {
 	hosts       map[hostKey]string
 	flags       map[uint32]string
 	conns       connTracker
-	Stats       Stats
+	// needs are the attributes the running config reads: the decoder skips work
+	// that only produces others (headers nobody reads, endpoints, timestamps).
+	needs attribute.Set
+	Stats Stats
 }
 
 type hostKey struct {
@@ -129,6 +132,7 @@ func NewDecoder(trustDomain string) *Decoder {
 		hosts:       map[hostKey]string{},
 		flags:       map[uint32]string{0: "-"},
 		conns:       newConnTracker(),
+		needs:       attribute.AllAttributes(),
 	}
 }
 
@@ -139,9 +143,14 @@ func (d *Decoder) Begin(reg *registry.Snapshot, now time.Time) {
 	d.conns.rotate(now)
 }
 
+// Need sets the attributes the running config reads; AllAttributes decodes everything.
+func (d *Decoder) Need(needs attribute.Set) { d.needs = needs }
+
 // common holds the AccessLogCommon fields Sluice reads.
 type common struct {
-	downRemote, downLocal, upRemote address
+	// Addresses are parsed when something needs them: a registry lookup or an
+	// endpoint attribute.
+	downRemote, downLocal, upRemote []byte
 	tls                             tlsInfo
 	start                           int64
 	lastDownTx, duration            time.Duration
@@ -160,15 +169,17 @@ func (d *Decoder) parseCommon(b []byte, c *common) error {
 		if it.typ == 2 { // length-delimited
 			switch it.num {
 			case commonDownstreamRemote:
-				c.downRemote, err = parseAddress(it.bytes)
+				c.downRemote = it.bytes
 			case commonDownstreamLocal:
-				c.downLocal, err = parseAddress(it.bytes)
+				c.downLocal = it.bytes
 			case commonUpstreamRemote:
-				c.upRemote, err = parseAddress(it.bytes)
+				c.upRemote = it.bytes
 			case commonTLS:
 				c.tls, err = parseTLS(it.bytes)
 			case commonStartTime:
-				c.start, err = parseTimestamp(it.bytes)
+				if d.needs.Has(attribute.RequestTime) || d.needs.Has(attribute.ResponseTime) {
+					c.start, err = parseTimestamp(it.bytes)
+				}
 			case commonLastDownstreamTx:
 				c.lastDownTx, err = parseDuration(it.bytes)
 				c.hasLastDownTx = true
@@ -389,7 +400,7 @@ func (d *Decoder) parseRequest(b []byte, bag *attribute.Bag, r *request) error {
 		case reqRequestID:
 			bag.SetString(attribute.RequestID, str(it.bytes))
 		case reqHeaders:
-			if err := addMapEntry(bag, attribute.RequestHeaders, it.bytes); err != nil {
+			if err := d.addHeader(bag, attribute.RequestHeaders, it.bytes, headerPeerMetadata, headerContentType); err != nil {
 				return err
 			}
 		}
@@ -424,9 +435,9 @@ func (d *Decoder) parseResponse(b []byte, bag *attribute.Bag, r *response) error
 			code, err = parseUInt32Value(it.bytes)
 			bag.SetInt(attribute.ResponseCode, int64(code))
 		case respHeaders:
-			err = addMapEntry(bag, attribute.ResponseHeaders, it.bytes)
+			err = d.addHeader(bag, attribute.ResponseHeaders, it.bytes, headerPeerMetadata, headerGRPCStatus)
 		case respTrailers:
-			err = addMapEntry(bag, attribute.ResponseTrailers, it.bytes)
+			err = d.addHeader(bag, attribute.ResponseTrailers, it.bytes, headerGRPCStatus, "")
 		case respCodeDetails:
 			bag.SetString(attribute.ResponseCodeDetails, str(it.bytes))
 		}
@@ -435,6 +446,20 @@ func (d *Decoder) parseResponse(b []byte, bag *attribute.Bag, r *response) error
 		}
 	}
 	return it.err
+}
+
+// addHeader adds one map entry to a header map: every entry when the config reads
+// the map, else only the headers the decoder itself reads (identity, protocol).
+func (d *Decoder) addHeader(bag *attribute.Bag, id attribute.ID, b []byte, keep1, keep2 string) error {
+	if d.needs.Has(id) {
+		return addMapEntry(bag, id, b)
+	}
+	if len(b) >= 2 && b[0] == 0x0a && b[1] < 0x80 && int(b[1])+2 <= len(b) {
+		if k := str(b[2 : 2+int(b[1])]); k != keep1 && k != keep2 {
+			return nil
+		}
+	}
+	return addMapEntry(bag, id, b)
 }
 
 // addMapEntry decodes one map<string, string> entry into a header map.
@@ -569,8 +594,10 @@ func (d *Decoder) identity(bag *attribute.Bag, node *Node, c *common, authority,
 	if c.upFailure != "" {
 		bag.SetString(attribute.UpstreamFailureReason, c.upFailure)
 	}
-	if c.upRemote.ip != "" {
-		bag.SetString(attribute.UpstreamAddress, c.upRemote.ip)
+	if d.needs.Has(attribute.UpstreamAddress) {
+		if a := lazyAddress(c.upRemote); a.ip != "" {
+			bag.SetString(attribute.UpstreamAddress, a.ip)
+		}
 	}
 	bag.SetString(attribute.ResponseFlags, d.flagString(c.flags))
 	if c.tls.hasProperties {
@@ -599,7 +626,7 @@ func (d *Decoder) identity(bag *attribute.Bag, node *Node, c *common, authority,
 			src = d.peer(srcPeer)
 		}
 		if src == nil {
-			src = d.lookup(c.downRemote)
+			src = d.lookup(lazyAddress(c.downRemote))
 		}
 		switch {
 		case fqdn != "":
@@ -620,8 +647,10 @@ func (d *Decoder) identity(bag *attribute.Bag, node *Node, c *common, authority,
 		if c.tls.hasPeerCert {
 			policy = "mutual_tls"
 		}
-		setEndpoint(bag, attribute.SourceIP, attribute.SourcePort, c.downRemote)
-		setEndpoint(bag, attribute.DestinationIP, attribute.DestinationPort, c.downLocal)
+		if d.needsEndpoints() {
+			setEndpoint(bag, attribute.SourceIP, attribute.SourcePort, lazyAddress(c.downRemote))
+			setEndpoint(bag, attribute.DestinationIP, attribute.DestinationPort, lazyAddress(c.downLocal))
+		}
 	} else {
 		bag.SetString(attribute.ContextReporterKind, "outbound")
 		bag.SetString(attribute.ContextReporterRole, "source")
@@ -630,13 +659,15 @@ func (d *Decoder) identity(bag *attribute.Bag, node *Node, c *common, authority,
 			dst = d.peer(dstPeer)
 		}
 		if dst == nil {
-			dst = d.lookup(c.upRemote)
+			dst = d.lookup(lazyAddress(c.upRemote))
 		}
 		if fqdn == "" {
 			fqdn = host
 		}
-		setEndpoint(bag, attribute.SourceIP, attribute.SourcePort, c.downRemote)
-		setEndpoint(bag, attribute.DestinationIP, attribute.DestinationPort, c.upRemote)
+		if d.needsEndpoints() {
+			setEndpoint(bag, attribute.SourceIP, attribute.SourcePort, lazyAddress(c.downRemote))
+			setEndpoint(bag, attribute.DestinationIP, attribute.DestinationPort, lazyAddress(c.upRemote))
+		}
 	}
 	setWorkload(bag, src, true)
 	setWorkload(bag, dst, false)
@@ -655,6 +686,23 @@ func (d *Decoder) identity(bag *attribute.Bag, node *Node, c *common, authority,
 	bag.SetString(attribute.DestinationServiceHost, fqdn)
 	bag.SetString(attribute.DestinationServiceName, name)
 	bag.SetString(attribute.DestinationServiceNamespace, ns)
+}
+
+func (d *Decoder) needsEndpoints() bool {
+	return d.needs.Has(attribute.SourceIP) || d.needs.Has(attribute.SourcePort) ||
+		d.needs.Has(attribute.DestinationIP) || d.needs.Has(attribute.DestinationPort)
+}
+
+// lazyAddress parses an address kept raw; a malformed one is no address.
+func lazyAddress(raw []byte) address {
+	if raw == nil {
+		return address{}
+	}
+	a, err := parseAddress(raw)
+	if err != nil {
+		return address{}
+	}
+	return a
 }
 
 func setEndpoint(bag *attribute.Bag, ipID, portID attribute.ID, a address) {

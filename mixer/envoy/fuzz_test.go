@@ -43,7 +43,17 @@ func FuzzScanMessage(f *testing.F) {
 	n := productpageNode()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var m envoy.Message
-		scanErr := envoy.ScanMessage(data, 0, &m)
+		scanErr := envoy.ScanMessage(data, &m)
+		// The same bytes split into three frames must scan alike.
+		var split envoy.Message
+		a, b := len(data)/3, 2*len(data)/3
+		splitErr := envoy.ScanSegments([][]byte{data[:a], data[a:b], data[b:]}, &split, &envoy.Spill{})
+		if (splitErr == nil) != (scanErr == nil) {
+			t.Fatalf("contiguous scan error %v, split scan error %v", scanErr, splitErr)
+		}
+		if scanErr == nil {
+			sameMessage(t, "split", &split, &m)
+		}
 		var std alsv3.StreamAccessLogsMessage
 		stdErr := proto.Unmarshal(data, &std)
 		if stdErr == nil && scanErr == nil {

@@ -31,13 +31,7 @@ type Node struct {
 	LogName  string
 	MeshID   string
 	Workload *registry.Workload
-	// seed starts the shard-key hash of the stream's entries, so that entries of one
-	// workload to one cluster, whichever pod reports them, land on one shard.
-	seed uint64
 }
-
-// Seed returns the shard-key seed of the stream.
-func (n *Node) Seed() uint64 { return n.seed }
 
 // DecodeIdentifier decodes a raw Identifier with the standard protobuf decoder; it
 // happens once per stream, so its cost does not matter.
@@ -109,7 +103,6 @@ func NodeFrom(node *corev3.Node, logName, trustDomain string) *Node {
 		LogName:  logName,
 		MeshID:   meshID,
 		Workload: w,
-		seed:     hashString(hashString(0, w.Namespace), w.Name),
 	}
 }
 

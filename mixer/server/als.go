@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
@@ -19,28 +20,26 @@ import (
 	"github.com/sluicemesh/sluice/mixer/envoy"
 )
 
-// rawMessage receives a message's bytes without decoding them.
+// rawMessage receives a message's bytes without decoding them, as the transport's
+// buffers (one per HTTP/2 frame), which it holds a reference to.
 type rawMessage struct {
-	buf mem.Buffer
+	data mem.BufferSlice
 }
 
 // codec keeps access-log messages as raw bytes, for the wire decoder, and uses the
 // standard protobuf codec for everything else the server handles.
 type codec struct {
 	proto encoding.CodecV2
-	pool  mem.BufferPool
 }
 
-func newCodec(pool mem.BufferPool) codec {
-	return codec{proto: encoding.GetCodecV2("proto"), pool: pool}
-}
+func newCodec() codec { return codec{proto: encoding.GetCodecV2("proto")} }
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
 
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if r, ok := v.(*rawMessage); ok {
-		// One buffer is kept by reference, several are copied into one.
-		r.buf = data.MaterializeToBuffer(c.pool)
+		data.Ref() // the transport frees its own reference when Unmarshal returns
+		r.data = data
 		return nil
 	}
 	return c.proto.Unmarshal(data, v)
@@ -54,8 +53,11 @@ type alsServer struct {
 	log         *slog.Logger
 	trustDomain string
 
-	streams  prometheus.Gauge
-	rejected *prometheus.CounterVec
+	streams   prometheus.Gauge
+	rejected  *prometheus.CounterVec
+	pool      *bufferPool
+	helds     sync.Pool // *held
+	nextShard atomic.Uint64
 	// active tracks running stream handlers so that shutdown can wait for them.
 	active sync.WaitGroup
 }
@@ -106,80 +108,119 @@ func (s *alsServer) stream(ss grpc.ServerStream) error {
 		node      *envoy.Node
 		msg       envoy.Message
 		opensSeen bool
-		batches   = make([]*dispatch.Batch, s.d.Shards())
+		shard     int
 	)
 	for {
-		var raw rawMessage
+		h := s.hold()
+		raw := rawMessage{}
 		err := ss.RecvMsg(&raw)
 		if errors.Is(err, io.EOF) {
+			h.Free()
 			return ss.SendMsg(&alsv3.StreamAccessLogsResponse{})
 		}
 		if err != nil {
+			h.Free()
 			if status.Code(err) == codes.ResourceExhausted {
 				s.rejected.WithLabelValues(rejectTooLarge).Inc()
 				s.log.Warn("access-log message over the receive limit", "err", err)
 			}
 			return err
 		}
-		data := raw.buf.ReadOnlyData()
-		var seed uint64
-		if node != nil {
-			seed = node.Seed()
-		}
-		if err := envoy.ScanMessage(data, seed, &msg); err != nil {
-			raw.buf.Free()
+		h.take(raw.data)
+		if err := envoy.ScanSegments(h.segs, &msg, &h.spill); err != nil {
+			h.Free()
 			return s.reject(rejectMalformed, 1, codes.InvalidArgument, "malformed StreamAccessLogsMessage: %v", err)
 		}
 		if node == nil {
 			if msg.Identifier == nil {
-				raw.buf.Free()
+				h.Free()
 				return s.reject(rejectNoIdentifier, len(msg.Entries), codes.InvalidArgument,
 					"the first StreamAccessLogsMessage of a stream must carry identifier.node")
 			}
 			node, err = envoy.DecodeIdentifier(msg.Identifier, s.trustDomain)
 			if err != nil {
-				raw.buf.Free()
+				h.Free()
 				return s.reject(rejectBadNode, len(msg.Entries), codes.InvalidArgument, "bad identifier: %v", err)
 			}
-			// Entries are keyed by the stream's workload: scan again with its seed.
-			if err := envoy.ScanMessage(data, node.Seed(), &msg); err != nil {
-				raw.buf.Free()
-				return s.reject(rejectMalformed, 1, codes.InvalidArgument, "malformed StreamAccessLogsMessage: %v", err)
-			}
+			// Streams take the shards in turn: a stream keeps its shard (its TCP
+			// connections' entries stay together) and the shards share the streams.
+			shard = int(s.nextShard.Add(1) % uint64(s.d.Shards()))
 		}
 		if len(msg.Entries) > 0 {
 			s.d.Received(msg.Kind, len(msg.Entries))
-			s.dispatch(node, &msg, &opensSeen, batches, raw.buf)
+			s.dispatch(node, &msg, &opensSeen, shard, h)
 		}
-		raw.buf.Free()
+		h.Free()
 	}
 }
 
-// dispatch cuts a message into one batch per shard, in one pass.
-func (s *alsServer) dispatch(node *envoy.Node, msg *envoy.Message, opensSeen *bool, batches []*dispatch.Batch, buf mem.Buffer) {
-	now := time.Now()
-	for i := range msg.Entries {
-		e := &msg.Entries[i]
-		if msg.Kind == envoy.TCPEntries && envoy.IsOpenEvent(e.Type) {
-			*opensSeen = true
-		}
-		sh := s.d.ShardOf(e.Key)
-		b := batches[sh]
-		if b == nil {
-			b = s.d.NewBatch()
-			b.Node, b.Kind, b.Received = node, msg.Kind, now
-			batches[sh] = b
-		}
-		b.Entries = append(b.Entries, *e)
+// held keeps one received message alive for the batches cut from it: the transport's
+// buffers, and the spill holding the entries that straddled two of them.
+type held struct {
+	refs  atomic.Int32
+	data  mem.BufferSlice
+	segs  [][]byte
+	spill envoy.Spill
+	mem   *[]byte // the spill's storage, from the pool
+	s     *alsServer
+}
+
+// hold returns a held with one reference, the receiver's.
+func (s *alsServer) hold() *held {
+	h := s.helds.Get().(*held)
+	h.refs.Store(1)
+	return h
+}
+
+func (s *alsServer) newHeld() any {
+	h := &held{s: s}
+	h.spill.Grow = func(n int) []byte {
+		h.mem = s.pool.Get(n)
+		return *h.mem
 	}
-	for sh, b := range batches {
-		if b == nil {
-			continue
-		}
-		b.OpensSeen = *opensSeen
-		buf.Ref()
-		b.Buffer = buf
-		s.d.Submit(sh, b)
-		batches[sh] = nil
+	return h
+}
+
+func (h *held) take(data mem.BufferSlice) {
+	h.data = data
+	for _, b := range data {
+		h.segs = append(h.segs, b.ReadOnlyData())
 	}
+}
+
+// Free drops a reference; the last one returns the buffers.
+func (h *held) Free() {
+	if h.refs.Add(-1) != 0 {
+		return
+	}
+	h.data.Free()
+	h.data = nil
+	clear(h.segs)
+	h.segs = h.segs[:0]
+	h.spill.Release()
+	if h.mem != nil {
+		h.s.pool.Put(h.mem)
+		h.mem = nil
+	}
+	h.s.helds.Put(h)
+}
+
+// dispatch hands a message's entries to the stream's shard as one batch. The batch
+// takes the message's entry list, and the message the batch's empty one, so that
+// nothing is copied.
+func (s *alsServer) dispatch(node *envoy.Node, msg *envoy.Message, opensSeen *bool, shard int, h *held) {
+	if msg.Kind == envoy.TCPEntries {
+		for i := range msg.Entries {
+			if envoy.IsOpenEvent(msg.Entries[i].Type) {
+				*opensSeen = true
+				break
+			}
+		}
+	}
+	b := s.d.NewBatch()
+	b.Node, b.Kind, b.Received, b.OpensSeen = node, msg.Kind, time.Now(), *opensSeen
+	b.Entries, msg.Entries = msg.Entries, b.Entries[:0]
+	h.refs.Add(1)
+	b.Buffer = h
+	s.d.Submit(shard, b)
 }

@@ -99,8 +99,10 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	pool := &bufferPool{}
+	s.als.pool = pool
+	s.als.helds.New = s.als.newHeld
 	gopts := []grpc.ServerOption{
-		grpc.ForceServerCodecV2(newCodec(pool)),
+		grpc.ForceServerCodecV2(newCodec()),
 		experimental.BufferPool(pool),
 		grpc.MaxRecvMsgSize(opts.MaxRecvMsgSize),
 	}
