@@ -22,6 +22,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/sluicemesh/sluice/mixer/envoy"
@@ -36,13 +37,17 @@ type CheckLoadOptions struct {
 	Server, RedisServer string
 	Rates               []int
 	Duration            time.Duration
-	// Services: ext_authz, ratelimit. Backends: memquota, redis. Caches: hit, miss.
+	// Services: ext_authz, ratelimit. Backends: memquota, redis, and noop (a
+	// do-nothing grpc-go server: the floor of this machine). Caches: hit, miss.
 	Services, Backends, Caches []string
 	// Conns is the number of client connections; Workers the in-flight bound.
 	Conns, Workers int
 	// TargetP99 is the latency the "highest rate" column is reported against.
 	TargetP99 time.Duration
-	Out       io.Writer
+	// Profile, when set, receives a CPU profile of the server during each run (the
+	// file name gets the scenario appended).
+	Profile string
+	Out     io.Writer
 }
 
 // CheckRow is one measured scenario at one offered rate.
@@ -53,6 +58,8 @@ type CheckRow struct {
 	P50, P99, P999, Max     time.Duration
 	Errors                  int64
 	ServerCPUPerReq         time.Duration
+	// ClientCPUPerReq is the load generator's own CPU, taken from the same cores.
+	ClientCPUPerReq time.Duration
 }
 
 // RunCheckLoad runs every scenario at every rate, open loop: requests are sent at
@@ -102,10 +109,10 @@ func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/1e3) 
 func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	w := tabwriter.NewWriter(o.Out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(o.Out)
-	fmt.Fprintln(w, "service\tbackend\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\t")
+	fmt.Fprintln(w, "service\tbackend\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\tgenerator CPU/req\t")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t\n", r.Service, r.Backend, r.Cache, r.Offered, r.Achieved,
-			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t\n", r.Service, r.Backend, r.Cache, r.Offered, r.Achieved,
+			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), us(r.ClientCPUPerReq))
 	}
 	w.Flush()
 	fmt.Fprintf(o.Out, "\nHighest offered rate with p99 under %s (of the rates tried):\n", o.TargetP99)
@@ -152,6 +159,23 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend string) (
 		return nil, err
 	}
 	srv := &checkServer{grpcAddr: freeAddr(), adminAddr: freeAddr(), dir: dir}
+	if backend == "noop" {
+		// This very binary, as the do-nothing server.
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		srv.cmd = exec.CommandContext(ctx, self, "noop-server", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr)
+		srv.cmd.Stderr = os.Stderr
+		if err := srv.cmd.Start(); err != nil {
+			return nil, err
+		}
+		if err := waitReady(ctx, "http://"+srv.adminAddr+"/readyz"); err != nil {
+			srv.stop()
+			return nil, err
+		}
+		return srv, nil
+	}
 	args := []string{"serve", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr, "--log-level", "warn", "--config", dir}
 	spec := "  adapter: memquota\n  params:\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n"
 	if backend == "redis" {
@@ -189,35 +213,84 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend string) (
 // checkCall sends one request of a scenario.
 type checkCall func(ctx context.Context, conn *grpc.ClientConn, i int64) error
 
-func scenarioCall(svc, cache string) checkCall {
+// scenarioCall returns a scenario's request sender. Requests are encoded before the
+// run, the cache-miss ones with a counter patched into a fixed-width field, so that
+// the generator's CPU, taken from the server's two cores, stays small.
+func scenarioCall(svc, cache string) (checkCall, error) {
+	const width = 12 // digits of the per-request user in cache-miss runs
 	user := func(i int64) string {
 		if cache == "miss" {
-			return "user-" + strconv.FormatInt(i, 10) // a new cache key every request
+			return fmt.Sprintf("u%0*d", width, i)
 		}
-		return "user-" + strconv.FormatInt(i%100, 10)
+		return fmt.Sprintf("u%0*d", width, i%100)
 	}
+	var method string
+	var encode func(i int64) ([]byte, error)
+	var check func(raw []byte) error
 	if svc == "ratelimit" {
-		return func(ctx context.Context, conn *grpc.ClientConn, i int64) error {
-			resp, err := rlsv3.NewRateLimitServiceClient(conn).ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{
+		method = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+		encode = func(i int64) ([]byte, error) {
+			return proto.Marshal(&rlsv3.RateLimitRequest{
 				Domain: "bench",
 				Descriptors: []*rlcommon.RateLimitDescriptor{
 					{Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: user(i)}}},
 					{Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "remote_address", Value: "10.1.0." + strconv.FormatInt(i%250, 10)}}},
 				},
 			})
-			if err == nil && resp.GetOverallCode() != rlsv3.RateLimitResponse_OK {
-				err = fmt.Errorf("unexpected %v", resp.GetOverallCode())
-			}
-			return err
 		}
+		check = func(raw []byte) error {
+			var resp rlsv3.RateLimitResponse
+			if err := proto.Unmarshal(raw, &resp); err != nil {
+				return err
+			}
+			if resp.GetOverallCode() != rlsv3.RateLimitResponse_OK {
+				return fmt.Errorf("unexpected %v", resp.GetOverallCode())
+			}
+			return nil
+		}
+	} else {
+		method = "/envoy.service.auth.v3.Authorization/Check"
+		encode = func(i int64) ([]byte, error) { return proto.Marshal(checkRequest(user(i), i)) }
+		check = func(raw []byte) error {
+			var resp authv3.CheckResponse
+			if err := proto.Unmarshal(raw, &resp); err != nil {
+				return err
+			}
+			if resp.GetStatus().GetCode() != 0 {
+				return fmt.Errorf("denied: %s", resp.GetStatus().GetMessage())
+			}
+			return nil
+		}
+	}
+	// A pool of distinct encoded requests; in cache-miss runs each send rewrites the
+	// user digits of one, so every request is new to the cache.
+	const pool = 256
+	tmpl := make([][]byte, pool)
+	for k := range tmpl {
+		b, err := encode(int64(k))
+		if err != nil {
+			return nil, err
+		}
+		tmpl[k] = b
+	}
+	// Where each template's user digits are (other fields vary in length).
+	at := make([]int, pool)
+	for k := range tmpl {
+		at[k] = strings.Index(string(tmpl[k]), user(int64(k))) + 1
 	}
 	return func(ctx context.Context, conn *grpc.ClientConn, i int64) error {
-		resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, checkRequest(user(i), i))
-		if err == nil && resp.GetStatus().GetCode() != 0 {
-			err = fmt.Errorf("denied: %s", resp.GetStatus().GetMessage())
+		k := i % pool
+		req := tmpl[k]
+		if cache == "miss" {
+			req = append([]byte(nil), req...)
+			copy(req[at[k]:], fmt.Sprintf("%0*d", width, i))
 		}
-		return err
-	}
+		var resp RawBytes
+		if err := conn.Invoke(ctx, method, RawBytes(req), &resp, grpc.ForceCodecV2(RawCodec{})); err != nil {
+			return err
+		}
+		return check(resp)
+	}, nil
 }
 
 // checkRequest is an ext_authz request as an Envoy sidecar sends it.
@@ -258,7 +331,10 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		defer c.Close()
 		conns[i] = c
 	}
-	call := scenarioCall(svc, cache)
+	call, err := scenarioCall(svc, cache)
+	if err != nil {
+		return row, err
+	}
 	// Warm up connections and the server's caches of this scenario.
 	for i := int64(0); i < 200; i++ {
 		_ = call(ctx, conns[int(i)%len(conns)], i)
@@ -267,44 +343,58 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	lat := make([]time.Duration, total)
 	var errs atomic.Int64
 	var firstErr atomic.Value
-	slots := make(chan int, total)
+	// A pacer releases every request that has come due; a worker sends it. A request
+	// waiting for a free worker is waiting on the server, and that counts; the pacer's
+	// own wake-up error (a sleep overshoots by about a millisecond here) does not.
+	type slot struct {
+		i       int
+		release time.Time
+	}
+	slots := make(chan slot, total)
 	start := time.Now().Add(10 * time.Millisecond)
 	interval := time.Second / time.Duration(rate)
 	cpu0, _ := procCPU(srv.cmd.Process.Pid)
+	self0 := selfCPU()
 	var wg sync.WaitGroup
+	if o.Profile != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			secs := max(1, int(o.Duration.Seconds())-1)
+			name := fmt.Sprintf("%s.%s-%s-%d", o.Profile, svc, cache, rate)
+			if err := fetch(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", srv.adminAddr, secs), name); err != nil {
+				fmt.Fprintln(os.Stderr, "profile:", err)
+			}
+		}()
+	}
 	var seq atomic.Int64
 	seq.Store(1 << 20) // past the warm-up's keys
 	for w := 0; w < o.Workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range slots {
-				due := start.Add(time.Duration(i) * interval)
-				if d := time.Until(due); d > 0 {
-					time.Sleep(d)
-				}
-				err := call(ctx, conns[i%len(conns)], seq.Add(1))
-				lat[i] = time.Since(due)
-				if err != nil {
-					if errs.Add(1) == 1 {
-						firstErr.Store(err.Error())
-					}
+			for sl := range slots {
+				err := call(ctx, conns[sl.i%len(conns)], seq.Add(1))
+				lat[sl.i] = time.Since(sl.release)
+				if err != nil && errs.Add(1) == 1 {
+					firstErr.Store(err.Error())
 				}
 			}
 		}()
 	}
-	// Hand out slots a little ahead of time, so that a worker is waiting when each is due.
-	for i := 0; i < total; i++ {
-		due := start.Add(time.Duration(i) * interval)
-		if d := time.Until(due) - 2*time.Millisecond; d > 0 {
-			time.Sleep(d)
+	for next := 0; next < total; {
+		now := time.Now()
+		for next < total && !start.Add(time.Duration(next)*interval).After(now) {
+			slots <- slot{i: next, release: now}
+			next++
 		}
-		slots <- i
+		time.Sleep(100 * time.Microsecond)
 	}
 	close(slots)
 	wg.Wait()
 	elapsed := time.Since(start)
 	cpu1, _ := procCPU(srv.cmd.Process.Pid)
+	row.ClientCPUPerReq = (selfCPU() - self0) / time.Duration(total)
 	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
 	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
 	row.P50, row.P99, row.P999, row.Max = pct(0.50), pct(0.99), pct(0.999), lat[len(lat)-1]

@@ -156,7 +156,8 @@ func Encode(calls []Call, batch int) (map[*Workload][][]byte, error) {
 // RawBytes is a pre-encoded message, sent as it is by RawCodec.
 type RawBytes []byte
 
-// RawCodec sends RawBytes without encoding them and decodes everything else as protobuf.
+// RawCodec sends and receives RawBytes without encoding them, and everything else as
+// protobuf.
 type RawCodec struct{}
 
 // Marshal implements encoding.CodecV2.
@@ -167,8 +168,12 @@ func (RawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return encoding.GetCodecV2("proto").Marshal(v)
 }
 
-// Unmarshal implements encoding.CodecV2.
+// Unmarshal implements encoding.CodecV2: into *RawBytes as they are, else protobuf.
 func (RawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if b, ok := v.(*RawBytes); ok {
+		*b = data.Materialize()
+		return nil
+	}
 	return encoding.GetCodecV2("proto").Unmarshal(data, v)
 }
 

@@ -19,7 +19,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "sluice-loadtest", Short: "Load tests and benchmark reports for Sluice", SilenceUsage: true}
-	root.AddCommand(newReport(), newCheck())
+	root.AddCommand(newReport(), newCheck(), newNoop())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-loadtest:", err)
 		os.Exit(1)
@@ -73,10 +73,26 @@ the highest rate at which p99 stays under --target-p99.`,
 	f.IntSliceVar(&o.Rates, "rate", []int{1000, 10000, 30000}, "offered requests per second, one row each")
 	f.DurationVar(&o.Duration, "duration", 10*time.Second, "how long each rate is offered")
 	f.StringSliceVar(&o.Services, "service", []string{"ext_authz", "ratelimit"}, "services to load")
-	f.StringSliceVar(&o.Backends, "backend", []string{"memquota", "redis"}, "quota backends")
+	f.StringSliceVar(&o.Backends, "backend", []string{"noop", "memquota", "redis"}, "quota backends; noop is a do-nothing grpc-go server, the machine's floor")
 	f.StringSliceVar(&o.Caches, "cache", []string{"hit", "miss"}, "check-cache scenarios (ext_authz)")
 	f.IntVar(&o.Conns, "conns", 4, "client connections")
 	f.IntVar(&o.Workers, "workers", 512, "requests in flight at most")
 	f.DurationVar(&o.TargetP99, "target-p99", time.Millisecond, "p99 the highest-rate summary is reported against")
+	f.StringVar(&o.Profile, "profile", "", "write CPU profiles of the server, one per run, to FILE.SCENARIO")
+	return cmd
+}
+
+func newNoop() *cobra.Command {
+	var grpcAddr, adminAddr string
+	cmd := &cobra.Command{
+		Use:    "noop-server",
+		Short:  "A do-nothing ext_authz and rate-limit server, the baseline of `check`",
+		Hidden: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return loadtest.ServeNoop(cmd.Context(), grpcAddr, adminAddr)
+		},
+	}
+	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "127.0.0.1:0", "gRPC listen address")
+	cmd.Flags().StringVar(&adminAddr, "admin-addr", "127.0.0.1:0", "HTTP address of /metrics")
 	return cmd
 }

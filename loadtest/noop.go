@@ -1,0 +1,54 @@
+package loadtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+)
+
+// noopServer answers every check OK without looking at it: the floor a grpc-go check
+// server cannot go below on a machine, the baseline of the check benchmark.
+type noopServer struct {
+	authv3.UnimplementedAuthorizationServer
+	rlsv3.UnimplementedRateLimitServiceServer
+}
+
+func (noopServer) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return &authv3.CheckResponse{Status: &rpcstatus.Status{}}, nil
+}
+
+func (noopServer) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK}
+	for range req.GetDescriptors() {
+		resp.Statuses = append(resp.Statuses, &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK})
+	}
+	return resp, nil
+}
+
+// ServeNoop runs the do-nothing check server on grpcAddr, with a /readyz on adminAddr,
+// until ctx ends.
+func ServeNoop(ctx context.Context, grpcAddr, adminAddr string) error {
+	lis, err := net.Listen("tcp", grpcAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", grpcAddr, err)
+	}
+	g := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(g, noopServer{})
+	rlsv3.RegisterRateLimitServiceServer(g, noopServer{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "up 1") })
+	admin := &http.Server{Addr: adminAddr, Handler: mux}
+	go func() { _ = admin.ListenAndServe() }()
+	go func() {
+		<-ctx.Done()
+		g.Stop()
+		_ = admin.Close()
+	}()
+	return g.Serve(lis)
+}
