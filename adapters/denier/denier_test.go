@@ -2,7 +2,6 @@ package denier
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/adaptertest"
 	"github.com/sluicemesh/sluice/templates"
 	"github.com/sluicemesh/sluice/templates/authorization"
 )
@@ -50,17 +50,7 @@ func TestValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := defaults()
 			tt.edit(p)
-			err := p.Validate()
-			if tt.path == "" {
-				if err != nil {
-					t.Fatalf("unexpected error %v", err)
-				}
-				return
-			}
-			var fe *adapters.FieldError
-			if !errors.As(err, &fe) || fe.Path != tt.path {
-				t.Errorf("error %v, want one at %s", err, tt.path)
-			}
+			adaptertest.WantFieldError(t, p.Validate(), tt.path)
 		})
 	}
 }

@@ -2,7 +2,6 @@ package list
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/adaptertest"
 	"github.com/sluicemesh/sluice/templates/authorization"
 )
 
@@ -54,17 +54,7 @@ func TestValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := defaults()
 			tt.edit(p)
-			err := p.Validate()
-			if tt.path == "" {
-				if err != nil {
-					t.Fatalf("unexpected error %v", err)
-				}
-				return
-			}
-			var fe *adapters.FieldError
-			if !errors.As(err, &fe) || fe.Path != tt.path {
-				t.Errorf("error %v, want one at %s", err, tt.path)
-			}
+			adaptertest.WantFieldError(t, p.Validate(), tt.path)
 		})
 	}
 }

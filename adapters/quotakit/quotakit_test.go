@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/adaptertest"
 	"github.com/sluicemesh/sluice/templates/quota"
 )
 
@@ -58,17 +59,7 @@ func TestValidateQuotas(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := ValidateQuotas(tt.qs)
-			if tt.path == "" {
-				if err != nil {
-					t.Fatalf("unexpected error %v", err)
-				}
-				return
-			}
-			var fe *adapters.FieldError
-			if !errors.As(err, &fe) || fe.Path != tt.path {
-				t.Errorf("error %v, want one at %s", err, tt.path)
-			}
+			adaptertest.WantFieldError(t, ValidateQuotas(tt.qs), tt.path)
 		})
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/adaptertest"
 	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/expr"
 	"github.com/sluicemesh/sluice/templates/authorization"
@@ -95,17 +96,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.p.Validate()
-			if tt.path == "" {
-				if err != nil {
-					t.Fatalf("unexpected error %v", err)
-				}
-				return
-			}
-			var fe *adapters.FieldError
-			if !errors.As(err, &fe) || fe.Path != tt.path {
-				t.Errorf("error %v, want one at %s", err, tt.path)
-			}
+			adaptertest.WantFieldError(t, tt.p.Validate(), tt.path)
 		})
 	}
 }

@@ -2,7 +2,6 @@ package redisquota
 
 import (
 	"context"
-	"errors"
 	"net"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/adaptertest"
 	"github.com/sluicemesh/sluice/adapters/quotakit"
 	"github.com/sluicemesh/sluice/adapters/quotakit/quotatest"
 	"github.com/sluicemesh/sluice/templates/quota"
@@ -55,17 +55,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.p.Validate()
-			if tt.path == "" {
-				if err != nil {
-					t.Fatalf("unexpected error %v", err)
-				}
-				return
-			}
-			var fe *adapters.FieldError
-			if !errors.As(err, &fe) || fe.Path != tt.path {
-				t.Errorf("error %v, want one at %s", err, tt.path)
-			}
+			adaptertest.WantFieldError(t, tt.p.Validate(), tt.path)
 		})
 	}
 }
