@@ -95,13 +95,9 @@ func (s *Server) authorize(ctx context.Context, lease leaseView, p *plan, st *re
 			continue
 		}
 		for _, t := range r.authz {
-			h, ok := lease.Handler(t.handler)
-			if !ok {
-				return out, "", status.Errorf(codes.Internal, "handler %s is not running", t.handler)
-			}
-			ah, ok := h.(adapters.AuthorizationHandler)
-			if !ok {
-				return out, "", status.Errorf(codes.Internal, "handler %s does not answer authorization checks", t.handler)
+			ah, err := handlerAs[adapters.AuthorizationHandler](lease, t.handler, "answer authorization checks")
+			if err != nil {
+				return out, "", err
 			}
 			inst := s.authzInstance(t, st)
 			res, err := ah.Authorize(ctx, inst, st.act)
@@ -123,9 +119,24 @@ func (s *Server) authorize(ctx context.Context, lease leaseView, p *plan, st *re
 	return out, "", nil
 }
 
-// leaseView is what authorize needs of a lease, for tests.
+// leaseView is what the checks need of a lease.
 type leaseView interface {
 	Handler(name string) (adapters.Handler, bool)
+}
+
+// handlerAs returns a leased handler as the interface of the template it serves; a
+// config the loader accepted always has both, so a miss is an internal error.
+func handlerAs[T any](lease leaseView, name, role string) (T, error) {
+	var zero T
+	h, ok := lease.Handler(name)
+	if !ok {
+		return zero, status.Errorf(codes.Internal, "handler %s is not running", name)
+	}
+	t, ok := h.(T)
+	if !ok {
+		return zero, status.Errorf(codes.Internal, "handler %s does not %s", name, role)
+	}
+	return t, nil
 }
 
 func (s *Server) matches(r *rulePlan, st *requestState) bool {
@@ -166,13 +177,9 @@ func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st 
 			continue
 		}
 		for _, t := range r.quotas {
-			h, ok := lease.Handler(t.handler)
-			if !ok {
-				return nil, "", status.Errorf(codes.Internal, "handler %s is not running", t.handler)
-			}
-			qh, ok := h.(adapters.QuotaHandler)
-			if !ok {
-				return nil, "", status.Errorf(codes.Internal, "handler %s does not enforce quotas", t.handler)
+			qh, err := handlerAs[adapters.QuotaHandler](lease, t.handler, "enforce quotas")
+			if err != nil {
+				return nil, "", err
 			}
 			inst := &quota.Instance{Name: t.inst, Dimensions: make(map[string]string, len(t.dims))}
 			for _, d := range t.dims {

@@ -90,8 +90,8 @@ func (a *Activation) Reset(bag *attribute.Bag) { a.bag = bag }
 // Bag returns the bag the activation reads.
 func (a *Activation) Bag() *attribute.Bag { return a.bag }
 
-// ResolveName implements CEL's interpreter.Activation.
-func (a *Activation) ResolveName(name string) (any, bool) {
+// value returns the named attribute, with map attributes converted by asMap.
+func (a *Activation) value(name string, asMap func(attribute.StringMap) any) (any, bool) {
 	id, ok := a.vocab.Lookup(name)
 	if !ok {
 		return nil, false
@@ -101,9 +101,14 @@ func (a *Activation) ResolveName(name string) (any, bool) {
 		return nil, false
 	}
 	if m, isMap := v.(attribute.StringMap); isMap {
-		return mapValue(m), true
+		return asMap(m), true
 	}
 	return v, true
+}
+
+// ResolveName implements CEL's interpreter.Activation.
+func (a *Activation) ResolveName(name string) (any, bool) {
+	return a.value(name, func(m attribute.StringMap) any { return mapValue(m) })
 }
 
 // Parent implements CEL's interpreter.Activation.

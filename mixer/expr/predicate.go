@@ -87,18 +87,7 @@ func (c *Compiler) ParseRef(s string) (Ref, bool) {
 // References returns the attribute IDs the predicate reads.
 func (p *predicate) References() []attribute.ID { return p.e.References() }
 
-// Get implements adapters.Attributes over the activation's bag.
+// Get implements adapters.Attributes over the activation's bag; maps are copies.
 func (a *Activation) Get(name string) (any, bool) {
-	id, ok := a.vocab.Lookup(name)
-	if !ok {
-		return nil, false
-	}
-	v, ok := a.bag.Value(id)
-	if !ok {
-		return nil, false
-	}
-	if m, isMap := v.(attribute.StringMap); isMap {
-		return m.Clone(), true
-	}
-	return v, true
+	return a.value(name, func(m attribute.StringMap) any { return m.Clone() })
 }

@@ -13,6 +13,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -192,32 +193,55 @@ func (cs *clients) OnStreamClosed(id int64, _ *core.Node) { cs.close(id) }
 // would reject them again, in a loop. The rejected config is replaced when the config
 // changes.
 func (cs *clients) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
-	c := cs.get(id)
-	if c == nil {
+	c, t := cs.request(id, req.GetNode(), req.GetTypeUrl())
+	if t == nil {
 		return nil
 	}
-	cs.setNode(c, req.GetNode())
-	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !cs.served(c, req.GetTypeUrl()) {
-		return nil
-	}
-	t := c.typ(req.GetTypeUrl())
 	t.requested = intern(req.GetResourceNames())
 	t.wildcard = len(req.GetResourceNames()) == 0 || contains(req.GetResourceNames(), "*")
+	if cs.settle(c, t, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail()) {
+		req.VersionInfo = t.sentVer
+	}
+	return nil
+}
+
+// request finds the state of one client's resource type for a request, with the
+// client's lock held, or a nil state when the type is not one Sluice serves.
+func (cs *clients) request(id int64, node *core.Node, typeURL string) (*client, *typeState) {
+	c := cs.get(id)
+	if c == nil {
+		return nil, nil
+	}
+	cs.setNode(c, node)
+	c.mu.Lock()
+	if !cs.served(c, typeURL) {
+		c.mu.Unlock()
+		return nil, nil
+	}
+	t := c.typ(typeURL)
 	t.lastUpdate = time.Now()
-	if req.GetResponseNonce() == "" || req.GetResponseNonce() != t.sentNonce || !t.pending {
-		return nil // a first request, a resubscription, or a stale nonce
+	return c, t
+}
+
+// settle records what a request says of the response it answers: an ACK, or a NACK
+// (reported true), which is recorded, logged and counted. A first request, a
+// resubscription or a stale nonce settles nothing. c.mu is held.
+func (cs *clients) settle(c *client, t *typeState, typeURL, nonce, version string, detail *rpcstatus.Status) bool {
+	if nonce == "" || nonce != t.sentNonce || !t.pending {
+		return false
 	}
 	t.pending = false
-	if d := req.GetErrorDetail(); d != nil {
-		cs.nack(c, t, req.GetTypeUrl(), req.GetResponseNonce(), t.sentVer, d.GetMessage())
-		req.VersionInfo = t.sentVer
-		return nil
+	if detail != nil {
+		cs.nack(c, t, typeURL, nonce, t.sentVer, detail.GetMessage())
+		return true
 	}
-	t.ackedVer, t.ackedAt = req.GetVersionInfo(), time.Now()
-	cs.metrics.acks.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
-	return nil
+	if version == "" {
+		version = t.sentVer // delta requests carry no version: they accept what was sent
+	}
+	t.ackedVer, t.ackedAt = version, time.Now()
+	cs.metrics.acks.WithLabelValues(typeName(typeURL)).Inc()
+	return false
 }
 
 func contains(list []string, s string) bool {
@@ -293,17 +317,11 @@ func (cs *clients) OnDeltaStreamClosed(id int64, _ *core.Node) { cs.close(id) }
 // OnStreamDeltaRequest implements delta.Callbacks. Delta subscriptions track what the
 // client holds, so a NACK does not cause a resend by itself.
 func (cs *clients) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
-	c := cs.get(id)
-	if c == nil {
+	c, t := cs.request(id, req.GetNode(), req.GetTypeUrl())
+	if t == nil {
 		return nil
 	}
-	cs.setNode(c, req.GetNode())
-	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !cs.served(c, req.GetTypeUrl()) {
-		return nil
-	}
-	t := c.typ(req.GetTypeUrl())
 	if len(req.GetResourceNamesSubscribe()) > 0 || len(req.GetResourceNamesUnsubscribe()) > 0 {
 		t.requested = applyDeltaSubscription(t.requested, req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe())
 	}
@@ -316,17 +334,7 @@ func (cs *clients) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryR
 	if contains(req.GetResourceNamesUnsubscribe(), "*") {
 		t.wildcard = false
 	}
-	t.lastUpdate = time.Now()
-	if req.GetResponseNonce() == "" || req.GetResponseNonce() != t.sentNonce || !t.pending {
-		return nil
-	}
-	t.pending = false
-	if d := req.GetErrorDetail(); d != nil {
-		cs.nack(c, t, req.GetTypeUrl(), req.GetResponseNonce(), t.sentVer, d.GetMessage())
-		return nil
-	}
-	t.ackedVer, t.ackedAt = t.sentVer, time.Now()
-	cs.metrics.acks.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
+	cs.settle(c, t, req.GetTypeUrl(), req.GetResponseNonce(), "", req.GetErrorDetail())
 	return nil
 }
 
