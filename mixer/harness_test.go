@@ -2,77 +2,39 @@ package mixer_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/sluicemesh/sluice/adapters/all"
 	"github.com/sluicemesh/sluice/loadtest"
 	"github.com/sluicemesh/sluice/mixer"
+	"github.com/sluicemesh/sluice/mixer/mixertest"
 )
 
-// harness runs a Mixer on loopback for one test.
+// harness runs a Sluice on loopback for one test.
 type harness struct {
-	t      *testing.T
-	m      *mixer.Mixer
-	cancel context.CancelFunc
-	done   chan error
-	url    string
+	*mixertest.Server
+	t   *testing.T
+	url string
 }
 
 func start(t *testing.T, dir string, mod func(*mixer.Options)) *harness {
 	t.Helper()
-	opts := mixer.Options{
-		ConfigDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		Adapters: all.Registry(), Shards: 2, DrainTimeout: 5 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}
-	if testing.Verbose() {
-		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
+	opts := mixer.Options{ConfigDir: dir, Shards: 2}
 	if mod != nil {
 		mod(&opts)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := mixer.New(ctx, opts)
-	if err != nil {
-		cancel()
-		t.Fatalf("mixer.New: %v", err)
-	}
-	h := &harness{t: t, m: m, cancel: cancel, done: make(chan error, 1), url: "http://" + m.AdminAddr().String()}
-	go func() { h.done <- m.Run(ctx) }()
-	t.Cleanup(func() { h.stop() })
-	return h
+	s := mixertest.Start(t, opts)
+	return &harness{Server: s, t: t, url: s.AdminURL}
 }
 
 // stop shuts the mixer down (as SIGTERM does) and waits for it.
-func (h *harness) stop() error {
-	h.cancel()
-	select {
-	case err := <-h.done:
-		h.done <- err // later calls see the same result
-		return err
-	case <-time.After(30 * time.Second):
-		h.t.Fatal("mixer did not stop")
-		return nil
-	}
-}
+func (h *harness) stop() error { return h.Stop() }
 
-func (h *harness) conn() *grpc.ClientConn {
-	h.t.Helper()
-	c, err := grpc.NewClient(h.m.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(func() { c.Close() })
-	return c
-}
+func (h *harness) conn() *grpc.ClientConn { return h.Dial(h.t) }
 
 func (h *harness) scrape() loadtest.Families {
 	h.t.Helper()

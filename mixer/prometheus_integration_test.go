@@ -31,7 +31,7 @@ func TestIntegrationPrometheusScrapes(t *testing.T) {
 
 	dir := t.TempDir()
 	cfg := fmt.Sprintf("global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n- job_name: sluice\n  static_configs: [{targets: [%q]}]\n",
-		h.m.AdminAddr().String())
+		h.AdminAddr().String())
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

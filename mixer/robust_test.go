@@ -385,7 +385,7 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	dial := func(certs []tls.Certificate) error {
-		conn, err := grpc.NewClient(h.m.GRPCAddr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		conn, err := grpc.NewClient(h.GRPCAddr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 			RootCAs: pool, ServerName: "sluice", Certificates: certs,
 		})))
 		if err != nil {
@@ -405,12 +405,12 @@ func TestTLS(t *testing.T) {
 		t.Error("a client without a certificate was accepted")
 	}
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "sluice"}}}
-	resp, err := client.Get("https://" + h.m.AdminAddr().String() + "/healthz")
+	resp, err := client.Get("https://" + h.AdminAddr().String() + "/healthz")
 	if err != nil {
 		t.Fatalf("admin over TLS: %v", err)
 	}
 	resp.Body.Close()
-	if resp, err := http.Get("http://" + h.m.AdminAddr().String() + "/healthz"); err == nil {
+	if resp, err := http.Get("http://" + h.AdminAddr().String() + "/healthz"); err == nil {
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK {
 			t.Error("the admin port answered plain HTTP")

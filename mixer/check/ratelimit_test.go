@@ -2,8 +2,6 @@ package check_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -15,13 +13,12 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/sluicemesh/sluice/adapters/all"
 	"github.com/sluicemesh/sluice/loadtest"
 	"github.com/sluicemesh/sluice/mixer"
+	"github.com/sluicemesh/sluice/mixer/mixertest"
 )
 
 // clock is a test clock that only moves when told.
@@ -49,13 +46,14 @@ func (c *clock) Advance(d time.Duration) {
 }
 
 type server struct {
-	m     *mixer.Mixer
+	*mixertest.Server
 	conn  *grpc.ClientConn
 	clock *clock
 	url   string
 }
 
-// startServer runs a whole Sluice on loopback with the files of dirs as its config.
+// startServer runs a whole Sluice on loopback with files as its config directory and
+// a clock that only moves when told.
 func startServer(t testing.TB, mod func(*mixer.Options), files ...string) *server {
 	t.Helper()
 	dir := t.TempDir()
@@ -70,31 +68,12 @@ func startServer(t testing.TB, mod func(*mixer.Options), files ...string) *serve
 	}
 	// Midnight UTC, so that every window of the tests starts with the test.
 	c := &clock{now: time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)}
-	opts := mixer.Options{
-		ConfigDir: dir, GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Adapters: all.Registry(),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: c.Now, DrainTimeout: 5 * time.Second,
-	}
+	opts := mixer.Options{ConfigDir: dir, Now: c.Now}
 	if mod != nil {
 		mod(&opts)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := mixer.New(ctx, opts)
-	if err != nil {
-		cancel()
-		t.Fatalf("mixer.New: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	conn, err := grpc.NewClient(m.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		<-done
-	})
-	return &server{m: m, conn: conn, clock: c, url: "http://" + m.AdminAddr().String() + "/metrics"}
+	s := mixertest.Start(t, opts)
+	return &server{Server: s, conn: s.Dial(t), clock: c, url: s.AdminURL + "/metrics"}
 }
 
 func descriptor(kv ...string) *rlcommon.RateLimitDescriptor {
