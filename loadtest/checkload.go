@@ -40,7 +40,11 @@ type CheckLoadOptions struct {
 	// Services: ext_authz, ratelimit. Backends: memquota, redis, and noop (a
 	// do-nothing grpc-go server: the floor of this machine). Caches: hit, miss.
 	Services, Backends, Caches []string
-	// Conns is the number of client connections; Workers the in-flight bound.
+	// Client is h2 (a lean HTTP/2 client that batches writes, as Envoy does) or
+	// grpc (grpc-go's own client, which costs this machine far more CPU per call).
+	Client string
+	// Conns is the number of client connections; Workers the in-flight bound of the
+	// grpc client.
 	Conns, Workers int
 	// TargetP99 is the latency the "highest rate" column is reported against.
 	TargetP99 time.Duration
@@ -60,12 +64,22 @@ type CheckRow struct {
 	ServerCPUPerReq         time.Duration
 	// ClientCPUPerReq is the load generator's own CPU, taken from the same cores.
 	ClientCPUPerReq time.Duration
+	// PacerLagP99 is how late the generator released requests (p99): latency
+	// includes it, so a large value means the generator, not the server, was behind.
+	PacerLagP99 time.Duration
 }
 
 // RunCheckLoad runs every scenario at every rate, open loop: requests are sent at
 // their scheduled times whether or not earlier ones were answered, and latency is
 // measured from the scheduled time, so that a slow server cannot hide its queue.
 func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
+	switch o.Client {
+	case "":
+		o.Client = "h2"
+	case "h2", "grpc":
+	default:
+		return nil, fmt.Errorf("unknown client %q: h2 or grpc", o.Client)
+	}
 	var rows []CheckRow
 	for _, backend := range o.Backends {
 		srv, err := startCheckServer(ctx, o, backend)
@@ -109,10 +123,10 @@ func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/1e3) 
 func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	w := tabwriter.NewWriter(o.Out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(o.Out)
-	fmt.Fprintln(w, "service\tbackend\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\tgenerator CPU/req\t")
+	fmt.Fprintln(w, "service\tbackend\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\tgenerator CPU/req\tpacer lag p99\t")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t\n", r.Service, r.Backend, r.Cache, r.Offered, r.Achieved,
-			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), us(r.ClientCPUPerReq))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", r.Service, r.Backend, r.Cache, r.Offered, r.Achieved,
+			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), us(r.ClientCPUPerReq), us(r.PacerLagP99))
 	}
 	w.Flush()
 	fmt.Fprintf(o.Out, "\nHighest offered rate with p99 under %s (of the rates tried):\n", o.TargetP99)
@@ -131,7 +145,9 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	for _, k := range keys {
 		fmt.Fprintf(o.Out, "  %-40s %d/s\n", k, best[k])
 	}
-	fmt.Fprintln(o.Out, "\nThe load generator shares the machine's cores with the server; its own CPU is not counted in server CPU/req.\n"+
+	fmt.Fprintf(o.Out, "\nGenerator: the %s client. It shares the machine's cores with the server; its own CPU is not counted in server CPU/req.\n"+
+		"Latency runs from each request's due time, so it includes the pacer's lag.\n", o.Client)
+	fmt.Fprintln(o.Out, ""+
 		"Reference (DEPENDENCIES.md, measured there): envoyproxy/ratelimit with Redis p99 14–25 ms at 10k/s, ~340 µs CPU/request;\n"+
 		"OPA-Envoy publishes p99 3.5 ms at 2k/s.")
 }
@@ -210,13 +226,19 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend string) (
 	return srv, nil
 }
 
-// checkCall sends one request of a scenario.
-type checkCall func(ctx context.Context, conn *grpc.ClientConn, i int64) error
+// scenario is one service's requests and how their answers are judged.
+type scenario struct {
+	method string
+	// request returns the i-th request, encoded; in cache-miss runs every i gives a
+	// request the server has not seen.
+	request func(i int64) []byte
+	check   func(resp []byte) error
+}
 
-// scenarioCall returns a scenario's request sender. Requests are encoded before the
-// run, the cache-miss ones with a counter patched into a fixed-width field, so that
-// the generator's CPU, taken from the server's two cores, stays small.
-func scenarioCall(svc, cache string) (checkCall, error) {
+// newScenario prepares a scenario's requests. They are encoded before the run, the
+// cache-miss ones with a counter patched into a fixed-width field, so that the
+// generator's CPU, taken from the server's two cores, stays small.
+func newScenario(svc, cache string) (*scenario, error) {
 	const width = 12 // digits of the per-request user in cache-miss runs
 	user := func(i int64) string {
 		if cache == "miss" {
@@ -224,11 +246,10 @@ func scenarioCall(svc, cache string) (checkCall, error) {
 		}
 		return fmt.Sprintf("u%0*d", width, i%100)
 	}
-	var method string
+	sc := &scenario{}
 	var encode func(i int64) ([]byte, error)
-	var check func(raw []byte) error
 	if svc == "ratelimit" {
-		method = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+		sc.method = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 		encode = func(i int64) ([]byte, error) {
 			return proto.Marshal(&rlsv3.RateLimitRequest{
 				Domain: "bench",
@@ -238,7 +259,7 @@ func scenarioCall(svc, cache string) (checkCall, error) {
 				},
 			})
 		}
-		check = func(raw []byte) error {
+		sc.check = func(raw []byte) error {
 			var resp rlsv3.RateLimitResponse
 			if err := proto.Unmarshal(raw, &resp); err != nil {
 				return err
@@ -249,9 +270,9 @@ func scenarioCall(svc, cache string) (checkCall, error) {
 			return nil
 		}
 	} else {
-		method = "/envoy.service.auth.v3.Authorization/Check"
+		sc.method = "/envoy.service.auth.v3.Authorization/Check"
 		encode = func(i int64) ([]byte, error) { return proto.Marshal(checkRequest(user(i), i)) }
-		check = func(raw []byte) error {
+		sc.check = func(raw []byte) error {
 			var resp authv3.CheckResponse
 			if err := proto.Unmarshal(raw, &resp); err != nil {
 				return err
@@ -263,7 +284,7 @@ func scenarioCall(svc, cache string) (checkCall, error) {
 		}
 	}
 	// A pool of distinct encoded requests; in cache-miss runs each send rewrites the
-	// user digits of one, so every request is new to the cache.
+	// user digits of a copy of one, so every request is new to the cache.
 	const pool = 256
 	tmpl := make([][]byte, pool)
 	for k := range tmpl {
@@ -278,19 +299,25 @@ func scenarioCall(svc, cache string) (checkCall, error) {
 	for k := range tmpl {
 		at[k] = strings.Index(string(tmpl[k]), user(int64(k))) + 1
 	}
-	return func(ctx context.Context, conn *grpc.ClientConn, i int64) error {
+	sc.request = func(i int64) []byte {
 		k := i % pool
-		req := tmpl[k]
-		if cache == "miss" {
-			req = append([]byte(nil), req...)
-			copy(req[at[k]:], fmt.Sprintf("%0*d", width, i))
+		if cache != "miss" {
+			return tmpl[k]
 		}
-		var resp RawBytes
-		if err := conn.Invoke(ctx, method, RawBytes(req), &resp, grpc.ForceCodecV2(RawCodec{})); err != nil {
-			return err
-		}
-		return check(resp)
-	}, nil
+		req := append([]byte(nil), tmpl[k]...)
+		copy(req[at[k]:], fmt.Sprintf("%0*d", width, i))
+		return req
+	}
+	return sc, nil
+}
+
+// invoke sends one request of the scenario through grpc-go.
+func (sc *scenario) invoke(ctx context.Context, conn *grpc.ClientConn, i int64) error {
+	var resp RawBytes
+	if err := conn.Invoke(ctx, sc.method, RawBytes(sc.request(i)), &resp, grpc.ForceCodecV2(RawCodec{})); err != nil {
+		return err
+	}
+	return sc.check(resp)
 }
 
 // checkRequest is an ext_authz request as an Envoy sidecar sends it.
@@ -322,37 +349,27 @@ func checkRequest(user string, i int64) *authv3.CheckRequest {
 // runScenario offers rate requests per second for o.Duration and collects latencies.
 func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc, cache string, rate int) (CheckRow, error) {
 	row := CheckRow{Service: svc, Offered: rate}
-	conns := make([]*grpc.ClientConn, o.Conns)
-	for i := range conns {
-		c, err := grpc.NewClient(srv.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return row, err
-		}
-		defer c.Close()
-		conns[i] = c
-	}
-	call, err := scenarioCall(svc, cache)
+	sc, err := newScenario(svc, cache)
 	if err != nil {
 		return row, err
 	}
-	// Warm up connections and the server's caches of this scenario.
-	for i := int64(0); i < 200; i++ {
-		_ = call(ctx, conns[int(i)%len(conns)], i)
-	}
 	total := int(float64(rate) * o.Duration.Seconds())
-	lat := make([]time.Duration, total)
-	var errs atomic.Int64
-	var firstErr atomic.Value
-	// A pacer releases every request that has come due; a worker sends it. A request
-	// waiting for a free worker is waiting on the server, and that counts; the pacer's
-	// own wake-up error (a sleep overshoots by about a millisecond here) does not.
-	type slot struct {
-		i       int
-		release time.Time
+	r := &run{lat: make([]time.Duration, total), lag: make([]time.Duration, total),
+		start: time.Now().Add(50 * time.Millisecond), interval: time.Second / time.Duration(rate)}
+	var client loadClient
+	if o.Client == "grpc" {
+		client, err = newGRPCClient(ctx, o, srv.grpcAddr, sc, r)
+	} else {
+		client, err = newH2Client(o, srv.grpcAddr, sc, r)
 	}
-	slots := make(chan slot, total)
-	start := time.Now().Add(10 * time.Millisecond)
-	interval := time.Second / time.Duration(rate)
+	if err != nil {
+		return row, err
+	}
+	defer client.close()
+	// Warm up connections and the server's caches of this scenario.
+	if err := client.warm(200); err != nil {
+		return row, fmt.Errorf("warm up %s: %w", svc, err)
+	}
 	cpu0, _ := procCPU(srv.cmd.Process.Pid)
 	self0 := selfCPU()
 	var wg sync.WaitGroup
@@ -367,42 +384,209 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 			}
 		}()
 	}
-	var seq atomic.Int64
-	seq.Store(1 << 20) // past the warm-up's keys
-	for w := 0; w < o.Workers; w++ {
-		wg.Add(1)
+	r.pace(total, client.release)
+	client.wait()
+	wg.Wait()
+	elapsed := time.Since(r.start)
+	cpu1, _ := procCPU(srv.cmd.Process.Pid)
+	row.ClientCPUPerReq = (selfCPU() - self0) / time.Duration(total)
+	row.P50, row.P99, row.P999, row.Max = percentiles(r.lat)
+	_, row.PacerLagP99, _, _ = percentiles(r.lag)
+	row.Achieved = float64(total) / elapsed.Seconds()
+	row.Errors = r.errs.Load()
+	row.ServerCPUPerReq = (cpu1 - cpu0) / time.Duration(total)
+	if row.Errors > 0 {
+		fmt.Fprintf(o.Out, "(first error: %v) ", r.firstErr.Load())
+	}
+	return row, nil
+}
+
+// percentiles sorts ds and returns its p50, p99, p99.9 and maximum.
+func percentiles(ds []time.Duration) (p50, p99, p999, top time.Duration) {
+	sort.Slice(ds, func(a, b int) bool { return ds[a] < ds[b] })
+	pct := func(p float64) time.Duration { return ds[min(len(ds)-1, int(p*float64(len(ds))))] }
+	return pct(0.50), pct(0.99), pct(0.999), ds[len(ds)-1]
+}
+
+// run is the schedule and the record of one scenario at one rate: request i is due
+// at start + i×interval, and its latency is measured from then, so that neither a
+// slow server nor a late generator can hide a queue.
+type run struct {
+	start    time.Time
+	interval time.Duration
+	lat, lag []time.Duration // per request: latency from its due time; release lag
+	errs     atomic.Int64
+	firstErr atomic.Value
+}
+
+func (r *run) due(i int) time.Time { return r.start.Add(time.Duration(i) * r.interval) }
+
+// done records request i's outcome; warm-up requests (negative i) count only errors.
+func (r *run) done(i int, err error) {
+	if i >= 0 {
+		r.lat[i] = time.Since(r.due(i))
+	}
+	if err != nil && r.errs.Add(1) == 1 {
+		r.firstErr.Store(err.Error())
+	}
+}
+
+// pace releases requests 0…total-1 as they come due, all those due at once in one
+// call, sleeping precisely in between.
+func (r *run) pace(total int, release func(from, to int)) {
+	pause, unlock := precisePause()
+	defer unlock()
+	for next := 0; next < total; {
+		now := time.Now()
+		end := next
+		for end < total && !r.due(end).After(now) {
+			r.lag[end] = now.Sub(r.due(end))
+			end++
+		}
+		if end > next {
+			release(next, end)
+			next = end
+			continue
+		}
+		pause(r.due(next).Sub(now))
+	}
+}
+
+// loadClient sends a scenario's requests to the server.
+type loadClient interface {
+	// warm sends n requests and waits for their answers.
+	warm(n int) error
+	// release sends requests [from, to) now; their outcomes go to the run.
+	release(from, to int)
+	// wait returns when every released request is answered.
+	wait()
+	close()
+}
+
+// grpcClient sends through grpc-go's own client: connections round robin, a
+// bounded pool of workers so that requests beyond it wait (and that wait counts).
+type grpcClient struct {
+	ctx   context.Context
+	conns []*grpc.ClientConn
+	sc    *scenario
+	slots chan int
+	wg    sync.WaitGroup
+	seq   atomic.Int64
+}
+
+func newGRPCClient(ctx context.Context, o CheckLoadOptions, addr string, sc *scenario, r *run) (*grpcClient, error) {
+	c := &grpcClient{ctx: ctx, sc: sc, slots: make(chan int, len(r.lat))}
+	for range o.Conns {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			c.close()
+			return nil, err
+		}
+		c.conns = append(c.conns, cc)
+	}
+	c.seq.Store(1 << 20) // past the warm-up's keys
+	for range o.Workers {
+		c.wg.Add(1)
 		go func() {
-			defer wg.Done()
-			for sl := range slots {
-				err := call(ctx, conns[sl.i%len(conns)], seq.Add(1))
-				lat[sl.i] = time.Since(sl.release)
-				if err != nil && errs.Add(1) == 1 {
-					firstErr.Store(err.Error())
-				}
+			defer c.wg.Done()
+			for i := range c.slots {
+				r.done(i, sc.invoke(ctx, c.conns[i%len(c.conns)], c.seq.Add(1)))
 			}
 		}()
 	}
-	for next := 0; next < total; {
-		now := time.Now()
-		for next < total && !start.Add(time.Duration(next)*interval).After(now) {
-			slots <- slot{i: next, release: now}
-			next++
+	return c, nil
+}
+
+func (c *grpcClient) warm(n int) error {
+	for i := range n {
+		if err := c.sc.invoke(c.ctx, c.conns[i%len(c.conns)], int64(i)); err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Microsecond)
 	}
-	close(slots)
-	wg.Wait()
-	elapsed := time.Since(start)
-	cpu1, _ := procCPU(srv.cmd.Process.Pid)
-	row.ClientCPUPerReq = (selfCPU() - self0) / time.Duration(total)
-	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
-	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	row.P50, row.P99, row.P999, row.Max = pct(0.50), pct(0.99), pct(0.999), lat[len(lat)-1]
-	row.Achieved = float64(total) / elapsed.Seconds()
-	row.Errors = errs.Load()
-	row.ServerCPUPerReq = (cpu1 - cpu0) / time.Duration(total)
-	if row.Errors > 0 {
-		fmt.Fprintf(o.Out, "(first error: %v) ", firstErr.Load())
+	return nil
+}
+
+func (c *grpcClient) release(from, to int) {
+	for i := from; i < to; i++ {
+		c.slots <- i
 	}
-	return row, nil
+}
+
+func (c *grpcClient) wait() {
+	close(c.slots)
+	c.wg.Wait()
+}
+
+func (c *grpcClient) close() {
+	for _, cc := range c.conns {
+		cc.Close()
+	}
+}
+
+// h2Client sends through lean HTTP/2 connections (h2Conn): every request released
+// at once goes out in one write per connection.
+type h2Client struct {
+	conns []*h2Conn
+	sc    *scenario
+	run   *run
+	batch [][]h2Request
+	seq   int64
+}
+
+func newH2Client(o CheckLoadOptions, addr string, sc *scenario, r *run) (*h2Client, error) {
+	c := &h2Client{sc: sc, run: r, seq: 1 << 20}
+	for range o.Conns {
+		hc, err := dialH2(addr, sc.method, sc.check, r.done)
+		if err != nil {
+			c.close()
+			return nil, err
+		}
+		c.conns = append(c.conns, hc)
+	}
+	c.batch = make([][]h2Request, len(c.conns))
+	return c, nil
+}
+
+func (c *h2Client) warm(n int) error {
+	for i := range n {
+		// Warm-up slots are negative: they are not measured.
+		c.conns[i%len(c.conns)].send([]h2Request{{slot: -1 - i, msg: c.sc.request(int64(i))}})
+	}
+	for _, hc := range c.conns {
+		if err := hc.wait(); err != nil {
+			return err
+		}
+	}
+	if failed := c.run.errs.Swap(0); failed > 0 {
+		return fmt.Errorf("%d of %d requests failed, the first: %v", failed, n, c.run.firstErr.Load())
+	}
+	return nil
+}
+
+func (c *h2Client) release(from, to int) {
+	for k := range c.batch {
+		c.batch[k] = c.batch[k][:0]
+	}
+	for i := from; i < to; i++ {
+		k := i % len(c.conns)
+		c.seq++
+		c.batch[k] = append(c.batch[k], h2Request{slot: i, msg: c.sc.request(c.seq)})
+	}
+	for k, b := range c.batch {
+		if len(b) > 0 {
+			c.conns[k].send(b)
+		}
+	}
+}
+
+func (c *h2Client) wait() {
+	for _, hc := range c.conns {
+		_ = hc.wait() // its failures were reported per request
+	}
+}
+
+func (c *h2Client) close() {
+	for _, hc := range c.conns {
+		hc.close()
+	}
 }

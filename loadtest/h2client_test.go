@@ -1,0 +1,174 @@
+package loadtest
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// startNoop serves the do-nothing check server on a free port until the test ends.
+func startNoop(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := freeAddr()
+	errc := make(chan error, 1)
+	go func() { errc <- ServeNoop(ctx, addr, freeAddr()) }()
+	t.Cleanup(func() {
+		cancel()
+		<-errc
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("noop server on %s: %v", addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// outcomes collects what an h2Conn reports, per slot.
+type outcomes struct {
+	mu   sync.Mutex
+	errs map[int]error
+}
+
+func (o *outcomes) done(slot int, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, dup := o.errs[slot]; dup {
+		panic("slot reported twice")
+	}
+	o.errs[slot] = err
+}
+
+func TestH2Conn(t *testing.T) {
+	addr := startNoop(t)
+	check, err := newScenario("ext_authz", "miss")
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed := func(raw []byte) error {
+		var resp authv3.CheckResponse
+		if err := proto.Unmarshal(raw, &resp); err != nil {
+			return err
+		}
+		if resp.GetStatus().GetCode() != 0 {
+			return errors.New("denied")
+		}
+		return nil
+	}
+	tests := []struct {
+		name      string
+		method    string
+		check     func([]byte) error
+		msgSize   int // 0: the scenario's requests
+		n, batch  int
+		wantError string // in every outcome; empty for none
+	}{
+		// 3,000 requests of ~600 bytes are far past the 64 KiB windows the server
+		// starts with: they pass only if its WINDOW_UPDATEs are honoured.
+		{name: "check requests, batched", method: check.method, check: allowed, n: 3000, batch: 50},
+		{name: "one at a time", method: check.method, check: allowed, n: 20, batch: 1},
+		{name: "unknown method", method: "/no.Such/Method", check: allowed, n: 10, batch: 5, wantError: "grpc-status 12"},
+		{name: "answer rejected by check", method: check.method, check: func([]byte) error { return errors.New("no") }, n: 10, batch: 10, wantError: "no"},
+		{name: "request larger than a stream window", method: check.method, check: allowed, msgSize: 70000, n: 2, batch: 2, wantError: "exceeds the server's stream window"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := &outcomes{errs: map[int]error{}}
+			c, err := dialH2(addr, tt.method, tt.check, got.done)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.close()
+			for i := 0; i < tt.n; i += tt.batch {
+				var reqs []h2Request
+				for j := i; j < min(tt.n, i+tt.batch); j++ {
+					msg := check.request(int64(j))
+					if tt.msgSize > 0 {
+						msg = make([]byte, tt.msgSize)
+					}
+					reqs = append(reqs, h2Request{slot: j, msg: msg})
+				}
+				c.send(reqs)
+			}
+			if err := c.wait(); err != nil {
+				t.Fatalf("connection failed: %v", err)
+			}
+			if len(got.errs) != tt.n {
+				t.Fatalf("%d outcomes, want %d", len(got.errs), tt.n)
+			}
+			for slot, err := range got.errs {
+				switch {
+				case tt.wantError == "" && err != nil:
+					t.Fatalf("request %d: %v", slot, err)
+				case tt.wantError != "" && (err == nil || !strings.Contains(err.Error(), tt.wantError)):
+					t.Fatalf("request %d: error %v, want one with %q", slot, err, tt.wantError)
+				}
+			}
+		})
+	}
+}
+
+func TestH2ConnServerGone(t *testing.T) {
+	// A server that accepts, then closes: every call fails, none hangs.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			c.Close()
+		}
+	}()
+	got := &outcomes{errs: map[int]error{}}
+	c, err := dialH2(l.Addr().String(), "/x/Y", func([]byte) error { return nil }, got.done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.send([]h2Request{{slot: 0, msg: []byte("a")}, {slot: 1, msg: []byte("b")}})
+	if err := c.wait(); err == nil {
+		t.Fatal("wait: no error from a closed connection")
+	}
+	c.send([]h2Request{{slot: 2, msg: []byte("c")}})
+	if len(got.errs) != 3 {
+		t.Fatalf("%d outcomes, want 3", len(got.errs))
+	}
+	for slot, err := range got.errs {
+		if err == nil {
+			t.Fatalf("request %d succeeded against a closed connection", slot)
+		}
+	}
+}
+
+func TestPace(t *testing.T) {
+	const total = 500
+	r := &run{start: time.Now(), interval: 100 * time.Microsecond,
+		lat: make([]time.Duration, total), lag: make([]time.Duration, total)}
+	next := 0
+	r.pace(total, func(from, to int) {
+		if from != next || to <= from {
+			t.Fatalf("released [%d, %d) after %d", from, to, next)
+		}
+		if time.Now().Before(r.due(to - 1)) {
+			t.Fatalf("request %d released before it was due", to-1)
+		}
+		next = to
+	})
+	if next != total {
+		t.Fatalf("released %d of %d", next, total)
+	}
+}
