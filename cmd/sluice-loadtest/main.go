@@ -1,10 +1,12 @@
 // Command sluice-loadtest drives Sluice with a simulated Envoy fleet and reports
-// what it costs: `report` measures the report path against a plain protobuf decode.
+// what it costs: `report` measures the report path against a plain protobuf decode,
+// `check` the check path's latency, `wakeup` the machine's round-trip floor.
 package main
 
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -20,7 +22,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{Use: "sluice-loadtest", Short: "Load tests and benchmark reports for Sluice", SilenceUsage: true}
-	root.AddCommand(newReport(), newCheck(), newNoop())
+	root.AddCommand(newReport(), newCheck(), newWakeup(), newNoop(), newEcho())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-loadtest:", err)
 		os.Exit(1)
@@ -105,6 +107,46 @@ func newNoop() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "127.0.0.1:0", "gRPC listen address")
 	cmd.Flags().StringVar(&adminAddr, "admin-addr", "127.0.0.1:0", "HTTP address of /metrics")
+	return cmd
+}
+
+func newWakeup() *cobra.Command {
+	o := loadtest.WakeupOptions{Out: os.Stdout}
+	cmd := &cobra.Command{
+		Use:   "wakeup",
+		Short: "The machine's floor: paced 32-byte TCP round trips to an echo process",
+		Long: `Starts an echo process on loopback and paces 32-byte round trips to it at each
+rate, one at a time, printing p50, p99, p99.9 and the maximum. No protocol runs:
+the tail is what waking two processes costs on this machine (scheduler, idle
+vCPUs, timer slack), and every gRPC check pays it several times over.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := loadtest.RunWakeup(cmd.Context(), o)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.IntSliceVar(&o.Rates, "rate", []int{500, 1000, 2000, 10000}, "round trips per second, one row each")
+	f.DurationVar(&o.Duration, "duration", 6*time.Second, "how long each rate is paced")
+	f.StringVar(&o.Addr, "addr", "", "an echo server to measure against instead of a child process")
+	return cmd
+}
+
+func newEcho() *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:    "echo-server",
+		Short:  "Echoes TCP bytes back, for `wakeup`; prints its address first",
+		Hidden: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lis, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("listen %s: %w", addr, err)
+			}
+			fmt.Println(lis.Addr())
+			return loadtest.ServeEcho(cmd.Context(), lis)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:0", "listen address")
 	return cmd
 }
 
