@@ -42,6 +42,11 @@ func RunWakeup(ctx context.Context, o WakeupOptions) ([]WakeupRow, error) {
 	if o.Duration <= 0 {
 		return nil, fmt.Errorf("wakeup: duration %v must be positive", o.Duration)
 	}
+	for _, rate := range o.Rates {
+		if rate <= 0 || rate > maxWakeupRate {
+			return nil, fmt.Errorf("wakeup: rate %d/s is outside 1..%d", rate, maxWakeupRate)
+		}
+	}
 	addr := o.Addr
 	if addr == "" {
 		a, stop, err := startEchoChild(ctx)
@@ -56,14 +61,13 @@ func RunWakeup(ctx context.Context, o WakeupOptions) ([]WakeupRow, error) {
 		return nil, fmt.Errorf("wakeup: dial echo server %s: %w", addr, err)
 	}
 	defer conn.Close()
+	// A blocked read does not watch ctx; closing the connection ends it.
+	defer context.AfterFunc(ctx, func() { _ = conn.Close() })()
 	if o.Out != nil {
 		fmt.Fprintf(o.Out, "%10s %8s %9s %9s %9s %9s\n", "rate/s", "samples", "p50", "p99", "p99.9", "max")
 	}
 	var rows []WakeupRow
 	for _, rate := range o.Rates {
-		if rate <= 0 {
-			return rows, fmt.Errorf("wakeup: rate %d must be positive", rate)
-		}
 		lat, err := pingPong(ctx, conn, rate, o.Duration)
 		if err != nil {
 			return rows, fmt.Errorf("wakeup at %d/s: %w", rate, err)
@@ -77,6 +81,14 @@ func RunWakeup(ctx context.Context, o WakeupOptions) ([]WakeupRow, error) {
 	}
 	return rows, nil
 }
+
+// maxWakeupRate keeps the pacing interval at a microsecond or more; one round trip
+// at a time cannot go faster on any machine anyway.
+const maxWakeupRate = 1_000_000
+
+// roundTripTimeout ends a run whose echo server stopped answering, with an error
+// rather than a hang.
+const roundTripTimeout = time.Second
 
 // pingPong paces round trips on conn at rate for d. A round trip that outlasts the
 // interval delays the next one rather than overlapping it: this measures wake-ups,
@@ -95,12 +107,20 @@ func pingPong(ctx context.Context, conn net.Conn, rate int, d time.Duration) ([]
 		if w := time.Until(next); w > 0 {
 			pause(w)
 		}
+		// Set before the clock starts: the deadline is a runtime timer, not part of
+		// the round trip.
+		if err := conn.SetReadDeadline(time.Now().Add(roundTripTimeout)); err != nil {
+			return lat, fmt.Errorf("set read deadline: %w", err)
+		}
 		sent := time.Now()
 		if _, err := conn.Write(msg); err != nil {
 			return lat, fmt.Errorf("write: %w", err)
 		}
 		if _, err := io.ReadFull(conn, buf); err != nil {
-			return lat, fmt.Errorf("read: %w", err)
+			if ctx.Err() != nil {
+				break
+			}
+			return lat, fmt.Errorf("read echo (%v without an answer is a failure): %w", roundTripTimeout, err)
 		}
 		lat = append(lat, time.Since(sent))
 	}

@@ -21,7 +21,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root := &cobra.Command{Use: "sluice-loadtest", Short: "Load tests and benchmark reports for Sluice", SilenceUsage: true}
+	root := &cobra.Command{Use: "sluice-loadtest", Short: "Load tests and benchmark reports for Sluice", SilenceUsage: true, SilenceErrors: true}
 	root.AddCommand(newReport(), newCheck(), newWakeup(), newNoop(), newEcho())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-loadtest:", err)
