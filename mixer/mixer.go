@@ -68,13 +68,20 @@ type Options struct {
 	// RedisAddr, when set, replaces the default quota backend (memquota) with a
 	// redisquota handler at this address, so that replicas share their counts.
 	RedisAddr string
+	// RedisTimeout bounds each batch of Redis decisions of that handler; when Redis
+	// is slower, requests are allowed (fail open) and counted. 0 means redisquota's
+	// default, 50ms.
+	RedisTimeout time.Duration
 }
 
 // redisLayer replaces the default quota handler with one backed by Redis at addr.
-func redisLayer(addr string) config.Layer {
+func redisLayer(addr string, timeout time.Duration) config.Layer {
 	ns, name, _ := strings.Cut(check.DefaultQuotaHandler, "/")
 	doc := fmt.Sprintf("apiVersion: %s\nkind: Handler\nmetadata: {name: %s, namespace: %s}\nspec:\n  adapter: redisquota\n  params:\n    redisServerUrl: %q\n",
 		config.MixerAPIVersion, name, ns, addr)
+	if timeout > 0 {
+		doc += fmt.Sprintf("    timeout: %s\n", timeout)
+	}
 	return config.Layer{Name: "flag:--redis-addr", Default: true, FS: fstest.MapFS{"redis.yaml": {Data: []byte(doc)}}}
 }
 
@@ -128,11 +135,14 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 		return nil, err
 	}
 	layers := opts.Layers
+	if opts.RedisTimeout < 0 {
+		return nil, fmt.Errorf("redis timeout %v is negative", opts.RedisTimeout)
+	}
 	if opts.RedisAddr != "" {
 		if layers == nil {
 			layers = config.DefaultLayers()
 		}
-		layers = append(layers, redisLayer(opts.RedisAddr))
+		layers = append(layers, redisLayer(opts.RedisAddr, opts.RedisTimeout))
 	}
 	loader := &config.Loader{Dir: opts.ConfigDir, Layers: layers, Adapters: opts.Adapters, Compiler: compiler, Validators: opts.Validators}
 	m.watcher, err = config.NewWatcher(loader, m.apply, opts.Logger, m.metrics)

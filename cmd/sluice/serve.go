@@ -90,6 +90,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&opts.RedisAddr, "redis-addr", "", "HOST:PORT of Redis: the default quota backend of rate limits and quotas, shared by replicas (default: in memory)")
+	f.DurationVar(&opts.RedisTimeout, "redis-timeout", 50*time.Millisecond, "with --redis-addr: how long a decision waits for Redis before it is allowed by the fail-open policy (and counted)")
 	f.BoolVar(&opts.RateLimitHeaders, "ratelimit-headers", false, "add RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset to rate-limit answers")
 	f.IntVar(&opts.CheckCacheSize, "check-cache-size", 10000, "entries of the policy check cache")
 	f.BoolVar(&demo, "demo", false, "also run a simulated bookinfo mesh that streams access logs to this server")
