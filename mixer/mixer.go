@@ -105,6 +105,9 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 	if opts.Adapters == nil {
 		return nil, fmt.Errorf("no adapters registry")
 	}
+	if opts.RedisTimeout < 0 {
+		return nil, fmt.Errorf("redis timeout %v is negative", opts.RedisTimeout)
+	}
 	if opts.GRPCAddr == "" {
 		opts.GRPCAddr = ":9091"
 	}
@@ -135,9 +138,6 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 		return nil, err
 	}
 	layers := opts.Layers
-	if opts.RedisTimeout < 0 {
-		return nil, fmt.Errorf("redis timeout %v is negative", opts.RedisTimeout)
-	}
 	if opts.RedisAddr != "" {
 		if layers == nil {
 			layers = config.DefaultLayers()
