@@ -157,6 +157,11 @@ type Factory struct {
 	Doc  string
 	// Templates lists the templates the adapter's handlers accept.
 	Templates []string
+	// InProcess says that the handlers decide checks in memory, in microseconds,
+	// never waiting on the network or a disk: the lean check listener then runs
+	// their checks on the connection's reader instead of a goroutine of their own.
+	// Leave it false for anything that may block (a remote backend).
+	InProcess bool
 	// NewParams returns a pointer to params holding the defaults.
 	NewParams func() Params
 	// Bind checks, without side effects, that params can serve the instances: for a

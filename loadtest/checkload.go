@@ -37,9 +37,15 @@ type CheckLoadOptions struct {
 	Server, RedisServer string
 	Rates               []int
 	Duration            time.Duration
-	// Services: ext_authz, ratelimit. Backends: memquota, redis, and noop (a
-	// do-nothing grpc-go server: the floor of this machine). Caches: hit, miss.
+	// Services: ext_authz, ratelimit. Backends: memquota, redis, noop (a
+	// do-nothing grpc-go server: the floor of a grpc-go server on this machine) and
+	// noop-h2 (a do-nothing server speaking HTTP/2 by hand: the floor of any
+	// server). Caches: hit, miss.
 	Services, Backends, Caches []string
+	// Listeners are Sluice's ports to load: grpc (the contract's gRPC port, grpc-go)
+	// and check (--check-addr, the lean HTTP/2 transport). The noop backends have
+	// one transport each and run once.
+	Listeners []string
 	// Client is h2 (a lean HTTP/2 client that batches writes, as Envoy does) or
 	// grpc (grpc-go's own client, which costs this machine far more CPU per call).
 	Client string
@@ -57,11 +63,13 @@ type CheckLoadOptions struct {
 // CheckRow is one measured scenario at one offered rate.
 type CheckRow struct {
 	Service, Backend, Cache string
-	Offered                 int
-	Achieved                float64
-	P50, P99, P999, Max     time.Duration
-	Errors                  int64
-	ServerCPUPerReq         time.Duration
+	// Listener is grpc or check for Sluice, "-" for the noop servers.
+	Listener            string
+	Offered             int
+	Achieved            float64
+	P50, P99, P999, Max time.Duration
+	Errors              int64
+	ServerCPUPerReq     time.Duration
 	// ClientCPUPerReq is the load generator's own CPU, taken from the same cores.
 	ClientCPUPerReq time.Duration
 	// PacerLagP99 is how late the generator released requests (p99): latency
@@ -80,9 +88,36 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 	default:
 		return nil, fmt.Errorf("unknown client %q: h2 or grpc", o.Client)
 	}
+	for _, b := range o.Backends {
+		switch b {
+		case "noop", "noop-h2", "memquota", "redis":
+		default:
+			return nil, fmt.Errorf("unknown backend %q: noop, noop-h2, memquota or redis", b)
+		}
+	}
+	if len(o.Listeners) == 0 {
+		o.Listeners = []string{"grpc"}
+	}
+	for _, l := range o.Listeners {
+		if l != "grpc" && l != "check" {
+			return nil, fmt.Errorf("unknown listener %q: grpc or check", l)
+		}
+	}
+	type target struct{ backend, listener string }
+	var targets []target
+	for _, b := range o.Backends {
+		if strings.HasPrefix(b, "noop") {
+			targets = append(targets, target{b, "-"})
+			continue
+		}
+		for _, l := range o.Listeners {
+			targets = append(targets, target{b, l})
+		}
+	}
 	var rows []CheckRow
-	for _, backend := range o.Backends {
-		srv, err := startCheckServer(ctx, o, backend)
+	for _, tg := range targets {
+		backend := tg.backend
+		srv, err := startCheckServer(ctx, o, backend, tg.listener)
 		if err != nil {
 			return nil, err
 		}
@@ -93,13 +128,13 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 					continue
 				}
 				for _, rate := range o.Rates {
-					fmt.Fprintf(o.Out, "%s / %s / cache %s at %d/s for %s… ", svc, backend, cacheLabel(svc, cache), rate, o.Duration)
+					fmt.Fprintf(o.Out, "%s / %s / %s / cache %s at %d/s for %s… ", svc, backend, tg.listener, cacheLabel(svc, cache), rate, o.Duration)
 					row, err := runScenario(ctx, o, srv, svc, cache, rate)
 					if err != nil {
 						srv.stop()
 						return nil, err
 					}
-					row.Backend, row.Cache = backend, cacheLabel(svc, cache)
+					row.Backend, row.Listener, row.Cache = backend, tg.listener, cacheLabel(svc, cache)
 					fmt.Fprintf(o.Out, "p50 %s p99 %s p99.9 %s, %.0f/s achieved, %d errors\n", us(row.P50), us(row.P99), us(row.P999), row.Achieved, row.Errors)
 					rows = append(rows, row)
 				}
@@ -123,9 +158,9 @@ func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/1e3) 
 func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	w := tabwriter.NewWriter(o.Out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(o.Out)
-	fmt.Fprintln(w, "service\tbackend\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\tgenerator CPU/req\tpacer lag p99\t")
+	fmt.Fprintln(w, "service\tbackend\tport\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\tgenerator CPU/req\tpacer lag p99\t")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", r.Service, r.Backend, r.Cache, r.Offered, r.Achieved,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved,
 			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), us(r.ClientCPUPerReq), us(r.PacerLagP99))
 	}
 	w.Flush()
@@ -133,7 +168,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	best := map[string]int{}
 	var keys []string
 	for _, r := range rows {
-		k := r.Service + " / " + r.Backend + " / cache " + r.Cache
+		k := r.Service + " / " + r.Backend + " / " + r.Listener + " / cache " + r.Cache
 		if _, ok := best[k]; !ok {
 			keys = append(keys, k)
 			best[k] = 0
@@ -155,6 +190,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 // checkServer is a sluice (and maybe redis) child process.
 type checkServer struct {
 	grpcAddr, adminAddr string
+	target              string // the address loaded: the gRPC port or the check listener
 	cmd, redis          *exec.Cmd
 	dir                 string
 }
@@ -169,19 +205,20 @@ func (c *checkServer) stop() {
 	os.RemoveAll(c.dir)
 }
 
-func startCheckServer(ctx context.Context, o CheckLoadOptions, backend string) (*checkServer, error) {
+func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener string) (*checkServer, error) {
 	dir, err := os.MkdirTemp("", "sluice-checkbench-")
 	if err != nil {
 		return nil, err
 	}
 	srv := &checkServer{grpcAddr: freeAddr(), adminAddr: freeAddr(), dir: dir}
-	if backend == "noop" {
+	srv.target = srv.grpcAddr
+	if backend == "noop" || backend == "noop-h2" {
 		// This very binary, as the do-nothing server.
 		self, err := os.Executable()
 		if err != nil {
 			return nil, err
 		}
-		srv.cmd = exec.CommandContext(ctx, self, "noop-server", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr)
+		srv.cmd = exec.CommandContext(ctx, self, "noop-server", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr, "--h2="+strconv.FormatBool(backend == "noop-h2"))
 		srv.cmd.Stderr = os.Stderr
 		if err := srv.cmd.Start(); err != nil {
 			return nil, err
@@ -193,6 +230,10 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend string) (
 		return srv, nil
 	}
 	args := []string{"serve", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr, "--log-level", "warn", "--config", dir}
+	if listener == "check" {
+		srv.target = freeAddr()
+		args = append(args, "--check-addr", srv.target)
+	}
 	spec := "  adapter: memquota\n  params:\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n"
 	if backend == "redis" {
 		raddr := freeAddr()
@@ -358,9 +399,9 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		start: time.Now().Add(50 * time.Millisecond), interval: time.Second / time.Duration(rate)}
 	var client loadClient
 	if o.Client == "grpc" {
-		client, err = newGRPCClient(ctx, o, srv.grpcAddr, sc, r)
+		client, err = newGRPCClient(ctx, o, srv.target, sc, r)
 	} else {
-		client, err = newH2Client(o, srv.grpcAddr, sc, r)
+		client, err = newH2Client(o, srv.target, sc, r)
 	}
 	if err != nil {
 		return row, err

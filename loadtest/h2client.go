@@ -25,7 +25,11 @@ import (
 // both directions, PING and SETTINGS acknowledgements, GOAWAY and RST_STREAM.
 type h2Conn struct {
 	conn   net.Conn
-	header []byte // the request HEADERS block: never-indexed literals, so stateless
+	// The request HEADERS blocks, encoded as a stateful HPACK encoder (Envoy's)
+	// would: the first request adds every field to the server's dynamic table,
+	// each later one names them by index, a few bytes in all.
+	first, header []byte
+	sentFirst     bool
 	check  func(resp []byte) error
 	done   func(slot int, err error)
 
@@ -69,17 +73,23 @@ func dialH2(addr, path string, check func([]byte) error, done func(slot int, err
 	}
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{
-		{":method", "POST"}, {":scheme", "http"}, {":path", path}, {":authority", addr},
-		{"content-type", "application/grpc"}, {"te", "trailers"},
-	} {
-		if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1], Sensitive: true}); err != nil {
-			conn.Close()
-			return nil, err
+	var blocks [2][]byte
+	for i := range blocks {
+		for _, f := range [][2]string{
+			{":method", "POST"}, {":scheme", "http"}, {":path", path}, {":authority", addr},
+			{"content-type", "application/grpc"}, {"te", "trailers"}, {"grpc-timeout", "200m"},
+			{"user-agent", "sluice-loadtest"},
+		} {
+			if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+				conn.Close()
+				return nil, err
+			}
 		}
+		blocks[i] = bytes.Clone(hb.Bytes())
+		hb.Reset()
 	}
 	c := &h2Conn{
-		conn: conn, header: hb.Bytes(), check: check, done: done,
+		conn: conn, first: blocks[0], header: blocks[1], check: check, done: done,
 		nextID: 1, sendWindow: 65535, streamMax: 65535, maxStreams: 1 << 30,
 		streams: map[uint32]*h2Stream{},
 	}
@@ -131,7 +141,11 @@ func (c *h2Conn) drainLocked() {
 		c.nextID += 2
 		c.sendWindow -= size
 		c.streams[id] = &h2Stream{slot: r.slot}
-		_ = c.wr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.header, EndHeaders: true})
+		block := c.header
+		if !c.sentFirst {
+			block, c.sentFirst = c.first, true
+		}
+		_ = c.wr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
 		// One DATA frame: the gRPC prefix (uncompressed, length) and the message.
 		c.scratch = binary.BigEndian.AppendUint32(append(c.scratch[:0], 0), uint32(len(r.msg)))
 		_ = c.wr.WriteData(id, true, append(c.scratch, r.msg...))

@@ -14,12 +14,12 @@ import (
 )
 
 // startNoop serves the do-nothing check server on a free port until the test ends.
-func startNoop(t *testing.T) string {
+func startNoop(t *testing.T, lean bool) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addr := freeAddr()
 	errc := make(chan error, 1)
-	go func() { errc <- ServeNoop(ctx, addr, freeAddr()) }()
+	go func() { errc <- ServeNoop(ctx, addr, freeAddr(), lean) }()
 	t.Cleanup(func() {
 		cancel()
 		<-errc
@@ -52,8 +52,15 @@ func (o *outcomes) done(slot int, err error) {
 	o.errs[slot] = err
 }
 
+// TestH2Conn runs the lean client against both do-nothing servers: grpc-go's, and
+// the hand-written one, whose answers the client must take alike.
 func TestH2Conn(t *testing.T) {
-	addr := startNoop(t)
+	for _, lean := range []bool{false, true} {
+		t.Run(map[bool]string{false: "grpc-go", true: "h2"}[lean], func(t *testing.T) { testH2Conn(t, startNoop(t, lean)) })
+	}
+}
+
+func testH2Conn(t *testing.T, addr string) {
 	check, err := newScenario("ext_authz", "miss")
 	if err != nil {
 		t.Fatal(err)

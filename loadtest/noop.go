@@ -32,8 +32,16 @@ func (noopServer) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitRequest
 }
 
 // ServeNoop runs the do-nothing check server on grpcAddr, with a /readyz on adminAddr,
-// until ctx ends.
-func ServeNoop(ctx context.Context, grpcAddr, adminAddr string) error {
+// until ctx ends: grpc-go's, or with lean the hand-written HTTP/2 one (ServeNoopH2).
+func ServeNoop(ctx context.Context, grpcAddr, adminAddr string, lean bool) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "up 1") })
+	admin := &http.Server{Addr: adminAddr, Handler: mux}
+	go func() { _ = admin.ListenAndServe() }()
+	defer admin.Close()
+	if lean {
+		return ServeNoopH2(ctx, grpcAddr)
+	}
 	lis, err := net.Listen("tcp", grpcAddr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", grpcAddr, err)
@@ -41,14 +49,7 @@ func ServeNoop(ctx context.Context, grpcAddr, adminAddr string) error {
 	g := grpc.NewServer()
 	authv3.RegisterAuthorizationServer(g, noopServer{})
 	rlsv3.RegisterRateLimitServiceServer(g, noopServer{})
-	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "up 1") })
-	admin := &http.Server{Addr: adminAddr, Handler: mux}
-	go func() { _ = admin.ListenAndServe() }()
-	go func() {
-		<-ctx.Done()
-		g.Stop()
-		_ = admin.Close()
-	}()
+	stop := context.AfterFunc(ctx, g.Stop)
+	defer stop()
 	return g.Serve(lis)
 }

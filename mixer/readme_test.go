@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/sluicemesh/sluice/loadtest"
+	"github.com/sluicemesh/sluice/mixer"
 	"github.com/sluicemesh/sluice/mixer/attribute"
 )
 
@@ -26,7 +27,8 @@ func TestREADMEListsEverything(t *testing.T) {
 			t.Errorf("README does not list attribute %s", d.Name)
 		}
 	}
-	h := start(t, t.TempDir(), nil)
+	// With the check listener on, so that its metrics are exposed too.
+	h := start(t, t.TempDir(), func(o *mixer.Options) { o.CheckAddr = "127.0.0.1:0" })
 	send(t, h, bookinfoCalls(20, 1))
 	f := h.waitProcessed(40)
 	for name, fam := range f {
@@ -46,7 +48,8 @@ func TestREADMEListsEverything(t *testing.T) {
 		}
 	}
 	for _, reason := range []string{"queue_full", "shutdown", "malformed", "no_identifier", "no_config", "bad_identifier", "too_large",
-		"unknown_enum", "bad_peer_metadata", "connection_table_full", "no_value", "eval_error", "closed"} {
+		"unknown_enum", "bad_peer_metadata", "connection_table_full", "no_value", "eval_error", "closed",
+		"protocol_error", "unknown_method", "bad_request", "refused", "reset_by_client"} {
 		if !strings.Contains(readme, "`"+reason+"`") {
 			t.Errorf("README does not list reason %s", reason)
 		}

@@ -180,6 +180,7 @@ func Factory() *adapters.Factory {
 		Name:      Name,
 		Doc:       "denies every request with a fixed status, message and headers",
 		Templates: []string{templates.Authorization},
+		InProcess: true,
 		NewParams: func() adapters.Params {
 			return &Params{Status: Status{Code: DefaultCode, Message: DefaultMessage}, ValidDuration: DefaultValidDuration}
 		},

@@ -96,6 +96,7 @@ func Factory() *adapters.Factory {
 		Name:      Name,
 		Doc:       "allows or denies by looking a value up in a list of strings, IP prefixes or regexes, inline or from a watched file",
 		Templates: []string{templates.Authorization},
+		InProcess: true,
 		NewParams: func() adapters.Params {
 			return &Params{EntryType: "STRINGS", RefreshInterval: DefaultRefreshInterval, ValidDuration: DefaultValidDuration}
 		},

@@ -59,6 +59,7 @@ func Factory() *adapters.Factory {
 		Name:      Name,
 		Doc:       "counts quotas and rate limits in this process (one replica)",
 		Templates: []string{templates.Quota},
+		InProcess: true,
 		NewParams: func() adapters.Params { return &Params{MaxKeys: DefaultMaxKeys} },
 		Bind: func(b adapters.Binding) (map[string]metric.Aggregation, error) {
 			_, err := quotakit.NewTable(b.Params.(*Params).Quotas, b.Instances.Quotas)

@@ -137,6 +137,7 @@ func Factory() *adapters.Factory {
 		Name:      Name,
 		Doc:       "allows or denies requests by policies written as CEL conditions over attributes",
 		Templates: []string{templates.Authorization},
+		InProcess: true,
 		NewParams: func() adapters.Params { return &Params{Action: Allow, ValidDuration: DefaultValidDuration} },
 		Bind: func(b adapters.Binding) (map[string]metric.Aggregation, error) {
 			if b.Compiler == nil {

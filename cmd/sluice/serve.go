@@ -60,6 +60,9 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 			admin := hostPort(m.AdminAddr())
 			fmt.Fprintf(cmd.OutOrStdout(), "%s is serving\n  access logs (gRPC): %s\n  metrics:            http://%s/metrics\n  config:             http://%s/api/config\n",
 				versionString(), hostPort(m.GRPCAddr()), admin, admin)
+			if a := m.CheckAddr(); a != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "  checks (lean h2):   %s (ext_authz, rate limits; also on the gRPC port)\n", hostPort(a))
+			}
 			fmt.Fprint(cmd.OutOrStdout(), rc.xdsBanner(admin))
 			if demo {
 				go func() {
@@ -76,6 +79,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 	f.StringVar(&opts.ConfigDir, "config", "", "config directory layered over the embedded defaults (reloaded on change)")
 	f.StringVar(&opts.GRPCAddr, "grpc-addr", ":9091", "gRPC listen address (access-log service, health, reflection)")
 	f.StringVar(&opts.AdminAddr, "admin-addr", ":9093", "admin HTTP listen address")
+	f.StringVar(&opts.CheckAddr, "check-addr", "", "also serve ext_authz and rate limits on this address with a lean HTTP/2 transport: less CPU per check and a shorter tail than grpc-go (default: off; the gRPC port always serves them)")
 	f.IntVar(&opts.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest gRPC message accepted, in bytes")
 	f.IntVar(&opts.Shards, "shards", 0, "report-path shards (0: one per CPU)")
 	f.IntVar(&opts.QueueSize, "queue-size", 1024, "batches each shard queue holds before entries are dropped")

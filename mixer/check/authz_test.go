@@ -39,111 +39,117 @@ const (
 )
 
 func TestExtAuthzPolicies(t *testing.T) {
-	s := startServer(t, nil, "testdata/policy.yaml")
-	client := authv3.NewAuthorizationClient(s.conn)
-	tests := []struct {
-		name     string
-		c        call
-		code     codes.Code
-		http     int
-		bodyRule string
-	}{
-		{"an allowed caller reads", call{frontend, "GET", "/items", nil}, codes.OK, 0, ""},
-		{"a legacy client is denied", call{frontend, "GET", "/items", map[string]string{"x-client": "legacy"}}, codes.PermissionDenied, 403, "shop/deny-legacy"},
-		{"a caller not on the list", call{stranger, "GET", "/items", nil}, codes.PermissionDenied, 403, "shop/callers-only"},
-		{"a write to /admin without the role", call{frontend, "POST", "/admin/users", nil}, codes.PermissionDenied, 403, "shop/admin-paths"},
-		{"a write to /admin by an admin", call{frontend, "POST", "/admin/users", map[string]string{"x-role": "admin"}}, codes.OK, 0, ""},
-		{"a read of /admin", call{frontend, "GET", "/admin/users", nil}, codes.OK, 0, ""},
-	}
-	for round := 0; round < 2; round++ { // the second round is answered from the cache
-		for _, tt := range tests {
-			resp, err := client.Check(context.Background(), tt.c.request())
-			if err != nil {
-				t.Fatalf("%s: %v", tt.name, err)
-			}
-			if codes.Code(resp.GetStatus().GetCode()) != tt.code {
-				t.Errorf("round %d, %s: %v %q, want %v", round, tt.name, codes.Code(resp.GetStatus().GetCode()), resp.GetStatus().GetMessage(), tt.code)
-				continue
-			}
-			if tt.code == codes.OK {
-				if resp.GetOkResponse() == nil {
-					t.Errorf("%s: no OK HTTP response", tt.name)
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, nil, "testdata/policy.yaml")
+		client := authv3.NewAuthorizationClient(s.via(listener))
+		tests := []struct {
+			name     string
+			c        call
+			code     codes.Code
+			http     int
+			bodyRule string
+		}{
+			{"an allowed caller reads", call{frontend, "GET", "/items", nil}, codes.OK, 0, ""},
+			{"a legacy client is denied", call{frontend, "GET", "/items", map[string]string{"x-client": "legacy"}}, codes.PermissionDenied, 403, "shop/deny-legacy"},
+			{"a caller not on the list", call{stranger, "GET", "/items", nil}, codes.PermissionDenied, 403, "shop/callers-only"},
+			{"a write to /admin without the role", call{frontend, "POST", "/admin/users", nil}, codes.PermissionDenied, 403, "shop/admin-paths"},
+			{"a write to /admin by an admin", call{frontend, "POST", "/admin/users", map[string]string{"x-role": "admin"}}, codes.OK, 0, ""},
+			{"a read of /admin", call{frontend, "GET", "/admin/users", nil}, codes.OK, 0, ""},
+		}
+		for round := 0; round < 2; round++ { // the second round is answered from the cache
+			for _, tt := range tests {
+				resp, err := client.Check(context.Background(), tt.c.request())
+				if err != nil {
+					t.Fatalf("%s: %v", tt.name, err)
 				}
-				continue
-			}
-			d := resp.GetDeniedResponse()
-			if int(d.GetStatus().GetCode()) != tt.http || !strings.Contains(d.GetBody(), "rule "+tt.bodyRule+":") {
-				t.Errorf("%s: denied with %d %q, want %d naming rule %s", tt.name, d.GetStatus().GetCode(), d.GetBody(), tt.http, tt.bodyRule)
+				if codes.Code(resp.GetStatus().GetCode()) != tt.code {
+					t.Errorf("round %d, %s: %v %q, want %v", round, tt.name, codes.Code(resp.GetStatus().GetCode()), resp.GetStatus().GetMessage(), tt.code)
+					continue
+				}
+				if tt.code == codes.OK {
+					if resp.GetOkResponse() == nil {
+						t.Errorf("%s: no OK HTTP response", tt.name)
+					}
+					continue
+				}
+				d := resp.GetDeniedResponse()
+				if int(d.GetStatus().GetCode()) != tt.http || !strings.Contains(d.GetBody(), "rule "+tt.bodyRule+":") {
+					t.Errorf("%s: denied with %d %q, want %d naming rule %s", tt.name, d.GetStatus().GetCode(), d.GetBody(), tt.http, tt.bodyRule)
+				}
 			}
 		}
-	}
-	f, err := loadtest.Scrape(context.Background(), s.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if hits := f.Sum("sluice_check_cache_hits_total", nil); hits != float64(len(tests)) {
-		t.Errorf("%v cache hits, want %d (each request once more)", hits, len(tests))
-	}
-	// x-request-id differs between requests, but no rule reads it: still a hit.
-	c := call{frontend, "GET", "/items", map[string]string{"x-request-id": "fresh"}}
-	if _, err := client.Check(context.Background(), c.request()); err != nil {
-		t.Fatal(err)
-	}
-	f, _ = loadtest.Scrape(context.Background(), s.url)
-	if hits := f.Sum("sluice_check_cache_hits_total", nil); hits != float64(len(tests)+1) {
-		t.Errorf("a header no rule reads changed the cache key")
-	}
+		f, err := loadtest.Scrape(context.Background(), s.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hits := f.Sum("sluice_check_cache_hits_total", nil); hits != float64(len(tests)) {
+			t.Errorf("%v cache hits, want %d (each request once more)", hits, len(tests))
+		}
+		// x-request-id differs between requests, but no rule reads it: still a hit.
+		c := call{frontend, "GET", "/items", map[string]string{"x-request-id": "fresh"}}
+		if _, err := client.Check(context.Background(), c.request()); err != nil {
+			t.Fatal(err)
+		}
+		f, _ = loadtest.Scrape(context.Background(), s.url)
+		if hits := f.Sum("sluice_check_cache_hits_total", nil); hits != float64(len(tests)+1) {
+			t.Errorf("a header no rule reads changed the cache key")
+		}
+	})
 }
 
 func TestExtAuthzBadInput(t *testing.T) {
-	s := startServer(t, nil, "testdata/policy.yaml")
-	client := authv3.NewAuthorizationClient(s.conn)
-	_, err := client.Check(context.Background(), &authv3.CheckRequest{})
-	if status.Code(err) != codes.InvalidArgument {
-		t.Errorf("no attributes: %v", err)
-	}
-	huge := map[string]string{}
-	for i := 0; i < 5000; i++ {
-		huge["x-h"+strconv.Itoa(i)] = "v"
-	}
-	_, err = client.Check(context.Background(), call{frontend, "GET", "/", huge}.request())
-	if status.Code(err) != codes.InvalidArgument {
-		t.Errorf("5000 headers: %v", err)
-	}
-	// A request with no HTTP part at all is decided on what it has.
-	resp, err := client.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{}})
-	if err != nil || resp.GetStatus() == nil {
-		t.Errorf("empty attributes: %v %v", resp, err)
-	}
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, nil, "testdata/policy.yaml")
+		client := authv3.NewAuthorizationClient(s.via(listener))
+		_, err := client.Check(context.Background(), &authv3.CheckRequest{})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("no attributes: %v", err)
+		}
+		huge := map[string]string{}
+		for i := 0; i < 5000; i++ {
+			huge["x-h"+strconv.Itoa(i)] = "v"
+		}
+		_, err = client.Check(context.Background(), call{frontend, "GET", "/", huge}.request())
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("5000 headers: %v", err)
+		}
+		// A request with no HTTP part at all is decided on what it has.
+		resp, err := client.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{}})
+		if err != nil || resp.GetStatus() == nil {
+			t.Errorf("empty attributes: %v %v", resp, err)
+		}
+	})
 }
 
 func TestExtAuthzQuota(t *testing.T) {
-	s := startServer(t, nil, "testdata/policy.yaml", "testdata/quota.yaml")
-	client := authv3.NewAuthorizationClient(s.conn)
-	ask := func(user string) (*authv3.CheckResponse, error) {
-		return client.Check(context.Background(), call{frontend, "GET", "/items", map[string]string{"x-user": user}}.request())
-	}
-	for i := 0; i < 3; i++ {
-		if r, err := ask("alice"); err != nil || r.GetStatus().GetCode() != 0 {
-			t.Fatalf("request %d of alice: %v %v", i, r.GetStatus(), err)
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, nil, "testdata/policy.yaml", "testdata/quota.yaml")
+		client := authv3.NewAuthorizationClient(s.via(listener))
+		ask := func(user string) (*authv3.CheckResponse, error) {
+			return client.Check(context.Background(), call{frontend, "GET", "/items", map[string]string{"x-user": user}}.request())
 		}
-	}
-	// The policy answer is cached, the quota is not: the fourth is refused.
-	r, err := ask("alice")
-	if err != nil || codes.Code(r.GetStatus().GetCode()) != codes.ResourceExhausted || r.GetDeniedResponse().GetStatus().GetCode() != 429 {
-		t.Fatalf("fourth request of alice: %v %v", r, err)
-	}
-	if !strings.Contains(r.GetDeniedResponse().GetBody(), "rule shop/user-quotas") {
-		t.Errorf("quota denial body %q", r.GetDeniedResponse().GetBody())
-	}
-	for i := 0; i < 10; i++ {
-		if r, _ := ask("vip"); r.GetStatus().GetCode() != 0 {
-			t.Fatalf("the vip override did not apply at request %d", i)
+		for i := 0; i < 3; i++ {
+			if r, err := ask("alice"); err != nil || r.GetStatus().GetCode() != 0 {
+				t.Fatalf("request %d of alice: %v %v", i, r.GetStatus(), err)
+			}
 		}
-	}
-	// A new minute brings three more.
-	s.clock.Advance(60_000_000_000)
-	if r, _ := ask("alice"); r.GetStatus().GetCode() != 0 {
-		t.Error("the quota did not reset after its window")
-	}
+		// The policy answer is cached, the quota is not: the fourth is refused.
+		r, err := ask("alice")
+		if err != nil || codes.Code(r.GetStatus().GetCode()) != codes.ResourceExhausted || r.GetDeniedResponse().GetStatus().GetCode() != 429 {
+			t.Fatalf("fourth request of alice: %v %v", r, err)
+		}
+		if !strings.Contains(r.GetDeniedResponse().GetBody(), "rule shop/user-quotas") {
+			t.Errorf("quota denial body %q", r.GetDeniedResponse().GetBody())
+		}
+		for i := 0; i < 10; i++ {
+			if r, _ := ask("vip"); r.GetStatus().GetCode() != 0 {
+				t.Fatalf("the vip override did not apply at request %d", i)
+			}
+		}
+		// A new minute brings three more.
+		s.clock.Advance(60_000_000_000)
+		if r, _ := ask("alice"); r.GetStatus().GetCode() != 0 {
+			t.Error("the quota did not reset after its window")
+		}
+	})
 }

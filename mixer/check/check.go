@@ -17,6 +17,7 @@ import (
 	"github.com/sluicemesh/sluice/mixer/dispatch"
 	"github.com/sluicemesh/sluice/mixer/envoy"
 	"github.com/sluicemesh/sluice/mixer/expr"
+	"github.com/sluicemesh/sluice/mixer/h2unary"
 	"github.com/sluicemesh/sluice/mixer/registry"
 )
 
@@ -102,6 +103,22 @@ func New(opts Options) (*Server, error) {
 func (s *Server) Register(g *grpc.Server) {
 	authv3.RegisterAuthorizationServer(g, s)
 	rlsv3.RegisterRateLimitServiceServer(g, s)
+}
+
+// Methods are the two check methods for the lean HTTP/2 listener (h2unary).
+func (s *Server) Methods() []h2unary.Method {
+	authz := h2unary.Unary("/"+authv3.Authorization_ServiceDesc.ServiceName+"/Check", s.Check)
+	rls := h2unary.Unary("/"+rlsv3.RateLimitService_ServiceDesc.ServiceName+"/ShouldRateLimit", s.ShouldRateLimit)
+	authz.Inline, rls.Inline = s.inProcess, s.inProcess
+	return []h2unary.Method{authz, rls}
+}
+
+// inProcess reports whether the last config's checks never wait on a backend. A new
+// config's plan is built by its first check, so one check may run by the old
+// answer: inline, it waits on its backend once; in a goroutine, it costs a wake-up.
+func (s *Server) inProcess() bool {
+	p := s.plan.Load()
+	return p != nil && p.inProcess
 }
 
 // planFor returns the check plan of the leased config, compiling it once per version.

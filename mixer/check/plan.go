@@ -22,6 +22,9 @@ type plan struct {
 	refs     []expr.Ref
 	hasAuthz bool
 	cache    *cache
+	// inProcess: every handler a check can reach decides in memory (see
+	// adapters.Factory.InProcess), so checks may run inline on the lean listener.
+	inProcess bool
 }
 
 type rulePlan struct {
@@ -44,9 +47,31 @@ type quotaTarget struct {
 	dims    []config.NamedExpr
 }
 
+// inProcess reports whether every handler a check of snap can reach — the rules'
+// authorization and quota handlers and the rate-limit service's quotaHandler —
+// decides in memory (adapters.Factory.InProcess).
+func inProcess(snap *config.Snapshot, quotaHandler string) bool {
+	for _, h := range snap.Handlers {
+		if h.Name == quotaHandler && !h.Factory.InProcess {
+			return false
+		}
+	}
+	for _, r := range snap.Rules {
+		for _, a := range r.Actions {
+			for _, inst := range a.Instances {
+				if t := inst.Template.Name; (t == templates.Authorization || t == templates.Quota) && !a.Handler.Factory.InProcess {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
 // buildPlan compiles the check rules of the leased config.
 func (s *Server) buildPlan(l *dispatch.Lease) *plan {
 	p := &plan{snap: l.Snapshot(), cache: newCache(s.opts.CacheSize, s.metrics)}
+	p.inProcess = inProcess(p.snap, s.opts.QuotaHandler)
 	refs := map[string]expr.Ref{}
 	addRefs := func(e *expr.Expression) {
 		if e == nil {

@@ -13,6 +13,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -47,9 +48,26 @@ func (c *clock) Advance(d time.Duration) {
 
 type server struct {
 	*mixertest.Server
-	conn  *grpc.ClientConn
-	clock *clock
-	url   string
+	conn      *grpc.ClientConn // to the gRPC port
+	checkConn *grpc.ClientConn // to the lean check listener (--check-addr)
+	clock     *clock
+	url       string
+}
+
+// via is the connection to a listener: "grpc" or "check".
+func (s *server) via(listener string) *grpc.ClientConn {
+	if listener == "check" {
+		return s.checkConn
+	}
+	return s.conn
+}
+
+// forListeners runs a test once against each listener that serves checks: the gRPC
+// port (grpc-go) and the lean HTTP/2 check listener, which must answer alike.
+func forListeners(t *testing.T, test func(t *testing.T, listener string)) {
+	for _, l := range []string{"grpc", "check"} {
+		t.Run(l, func(t *testing.T) { test(t, l) })
+	}
 }
 
 // startServer runs a whole Sluice on loopback with files as its config directory and
@@ -68,12 +86,17 @@ func startServer(t testing.TB, mod func(*mixer.Options), files ...string) *serve
 	}
 	// Midnight UTC, so that every window of the tests starts with the test.
 	c := &clock{now: time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)}
-	opts := mixer.Options{ConfigDir: dir, Now: c.Now}
+	opts := mixer.Options{ConfigDir: dir, Now: c.Now, CheckAddr: "127.0.0.1:0"}
 	if mod != nil {
 		mod(&opts)
 	}
 	s := mixertest.Start(t, opts)
-	return &server{Server: s, conn: s.Dial(t), clock: c, url: s.AdminURL + "/metrics"}
+	checkConn, err := grpc.NewClient(s.CheckAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { checkConn.Close() })
+	return &server{Server: s, conn: s.Dial(t), checkConn: checkConn, clock: c, url: s.AdminURL + "/metrics"}
 }
 
 func descriptor(kv ...string) *rlcommon.RateLimitDescriptor {
@@ -116,100 +139,102 @@ type step struct {
 // TestREADMECompatibility feeds the examples of envoyproxy/ratelimit's README, written
 // as test data from its documentation, and checks the answers it documents.
 func TestREADMECompatibility(t *testing.T) {
-	files, err := filepath.Glob("testdata/ratelimit-readme/*.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := startServer(t, nil, files...)
-	client := rlsv3.NewRateLimitServiceClient(s.conn)
-	steps := []step{
-		{name: "1: database users", domain: "mongo_cps", descs: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")},
-			overall: ok, want: []want{{ok, 500, second, 499}}},
-		{name: "1: an unconfigured value has no limit", domain: "mongo_cps", descs: []*rlcommon.RateLimitDescriptor{descriptor("database", "other")},
-			overall: ok, want: []want{noLimit}},
-		{name: "2: five marketing messages a day", domain: "messaging", repeat: 5,
-			descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2061111111")},
-			overall: ok, want: []want{{ok, 5, day, 0}}},
-		{name: "2: the sixth is over the limit", domain: "messaging",
-			descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2061111111")},
-			overall: over, want: []want{{over, 5, day, 0}}},
-		{name: "2: another number has its own five", domain: "messaging",
-			descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2062222222")},
-			overall: ok, want: []want{{ok, 5, day, 4}}},
-		{name: "2: both descriptors, a logical OR", domain: "messaging",
-			descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2061111111"), descriptor("to_number", "2061111111")},
-			overall: over, want: []want{{over, 5, day, 0}, {ok, 100, day, 99}}},
-		{name: "3: any address gets ten a second", domain: "edge_proxy_per_ip", repeat: 10,
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.1")}, overall: ok, want: []want{{ok, 10, second, 0}}},
-		{name: "3: the eleventh is over", domain: "edge_proxy_per_ip",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.1")}, overall: over, want: []want{{over, 10, second, 0}}},
-		{name: "3: the most specific match wins: blacklisted", domain: "edge_proxy_per_ip",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.5")}, overall: over, want: []want{{over, 0, second, 0}}},
-		{name: "3: a new second resets the window", advance: time.Second, domain: "edge_proxy_per_ip",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.1")}, overall: ok, want: []want{{ok, 10, second, 9}}},
-		{name: "4: two tuples do not match a one-level config", domain: "example4",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("key", "value", "subkey", "subvalue")}, overall: ok, want: []want{noLimit}},
-		{name: "4: but match a nested one", domain: "example4_nested",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("key", "value", "subkey", "subvalue")}, overall: ok, want: []want{{ok, 300, second, 299}}},
-		{name: "5: unlimited answers OK with MaxUint32 remaining", domain: "internal", repeat: 3,
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("ldap", "cn=admin")}, overall: ok, want: []want{{ok, 0, 0, math.MaxUint32}}},
-		{name: "5: azure a hundred a minute", domain: "internal",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("azure", "x")}, overall: ok, want: []want{{ok, 100, minute, 99}}},
-		{name: "6: user-a in shadow mode is never limited", domain: "example6", repeat: 15,
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("service", "auth-service", "user", "user-a")}, overall: ok, want: []want{{ok, 10, second, 0}}},
-		{name: "6: user-b is limited to twenty", domain: "example6", repeat: 21,
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("service", "auth-service", "user", "user-b")}, overall: over, want: []want{{over, 20, second, 0}}},
-		{name: "7: alone, the specific limit is five", advance: time.Second, domain: "example7", repeat: 5,
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("key_1", "value_1", "user", "bkthomps")}, overall: ok, want: []want{{ok, 5, second, 0}}},
-		{name: "7: together, it is replaced and ten apply", domain: "example7", repeat: 10,
-			descs:   []*rlcommon.RateLimitDescriptor{descriptor("key_1", "value_1", "user", "bkthomps"), descriptor("key_2", "value_2", "user", "bkthomps")},
-			overall: ok, want: []want{noLimit, {ok, 10, second, 0}}},
-		{name: "7: the replaced limit was not charged", domain: "example7",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("key_1", "value_1", "user", "bkthomps")}, overall: over, want: []want{{over, 5, second, 0}}},
-		{name: "8: unspecified values have their own limit", domain: "example8", repeat: 10,
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("key1", "unspecified_value")}, overall: ok, want: []want{{ok, 10, minute, 0}}},
-		{name: "8: and value1 its twenty", domain: "example8",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("key1", "value1")}, overall: ok, want: []want{{ok, 20, minute, 19}}},
-		{name: "9: wildcard values", domain: "example9",
-			descs:   []*rlcommon.RateLimitDescriptor{descriptor("key1", "value_1"), descriptor("key1", "value_2"), descriptor("key1", "other")},
-			overall: ok, want: []want{{ok, 20, minute, 19}, {ok, 20, minute, 19}, noLimit}},
-		{name: "share_threshold: matching values share one count", domain: "algorithms", repeat: 3,
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("wild", "tenant-a")}, overall: ok, want: []want{{ok, 3, hour, 0}}},
-		{name: "share_threshold: a second tenant finds it spent", domain: "algorithms",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("wild", "tenant-b")}, overall: over, want: []want{{over, 3, hour, 0}}},
-		{name: "an unknown domain is not limited", domain: "no-such-domain",
-			descs: []*rlcommon.RateLimitDescriptor{descriptor("a", "b")}, overall: ok, want: []want{noLimit}},
-	}
-	for _, st := range steps {
-		s.clock.Advance(st.advance)
-		n := max(st.repeat, 1)
-		var resp *rlsv3.RateLimitResponse
-		for i := 0; i < n; i++ {
-			var err error
-			resp, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: st.domain, Descriptors: st.descs})
-			if err != nil {
-				t.Fatalf("%s: %v", st.name, err)
+	forListeners(t, func(t *testing.T, listener string) {
+		files, err := filepath.Glob("testdata/ratelimit-readme/*.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := startServer(t, nil, files...)
+		client := rlsv3.NewRateLimitServiceClient(s.via(listener))
+		steps := []step{
+			{name: "1: database users", domain: "mongo_cps", descs: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")},
+				overall: ok, want: []want{{ok, 500, second, 499}}},
+			{name: "1: an unconfigured value has no limit", domain: "mongo_cps", descs: []*rlcommon.RateLimitDescriptor{descriptor("database", "other")},
+				overall: ok, want: []want{noLimit}},
+			{name: "2: five marketing messages a day", domain: "messaging", repeat: 5,
+				descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2061111111")},
+				overall: ok, want: []want{{ok, 5, day, 0}}},
+			{name: "2: the sixth is over the limit", domain: "messaging",
+				descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2061111111")},
+				overall: over, want: []want{{over, 5, day, 0}}},
+			{name: "2: another number has its own five", domain: "messaging",
+				descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2062222222")},
+				overall: ok, want: []want{{ok, 5, day, 4}}},
+			{name: "2: both descriptors, a logical OR", domain: "messaging",
+				descs:   []*rlcommon.RateLimitDescriptor{descriptor("message_type", "marketing", "to_number", "2061111111"), descriptor("to_number", "2061111111")},
+				overall: over, want: []want{{over, 5, day, 0}, {ok, 100, day, 99}}},
+			{name: "3: any address gets ten a second", domain: "edge_proxy_per_ip", repeat: 10,
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.1")}, overall: ok, want: []want{{ok, 10, second, 0}}},
+			{name: "3: the eleventh is over", domain: "edge_proxy_per_ip",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.1")}, overall: over, want: []want{{over, 10, second, 0}}},
+			{name: "3: the most specific match wins: blacklisted", domain: "edge_proxy_per_ip",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.5")}, overall: over, want: []want{{over, 0, second, 0}}},
+			{name: "3: a new second resets the window", advance: time.Second, domain: "edge_proxy_per_ip",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("remote_address", "50.0.0.1")}, overall: ok, want: []want{{ok, 10, second, 9}}},
+			{name: "4: two tuples do not match a one-level config", domain: "example4",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("key", "value", "subkey", "subvalue")}, overall: ok, want: []want{noLimit}},
+			{name: "4: but match a nested one", domain: "example4_nested",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("key", "value", "subkey", "subvalue")}, overall: ok, want: []want{{ok, 300, second, 299}}},
+			{name: "5: unlimited answers OK with MaxUint32 remaining", domain: "internal", repeat: 3,
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("ldap", "cn=admin")}, overall: ok, want: []want{{ok, 0, 0, math.MaxUint32}}},
+			{name: "5: azure a hundred a minute", domain: "internal",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("azure", "x")}, overall: ok, want: []want{{ok, 100, minute, 99}}},
+			{name: "6: user-a in shadow mode is never limited", domain: "example6", repeat: 15,
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("service", "auth-service", "user", "user-a")}, overall: ok, want: []want{{ok, 10, second, 0}}},
+			{name: "6: user-b is limited to twenty", domain: "example6", repeat: 21,
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("service", "auth-service", "user", "user-b")}, overall: over, want: []want{{over, 20, second, 0}}},
+			{name: "7: alone, the specific limit is five", advance: time.Second, domain: "example7", repeat: 5,
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("key_1", "value_1", "user", "bkthomps")}, overall: ok, want: []want{{ok, 5, second, 0}}},
+			{name: "7: together, it is replaced and ten apply", domain: "example7", repeat: 10,
+				descs:   []*rlcommon.RateLimitDescriptor{descriptor("key_1", "value_1", "user", "bkthomps"), descriptor("key_2", "value_2", "user", "bkthomps")},
+				overall: ok, want: []want{noLimit, {ok, 10, second, 0}}},
+			{name: "7: the replaced limit was not charged", domain: "example7",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("key_1", "value_1", "user", "bkthomps")}, overall: over, want: []want{{over, 5, second, 0}}},
+			{name: "8: unspecified values have their own limit", domain: "example8", repeat: 10,
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("key1", "unspecified_value")}, overall: ok, want: []want{{ok, 10, minute, 0}}},
+			{name: "8: and value1 its twenty", domain: "example8",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("key1", "value1")}, overall: ok, want: []want{{ok, 20, minute, 19}}},
+			{name: "9: wildcard values", domain: "example9",
+				descs:   []*rlcommon.RateLimitDescriptor{descriptor("key1", "value_1"), descriptor("key1", "value_2"), descriptor("key1", "other")},
+				overall: ok, want: []want{{ok, 20, minute, 19}, {ok, 20, minute, 19}, noLimit}},
+			{name: "share_threshold: matching values share one count", domain: "algorithms", repeat: 3,
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("wild", "tenant-a")}, overall: ok, want: []want{{ok, 3, hour, 0}}},
+			{name: "share_threshold: a second tenant finds it spent", domain: "algorithms",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("wild", "tenant-b")}, overall: over, want: []want{{over, 3, hour, 0}}},
+			{name: "an unknown domain is not limited", domain: "no-such-domain",
+				descs: []*rlcommon.RateLimitDescriptor{descriptor("a", "b")}, overall: ok, want: []want{noLimit}},
+		}
+		for _, st := range steps {
+			s.clock.Advance(st.advance)
+			n := max(st.repeat, 1)
+			var resp *rlsv3.RateLimitResponse
+			for i := 0; i < n; i++ {
+				var err error
+				resp, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: st.domain, Descriptors: st.descs})
+				if err != nil {
+					t.Fatalf("%s: %v", st.name, err)
+				}
+			}
+			checkResponse(t, st.name, resp, st.overall, st.want)
+		}
+		f, err := loadtest.Scrape(context.Background(), s.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for labels, wantN := range map[[3]string]float64{
+			{"example6", "service.user_user-a", "shadow_over_limit"}: 5,
+			{"example8", "key1_unspecified_value", "ok"}:             10,
+			{"example8", "key1_value1", "ok"}:                        1,
+			{"mongo_cps", "database_users", "ok"}:                    1,
+			{"messaging", "message_type_marketing.to_number", "ok"}:  6,
+			{"", "", "unknown_domain"}:                               1,
+		} {
+			got := f.Sum("sluice_ratelimit_descriptors_total", map[string]string{"domain": labels[0], "descriptor": labels[1], "result": labels[2]})
+			if got != wantN {
+				t.Errorf("sluice_ratelimit_descriptors_total%v = %v, want %v", labels, got, wantN)
 			}
 		}
-		checkResponse(t, st.name, resp, st.overall, st.want)
-	}
-	f, err := loadtest.Scrape(context.Background(), s.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for labels, wantN := range map[[3]string]float64{
-		{"example6", "service.user_user-a", "shadow_over_limit"}: 5,
-		{"example8", "key1_unspecified_value", "ok"}:             10,
-		{"example8", "key1_value1", "ok"}:                        1,
-		{"mongo_cps", "database_users", "ok"}:                    1,
-		{"messaging", "message_type_marketing.to_number", "ok"}:  6,
-		{"", "", "unknown_domain"}:                               1,
-	} {
-		got := f.Sum("sluice_ratelimit_descriptors_total", map[string]string{"domain": labels[0], "descriptor": labels[1], "result": labels[2]})
-		if got != wantN {
-			t.Errorf("sluice_ratelimit_descriptors_total%v = %v, want %v", labels, got, wantN)
-		}
-	}
+	})
 }
 
 func checkResponse(t *testing.T, name string, resp *rlsv3.RateLimitResponse, overall rlsv3.RateLimitResponse_Code, ws []want) {
@@ -238,83 +263,87 @@ func checkResponse(t *testing.T, name string, resp *rlsv3.RateLimitResponse, ove
 }
 
 func TestRateLimitBadInput(t *testing.T) {
-	s := startServer(t, nil, "testdata/ratelimit-readme/example1.yaml")
-	client := rlsv3.NewRateLimitServiceClient(s.conn)
-	for name, req := range map[string]*rlsv3.RateLimitRequest{
-		"no domain":      {Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("a", "b")}},
-		"no descriptors": {Domain: "mongo_cps"},
-		"huge hits": {Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{{
-			Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}}, HitsAddend: wrapperspb.UInt64(1 << 62)}}},
-	} {
-		_, err := client.ShouldRateLimit(context.Background(), req)
-		if status.Code(err) != codes.InvalidArgument {
-			t.Errorf("%s: %v, want INVALID_ARGUMENT", name, err)
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, nil, "testdata/ratelimit-readme/example1.yaml")
+		client := rlsv3.NewRateLimitServiceClient(s.via(listener))
+		for name, req := range map[string]*rlsv3.RateLimitRequest{
+			"no domain":      {Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("a", "b")}},
+			"no descriptors": {Domain: "mongo_cps"},
+			"huge hits": {Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{{
+				Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}}, HitsAddend: wrapperspb.UInt64(1 << 62)}}},
+		} {
+			_, err := client.ShouldRateLimit(context.Background(), req)
+			if status.Code(err) != codes.InvalidArgument {
+				t.Errorf("%s: %v, want INVALID_ARGUMENT", name, err)
+			}
 		}
-	}
-	// An empty descriptor and negative hits get defined answers.
-	resp, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{
-		{}, {Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}}, IsNegativeHits: true},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkResponse(t, "empty and negative", resp, ok, []want{noLimit, noLimit})
-	// hits_addend counts as that many hits.
-	resp, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", HitsAddend: 499,
-		Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkResponse(t, "hits_addend", resp, ok, []want{{ok, 500, second, 1}})
-	resp, _ = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", HitsAddend: 2,
-		Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}})
-	checkResponse(t, "hits_addend over", resp, over, []want{{over, 500, second, 0}})
-}
-
-func TestRateLimitHeadersAndAlgorithms(t *testing.T) {
-	s := startServer(t, func(o *mixer.Options) { o.RateLimitHeaders = true }, "testdata/ratelimit-readme/algorithms.yaml")
-	client := rlsv3.NewRateLimitServiceClient(s.conn)
-	s.clock.Advance(30 * time.Second) // the middle of a minute window
-	ask := func(key string) *rlsv3.RateLimitResponse {
-		t.Helper()
-		resp, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "algorithms",
-			Descriptors: []*rlcommon.RateLimitDescriptor{descriptor(key, "x")}})
+		// An empty descriptor and negative hits get defined answers.
+		resp, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{
+			{}, {Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}}, IsNegativeHits: true},
+		}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return resp
-	}
-	for _, key := range []string{"fixed", "sliding", "bucket"} {
-		for i := 0; i < 4; i++ {
-			if r := ask(key); r.GetOverallCode() != ok {
-				t.Fatalf("%s: request %d refused", key, i)
+		checkResponse(t, "empty and negative", resp, ok, []want{noLimit, noLimit})
+		// hits_addend counts as that many hits.
+		resp, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", HitsAddend: 499,
+			Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkResponse(t, "hits_addend", resp, ok, []want{{ok, 500, second, 1}})
+		resp, _ = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", HitsAddend: 2,
+			Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}})
+		checkResponse(t, "hits_addend over", resp, over, []want{{over, 500, second, 0}})
+	})
+}
+
+func TestRateLimitHeadersAndAlgorithms(t *testing.T) {
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, func(o *mixer.Options) { o.RateLimitHeaders = true }, "testdata/ratelimit-readme/algorithms.yaml")
+		client := rlsv3.NewRateLimitServiceClient(s.via(listener))
+		s.clock.Advance(30 * time.Second) // the middle of a minute window
+		ask := func(key string) *rlsv3.RateLimitResponse {
+			t.Helper()
+			resp, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "algorithms",
+				Descriptors: []*rlcommon.RateLimitDescriptor{descriptor(key, "x")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return resp
+		}
+		for _, key := range []string{"fixed", "sliding", "bucket"} {
+			for i := 0; i < 4; i++ {
+				if r := ask(key); r.GetOverallCode() != ok {
+					t.Fatalf("%s: request %d refused", key, i)
+				}
+			}
+			if r := ask(key); r.GetOverallCode() != over {
+				t.Errorf("%s: the fifth request within a minute was allowed", key)
 			}
 		}
-		if r := ask(key); r.GetOverallCode() != over {
-			t.Errorf("%s: the fifth request within a minute was allowed", key)
+		// 31 s later the fixed window has turned over; the sliding window has not.
+		s.clock.Advance(31 * time.Second)
+		if ask("fixed").GetOverallCode() != ok {
+			t.Error("fixed: a new window did not reset the count")
 		}
-	}
-	// 31 s later the fixed window has turned over; the sliding window has not.
-	s.clock.Advance(31 * time.Second)
-	if ask("fixed").GetOverallCode() != ok {
-		t.Error("fixed: a new window did not reset the count")
-	}
-	if ask("sliding").GetOverallCode() != over {
-		t.Error("sliding: the boundary let a burst through")
-	}
-	// The token bucket refills 4 per minute: after 31 s, two tokens.
-	var codes []rlsv3.RateLimitResponse_Code
-	for range 3 {
-		codes = append(codes, ask("bucket").GetOverallCode())
-	}
-	if codes[0] != ok || codes[1] != ok || codes[2] != over {
-		t.Errorf("bucket: after 31 s, answers %v; refill is not 4 per minute", codes)
-	}
-	hdrs := map[string]string{}
-	for _, h := range ask("fixed").GetResponseHeadersToAdd() {
-		hdrs[h.GetKey()] = h.GetValue()
-	}
-	if hdrs["RateLimit-Limit"] != "4, 4;w=60" || hdrs["RateLimit-Remaining"] != "2" || hdrs["RateLimit-Reset"] != "59" {
-		t.Errorf("RateLimit headers %v", hdrs)
-	}
+		if ask("sliding").GetOverallCode() != over {
+			t.Error("sliding: the boundary let a burst through")
+		}
+		// The token bucket refills 4 per minute: after 31 s, two tokens.
+		var codes []rlsv3.RateLimitResponse_Code
+		for range 3 {
+			codes = append(codes, ask("bucket").GetOverallCode())
+		}
+		if codes[0] != ok || codes[1] != ok || codes[2] != over {
+			t.Errorf("bucket: after 31 s, answers %v; refill is not 4 per minute", codes)
+		}
+		hdrs := map[string]string{}
+		for _, h := range ask("fixed").GetResponseHeadersToAdd() {
+			hdrs[h.GetKey()] = h.GetValue()
+		}
+		if hdrs["RateLimit-Limit"] != "4, 4;w=60" || hdrs["RateLimit-Remaining"] != "2" || hdrs["RateLimit-Reset"] != "59" {
+			t.Errorf("RateLimit headers %v", hdrs)
+		}
+	})
 }

@@ -82,8 +82,10 @@ descriptors:
 	}{{"fixed", quota.FixedWindow}, {"sliding", quota.SlidingWindow}, {"bucket", quota.TokenBucket}} {
 		t.Run(alg.key, func(t *testing.T) {
 			var replicas []quota.RateLimiter
-			for _, s := range servers {
-				replicas = append(replicas, replica{client: rlsv3.NewRateLimitServiceClient(s.conn), clock: shared, domain: "replicas", key: alg.key})
+			// One replica is asked on its gRPC port, the other on its check listener.
+			for i, s := range servers {
+				conn := s.via([]string{"grpc", "check"}[i])
+				replicas = append(replicas, replica{client: rlsv3.NewRateLimitServiceClient(conn), clock: shared, domain: "replicas", key: alg.key})
 			}
 			quotatest.Concurrent{
 				Limit:  quota.Limit{Requests: 40, Window: time.Minute, Algorithm: alg.alg},

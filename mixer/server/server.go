@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/sluicemesh/sluice/mixer/dispatch"
+	"github.com/sluicemesh/sluice/mixer/h2unary"
 )
 
 // Options configure a Server.
@@ -53,6 +54,10 @@ type Options struct {
 	Register []func(*grpc.Server)
 	// Routes adds further admin handlers (graph, xDS clients).
 	Routes map[string]http.Handler
+	// CheckAddr, when set, serves CheckMethods on a listener of its own with the
+	// lean HTTP/2 transport (h2unary), with GRPCTLS and MaxRecvMsgSize.
+	CheckAddr    string
+	CheckMethods []h2unary.Method
 }
 
 // Server is Sluice's network front.
@@ -63,9 +68,10 @@ type Server struct {
 	health *health.Server
 	als    *alsServer
 	admin  *http.Server
+	check  *h2unary.Server
 	ready  atomic.Bool
 
-	grpcLis, adminLis net.Listener
+	grpcLis, adminLis, checkLis net.Listener
 }
 
 // New builds the servers and binds their listeners, so that the addresses are known
@@ -136,6 +142,23 @@ func New(opts Options) (*Server, error) {
 	if opts.AdminTLS != nil {
 		s.adminLis = tls.NewListener(s.adminLis, opts.AdminTLS)
 	}
+	if opts.CheckAddr != "" {
+		s.check, err = h2unary.New(h2unary.Options{
+			Methods: opts.CheckMethods, MaxRecvMsgSize: opts.MaxRecvMsgSize, TLS: opts.GRPCTLS,
+			Logger: opts.Logger, Metrics: opts.Metrics,
+		})
+		if err == nil {
+			s.checkLis, err = net.Listen("tcp", opts.CheckAddr)
+			if err != nil {
+				err = fmt.Errorf("listen checks on %s: %w", opts.CheckAddr, err)
+			}
+		}
+		if err != nil {
+			s.grpcLis.Close()
+			s.adminLis.Close()
+			return nil, err
+		}
+	}
 	s.admin = &http.Server{
 		Handler:           s.adminMux(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -146,6 +169,14 @@ func New(opts Options) (*Server, error) {
 
 // GRPCAddr returns the bound gRPC address.
 func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
+
+// CheckAddr returns the bound address of the lean check listener, nil when off.
+func (s *Server) CheckAddr() net.Addr {
+	if s.checkLis == nil {
+		return nil
+	}
+	return s.checkLis.Addr()
+}
 
 // AdminAddr returns the bound admin address.
 func (s *Server) AdminAddr() net.Addr { return s.adminLis.Addr() }
@@ -200,7 +231,14 @@ func (s *Server) adminMux() *http.ServeMux {
 // give them DrainTimeout to end; cut the rest; drain every shard; close (flush) every
 // handler; stop the admin server last so that the drain can be watched.
 func (s *Server) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	if s.check != nil {
+		go func() {
+			if err := s.check.Serve(s.checkLis); err != nil && !errors.Is(err, h2unary.ErrServerClosed) {
+				errc <- fmt.Errorf("check listener: %w", err)
+			}
+		}()
+	}
 	go func() {
 		if err := s.grpc.Serve(s.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("gRPC server: %w", err)
@@ -225,6 +263,12 @@ func (s *Server) Run(ctx context.Context) error {
 		s.grpc.GracefulStop()
 		close(stopped)
 	}()
+	if s.check != nil {
+		// Checks are short: half the drain lets the calls in flight finish.
+		checkCtx, cancel := context.WithTimeout(context.Background(), s.opts.DrainTimeout/2)
+		_ = s.check.Shutdown(checkCtx)
+		cancel()
+	}
 	select {
 	case <-stopped:
 	case <-time.After(s.opts.DrainTimeout / 2):

@@ -1,0 +1,206 @@
+package loadtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// The two check methods the lean server answers.
+const (
+	checkPath     = "/envoy.service.auth.v3.Authorization/Check"
+	rateLimitPath = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+)
+
+// ServeNoopH2 runs a do-nothing check server that speaks HTTP/2 by hand instead of
+// through grpc-go: one goroutine per connection reads every frame, answers each
+// call inline and writes all answers of what it read in one write. It is the floor
+// of any check server on this machine, below grpc-go's (ServeNoop): the difference
+// between the two is what grpc-go's transport costs. It serves until ctx ends.
+func ServeNoopH2(ctx context.Context, addr string) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() { lis.Close() })
+	defer stop()
+	for {
+		conn, err := lis.Accept()
+		if err != nil {
+			wg.Wait()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			closeOnDone := context.AfterFunc(ctx, func() { conn.Close() })
+			defer closeOnDone()
+			_ = serveH2Conn(conn)
+		}()
+	}
+}
+
+// h2ServerConn is one connection of the lean server.
+type h2ServerConn struct {
+	conn    net.Conn
+	in      *bufio.Reader
+	out     bytes.Buffer
+	wr      *http2.Framer
+	hbuf    bytes.Buffer
+	henc    *hpack.Encoder
+	streams map[uint32]*h2Call
+	unacked uint32
+	okAuthz []byte // the gRPC message of an OK CheckResponse, with its prefix
+}
+
+type h2Call struct {
+	path string
+	data []byte
+}
+
+// serveH2Conn serves one connection until it fails or the client leaves.
+func serveH2Conn(conn net.Conn) error {
+	defer conn.Close()
+	c := &h2ServerConn{conn: conn, in: bufio.NewReaderSize(conn, 64<<10), streams: map[uint32]*h2Call{}}
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.wr = http2.NewFramer(&c.out, nil)
+	msg, err := proto.Marshal(&authv3.CheckResponse{Status: &rpcstatus.Status{}})
+	if err != nil {
+		return err
+	}
+	c.okAuthz = grpcFrame(nil, msg)
+
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c.in, preface); err != nil || string(preface) != http2.ClientPreface {
+		return errors.New("no HTTP/2 client preface")
+	}
+	// Streams keep HTTP/2's default window (64 KiB, as grpc-go's): a check request
+	// fits in it, so no stream ever needs a WINDOW_UPDATE.
+	_ = c.wr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1 << 20})
+	_ = c.wr.WriteWindowUpdate(0, recvWindow-65535)
+	rd := http2.NewFramer(nil, c.in)
+	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	rd.MaxHeaderListSize = 1 << 20
+	for {
+		// Write what was answered once nothing more is waiting to be read: one
+		// write for every call that arrived together.
+		if c.in.Buffered() == 0 && c.out.Len() > 0 {
+			if _, err := conn.Write(c.out.Bytes()); err != nil {
+				return err
+			}
+			c.out.Reset()
+		}
+		f, err := rd.ReadFrame()
+		if err != nil {
+			return err
+		}
+		if err := c.handle(f); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *h2ServerConn) handle(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if !f.IsAck() {
+			return c.wr.WriteSettingsAck()
+		}
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			return c.wr.WritePing(true, f.Data)
+		}
+	case *http2.MetaHeadersFrame:
+		call := &h2Call{path: f.PseudoValue("path")}
+		c.streams[f.StreamID] = call
+		if f.StreamEnded() {
+			return c.answer(f.StreamID, call)
+		}
+	case *http2.DataFrame:
+		c.unacked += f.Length
+		if c.unacked >= recvWindow/2 {
+			_ = c.wr.WriteWindowUpdate(0, c.unacked)
+			c.unacked = 0
+		}
+		call := c.streams[f.StreamID]
+		if call == nil {
+			return nil
+		}
+		call.data = append(call.data, f.Data()...)
+		if f.StreamEnded() {
+			return c.answer(f.StreamID, call)
+		}
+	case *http2.RSTStreamFrame:
+		delete(c.streams, f.StreamID)
+	case *http2.GoAwayFrame:
+		return io.EOF
+	}
+	return nil
+}
+
+// answer writes one call's response: headers, the message and the trailers.
+func (c *h2ServerConn) answer(id uint32, call *h2Call) error {
+	delete(c.streams, id)
+	var body []byte
+	status := "0"
+	switch call.path {
+	case checkPath:
+		body = c.okAuthz
+	case rateLimitPath:
+		req := &rlsv3.RateLimitRequest{}
+		if len(call.data) < 5 || proto.Unmarshal(call.data[5:], req) != nil {
+			status = "13"
+			break
+		}
+		resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK}
+		for range req.GetDescriptors() {
+			resp.Statuses = append(resp.Statuses, &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK})
+		}
+		msg, err := proto.Marshal(resp)
+		if err != nil {
+			return err
+		}
+		body = grpcFrame(nil, msg)
+	default:
+		status = "12" // UNIMPLEMENTED
+	}
+	c.hbuf.Reset()
+	_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	_ = c.henc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+	if body == nil {
+		_ = c.henc.WriteField(hpack.HeaderField{Name: "grpc-status", Value: status})
+		return c.wr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true, EndStream: true})
+	}
+	if err := c.wr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true}); err != nil {
+		return err
+	}
+	if err := c.wr.WriteData(id, false, body); err != nil {
+		return err
+	}
+	c.hbuf.Reset()
+	_ = c.henc.WriteField(hpack.HeaderField{Name: "grpc-status", Value: status})
+	return c.wr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true, EndStream: true})
+}
+
+// grpcFrame appends msg with gRPC's length prefix (uncompressed).
+func grpcFrame(dst, msg []byte) []byte {
+	dst = binary.BigEndian.AppendUint32(append(dst, 0), uint32(len(msg)))
+	return append(dst, msg...)
+}

@@ -1,0 +1,465 @@
+package h2unary
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// The test service: Echo answers its request, repeated as the request's first byte
+// says (×1 when empty); Fail answers an error with details; Wait blocks until its
+// context ends or release is closed.
+const (
+	echoPath = "/test.Svc/Echo"
+	failPath = "/test.Svc/Fail"
+	waitPath = "/test.Svc/Wait"
+)
+
+type testServer struct {
+	*Server
+	addr    string
+	reg     *prometheus.Registry
+	release chan struct{}
+	waiting chan struct{} // one value per Wait call that started
+	exited  chan error    // one value per Wait call that ended by its context
+	served  chan error
+}
+
+// startServer serves the test methods; with inline, Echo and Fail run on the reader.
+func startServer(t *testing.T, opts Options, inline bool) *testServer {
+	t.Helper()
+	ts := &testServer{reg: prometheus.NewRegistry(), release: make(chan struct{}), waiting: make(chan struct{}, 100), exited: make(chan error, 100), served: make(chan error, 1)}
+	opts.Metrics = ts.reg
+	opts.Methods = testMethods(ts)
+	if inline {
+		opts.Methods[0].Inline = func() bool { return true }
+		opts.Methods[1].Inline = func() bool { return true }
+	}
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.Server = s
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = lis.Addr().String()
+	go func() { ts.served <- s.Serve(lis) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+	})
+	return ts
+}
+
+// testMethods are Echo, Fail and Wait, reporting to ts.
+func testMethods(ts *testServer) []Method {
+	return []Method{
+		Unary(echoPath, func(_ context.Context, req *wrapperspb.BytesValue) (*wrapperspb.BytesValue, error) {
+			n := 1
+			if len(req.Value) > 0 {
+				n = int(req.Value[0]) + 1
+			}
+			return wrapperspb.Bytes(bytes.Repeat(req.Value, n)), nil
+		}),
+		Unary(failPath, func(_ context.Context, req *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
+			st, err := status.New(codes.PermissionDenied, req.Value).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(3 * time.Second)})
+			if err != nil {
+				return nil, err
+			}
+			return nil, st.Err()
+		}),
+		Unary(waitPath, func(ctx context.Context, _ *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
+			ts.waiting <- struct{}{}
+			select {
+			case <-ctx.Done():
+				ts.exited <- ctx.Err()
+				return nil, ctx.Err()
+			case <-ts.release:
+				return wrapperspb.String("released"), nil
+			}
+		}),
+	}
+}
+
+func (ts *testServer) dial(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(ts.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func (ts *testServer) errors(reason string) float64 {
+	return testutil.ToFloat64(ts.errs.WithLabelValues(reason))
+}
+
+func echo(ctx context.Context, conn *grpc.ClientConn, msg []byte) ([]byte, error) {
+	var resp wrapperspb.BytesValue
+	err := conn.Invoke(ctx, echoPath, wrapperspb.Bytes(msg), &resp)
+	return resp.Value, err
+}
+
+// TestCalls drives the server with grpc-go's own client: answers, errors with
+// their messages and details, unknown methods, sizes around every HTTP/2 limit
+// (frame size, the client's 64 KiB windows, the request bound), many calls at once.
+func TestCalls(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		t.Run(map[bool]string{false: "goroutine", true: "inline"}[inline], func(t *testing.T) { testCalls(t, inline) })
+	}
+}
+
+func testCalls(t *testing.T, inline bool) {
+	ts := startServer(t, Options{MaxRecvMsgSize: 256 << 10}, inline)
+	conn := ts.dial(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	for _, tt := range []struct {
+		name string
+		msg  []byte
+		code codes.Code
+	}{
+		{"empty", nil, codes.OK},
+		{"small", []byte{0, 'h', 'i'}, codes.OK},
+		{"answer over one frame", bytes.Repeat([]byte{1}, 20000), codes.OK},             // 40 KB answer
+		{"answer over the client's windows", bytes.Repeat([]byte{9}, 100000), codes.OK}, // 1 MB answer
+		{"request at the bound", bytes.Repeat([]byte{0}, 256<<10-8), codes.OK},
+		{"request over the bound", bytes.Repeat([]byte{0}, 300<<10), codes.ResourceExhausted},
+	} {
+		got, err := echo(ctx, conn, tt.msg)
+		if status.Code(err) != tt.code {
+			t.Fatalf("%s: %v, want %v", tt.name, err, tt.code)
+		}
+		if err != nil {
+			continue
+		}
+		n := 1
+		if len(tt.msg) > 0 {
+			n = int(tt.msg[0]) + 1
+		}
+		if want := bytes.Repeat(tt.msg, n); !bytes.Equal(got, want) {
+			t.Errorf("%s: answer of %d bytes, want %d", tt.name, len(got), len(want))
+		}
+	}
+	if n := ts.errors(ReasonTooLarge); n != 1 {
+		t.Errorf("too_large counted %v times, want 1", n)
+	}
+
+	// An error keeps its code, its message (percent-encoded on the wire) and details.
+	msg := "denied: 100% café\nsecond line"
+	var resp wrapperspb.StringValue
+	err := conn.Invoke(ctx, failPath, wrapperspb.String(msg), &resp)
+	st := status.Convert(err)
+	if st.Code() != codes.PermissionDenied || st.Message() != msg {
+		t.Errorf("error %v %q, want PermissionDenied %q", st.Code(), st.Message(), msg)
+	}
+	if d := st.Details(); len(d) != 1 || d[0].(*errdetails.RetryInfo).GetRetryDelay().AsDuration() != 3*time.Second {
+		t.Errorf("details %v, want the RetryInfo", d)
+	}
+
+	err = conn.Invoke(ctx, "/test.Svc/Nope", wrapperspb.String(""), &resp)
+	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), echoPath) {
+		t.Errorf("unknown method: %v, want Unimplemented listing the methods", err)
+	}
+	if n := ts.errors(ReasonUnknownMethod); n != 1 {
+		t.Errorf("unknown_method counted %v times, want 1", n)
+	}
+
+	// Many calls at once over one connection, each with its own answer.
+	var wg sync.WaitGroup
+	errc := make(chan error, 16)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				msg := fmt.Appendf([]byte{0}, "w%d-%d", w, i)
+				got, err := echo(ctx, conn, msg)
+				if err == nil && !bytes.Equal(got, msg) {
+					err = fmt.Errorf("answer %q to %q", got, msg)
+				}
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+}
+
+// TestDeadlinesAndCancels: the client's deadline reaches the handler's context, and
+// a call the client gives up on is counted, not answered, and breaks nothing.
+func TestDeadlinesAndCancels(t *testing.T) {
+	ts := startServer(t, Options{}, false)
+	conn := ts.dial(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	var resp wrapperspb.StringValue
+	start := time.Now()
+	err := conn.Invoke(ctx, waitPath, wrapperspb.String(""), &resp)
+	if status.Code(err) != codes.DeadlineExceeded || time.Since(start) > 2*time.Second {
+		t.Fatalf("%v after %v, want DeadlineExceeded after ~50ms", err, time.Since(start))
+	}
+	<-ts.waiting
+
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- conn.Invoke(ctx2, waitPath, wrapperspb.String(""), &resp) }()
+	<-ts.waiting
+	cancel2()
+	if err := <-done; status.Code(err) != codes.Canceled {
+		t.Errorf("cancelled call: %v", err)
+	}
+	// The reset reaches the handler's context: Wait returns without a release.
+	waitFor(t, func() bool { return ts.errors(ReasonReset) >= 1 }, "reset_by_client counted")
+	for range 2 { // the deadline's call and the cancelled one
+		select {
+		case <-ts.exited:
+		case <-time.After(5 * time.Second):
+			t.Fatal("a call the client abandoned still runs")
+		}
+	}
+	waitFor(t, func() bool { return testutil.ToFloat64(ts.conns) == 1 }, "one connection")
+	if _, err := echo(context.Background(), conn, []byte{0, 'x'}); err != nil {
+		t.Errorf("connection after cancels: %v", err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+	}
+}
+
+// TestShutdownDrains: a call in flight when Shutdown starts is answered; the
+// server refuses new connections, and Shutdown returns once the call is done.
+func TestShutdownDrains(t *testing.T) {
+	ts := startServer(t, Options{}, false)
+	conn := ts.dial(t)
+	var resp wrapperspb.StringValue
+	done := make(chan error)
+	go func() { done <- conn.Invoke(context.Background(), waitPath, wrapperspb.String(""), &resp) }()
+	<-ts.waiting
+	shut := make(chan error)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		shut <- ts.Shutdown(ctx)
+	}()
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a call in flight", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(ts.release)
+	if err := <-done; err != nil || resp.Value != "released" {
+		t.Errorf("call in flight during shutdown: %v %q", err, resp.Value)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if err := <-ts.served; !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Serve returned %v, want ErrServerClosed", err)
+	}
+	if _, err := net.DialTimeout("tcp", ts.addr, time.Second); err == nil {
+		t.Error("the listener still accepts after Shutdown")
+	}
+}
+
+// TestBadClients: what is not HTTP/2 gRPC gets a clear refusal, counted, and the
+// server goes on serving.
+func TestBadClients(t *testing.T) {
+	ts := startServer(t, Options{}, false)
+	raw := func(t *testing.T, write func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer)) []http2.Frame {
+		t.Helper()
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		var out bytes.Buffer
+		out.WriteString(http2.ClientPreface)
+		fr := http2.NewFramer(&out, nil)
+		_ = fr.WriteSettings()
+		var hb bytes.Buffer
+		write(fr, hpack.NewEncoder(&hb), &hb)
+		if _, err := c.Write(out.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		rd := http2.NewFramer(nil, c)
+		rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		var got []http2.Frame
+		for {
+			f, err := rd.ReadFrame()
+			if err != nil {
+				return got
+			}
+			switch f.(type) {
+			case *http2.MetaHeadersFrame, *http2.RSTStreamFrame, *http2.GoAwayFrame:
+				got = append(got, f)
+			}
+			if _, ok := f.(*http2.GoAwayFrame); ok {
+				return got
+			}
+			if h, ok := f.(*http2.MetaHeadersFrame); ok && h.StreamEnded() {
+				return got
+			}
+			if _, ok := f.(*http2.RSTStreamFrame); ok {
+				return got
+			}
+		}
+	}
+	headers := func(enc *hpack.Encoder, hb *bytes.Buffer, fields ...string) []byte {
+		hb.Reset()
+		for i := 0; i+1 < len(fields); i += 2 {
+			_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return hb.Bytes()
+	}
+	grpcStatus := func(fs []http2.Frame) string {
+		for _, f := range fs {
+			if h, ok := f.(*http2.MetaHeadersFrame); ok {
+				for _, hf := range h.RegularFields() {
+					if hf.Name == "grpc-status" {
+						return hf.Value
+					}
+				}
+			}
+		}
+		return ""
+	}
+
+	t.Run("not gRPC", func(t *testing.T) {
+		fs := raw(t, func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true,
+				BlockFragment: headers(enc, hb, ":method", "GET", ":scheme", "http", ":path", echoPath, ":authority", "x")})
+		})
+		if got := grpcStatus(fs); got != "12" {
+			t.Errorf("GET: grpc-status %q, want 12 (UNIMPLEMENTED)", got)
+		}
+	})
+	t.Run("compressed message", func(t *testing.T) {
+		fs := raw(t, func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true,
+				BlockFragment: headers(enc, hb, ":method", "POST", ":scheme", "http", ":path", echoPath, ":authority", "x", "content-type", "application/grpc")})
+			_ = fr.WriteData(1, true, []byte{1, 0, 0, 0, 1, 0})
+		})
+		if got := grpcStatus(fs); got != "12" {
+			t.Errorf("compressed: grpc-status %q, want 12", got)
+		}
+	})
+	t.Run("prefix and length disagree", func(t *testing.T) {
+		fs := raw(t, func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true,
+				BlockFragment: headers(enc, hb, ":method", "POST", ":scheme", "http", ":path", echoPath, ":authority", "x", "content-type", "application/grpc")})
+			_ = fr.WriteData(1, true, []byte{0, 0, 0, 0, 9, 1})
+		})
+		if got := grpcStatus(fs); got != "13" {
+			t.Errorf("bad prefix: grpc-status %q, want 13 (INTERNAL)", got)
+		}
+	})
+	t.Run("even stream id", func(t *testing.T) {
+		fs := raw(t, func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 2, EndHeaders: true, EndStream: true,
+				BlockFragment: headers(enc, hb, ":method", "POST", ":path", echoPath)})
+		})
+		if len(fs) == 0 {
+			t.Fatal("no answer")
+		}
+		if g, ok := fs[len(fs)-1].(*http2.GoAwayFrame); !ok || g.ErrCode != http2.ErrCodeProtocol {
+			t.Errorf("even stream id: %v, want GOAWAY PROTOCOL_ERROR", fs[len(fs)-1])
+		}
+	})
+	t.Run("not HTTP/2 at all", func(t *testing.T) {
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		if _, err := io.ReadAll(c); err != nil {
+			t.Errorf("HTTP/1.1 client: %v, want the connection closed", err)
+		}
+	})
+	if n := ts.errors(ReasonProtocol); n != 2 {
+		t.Errorf("protocol_error counted %v times, want 2", n)
+	}
+	if n := ts.errors(ReasonBadRequest); n != 3 {
+		t.Errorf("bad_request counted %v times, want 3", n)
+	}
+	// Still serving.
+	if _, err := echo(context.Background(), ts.dial(t), []byte{0}); err != nil {
+		t.Errorf("after bad clients: %v", err)
+	}
+}
+
+func TestParseTimeout(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"100m", 100 * time.Millisecond, true},
+		{"5S", 5 * time.Second, true},
+		{"99999999H", 1<<63 - 1, true},
+		{"1u", time.Microsecond, true},
+		{"m", 0, false},
+		{"10x", 0, false},
+		{"123456789S", 0, false},
+		{"-1S", 0, false},
+	} {
+		got, ok := parseTimeout(tt.in)
+		if ok != tt.ok || got != tt.want {
+			t.Errorf("parseTimeout(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestNewRejects(t *testing.T) {
+	ok := Method{Path: echoPath, Call: func(context.Context, []byte) (proto.Message, error) { return nil, nil }}
+	for name, opts := range map[string]Options{
+		"no slash":     {Methods: []Method{{Path: "x", Call: ok.Call}}},
+		"no call":      {Methods: []Method{{Path: echoPath}}},
+		"twice":        {Methods: []Method{ok, ok}},
+		"huge message": {Methods: []Method{ok}, MaxRecvMsgSize: 2 << 30},
+	} {
+		if _, err := New(opts); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
