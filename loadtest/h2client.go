@@ -24,14 +24,14 @@ import (
 // It speaks just enough HTTP/2 for that: the preface and settings, flow control in
 // both directions, PING and SETTINGS acknowledgements, GOAWAY and RST_STREAM.
 type h2Conn struct {
-	conn   net.Conn
+	conn net.Conn
 	// The request HEADERS blocks, encoded as a stateful HPACK encoder (Envoy's)
 	// would: the first request adds every field to the server's dynamic table,
 	// each later one names them by index, a few bytes in all.
 	first, header []byte
 	sentFirst     bool
-	check  func(resp []byte) error
-	done   func(slot int, err error)
+	check         func(resp []byte) error
+	done          func(slot int, err error)
 
 	mu         sync.Mutex // guards what follows, and writes to conn
 	out        bytes.Buffer
