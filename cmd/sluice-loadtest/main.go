@@ -84,7 +84,7 @@ the highest rate at which p99 stays under --target-p99.`,
 	f.IntSliceVar(&o.Rates, "rate", []int{1000, 10000, 30000}, "offered requests per second, one row each")
 	f.DurationVar(&o.Duration, "duration", 10*time.Second, "how long each rate is offered")
 	f.StringSliceVar(&o.Services, "service", []string{"ext_authz", "ratelimit"}, "services to load")
-	f.StringSliceVar(&o.Backends, "backend", []string{"noop", "memquota", "redis"}, "quota backends; noop is a do-nothing grpc-go server, noop-h2 a do-nothing server speaking HTTP/2 by hand: the machine's floors")
+	f.StringSliceVar(&o.Backends, "backend", []string{"noop", "noop-h2", "memquota", "redis"}, "quota backends; noop is a do-nothing grpc-go server, noop-h2 a do-nothing server speaking HTTP/2 by hand: the machine's floors")
 	f.StringSliceVar(&o.Listeners, "listener", []string{"grpc", "check"}, "Sluice ports to load: grpc (the gRPC port, grpc-go) and check (--check-addr, the lean HTTP/2 transport)")
 	f.StringSliceVar(&o.Caches, "cache", []string{"hit", "miss"}, "check-cache scenarios (ext_authz)")
 	f.StringVar(&o.Client, "client", "h2", "h2: a lean HTTP/2 client that writes every request released at once in one write, as Envoy's event loop does;\ngrpc: grpc-go's client, which costs this machine ~80 µs of CPU per call")

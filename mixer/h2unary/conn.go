@@ -132,7 +132,7 @@ func (c *conn) serve() {
 	_ = c.wr.WriteWindowUpdate(0, connWindow-65535)
 	c.flushLocked()
 	for {
-		if c.in.Buffered() == 0 {
+		if !c.frameBuffered() {
 			// About to wait for input: write what inline calls left.
 			c.mu.Lock()
 			c.flushLocked()
@@ -404,6 +404,20 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	return nil
 }
 
+// frameBuffered reports whether a whole frame is already read, so that the next
+// ReadFrame cannot block; a partial frame's rest may take any time to come.
+func (c *conn) frameBuffered() bool {
+	n := c.in.Buffered()
+	if n < 9 {
+		return false
+	}
+	h, err := c.in.Peek(9)
+	if err != nil {
+		return false
+	}
+	return n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2]))
+}
+
 // dispatch starts a call whose request is complete, or answers its refusal.
 func (c *conn) dispatch(st *stream) {
 	if st.err == nil {
@@ -425,7 +439,7 @@ func (c *conn) dispatch(st *stream) {
 		c.calls.Add(1)
 		// Answers wait for the reader to drain what it has read, then leave in
 		// one write.
-		c.call(st, c.in.Buffered() > 0)
+		c.call(st, c.frameBuffered())
 		return
 	}
 	// The call's context ends with the connection, its deadline, or the client's

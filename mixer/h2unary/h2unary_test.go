@@ -463,3 +463,44 @@ func TestNewRejects(t *testing.T) {
 		}
 	}
 }
+
+// TestInlineAnswerNotHeldByPartialFrame: an inline answer is held only while whole
+// frames wait to be read; a partial frame behind the request (the rest still on the
+// wire) must not hold it.
+func TestInlineAnswerNotHeldByPartialFrame(t *testing.T) {
+	ts := startServer(t, Options{}, true)
+	c, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req, _ := proto.Marshal(wrapperspb.Bytes([]byte{0, 'x'}))
+	var out, hb bytes.Buffer
+	out.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&out, nil)
+	_ = fr.WriteSettings()
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", echoPath}, {":authority", "x"}, {"content-type", "application/grpc"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+	_ = fr.WriteData(1, true, append(grpcPrefix(nil, len(req)), req...))
+	var ping bytes.Buffer
+	_ = http2.NewFramer(&ping, nil).WritePing(false, [8]byte{7})
+	out.Write(ping.Bytes()[:5]) // the start of a PING; the rest never comes
+	if _, err := c.Write(out.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	rd := http2.NewFramer(nil, c)
+	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	for {
+		f, err := rd.ReadFrame()
+		if err != nil {
+			t.Fatalf("no answer while a partial frame waits: %v", err)
+		}
+		if h, ok := f.(*http2.MetaHeadersFrame); ok && h.StreamEnded() {
+			return
+		}
+	}
+}
