@@ -21,15 +21,30 @@ import (
 // okTrailer ends every successful answer.
 var okTrailer = []hpack.HeaderField{{Name: "grpc-status", Value: "0"}}
 
-// connWindow is the connection-level receive window offered to clients: large, so
-// that requests never wait for a WINDOW_UPDATE; memory stays bounded by the
-// per-stream limit (MaxRecvMsgSize) times MaxConcurrentStreams.
-const connWindow = 1 << 30
+const (
+	// writeTimeout bounds one write: a client that stops reading loses its
+	// connection instead of holding a goroutine, and Shutdown, forever.
+	writeTimeout = 10 * time.Second
+	// maxQueued is how many bytes of frames may wait for a write in progress before
+	// the reader stops reading: a client that floods PINGs or resets while not
+	// reading its answers cannot grow the queue without bound.
+	maxQueued = 1 << 20
+	// flushAt is how much the reader lets accumulate while more frames wait.
+	flushAt = 64 << 10
+	// maxHeaderList bounds a request's header block (decoded).
+	maxHeaderList = 64 << 10
+)
 
 // conn is one client connection. The reader goroutine (serve) owns the read side;
 // every goroutine that writes holds mu, and whoever finds no write in progress
 // writes everything buffered, so that answers ready together leave in one write
 // and no goroutine exists just to write.
+//
+// A stream counts against MaxConcurrentStreams (inflight) from its HEADERS until it
+// is closed (answered or reset) and its call, if one started, has returned: a
+// client that resets its calls cannot run more of them at once. Its request bytes
+// go back to the client's connection window only then, so a connection never holds
+// more than one window of requests.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -38,12 +53,10 @@ type conn struct {
 
 	// Reader-owned.
 	in       *bufio.Reader
-	unacked  uint32 // request bytes received since our last connection WINDOW_UPDATE
 	receives map[uint32]*stream
 
-	calls sync.WaitGroup // calls running
-
 	mu       sync.Mutex // guards all below
+	cond     *sync.Cond // a write ended, a stream was released, or the connection closed
 	out      []byte     // frames waiting to be written
 	spare    []byte
 	wr       *http2.Framer // writes into out
@@ -51,32 +64,36 @@ type conn struct {
 	henc     *hpack.Encoder
 	writing  bool
 	closed   bool
-	goneAway bool
-	lastID   uint32 // the highest stream the client opened (written by the reader)
-	// closeWhenWritten closes the connection once nothing is left to write.
-	closeWhenWritten bool
+	goneAway bool   // GOAWAY sent: no new streams
+	draining bool   // Shutdown: close once every stream is done
+	lastID   uint32 // the highest stream the client opened
+	inflight int    // streams counted against the limit
+	unacked  uint32 // request bytes released since the last connection WINDOW_UPDATE
 	// Flow control of what we send.
 	sendWindow   int64 // connection
 	streamWindow int64 // the client's initial stream window
 	maxFrame     uint32
-	open         map[uint32]*stream // streams not fully answered
+	open         map[uint32]*stream // streams not closed yet
 	blocked      []*stream          // answers waiting for window, in order
 }
 
 // stream is one call.
 type stream struct {
-	id      uint32
-	method  *Method
-	data    []byte // the request, gRPC prefix included
-	timeout time.Duration
-	err     *status.Status // set when the request is refused before any call
-	ctx     context.Context
-	cancel  context.CancelFunc
+	id         uint32
+	method     *Method
+	data       []byte // the request, gRPC prefix included
+	received   uint32 // DATA payload bytes received: window to give back at release
+	timeout    time.Duration
+	hasTimeout bool
+	err        *status.Status // set when the request is refused before any call
+	ctx        context.Context
+	cancel     context.CancelFunc
 	// Under conn.mu.
 	window  int64  // what we may still send on this stream
 	pending []byte // answer DATA not yet sent for lack of window
 	trailer []hpack.HeaderField
-	done    bool // reset by the client, or answered in full
+	closed  bool // answered in full, or reset
+	refs    int  // the stream itself, and its call while it runs
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -85,9 +102,21 @@ func newConn(s *Server, nc net.Conn) *conn {
 		receives: map[uint32]*stream{}, open: map[uint32]*stream{},
 		sendWindow: 65535, streamWindow: 65535, maxFrame: 16384,
 	}
+	c.cond = sync.NewCond(&c.mu)
 	c.ctx, c.end = context.WithCancel(context.Background())
 	c.wr = http2.NewFramer(writerFunc(c.appendOut), nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
+	// The server's SETTINGS must be its first frame: queue them before anything
+	// (a GOAWAY from Shutdown) can be.
+	_ = c.wr.WriteSettings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: s.opts.MaxConcurrentStreams},
+		// One window per stream that fits the largest request: a unary call never
+		// waits for a stream WINDOW_UPDATE.
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(s.opts.MaxRecvMsgSize + 5 + 16384)},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1 << 20},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList},
+	)
+	_ = c.wr.WriteWindowUpdate(0, s.connWindow-65535)
 	return c
 }
 
@@ -103,14 +132,7 @@ func (c *conn) appendOut(p []byte) (int, error) {
 
 // serve reads frames until the connection ends, then waits for its calls.
 func (c *conn) serve() {
-	defer func() {
-		c.end()
-		c.calls.Wait()
-		c.mu.Lock()
-		c.closed = true
-		c.mu.Unlock()
-		c.nc.Close()
-	}()
+	defer c.finish()
 	if err := readPreface(c.nc, c.in); err != nil {
 		c.srv.count(ReasonProtocol)
 		c.srv.log.Debug("h2unary: connection refused", "remote", c.nc.RemoteAddr(), "error", err)
@@ -118,24 +140,19 @@ func (c *conn) serve() {
 	}
 	rd := http2.NewFramer(nil, c.in)
 	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	rd.MaxHeaderListSize = 64 << 10
+	rd.MaxHeaderListSize = maxHeaderList
 	rd.SetMaxReadFrameSize(1 << 20)
-	c.mu.Lock()
-	_ = c.wr.WriteSettings(
-		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.srv.opts.MaxConcurrentStreams},
-		// One window per stream that fits the largest request: a unary call never
-		// waits for a stream WINDOW_UPDATE.
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(c.srv.opts.MaxRecvMsgSize + 5 + 16384)},
-		http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1 << 20},
-		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: 64 << 10},
-	)
-	_ = c.wr.WriteWindowUpdate(0, connWindow-65535)
-	c.flushLocked()
 	for {
-		if !c.frameBuffered() {
-			// About to wait for input: write what inline calls left.
-			c.mu.Lock()
+		c.mu.Lock()
+		for c.writing && len(c.out) > maxQueued && !c.closed {
+			c.cond.Wait()
+		}
+		if !c.frameBuffered() || len(c.out) >= flushAt {
+			// About to wait for input, or much to say: write what inline calls,
+			// acknowledgements and refusals left.
 			c.flushLocked()
+		} else {
+			c.mu.Unlock()
 		}
 		f, err := rd.ReadFrame()
 		var se http2.StreamError
@@ -143,13 +160,15 @@ func (c *conn) serve() {
 			// A malformed header block: the framer consumed the frame, so only
 			// the stream is refused.
 			c.srv.count(ReasonBadRequest)
-			if se.StreamID > c.lastID && se.StreamID%2 == 1 {
-				c.mu.Lock()
-				c.lastID = se.StreamID
-				c.mu.Unlock()
+			if st := c.receives[se.StreamID]; st != nil {
+				delete(c.receives, se.StreamID)
 			}
-			delete(c.receives, se.StreamID)
-			c.reset(se.StreamID, se.Code)
+			c.mu.Lock()
+			if se.StreamID > c.lastID && se.StreamID%2 == 1 {
+				c.lastID = se.StreamID
+			}
+			c.resetLocked(se.StreamID, se.Code)
+			c.flushLocked()
 			continue
 		}
 		if err != nil {
@@ -163,16 +182,38 @@ func (c *conn) serve() {
 	}
 }
 
+// finish ends the connection once the reader is done: close it (a write stuck on a
+// client that stopped reading fails now), cancel the calls, release every stream
+// and wait for the calls to return.
+func (c *conn) finish() {
+	c.end()
+	c.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		c.nc.Close()
+	}
+	for _, st := range c.open {
+		c.closeStreamLocked(st)
+	}
+	for c.inflight > 0 {
+		c.cond.Wait()
+	}
+	c.mu.Unlock()
+}
+
 // readFailed ends the connection after a read error: a broken rule of HTTP/2 is
 // answered with GOAWAY; EOF, a reset or a close by Shutdown need no answer.
 func (c *conn) readFailed(err error) {
 	var ce http2.ConnectionError
-	if errors.As(err, &ce) {
+	switch {
+	case errors.As(err, &ce):
 		c.connError(err)
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		c.connError(http2.ConnectionError(http2.ErrCodeFrameSize))
 	}
 }
 
-// connError ends the connection with GOAWAY(PROTOCOL_ERROR).
+// connError ends the connection with GOAWAY and the error's code.
 func (c *conn) connError(err error) {
 	c.srv.count(ReasonProtocol)
 	c.srv.log.Debug("h2unary: closing connection", "remote", c.nc.RemoteAddr(), "error", err)
@@ -187,21 +228,19 @@ func (c *conn) connError(err error) {
 	c.flushLocked()
 }
 
-// goAway tells the client that no new call will be taken; calls already opened
-// are answered. Shutdown closes the connection once they are.
+// goAway tells the client that no new call will be taken; the calls it opened
+// already are answered, then the connection closes. It never writes on the
+// caller's goroutine (Shutdown's): a client that does not read cannot hold it.
 func (c *conn) goAway() {
 	c.mu.Lock()
+	c.draining = true
 	if !c.goneAway && !c.closed {
 		c.goneAway = true
 		_ = c.wr.WriteGoAway(c.lastID, http2.ErrCodeNo, nil)
 	}
-	c.flushLocked()
-	// Once the calls are answered and their answers written, closing the
-	// connection ends the reader.
+	c.mu.Unlock()
 	go func() {
-		c.calls.Wait()
 		c.mu.Lock()
-		c.closeWhenWritten = true
 		c.flushLocked()
 	}()
 }
@@ -224,22 +263,22 @@ func (c *conn) handle(f http2.Frame) error {
 		}
 		c.mu.Lock()
 		_ = c.wr.WritePing(true, f.Data)
-		c.flushLocked()
+		c.mu.Unlock() // written with the next flush, before the reader waits
 	case *http2.WindowUpdateFrame:
 		return c.onWindowUpdate(f)
 	case *http2.RSTStreamFrame:
 		if f.StreamID == 0 {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
-		delete(c.receives, f.StreamID)
 		c.mu.Lock()
+		if f.StreamID > c.lastID {
+			c.mu.Unlock()
+			return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
+		}
+		delete(c.receives, f.StreamID)
 		if st := c.open[f.StreamID]; st != nil {
-			st.done = true
-			delete(c.open, f.StreamID)
 			c.srv.count(ReasonReset)
-			if st.cancel != nil {
-				st.cancel()
-			}
+			c.closeStreamLocked(st)
 		}
 		c.mu.Unlock()
 	case *http2.GoAwayFrame:
@@ -252,7 +291,7 @@ func (c *conn) handle(f http2.Frame) error {
 
 func (c *conn) onSettings(f *http2.SettingsFrame) error {
 	c.mu.Lock()
-	defer c.flushLocked()
+	defer c.mu.Unlock()
 	err := f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
 			return err
@@ -281,14 +320,19 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 
 func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	c.mu.Lock()
-	defer c.flushLocked()
+	defer c.mu.Unlock()
 	if f.StreamID == 0 {
 		c.sendWindow += int64(f.Increment)
 		if c.sendWindow > 1<<31-1 {
 			return http2.ConnectionError(http2.ErrCodeFlowControl)
 		}
+	} else if f.StreamID > c.lastID {
+		return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
 	} else if st := c.open[f.StreamID]; st != nil {
 		st.window += int64(f.Increment)
+		if st.window > 1<<31-1 {
+			c.resetLocked(st.id, http2.ErrCodeFlowControl)
+		}
 	}
 	c.sendBlockedLocked()
 	return nil
@@ -298,27 +342,36 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	id := f.StreamID
 	if st := c.receives[id]; st != nil {
 		// Trailers of a request: unary clients send none, but they end the stream.
-		if !f.StreamEnded() {
-			return http2.ConnectionError(http2.ErrCodeProtocol)
-		}
 		delete(c.receives, id)
-		c.dispatch(st)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !f.StreamEnded() {
+			c.srv.count(ReasonBadRequest)
+			c.resetLocked(id, http2.ErrCodeProtocol)
+			return nil
+		}
+		c.dispatchLocked(st)
 		return nil
-	}
-	if id%2 == 0 || id <= c.lastID {
-		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	c.mu.Lock()
-	c.lastID = id
-	if c.goneAway || len(c.open) >= int(c.srv.opts.MaxConcurrentStreams) {
-		c.mu.Unlock()
-		c.srv.count(ReasonRefused)
-		c.reset(id, http2.ErrCodeRefusedStream)
+	defer c.mu.Unlock()
+	if id%2 == 0 {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if id <= c.lastID {
+		// A stream that ended or was refused already.
+		c.resetLocked(id, http2.ErrCodeStreamClosed)
 		return nil
 	}
-	st := &stream{id: id, window: c.streamWindow}
+	c.lastID = id
+	if c.goneAway || c.inflight >= int(c.srv.opts.MaxConcurrentStreams) {
+		c.srv.count(ReasonRefused)
+		c.resetLocked(id, http2.ErrCodeRefusedStream)
+		return nil
+	}
+	st := &stream{id: id, window: c.streamWindow, refs: 1}
 	c.open[id] = st
-	c.mu.Unlock()
+	c.inflight++
 	var contentType, encoding, timeout string
 	for _, h := range f.RegularFields() {
 		switch h.Name {
@@ -332,6 +385,9 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	path := f.PseudoValue("path")
 	switch m := c.srv.methods[path]; {
+	case f.Truncated:
+		c.srv.count(ReasonTooLarge)
+		st.err = status.Newf(codes.ResourceExhausted, "request headers larger than %d bytes", maxHeaderList)
 	case f.PseudoValue("method") != "POST" || !isGRPC(contentType):
 		c.srv.count(ReasonBadRequest)
 		st.err = status.Newf(codes.Unimplemented, "not a gRPC request: %s %s with content-type %q", f.PseudoValue("method"), path, contentType)
@@ -353,10 +409,11 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 			c.srv.count(ReasonBadRequest)
 			st.err = status.Newf(codes.Internal, "malformed grpc-timeout %q", timeout)
 		}
-		st.timeout = d
+		// A zero timeout has expired already.
+		st.timeout, st.hasTimeout = max(d, 1), ok
 	}
 	if f.StreamEnded() {
-		c.dispatch(st)
+		c.dispatchLocked(st)
 		return nil
 	}
 	c.receives[id] = st
@@ -368,21 +425,21 @@ func isGRPC(ct string) bool {
 }
 
 func (c *conn) onData(f *http2.DataFrame) error {
-	// Flow control counts the whole frame, padding included.
-	c.unacked += f.Length
-	if c.unacked >= connWindow/2 {
-		c.mu.Lock()
-		_ = c.wr.WriteWindowUpdate(0, c.unacked)
-		c.flushLocked()
-		c.unacked = 0
-	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	st := c.receives[f.StreamID]
+	payload := uint32(len(f.Data()))
+	// Padding is never held: its window goes back at once; so does a payload for
+	// a stream that is not receiving.
 	if st == nil {
 		if f.StreamID > c.lastID {
 			return http2.ConnectionError(http2.ErrCodeProtocol) // DATA on an idle stream
 		}
-		return nil // a stream refused or answered early: ignore its body
+		c.creditLocked(f.Length)
+		return nil
 	}
+	c.creditLocked(f.Length - payload)
+	st.received += payload
 	if st.err == nil {
 		if len(st.data)+len(f.Data()) > c.srv.opts.MaxRecvMsgSize+5 {
 			c.srv.count(ReasonTooLarge)
@@ -394,18 +451,18 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	}
 	if f.StreamEnded() {
 		delete(c.receives, f.StreamID)
-		c.dispatch(st)
+		c.dispatchLocked(st)
 	} else if st.err != nil && st.err.Code() == codes.ResourceExhausted {
 		// Answer now and stop the upload.
 		delete(c.receives, f.StreamID)
-		c.dispatch(st)
-		c.reset(st.id, http2.ErrCodeNo)
+		c.dispatchLocked(st)
+		c.resetLocked(st.id, http2.ErrCodeNo)
 	}
 	return nil
 }
 
-// frameBuffered reports whether a whole frame is already read, so that the next
-// ReadFrame cannot block; a partial frame's rest may take any time to come.
+// frameBuffered reports whether a whole frame is already read, and not one whose
+// header block goes on in a CONTINUATION, so that the next ReadFrame cannot block.
 func (c *conn) frameBuffered() bool {
 	n := c.in.Buffered()
 	if n < 9 {
@@ -415,42 +472,47 @@ func (c *conn) frameBuffered() bool {
 	if err != nil {
 		return false
 	}
+	typ, flags := http2.FrameType(h[3]), http2.Flags(h[4])
+	if (typ == http2.FrameHeaders || typ == http2.FrameContinuation) && !flags.Has(http2.FlagHeadersEndHeaders) {
+		return false
+	}
 	return n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2]))
 }
 
-// dispatch starts a call whose request is complete, or answers its refusal.
-func (c *conn) dispatch(st *stream) {
+// dispatchLocked starts a call whose request is complete, or answers its refusal.
+// An inline call runs here, on the reader, with mu released meanwhile.
+func (c *conn) dispatchLocked(st *stream) {
 	if st.err == nil {
 		if st.err = checkMessage(st.data); st.err != nil {
 			c.srv.count(ReasonBadRequest)
 		}
 	}
 	if st.err != nil {
-		c.answer(st, nil, st.err)
+		c.answerLocked(st, nil, st.err)
 		return
 	}
+	st.refs++ // the call's
 	if st.method.Inline != nil && st.method.Inline() {
 		// On the reader, nothing else happens on this connection until the call
 		// returns: no RST_STREAM can arrive to cancel it.
 		st.ctx, st.cancel = c.ctx, func() {}
-		if st.timeout > 0 {
+		if st.hasTimeout {
 			st.ctx, st.cancel = context.WithTimeout(c.ctx, st.timeout)
 		}
-		c.calls.Add(1)
-		// Answers wait for the reader to drain what it has read, then leave in
-		// one write.
-		c.call(st, c.frameBuffered())
+		c.mu.Unlock()
+		resp, err := c.run(st)
+		c.mu.Lock()
+		c.endCallLocked(st, resp, err)
 		return
 	}
 	// The call's context ends with the connection, its deadline, or the client's
 	// RST_STREAM.
-	if st.timeout > 0 {
+	if st.hasTimeout {
 		st.ctx, st.cancel = context.WithTimeout(c.ctx, st.timeout)
 	} else {
 		st.ctx, st.cancel = context.WithCancel(c.ctx)
 	}
-	c.calls.Add(1)
-	go c.call(st, false)
+	go c.call(st)
 }
 
 // checkMessage verifies that data is exactly one uncompressed gRPC message.
@@ -469,10 +531,16 @@ func checkMessage(data []byte) *status.Status {
 	return nil
 }
 
-// call runs the method and answers; with hold, the answer is left for the reader
-// to write.
-func (c *conn) call(st *stream, hold bool) {
-	defer c.calls.Done()
+// call runs a call on its own goroutine and answers.
+func (c *conn) call(st *stream) {
+	resp, err := c.run(st)
+	c.mu.Lock()
+	c.endCallLocked(st, resp, err)
+	c.flushLocked()
+}
+
+// run runs the method; mu is not held.
+func (c *conn) run(st *stream) ([]byte, *status.Status) {
 	defer st.cancel()
 	resp, err := st.method.Call(st.ctx, st.data[5:])
 	if err != nil {
@@ -482,30 +550,26 @@ func (c *conn) call(st *stream, hold bool) {
 			// else UNKNOWN.
 			fail = status.FromContextError(err)
 		}
-		c.answerHold(st, nil, fail, hold)
-		return
+		return nil, fail
 	}
 	body, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 5, 5+proto.Size(resp)), resp)
 	if err != nil {
-		c.answerHold(st, nil, status.Newf(codes.Internal, "encode answer: %v", err), hold)
-		return
+		return nil, status.Newf(codes.Internal, "encode answer: %v", err)
 	}
 	grpcPrefix(body[:0], len(body)-5)
-	c.answerHold(st, body, nil, hold)
+	return body, nil
 }
 
-// answer writes a call's response: headers, the message and the OK trailers, or a
-// trailers-only response with the error's status.
-func (c *conn) answer(st *stream, body []byte, fail *status.Status) {
-	c.answerHold(st, body, fail, false)
+// endCallLocked answers a call that returned and drops its reference.
+func (c *conn) endCallLocked(st *stream, body []byte, fail *status.Status) {
+	c.answerLocked(st, body, fail)
+	c.unrefLocked(st)
 }
 
-// answerHold is answer; with hold, the frames stay buffered for the reader's next
-// flush (it flushes before it waits for input).
-func (c *conn) answerHold(st *stream, body []byte, fail *status.Status, hold bool) {
-	c.mu.Lock()
-	if st.done || c.closed {
-		c.mu.Unlock()
+// answerLocked queues a call's response: headers, the message and the OK trailers,
+// or a trailers-only response with the error's status. The caller flushes.
+func (c *conn) answerLocked(st *stream, body []byte, fail *status.Status) {
+	if st.closed || c.closed {
 		return
 	}
 	c.hbuf.Reset()
@@ -517,19 +581,14 @@ func (c *conn) answerHold(st *stream, body []byte, fail *status.Status, hold boo
 		}
 		c.writeHeadersLocked(st.id, true)
 		c.closeStreamLocked(st)
-	} else {
-		c.writeHeadersLocked(st.id, false)
-		st.pending = body
-		st.trailer = okTrailer
-		if !c.sendLocked(st) {
-			c.blocked = append(c.blocked, st)
-		}
-	}
-	if hold {
-		c.mu.Unlock()
 		return
 	}
-	c.flushLocked()
+	c.writeHeadersLocked(st.id, false)
+	st.pending = body
+	st.trailer = okTrailer
+	if !c.sendLocked(st) {
+		c.blocked = append(c.blocked, st)
+	}
 }
 
 // writeHeadersLocked writes the header block in hbuf, split into CONTINUATION
@@ -572,7 +631,7 @@ func (c *conn) sendLocked(st *stream) bool {
 func (c *conn) sendBlockedLocked() {
 	n := 0
 	for _, st := range c.blocked {
-		if st.done {
+		if st.closed {
 			continue
 		}
 		if !c.sendLocked(st) {
@@ -584,40 +643,65 @@ func (c *conn) sendBlockedLocked() {
 	c.blocked = c.blocked[:n]
 }
 
+// closeStreamLocked ends a stream (answered, or reset by either side): its call,
+// if running, is cancelled, and the stream's reference dropped.
 func (c *conn) closeStreamLocked(st *stream) {
-	st.done = true
+	if st.closed {
+		return
+	}
+	st.closed = true
 	delete(c.open, st.id)
+	if st.cancel != nil {
+		st.cancel()
+	}
+	c.unrefLocked(st)
 }
 
-// reset sends RST_STREAM and forgets the stream.
-func (c *conn) reset(id uint32, code http2.ErrCode) {
-	c.mu.Lock()
+// unrefLocked drops one of a stream's references; the last releases its slot and
+// gives its request bytes back to the client's window.
+func (c *conn) unrefLocked(st *stream) {
+	st.refs--
+	if st.refs > 0 {
+		return
+	}
+	c.inflight--
+	c.creditLocked(st.received)
+	st.data = nil
+	c.cond.Broadcast()
+}
+
+// creditLocked gives n request bytes back to the client's connection window, in
+// WINDOW_UPDATEs of a quarter window at least.
+func (c *conn) creditLocked(n uint32) {
+	c.unacked += n
+	if c.unacked >= c.srv.connWindow/4 {
+		_ = c.wr.WriteWindowUpdate(0, c.unacked)
+		c.unacked = 0
+	}
+}
+
+// resetLocked sends RST_STREAM and closes the stream.
+func (c *conn) resetLocked(id uint32, code http2.ErrCode) {
 	_ = c.wr.WriteRSTStream(id, code)
 	if st := c.open[id]; st != nil {
 		c.closeStreamLocked(st)
 	}
-	c.flushLocked()
 }
 
 // flushLocked writes the buffered frames unless another goroutine is writing (it
-// will take these too), and releases mu.
+// will take these too), and releases mu. When Shutdown drains the connection, the
+// last flush after the last stream closes it.
 func (c *conn) flushLocked() {
 	if c.writing || c.closed {
 		c.mu.Unlock()
 		return
 	}
-	defer func() {
-		if c.closeWhenWritten && !c.closed {
-			c.closed = true
-			c.nc.Close()
-		}
-		c.mu.Unlock()
-	}()
 	c.writing = true
 	for len(c.out) > 0 && !c.closed {
 		buf := c.out
 		c.out, c.spare = c.spare[:0], nil
 		c.mu.Unlock()
+		_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_, err := c.nc.Write(buf)
 		c.mu.Lock()
 		c.spare = buf[:0]
@@ -626,8 +710,15 @@ func (c *conn) flushLocked() {
 			c.out = c.out[:0]
 			c.nc.Close()
 		}
+		c.cond.Broadcast()
 	}
 	c.writing = false
+	if c.draining && c.inflight == 0 && !c.closed {
+		c.closed = true
+		c.nc.Close()
+		c.cond.Broadcast()
+	}
+	c.mu.Unlock()
 }
 
 // paths lists the served methods, for the unknown-method error.

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,6 +95,9 @@ type Server struct {
 	methods map[string]*Method
 	errs    *prometheus.CounterVec
 	conns   prometheus.Gauge
+	// connWindow is each connection's receive window: the request bytes it may
+	// hold at once (two of the largest requests, 16 MiB at least).
+	connWindow uint32
 
 	mu       sync.Mutex
 	lis      map[net.Listener]struct{}
@@ -121,7 +125,8 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts: opts, log: opts.Logger, methods: map[string]*Method{},
-		lis: map[net.Listener]struct{}{}, active: map[*conn]struct{}{},
+		connWindow: uint32(min(max(16<<20, 2*(opts.MaxRecvMsgSize+5+16384)), 1<<31-1)),
+		lis:        map[net.Listener]struct{}{}, active: map[*conn]struct{}{},
 		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_h2unary_errors_total",
 			Help: "Calls or connections of the lean check listener refused or broken, by reason.",
@@ -179,8 +184,10 @@ func (s *Server) Serve(lis net.Listener) error {
 				return ErrServerClosed
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Out of file descriptors and the like: back off as net/http does.
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+				errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EINTR) {
+				// Out of file descriptors and the like: back off and retry, as
+				// net/http and grpc-go do, instead of giving up the listener.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				s.log.Warn("h2unary: accept failed; retrying", "error", err, "delay", delay)
 				time.Sleep(delay)

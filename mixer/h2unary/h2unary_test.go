@@ -33,6 +33,7 @@ const (
 	echoPath = "/test.Svc/Echo"
 	failPath = "/test.Svc/Fail"
 	waitPath = "/test.Svc/Wait"
+	holdPath = "/test.Svc/Hold" // like Wait, but deaf to its context
 )
 
 type testServer struct {
@@ -90,6 +91,11 @@ func testMethods(ts *testServer) []Method {
 				return nil, err
 			}
 			return nil, st.Err()
+		}),
+		Unary(holdPath, func(context.Context, *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
+			ts.waiting <- struct{}{}
+			<-ts.release
+			return wrapperspb.String("released"), nil
 		}),
 		Unary(waitPath, func(ctx context.Context, _ *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
 			ts.waiting <- struct{}{}

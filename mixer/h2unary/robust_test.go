@@ -1,0 +1,339 @@
+package h2unary
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// rawClient speaks HTTP/2 frame by frame, to do what a well-behaved client never
+// does.
+type rawClient struct {
+	c   net.Conn
+	fr  *http2.Framer
+	enc *hpack.Encoder
+	hb  bytes.Buffer
+}
+
+// newRaw writes the preface and SETTINGS on a goroutine (over a net.Pipe a write
+// waits for the server to read, and the server first waits for its own SETTINGS
+// to be read); ready is closed when they are written.
+func newRaw(t *testing.T, c net.Conn, settings ...http2.Setting) (r *rawClient, ready chan struct{}) {
+	t.Helper()
+	r = &rawClient{c: c, fr: http2.NewFramer(c, c)}
+	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	r.enc = hpack.NewEncoder(&r.hb)
+	ready = make(chan struct{})
+	go func() {
+		defer close(ready)
+		if _, err := io.WriteString(c, http2.ClientPreface); err == nil {
+			_ = r.fr.WriteSettings(settings...)
+		}
+	}()
+	t.Cleanup(func() { c.Close() })
+	return r, ready
+}
+
+// dialRaw connects a raw client over TCP, where writes do not wait for reads.
+func dialRaw(t *testing.T, addr string, settings ...http2.Setting) *rawClient {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, ready := newRaw(t, nc, settings...)
+	<-ready
+	return r
+}
+
+func (r *rawClient) headers(id uint32, path string, end bool, extra ...string) {
+	r.hb.Reset()
+	fields := append([]string{":method", "POST", ":scheme", "http", ":path", path, ":authority", "x", "content-type", "application/grpc"}, extra...)
+	for i := 0; i+1 < len(fields); i += 2 {
+		_ = r.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.hb.Bytes(), EndHeaders: true, EndStream: end})
+}
+
+func reqBody(msg []byte) []byte {
+	b, _ := proto.Marshal(wrapperspb.Bytes(msg))
+	return append(grpcPrefix(nil, len(b)), b...)
+}
+
+// answerOf reads until stream id ends and returns its grpc-status ("" if the
+// connection ended first).
+func (r *rawClient) answerOf(t *testing.T, id uint32) string {
+	t.Helper()
+	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	code := ""
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			return ""
+		}
+		if h, ok := f.(*http2.MetaHeadersFrame); ok && h.StreamID == id {
+			for _, hf := range h.RegularFields() {
+				if hf.Name == "grpc-status" {
+					code = hf.Value
+				}
+			}
+			if h.StreamEnded() {
+				return code
+			}
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == id {
+			return "reset " + rst.ErrCode.String()
+		}
+	}
+}
+
+// TestFloodWhileNotReading: a client that stops reading and floods PINGs makes the
+// reader stop reading, not the queue grow.
+func TestFloodWhileNotReading(t *testing.T) {
+	ts := &testServer{waiting: make(chan struct{}, 100), exited: make(chan error, 100), release: make(chan struct{})}
+	s, err := New(Options{Methods: testMethods(ts)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, server := net.Pipe()
+	c := newConn(s, server)
+	go c.serve()
+	r, ready := newRaw(t, client)
+	for range 3 { // the server's SETTINGS, WINDOW_UPDATE and SETTINGS ack; then stop reading
+		if _, err := r.fr.ReadFrame(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-ready
+	r.headers(1, waitPath, false)
+	_ = r.fr.WriteData(1, true, reqBody(nil))
+	<-ts.waiting
+	close(ts.release) // the call answers from its goroutine, whose write now blocks
+	time.Sleep(100 * time.Millisecond)
+	go func() {
+		for range 200000 {
+			if r.fr.WritePing(false, [8]byte{}) != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	c.mu.Lock()
+	n := len(c.out)
+	c.mu.Unlock()
+	if n > maxQueued+flushAt {
+		t.Errorf("%d bytes queued for a client that does not read, want at most ~%d", n, maxQueued)
+	}
+}
+
+// TestDrainAnswersAcceptedStreams: Shutdown's GOAWAY promises to answer every
+// stream it covers: one still uploading, and one whose answer waits for window.
+func TestDrainAnswersAcceptedStreams(t *testing.T) {
+	for _, mode := range []string{"uploading", "blocked"} {
+		t.Run(mode, func(t *testing.T) {
+			ts := startServer(t, Options{}, false)
+			var r *rawClient
+			if mode == "blocked" {
+				r = dialRaw(t, ts.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
+				r.headers(1, echoPath, false)
+				_ = r.fr.WriteData(1, true, reqBody([]byte{0, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k'}))
+			} else {
+				r = dialRaw(t, ts.addr)
+				r.headers(1, echoPath, false)
+			}
+			waitFor(t, func() bool {
+				ts.mu.Lock()
+				defer ts.mu.Unlock()
+				for c := range ts.active {
+					c.mu.Lock()
+					n := len(c.open)
+					c.mu.Unlock()
+					if n == 1 {
+						return true
+					}
+				}
+				return false
+			}, "stream 1 open")
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			go func() { _ = ts.Shutdown(ctx) }()
+			time.Sleep(100 * time.Millisecond)
+			if mode == "uploading" {
+				_ = r.fr.WriteData(1, true, reqBody([]byte{0, 'x'}))
+			} else {
+				_ = r.fr.WriteWindowUpdate(1, 1000)
+			}
+			if got := r.answerOf(t, 1); got != "0" {
+				t.Errorf("stream 1, covered by GOAWAY: answer %q, want grpc-status 0", got)
+			}
+		})
+	}
+}
+
+// TestInlineNotHeldByContinuation: a header block that goes on in a CONTINUATION
+// still on the wire does not hold a finished inline answer.
+func TestInlineNotHeldByContinuation(t *testing.T) {
+	ts := startServer(t, Options{}, true)
+	nc, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	buf.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&buf, nil)
+	_ = fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	block := func() []byte {
+		hb.Reset()
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", echoPath}, {":authority", "x"}, {"content-type", "application/grpc"}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		return bytes.Clone(hb.Bytes())
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(), EndHeaders: true})
+	_ = fr.WriteData(1, true, reqBody([]byte{0, 'x'}))
+	second := block()
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: second[:3]})
+	if _, err := nc.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	start := time.Now()
+	r := &rawClient{c: nc, fr: http2.NewFramer(nil, nc)}
+	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if got := r.answerOf(t, 1); got != "0" || time.Since(start) > time.Second {
+		t.Errorf("answer %q after %v while a CONTINUATION is awaited, want 0 at once", got, time.Since(start))
+	}
+}
+
+type emfileListener struct {
+	net.Listener
+	n atomic.Int32
+}
+
+func (l *emfileListener) Accept() (net.Conn, error) {
+	if l.n.Add(1) <= 3 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// TestAcceptRetriesWhenOutOfFiles: running out of file descriptors is waited out,
+// not the end of the listener.
+func TestAcceptRetriesWhenOutOfFiles(t *testing.T) {
+	s, err := New(Options{Methods: testMethods(&testServer{}), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(&emfileListener{Listener: lis}) }()
+	defer func() {
+		_ = s.Shutdown(context.Background())
+		<-done
+	}()
+	ts := &testServer{Server: s, addr: lis.Addr().String()}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := echo(ctx, ts.dial(t), []byte{0, 'x'}); err != nil {
+		t.Fatalf("after EMFILE: %v", err)
+	}
+}
+
+// TestResetCallsStayCounted: a client that resets each call as it opens it cannot
+// run more calls at once than MaxConcurrentStreams.
+func TestResetCallsStayCounted(t *testing.T) {
+	ts := startServer(t, Options{MaxConcurrentStreams: 4}, false)
+	r := dialRaw(t, ts.addr)
+	go func() { _, _ = io.Copy(io.Discard, r.c) }()
+	// Hold ignores the reset: its calls run until released, and hold their slots.
+	for i := range 50 {
+		id := uint32(2*i + 1)
+		r.headers(id, holdPath, false)
+		_ = r.fr.WriteData(id, true, reqBody(nil))
+		_ = r.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+	}
+	waitFor(t, func() bool { return ts.errors(ReasonRefused) == 46 }, "46 streams refused")
+	if started := len(ts.waiting); started != 4 {
+		t.Errorf("%d calls running with MaxConcurrentStreams 4", started)
+	}
+	close(ts.release)
+}
+
+// TestHugeHeaders: a header list over the bound is refused, not served without
+// the fields that were cut.
+func TestHugeHeaders(t *testing.T) {
+	ts := startServer(t, Options{}, false)
+	r := dialRaw(t, ts.addr)
+	// Three fields of 30 KB: each under the bound on one string, together over
+	// the bound on the list.
+	big := strings.Repeat("a", 30000)
+	r.headers(1, echoPath, false, "x-a", big, "x-b", big, "x-c", big)
+	_ = r.fr.WriteData(1, true, reqBody([]byte{0, 'x'}))
+	if got := r.answerOf(t, 1); got != "8" {
+		t.Errorf("huge header list: %q, want grpc-status 8 (RESOURCE_EXHAUSTED)", got)
+	}
+}
+
+// TestShutdownNotHeldByDeafClient: Shutdown keeps to its context even when a client
+// reads nothing at all.
+func TestShutdownNotHeldByDeafClient(t *testing.T) {
+	s, err := New(Options{Methods: testMethods(&testServer{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &pipeListener{ch: make(chan net.Conn), closed: make(chan struct{})}
+	go func() { _ = s.Serve(l) }()
+	client, server := net.Pipe()
+	defer client.Close()
+	l.ch <- server
+	r, ready := newRaw(t, client)
+	for range 3 { // the server's SETTINGS, WINDOW_UPDATE and SETTINGS ack; then read no more
+		if _, err := r.fr.ReadFrame(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-ready
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_ = s.Shutdown(ctx)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Shutdown with a 200ms context took %v", d)
+	}
+}
+
+// pipeListener hands out the ends of net.Pipes.
+type pipeListener struct {
+	ch     chan net.Conn
+	closed chan struct{}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+func (l *pipeListener) Close() error   { close(l.closed); return nil }
+func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{} }
