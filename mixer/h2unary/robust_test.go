@@ -183,40 +183,55 @@ func TestDrainAnswersAcceptedStreams(t *testing.T) {
 	}
 }
 
-// TestInlineNotHeldByContinuation: a header block that goes on in a CONTINUATION
-// still on the wire does not hold a finished inline answer.
-func TestInlineNotHeldByContinuation(t *testing.T) {
-	ts := startServer(t, Options{}, true)
-	nc, err := net.Dial("tcp", ts.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	buf.WriteString(http2.ClientPreface)
-	fr := http2.NewFramer(&buf, nil)
-	_ = fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	block := func() []byte {
-		hb.Reset()
-		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", echoPath}, {":authority", "x"}, {"content-type", "application/grpc"}} {
-			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		return bytes.Clone(hb.Bytes())
-	}
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(), EndHeaders: true})
-	_ = fr.WriteData(1, true, reqBody([]byte{0, 'x'}))
-	second := block()
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: second[:3]})
-	if _, err := nc.Write(buf.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	start := time.Now()
-	r := &rawClient{c: nc, fr: http2.NewFramer(nil, nc)}
-	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	if got := r.answerOf(t, 1); got != "0" || time.Since(start) > time.Second {
-		t.Errorf("answer %q after %v while a CONTINUATION is awaited, want 0 at once", got, time.Since(start))
+// TestInlineAnswerNotHeld: a finished inline answer is held only while whole frames
+// wait to be read, not behind what is still on the wire: the start of a frame, or
+// a header block that goes on in a CONTINUATION.
+func TestInlineAnswerNotHeld(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		tail func(fr *http2.Framer, out *bytes.Buffer, block []byte)
+	}{
+		{"partial frame", func(fr *http2.Framer, out *bytes.Buffer, _ []byte) {
+			var ping bytes.Buffer
+			_ = http2.NewFramer(&ping, nil).WritePing(false, [8]byte{7})
+			out.Write(ping.Bytes()[:5])
+		}},
+		{"header block awaiting CONTINUATION", func(fr *http2.Framer, _ *bytes.Buffer, block []byte) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: block[:3]})
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := startServer(t, Options{}, true)
+			nc, err := net.Dial("tcp", ts.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			var out, hb bytes.Buffer
+			out.WriteString(http2.ClientPreface)
+			fr := http2.NewFramer(&out, nil)
+			_ = fr.WriteSettings()
+			enc := hpack.NewEncoder(&hb)
+			block := func() []byte {
+				hb.Reset()
+				for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", echoPath}, {":authority", "x"}, {"content-type", "application/grpc"}} {
+					_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+				}
+				return bytes.Clone(hb.Bytes())
+			}
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(), EndHeaders: true})
+			_ = fr.WriteData(1, true, reqBody([]byte{0, 'x'}))
+			tt.tail(fr, &out, block())
+			if _, err := nc.Write(out.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			r := &rawClient{c: nc, fr: http2.NewFramer(nil, nc)}
+			r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+			if got := r.answerOf(t, 1); got != "0" || time.Since(start) > time.Second {
+				t.Errorf("answer %q after %v, want grpc-status 0 at once", got, time.Since(start))
+			}
+		})
 	}
 }
 
