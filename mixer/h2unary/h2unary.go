@@ -45,7 +45,8 @@ type Method struct {
 	// Inline, when set and true at a call, runs the call on the connection's reader
 	// instead of a goroutine of its own: no wake-up, no hand-off, answers of one
 	// read batched into one write — but the connection reads nothing until the call
-	// returns, so it must only say true for calls that never block.
+	// returns, so it must only say true for calls that never block. An inline call's
+	// context carries no deadline: the client's is checked before the call starts.
 	Inline func() bool
 }
 

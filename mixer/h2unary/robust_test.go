@@ -3,6 +3,7 @@ package h2unary
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -352,3 +353,25 @@ func (l *pipeListener) Accept() (net.Conn, error) {
 }
 func (l *pipeListener) Close() error   { close(l.closed); return nil }
 func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// TestExpiredDeadlineNotRun: a call whose grpc-timeout has run out before it could
+// start is answered DEADLINE_EXCEEDED and never reaches its handler, inline or not.
+func TestExpiredDeadlineNotRun(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
+			ts := startServer(t, Options{}, inline)
+			r := dialRaw(t, ts.addr)
+			r.headers(1, echoPath, false, "grpc-timeout", "0n")
+			_ = r.fr.WriteData(1, true, reqBody([]byte{0, 'x'}))
+			if got := r.answerOf(t, 1); got != "4" {
+				t.Errorf("expired call: grpc-status %q, want 4 (DEADLINE_EXCEEDED)", got)
+			}
+			// A deadline still ahead runs as usual.
+			r.headers(3, echoPath, false, "grpc-timeout", "10S")
+			_ = r.fr.WriteData(3, true, reqBody([]byte{0, 'x'}))
+			if got := r.answerOf(t, 3); got != "0" {
+				t.Errorf("call with time left: grpc-status %q, want 0", got)
+			}
+		})
+	}
+}
