@@ -13,6 +13,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/mixer/expr"
@@ -27,16 +28,45 @@ const maxHeaders = 1024
 // Check implements envoy.service.auth.v3.Authorization.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
-	resp, outcome, err := s.check(ctx, req)
+	st := s.scratch.Get().(*requestState)
+	defer s.scratch.Put(st)
+	st.fields.SetRequest(req)
+	resp, outcome, err := s.check(ctx, st)
 	s.metrics.observe("ext_authz", outcome, time.Since(start))
 	return resp, err
 }
 
-func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, string, error) {
-	if req.GetAttributes() == nil {
+// checkEncoded answers a CheckRequest from its encoding, for the lean listener:
+// it reads the fields a check uses without building the message. msg must not
+// change until the call returns.
+func (s *Server) checkEncoded(ctx context.Context, msg []byte) (proto.Message, error) {
+	start := time.Now()
+	st := s.scratch.Get().(*requestState)
+	defer s.scratch.Put(st)
+	var (
+		resp    *authv3.CheckResponse
+		outcome string
+		err     error
+	)
+	if derr := st.fields.Unmarshal(msg); derr != nil {
+		// grpc-go answers the same bytes on the gRPC port with the same code.
+		outcome, err = "invalid", status.Errorf(codes.Internal, "decode CheckRequest: %v", derr)
+	} else {
+		resp, outcome, err = s.check(ctx, st)
+	}
+	s.metrics.observe("ext_authz", outcome, time.Since(start))
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// check answers the request in st.fields.
+func (s *Server) check(ctx context.Context, st *requestState) (*authv3.CheckResponse, string, error) {
+	if !st.fields.HasAttributes() {
 		return nil, "invalid", status.Error(codes.InvalidArgument, "CheckRequest has no attributes")
 	}
-	if n := len(req.GetAttributes().GetRequest().GetHttp().GetHeaders()); n > maxHeaders {
+	if n := st.fields.NumHeaders(); n > maxHeaders {
 		return nil, "invalid", status.Errorf(codes.InvalidArgument, "CheckRequest has %d headers, more than %d", n, maxHeaders)
 	}
 	lease := s.opts.Dispatcher.Lease()
@@ -46,11 +76,9 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	defer lease.Release()
 	p := s.planFor(lease)
 
-	st := s.scratch.Get().(*requestState)
-	defer s.scratch.Put(st)
 	st.bag.Reset()
 	now := s.opts.Now()
-	s.dec.Decode(req, now, &st.bag)
+	s.dec.Decode(&st.fields, now, &st.bag)
 	st.act.Reset(&st.bag)
 
 	// Policy: from the cache where the same attribute values were decided before.

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -118,8 +119,28 @@ func TestExtAuthzBadInput(t *testing.T) {
 		if err != nil || resp.GetStatus() == nil {
 			t.Errorf("empty attributes: %v %v", resp, err)
 		}
+		// Bytes that are not a CheckRequest (a length past the end of the message)
+		// get INTERNAL from both listeners, as grpc-go answers an undecodable request.
+		var out []byte
+		err = s.via(listener).Invoke(context.Background(), "/envoy.service.auth.v3.Authorization/Check",
+			[]byte{0x0a, 0x40, 0x01}, &out, grpc.ForceCodec(rawCodec{}))
+		if status.Code(err) != codes.Internal {
+			t.Errorf("undecodable request: %v", err)
+		}
 	})
 }
+
+// rawCodec sends and receives messages as the bytes given.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return v.([]byte), nil }
+
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	*v.(*[]byte) = append([]byte(nil), data...)
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
 
 func TestExtAuthzQuota(t *testing.T) {
 	forListeners(t, func(t *testing.T, listener string) {

@@ -68,9 +68,10 @@ type Server struct {
 
 // requestState is one request's reusable working memory.
 type requestState struct {
-	bag attribute.Bag
-	act *expr.Activation
-	key []byte
+	fields envoy.CheckFields
+	bag    attribute.Bag
+	act    *expr.Activation
+	key    []byte
 }
 
 // New returns a check server.
@@ -107,7 +108,7 @@ func (s *Server) Register(g *grpc.Server) {
 
 // Methods are the two check methods for the lean HTTP/2 listener (h2unary).
 func (s *Server) Methods() []h2unary.Method {
-	authz := h2unary.Unary("/"+authv3.Authorization_ServiceDesc.ServiceName+"/Check", s.Check)
+	authz := h2unary.Method{Path: "/" + authv3.Authorization_ServiceDesc.ServiceName + "/Check", Call: s.checkEncoded}
 	rls := h2unary.Unary("/"+rlsv3.RateLimitService_ServiceDesc.ServiceName+"/ShouldRateLimit", s.ShouldRateLimit)
 	authz.Inline, rls.Inline = s.inProcess, s.inProcess
 	return []h2unary.Method{authz, rls}

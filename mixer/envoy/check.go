@@ -7,7 +7,6 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
 	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/registry"
@@ -32,70 +31,62 @@ func NewCheckDecoder(reg *registry.Registry) *CheckDecoder {
 	return &CheckDecoder{trustDomain: reg.TrustDomain(), reg: reg, unknown: unknown, peers: map[string]*registry.Workload{}}
 }
 
-// Decode fills bag from req. ext_authz runs at the server side of a request, so the
-// proxy is the destination: the source comes from x-envoy-peer-metadata or the
-// registry, the destination from the registry or the peer labels Envoy sends.
-func (d *CheckDecoder) Decode(req *authv3.CheckRequest, now time.Time, bag *attribute.Bag) {
-	ac := req.GetAttributes()
-	http := ac.GetRequest().GetHttp()
-	headers := http.GetHeaders()
-	if len(headers) == 0 && http.GetHeaderMap() != nil {
-		headers = make(map[string]string, len(http.GetHeaderMap().GetHeaders()))
-		for _, h := range http.GetHeaderMap().GetHeaders() {
-			v := h.GetValue()
-			if v == "" {
-				v = string(h.GetRawValue())
-			}
-			headers[strings.ToLower(h.GetKey())] = v
-		}
+// Decode fills bag from the fields of a check. ext_authz runs at the server side of
+// a request, so the proxy is the destination: the source comes from
+// x-envoy-peer-metadata or the registry, the destination from the registry or the
+// peer labels Envoy sends. The bag's strings are f's.
+func (d *CheckDecoder) Decode(f *CheckFields, now time.Time, bag *attribute.Bag) {
+	if len(f.headers.kv) == 0 && f.hasHeaderMap {
+		f.headersFromMap()
 	}
+	headers := &f.headers
 	bag.SetTimeNanos(attribute.ContextTime, now.UnixNano())
 	bag.SetString(attribute.ContextReporterKind, "inbound")
 	bag.SetString(attribute.ContextReporterRole, "destination")
 	protocol := "http"
-	if strings.HasPrefix(headers["content-type"], "application/grpc") {
+	if strings.HasPrefix(headers.get("content-type"), "application/grpc") {
 		protocol = "grpc"
 	}
 	bag.SetString(attribute.ContextProtocol, protocol)
-	if len(ac.GetContextExtensions()) > 0 {
-		bag.SetMap(attribute.ContextExtensions, attribute.MapOf(ac.GetContextExtensions()))
+	if len(f.extensions.kv) > 0 {
+		bag.SetMap(attribute.ContextExtensions, attribute.PairsOf(f.extensions.kv))
 	}
 
-	if http != nil {
-		bag.SetString(attribute.RequestMethod, http.GetMethod())
-		path := http.GetPath()
+	if f.hasHTTP {
+		bag.SetString(attribute.RequestMethod, f.method)
+		path := f.path
 		bag.SetString(attribute.RequestPath, path)
 		if i := strings.IndexByte(path, '?'); i >= 0 {
 			path = path[:i]
 		}
 		bag.SetString(attribute.RequestURLPath, path)
-		bag.SetString(attribute.RequestHost, http.GetHost())
-		if http.GetScheme() != "" {
-			bag.SetString(attribute.RequestScheme, http.GetScheme())
+		bag.SetString(attribute.RequestHost, f.host)
+		if f.scheme != "" {
+			bag.SetString(attribute.RequestScheme, f.scheme)
 		}
-		if http.GetId() != "" {
-			bag.SetString(attribute.RequestID, http.GetId())
+		if f.id != "" {
+			bag.SetString(attribute.RequestID, f.id)
 		}
-		if p := http.GetProtocol(); p != "" {
-			bag.SetString(attribute.RequestHTTPVersion, p)
+		if f.version != "" {
+			bag.SetString(attribute.RequestHTTPVersion, f.version)
 		}
-		if ua := headers["user-agent"]; ua != "" {
+		if ua := headers.get("user-agent"); ua != "" {
 			bag.SetString(attribute.RequestUserAgent, ua)
 		}
-		if ref := headers["referer"]; ref != "" {
+		if ref := headers.get("referer"); ref != "" {
 			bag.SetString(attribute.RequestReferer, ref)
 		}
-		bag.SetInt(attribute.RequestSize, max(http.GetSize(), 0))
-		bag.SetMap(attribute.RequestHeaders, attribute.MapOf(headers))
+		bag.SetInt(attribute.RequestSize, max(f.size, 0))
+		bag.SetMap(attribute.RequestHeaders, attribute.PairsOf(headers.kv))
 	}
-	if t := ac.GetRequest().GetTime(); t != nil {
-		bag.SetTime(attribute.RequestTime, t.AsTime())
+	if f.hasTime {
+		bag.SetTime(attribute.RequestTime, time.Unix(f.timeSecs, int64(f.timeNanos)))
 	}
 
-	src, dst := ac.GetSource(), ac.GetDestination()
-	srcAddr, dstAddr := peerAddress(src), peerAddress(dst)
+	src, dst := &f.source, &f.destination
+	srcAddr, dstAddr := src.address(), dst.address()
 	var sw, dw *registry.Workload
-	if h := headers[headerPeerMetadata]; h != "" {
+	if h := headers.get(headerPeerMetadata); h != "" {
 		sw = d.peer(h)
 	}
 	snap := d.reg.Snapshot()
@@ -103,32 +94,31 @@ func (d *CheckDecoder) Decode(req *authv3.CheckRequest, now time.Time, bag *attr
 		sw = d.lookup(snap, srcAddr.addr)
 	}
 	dw = d.lookup(snap, dstAddr.addr)
-	if dw == d.unknown && len(dst.GetLabels()) > 0 {
-		dw = d.fromLabels(dst.GetLabels())
+	if dw == d.unknown && len(dst.labels.kv) > 0 {
+		dw = d.fromLabels(dst.labels.goMap())
 	}
 	setWorkload(bag, sw, true)
 	setWorkload(bag, dw, false)
-	if len(src.GetLabels()) > 0 && sw == d.unknown {
-		bag.SetMap(attribute.SourceLabels, attribute.MapOf(src.GetLabels()))
+	if len(src.labels.kv) > 0 && sw == d.unknown {
+		bag.SetMap(attribute.SourceLabels, attribute.PairsOf(src.labels.kv))
 	}
 	setAddr(bag, attribute.SourceIP, attribute.SourcePort, srcAddr)
 	setAddr(bag, attribute.DestinationIP, attribute.DestinationPort, dstAddr)
 
-	srcPrincipal, dstPrincipal := orUnknown(src.GetPrincipal()), orUnknown(dst.GetPrincipal())
-	bag.SetString(attribute.SourcePrincipal, srcPrincipal)
-	bag.SetString(attribute.DestinationPrincipal, dstPrincipal)
-	mtls := src.GetCertificate() != "" || src.GetPrincipal() != ""
+	bag.SetString(attribute.SourcePrincipal, orUnknown(src.principal))
+	bag.SetString(attribute.DestinationPrincipal, orUnknown(dst.principal))
+	mtls := src.cert != "" || src.principal != ""
 	bag.SetBool(attribute.ConnectionMTLS, mtls)
 	policy := "none"
 	if mtls {
 		policy = "mutual_tls"
 	}
 	bag.SetString(attribute.ConnectionSecurityPolicy, policy)
-	if sni := ac.GetTlsSession().GetSni(); sni != "" {
-		bag.SetString(attribute.ConnectionRequestedServerName, sni)
+	if f.sni != "" {
+		bag.SetString(attribute.ConnectionRequestedServerName, f.sni)
 	}
 
-	host := authorityHost(http.GetHost())
+	host := authorityHost(f.host)
 	switch {
 	case host == "":
 		host = registry.Unknown
@@ -147,12 +137,12 @@ type peerAddr struct {
 	addr netip.Addr
 }
 
-func peerAddress(p *authv3.AttributeContext_Peer) peerAddr {
-	sa := p.GetAddress().GetSocketAddress()
-	if sa == nil {
+// address is the peer's socket address, its IP parsed for registry lookups.
+func (p *peerFields) address() peerAddr {
+	if !p.hasSocket {
 		return peerAddr{}
 	}
-	a := peerAddr{ip: sa.GetAddress(), port: sa.GetPortValue()}
+	a := peerAddr{ip: p.ip, port: p.port}
 	if ip, err := netip.ParseAddr(a.ip); err == nil {
 		a.addr = ip
 	}
@@ -221,7 +211,8 @@ func (d *CheckDecoder) peer(h string) *registry.Workload {
 	if len(d.peers) >= maxPeerCache {
 		clear(d.peers)
 	}
-	d.peers[h] = w
+	// The header may view a request's buffer: the cache keeps a copy.
+	d.peers[strings.Clone(h)] = w
 	d.mu.Unlock()
 	return w
 }

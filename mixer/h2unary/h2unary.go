@@ -40,7 +40,8 @@ type Method struct {
 	Path string
 	// Call decodes msg (the request message, without gRPC's prefix) and answers it.
 	// An error carrying a gRPC status (status.Error) is sent as that status; any
-	// other error as UNKNOWN.
+	// other error as UNKNOWN. msg is the call's own: the listener never writes to
+	// it or reuses it, so values decoded from it may view it without a copy.
 	Call func(ctx context.Context, msg []byte) (proto.Message, error)
 	// Inline, when set and true at a call, runs the call on the connection's reader
 	// instead of a goroutine of its own: no wake-up, no hand-off, answers of one

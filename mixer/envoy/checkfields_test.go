@@ -1,0 +1,259 @@
+package envoy_test
+
+import (
+	"bytes"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/sluicemesh/sluice/mixer/attribute"
+	"github.com/sluicemesh/sluice/mixer/envoy"
+	"github.com/sluicemesh/sluice/mixer/registry"
+)
+
+// sidecarCheck is an ext_authz request as an Envoy sidecar sends it.
+func sidecarCheck(i int) *authv3.CheckRequest {
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{
+			Address:   envoy.Address("10.0.0.1", 40000+uint32(i)),
+			Principal: "spiffe://cluster.local/ns/shop/sa/productpage",
+		},
+		Destination: &authv3.AttributeContext_Peer{
+			Address:   envoy.Address("10.0.0.3", 9080),
+			Principal: "spiffe://cluster.local/ns/shop/sa/ratings",
+		},
+		Request: &authv3.AttributeContext_Request{
+			Time: timestamppb.New(time.Unix(1764900000, 123456789)),
+			Http: &authv3.AttributeContext_HttpRequest{
+				Id: strconv.Itoa(i), Method: "GET", Path: "/ratings/7?full=1", Host: "ratings:9080",
+				Scheme: "http", Protocol: "HTTP/1.1", Size: 120,
+				Headers: map[string]string{
+					":authority": "ratings:9080", ":method": "GET", ":path": "/ratings/7?full=1",
+					"x-request-id": strconv.Itoa(i), "user-agent": "curl/8.5", "referer": "http://productpage/",
+					"accept": "application/json", "x-forwarded-proto": "http", "x-user": "jason",
+				},
+			},
+		},
+		ContextExtensions: map[string]string{"route": "ratings-v1"},
+		TlsSession:        &authv3.AttributeContext_TLSSession{Sni: "outbound_.9080_._.ratings.shop.svc.cluster.local"},
+	}}
+}
+
+// checkCases are requests and encodings whose decoding must not depend on the path
+// they take: generated messages, and encodings no generator writes but protobuf
+// defines (merged messages, switched oneofs, repeated map keys, unexpected types).
+func checkCases(t testing.TB) map[string][]byte {
+	t.Helper()
+	marshal := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	unknownPeers := sidecarCheck(1)
+	unknownPeers.Attributes.Source = &authv3.AttributeContext_Peer{
+		Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/sock"}}},
+		Labels:  map[string]string{"app": "legacy", "version": "v0"},
+	}
+	unknownPeers.Attributes.Destination = &authv3.AttributeContext_Peer{
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "192.168.9.9", PortSpecifier: &corev3.SocketAddress_NamedPort{NamedPort: "http"}}}},
+		Labels:      map[string]string{"app": "billing", "service.istio.io/canonical-name": "billing"},
+		Certificate: "-----BEGIN CERTIFICATE-----",
+	}
+	headerMap := sidecarCheck(2)
+	headerMap.Attributes.Request.Http.Headers = nil
+	headerMap.Attributes.Request.Http.Size = -1
+	headerMap.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: "Content-Type", Value: "application/grpc+proto"},
+		{Key: "X-Token", RawValue: []byte("raw-token")},
+		{Key: "x-token", Value: "lower wins, being last"},
+		{Key: "User-Agent", Value: "grpc-go/1.80"},
+	}}
+	manyHeaders := sidecarCheck(3)
+	for i := range 60 {
+		manyHeaders.Attributes.Request.Http.Headers[fmt.Sprintf("x-h%02d", i)] = strings.Repeat("v", i)
+	}
+	withPeer := sidecarCheck(4)
+	meta, err := envoy.EncodePeerMetadata(&registry.Workload{Name: "reviews-v2", Namespace: "shop", Instance: "reviews-v2-abc",
+		Labels: map[string]string{"app": "reviews", "version": "v2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	withPeer.Attributes.Request.Http.Headers["x-envoy-peer-metadata"] = meta
+
+	// Hand-written encodings.
+	s := func(num protowire.Number, v string) []byte {
+		return protowire.AppendString(protowire.AppendTag(nil, num, protowire.BytesType), v)
+	}
+	m := func(num protowire.Number, fields ...[]byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), bytes.Join(fields, nil))
+	}
+	v := func(num protowire.Number, x uint64) []byte {
+		return protowire.AppendVarint(protowire.AppendTag(nil, num, protowire.VarintType), x)
+	}
+	kv := func(num protowire.Number, k, val string) []byte { return m(num, s(1, k), s(2, val)) }
+	cat := func(fields ...[]byte) []byte { return bytes.Join(fields, nil) }
+	http := func(fields ...[]byte) []byte { return m(1, m(4, m(2, fields...))) } // attributes.request.http
+	socket := func(fields ...[]byte) []byte { return m(1, fields...) }
+
+	return map[string][]byte{
+		"sidecar":       marshal(sidecarCheck(0)),
+		"unknown peers": marshal(unknownPeers),
+		"header map":    marshal(headerMap),
+		"many headers":  marshal(manyHeaders),
+		"peer metadata": marshal(withPeer),
+		"no attributes": nil,
+		"empty attrs":   m(1),
+		"empty http":    http(),
+		"attributes merged": cat(
+			http(s(2, "GET"), kv(3, "a", "1"), s(5, "one.shop")),
+			http(s(4, "/x?y"), kv(3, "a", "2"), kv(3, "b", "3")),
+			m(1, m(10, s(1, "ext"))), m(1, kv(10, "k", "v"))),
+		"time merged":         cat(m(1, m(4, m(1, v(1, 5), v(2, 7)))), m(1, m(4, m(1, v(2, 9))))),
+		"time negative nanos": m(1, m(4, m(1, v(1, 1<<40), v(2, uint64(0xffffffffffffffff))))),
+		"socket then pipe":    m(1, m(2, m(1, socket(s(2, "10.0.0.3"), v(3, 80))), m(1, m(2, s(1, "/p"))))),
+		"pipe then socket":    m(1, m(2, m(1, m(2, s(1, "/p")), socket(s(2, "10.0.0.3"))))),
+		"socket merged":       m(1, m(2, m(1, socket(s(2, "10.0.0.3"))), m(1, socket(v(3, 9080))))),
+		"port then name":      m(1, m(1, m(1, socket(s(2, "10.0.0.1"), v(3, 80), s(4, "http"))))),
+		"name then port":      m(1, m(1, m(1, socket(s(2, "10.0.0.1"), s(4, "http"), v(3, 81))))),
+		"port overflows":      m(1, m(1, m(1, socket(s(2, "10.0.0.1"), v(3, 1<<33|443))))),
+		"wrong wire types":    cat(http(v(2, 7), s(9, "12"), s(4, "/ok")), m(1, v(1, 3)), m(1, m(2, v(4, 1)))),
+		"map entry partial":   http(m(3, s(2, "no key")), m(3, s(1, "no-value")), m(3, s(1, "k"), s(1, "k2"), s(2, "v"))),
+		"principal only":      m(1, m(1, s(4, "spiffe://cluster.local/ns/a/sa/b"))),
+		"unknown fields":      cat(v(99, 1), m(1, v(77, 2), m(2, v(55, 3)), m(11, s(1, "meta")))),
+		"bad utf8 path":       http(s(4, "/\xff")),
+		"bad utf8 header":     http(kv(3, "k", "\xc3")),
+		"bad utf8 unread":     http(s(11, "\xff body")),
+		"truncated":           http(s(4, "/path"))[:6],
+		"size huge":           http(v(9, 1<<63)),
+	}
+}
+
+// TestCheckFieldsAgree: filled from the wire or from the message proto.Unmarshal
+// builds, the fields decode to the same bag, and the wire refuses only what
+// proto.Unmarshal refuses.
+func TestCheckFieldsAgree(t *testing.T) {
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	for name, data := range checkCases(t) {
+		t.Run(name, func(t *testing.T) { agree(t, dec, data) })
+	}
+}
+
+// TestCheckFieldsRefuse: the wire path refuses what protobuf refuses in the fields
+// it reads.
+func TestCheckFieldsRefuse(t *testing.T) {
+	cases := checkCases(t)
+	for _, name := range []string{"bad utf8 path", "bad utf8 header", "truncated"} {
+		var f envoy.CheckFields
+		if err := f.Unmarshal(cases[name]); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func checkRegistry() *registry.Registry {
+	r := registry.New("cluster.local")
+	r.SetSource("test", testRegistry().Workloads())
+	return r
+}
+
+// agree decodes data both ways and compares.
+func agree(t *testing.T, dec *envoy.CheckDecoder, data []byte) {
+	t.Helper()
+	now := time.Unix(1764900000, 0)
+	var req authv3.CheckRequest
+	stdErr := proto.Unmarshal(data, &req)
+	var wire envoy.CheckFields
+	wireErr := wire.Unmarshal(data)
+	if stdErr == nil && wireErr != nil {
+		t.Fatalf("proto.Unmarshal accepts, the wire refuses: %v", wireErr)
+	}
+	if wireErr != nil || stdErr != nil {
+		return
+	}
+	var std envoy.CheckFields
+	std.SetRequest(&req)
+	if std.HasAttributes() != wire.HasAttributes() || std.NumHeaders() != wire.NumHeaders() {
+		t.Fatalf("attributes %v/%v, headers %d/%d (proto/wire)", std.HasAttributes(), wire.HasAttributes(), std.NumHeaders(), wire.NumHeaders())
+	}
+	var a, b attribute.Bag
+	dec.Decode(&std, now, &a)
+	dec.Decode(&wire, now, &b)
+	if got, want := bagValues(&b), bagValues(&a); !reflect.DeepEqual(got, want) {
+		t.Fatalf("wire decoding differs:\n got %v\nwant %v", got, want)
+	}
+}
+
+// bagValues is a bag as comparable Go values, maps as Go maps.
+func bagValues(b *attribute.Bag) map[string]any {
+	out := map[string]any{}
+	b.Range(func(id attribute.ID, v any) bool {
+		if m, ok := v.(attribute.StringMap); ok {
+			if m.Len() != len(m.Clone()) {
+				out[id.Name()+" (repeated keys)"] = m.Len()
+			}
+			v = m.Clone()
+		}
+		out[id.Name()] = v
+		return true
+	})
+	return out
+}
+
+// FuzzCheckFields: whatever the bytes, the wire path neither panics nor disagrees
+// with proto.Unmarshal where that accepts them.
+func FuzzCheckFields(f *testing.F) {
+	for _, data := range checkCases(f) {
+		f.Add(data)
+	}
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	f.Fuzz(func(t *testing.T, data []byte) { agree(t, dec, data) })
+}
+
+// BenchmarkCheckDecode compares the two ways to a check's bag: through the message
+// grpc-go would build, and straight from the wire.
+func BenchmarkCheckDecode(b *testing.B) {
+	data, err := proto.Marshal(sidecarCheck(1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	now := time.Now()
+	b.Run("proto", func(b *testing.B) {
+		var f envoy.CheckFields
+		var bag attribute.Bag
+		b.ReportAllocs()
+		for b.Loop() {
+			var req authv3.CheckRequest
+			if err := proto.Unmarshal(data, &req); err != nil {
+				b.Fatal(err)
+			}
+			f.SetRequest(&req)
+			bag.Reset()
+			dec.Decode(&f, now, &bag)
+		}
+	})
+	b.Run("wire", func(b *testing.B) {
+		var f envoy.CheckFields
+		var bag attribute.Bag
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := f.Unmarshal(data); err != nil {
+				b.Fatal(err)
+			}
+			bag.Reset()
+			dec.Decode(&f, now, &bag)
+		}
+	})
+}
