@@ -31,6 +31,9 @@ type Options struct {
 	Addr string
 	// Advertise is the HOST:PORT at which proxies reach Sluice's gRPC port.
 	Advertise string
+	// CheckAdvertise, when set, is the HOST:PORT at which proxies reach Sluice's
+	// lean check listener; generated ext_authz and rate-limit filters use it.
+	CheckAdvertise string
 	// Registry is the workload registry shared with the mixer; endpoints come from it.
 	Registry *registry.Registry
 	Metrics  prometheus.Registerer
@@ -56,7 +59,7 @@ type Server struct {
 	mu        sync.Mutex // serialises rebuilds
 	lastCfg   *config.Snapshot
 	lastMesh  *mesh.Mesh
-	advertise string
+	advertise translate.Options // the addresses proxies reach Sluice at
 }
 
 // New binds the xDS listener.
@@ -96,15 +99,17 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.xds, s.advertise = x, opts.Advertise
+	s.xds = x
+	s.advertise = translate.Options{Advertise: opts.Advertise, CheckAdvertise: opts.CheckAdvertise}
 	return s, nil
 }
 
-// SetAdvertise sets the HOST:PORT at which proxies reach Sluice's gRPC port, when
-// it is known only once that port is bound. Clients get it with the next push.
-func (s *Server) SetAdvertise(addr string) {
+// SetAdvertise sets the HOST:PORTs at which proxies reach Sluice's gRPC port and
+// its lean check listener (empty: checks go to the gRPC port), when they are known
+// only once the ports are bound. Clients get them with the next push.
+func (s *Server) SetAdvertise(grpc, check string) {
 	s.mu.Lock()
-	s.advertise = addr
+	s.advertise = translate.Options{Advertise: grpc, CheckAdvertise: check}
 	s.lastCfg = nil // rebuild everything
 	s.mu.Unlock()
 	s.signal()
@@ -189,7 +194,7 @@ func (s *Server) Rebuild() {
 		}
 		s.lastCfg, s.lastMesh = cfg, m
 	}
-	res := translate.Build(s.lastMesh, s.opts.Registry.Snapshot(), translate.Options{Advertise: s.advertise})
+	res := translate.Build(s.lastMesh, s.opts.Registry.Snapshot(), s.advertise)
 	if err := s.xds.Update(res); err != nil {
 		s.builds.WithLabelValues("failure").Inc()
 		s.log.Error("routing: cannot update the xDS caches", "err", err)

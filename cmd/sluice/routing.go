@@ -21,14 +21,16 @@ import (
 
 // routingFlags are sluice serve's flags for the xDS routing core.
 type routingFlags struct {
-	xdsAddr    string
-	advertise  string
-	kubeconfig string
+	xdsAddr        string
+	advertise      string
+	checkAdvertise string
+	kubeconfig     string
 }
 
 func (r *routingFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&r.xdsAddr, "xds-addr", ":15010", "xDS listen address (ADS, state of the world and delta, for Envoy and proxyless gRPC)")
 	f.StringVar(&r.advertise, "advertise-addr", "", "HOST:PORT at which proxies reach Sluice's gRPC port (access logs, ext_authz, rate limits); default: the --grpc-addr host if specific, else $POD_IP, else this machine's first non-loopback address, with the bound gRPC port")
+	f.StringVar(&r.checkAdvertise, "check-advertise-addr", "", "HOST:PORT at which proxies reach the --check-addr listener; generated ext_authz and rate-limit filters use it when --check-addr is set (default: the --advertise-addr host, or the address chosen for the gRPC port, with the bound check port)")
 	f.StringVar(&r.kubeconfig, "kubeconfig", "", "kubeconfig of a cluster whose Pods and EndpointSlices feed the workload registry (default: the in-cluster config when running in a cluster)")
 }
 
@@ -44,6 +46,9 @@ type routingCore struct {
 // workload registry and metrics registry, its config validator, its config listener
 // and its admin page.
 func newRouting(opts *mixer.Options, rf routingFlags, log *slog.Logger) (*routingCore, error) {
+	if rf.checkAdvertise != "" && opts.CheckAddr == "" {
+		return nil, errors.New("--check-advertise-addr needs --check-addr: there is no check listener to advertise")
+	}
 	if opts.Registry == nil {
 		opts.Registry = registry.New(opts.TrustDomain)
 	}
@@ -51,7 +56,8 @@ func newRouting(opts *mixer.Options, rf routingFlags, log *slog.Logger) (*routin
 		opts.Metrics = prometheus.NewRegistry()
 	}
 	srv, err := routing.New(routing.Options{
-		Addr: rf.xdsAddr, Advertise: rf.advertise, Registry: opts.Registry, Metrics: opts.Metrics, Logger: log,
+		Addr: rf.xdsAddr, Advertise: rf.advertise, CheckAdvertise: rf.checkAdvertise,
+		Registry: opts.Registry, Metrics: opts.Metrics, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -83,8 +89,15 @@ func newRouting(opts *mixer.Options, rf routingFlags, log *slog.Logger) (*routin
 // run serves xDS (and watches the cluster) alongside the mixer until ctx ends; the
 // first to fail stops the others.
 func (rc *routingCore) run(ctx context.Context, m *mixer.Mixer) error {
-	if rc.flags.advertise == "" {
-		rc.server.SetAdvertise(advertiseAddr(m.GRPCAddr()))
+	grpcAdv, checkAdv := rc.flags.advertise, rc.flags.checkAdvertise
+	if grpcAdv == "" {
+		grpcAdv = advertiseAddr(m.GRPCAddr())
+	}
+	if checkAdv == "" && m.CheckAddr() != nil {
+		checkAdv = checkAdvertiseAddr(rc.flags.advertise, m.CheckAddr())
+	}
+	if grpcAdv != rc.flags.advertise || checkAdv != rc.flags.checkAdvertise {
+		rc.server.SetAdvertise(grpcAdv, checkAdv)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -141,6 +154,19 @@ func advertiseAddr(grpc net.Addr) string {
 		return net.JoinHostPort(h, port)
 	}
 	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// checkAdvertiseAddr picks the address proxies use to reach the lean check
+// listener when --check-advertise-addr is not given: the host given for the gRPC
+// port, which names Sluice's Service or host, with the bound check port; else the
+// address advertiseAddr picks for the check listener itself.
+func checkAdvertiseAddr(grpcAdvertise string, check net.Addr) string {
+	if host, _, err := net.SplitHostPort(grpcAdvertise); err == nil && host != "" {
+		if _, port, err := net.SplitHostPort(check.String()); err == nil {
+			return net.JoinHostPort(host, port)
+		}
+	}
+	return advertiseAddr(check)
 }
 
 // xdsBanner is the routing core's line of the serve banner.

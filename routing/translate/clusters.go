@@ -190,21 +190,25 @@ func (r *Resources) staticClusters() []*cluster.Cluster {
 		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
 	}
 	inPass := inboundCluster(InboundPassthroughCluster)
-	return []*cluster.Cluster{pass, inPass, r.sluiceCluster()}
+	cs := []*cluster.Cluster{pass, inPass, sluiceCluster(SluiceCluster, r.opts.Advertise)}
+	if r.opts.CheckAdvertise != "" {
+		cs = append(cs, sluiceCluster(SluiceCheckCluster, r.opts.CheckAdvertise))
+	}
+	return cs
 }
 
-// sluiceCluster reaches Sluice's gRPC port over HTTP/2, by IP or by DNS name.
-func (r *Resources) sluiceCluster() *cluster.Cluster {
-	host, port := r.advertise()
+// sluiceCluster reaches one of Sluice's ports over HTTP/2, by IP or by DNS name.
+func sluiceCluster(name, addr string) *cluster.Cluster {
+	host, port := endpointOf(addr)
 	c := &cluster.Cluster{
-		Name:           SluiceCluster,
+		Name:           name,
 		ConnectTimeout: durationpb.New(time.Second),
 		LbPolicy:       cluster.Cluster_ROUND_ROBIN,
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
 			httpProtocolOptionsKey: httpProtocolOptions(true, 0),
 		},
 		LoadAssignment: &endpoint.ClusterLoadAssignment{
-			ClusterName: SluiceCluster,
+			ClusterName: name,
 			Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
 				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socketAddress(host, port)}},
 			}}}},

@@ -36,9 +36,10 @@ const (
 	rateLimitTimeout = 100 * time.Millisecond
 )
 
-func (r *Resources) sluiceService(timeout time.Duration) *core.GrpcService {
+// sluiceService is a gRPC service on the named Sluice cluster.
+func sluiceService(cluster string, timeout time.Duration) *core.GrpcService {
 	g := &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{
-		EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: SluiceCluster},
+		EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: cluster},
 	}}
 	if timeout > 0 {
 		g.Timeout = durationpb.New(timeout)
@@ -49,9 +50,18 @@ func (r *Resources) sluiceService(timeout time.Duration) *core.GrpcService {
 func (r *Resources) commonALS() *als.CommonGrpcAccessLogConfig {
 	return &als.CommonGrpcAccessLogConfig{
 		LogName:             alsLogName,
-		GrpcService:         r.sluiceService(0),
+		GrpcService:         sluiceService(SluiceCluster, 0),
 		TransportApiVersion: core.ApiVersion_V3,
 	}
+}
+
+// checkCluster is the cluster the request-path checks use: the lean check
+// listener when it is advertised, else the gRPC port.
+func (r *Resources) checkCluster() string {
+	if r.opts.CheckAdvertise != "" {
+		return SluiceCheckCluster
+	}
+	return SluiceCluster
 }
 
 // httpAccessLog streams every request's log entry to Sluice, with the headers the
@@ -83,7 +93,7 @@ func (r *Resources) sidecarHTTPFilters() []*hcm.HttpFilter {
 	return []*hcm.HttpFilter{
 		httpFilter(wellknown.Fault, &fault.HTTPFault{}),
 		httpFilter(wellknown.HTTPExternalAuthorization, &extauthz.ExtAuthz{
-			Services:            &extauthz.ExtAuthz_GrpcService{GrpcService: r.sluiceService(extAuthzTimeout)},
+			Services:            &extauthz.ExtAuthz_GrpcService{GrpcService: sluiceService(r.checkCluster(), extAuthzTimeout)},
 			TransportApiVersion: core.ApiVersion_V3,
 			// A mesh must keep working when Sluice is unreachable (Mixer's policy
 			// checks failed open too); Envoy marks such requests with
@@ -96,7 +106,7 @@ func (r *Resources) sidecarHTTPFilters() []*hcm.HttpFilter {
 			Domain:  r.opts.RateLimitDomain,
 			Timeout: durationpb.New(rateLimitTimeout),
 			RateLimitService: &ratelimitconf.RateLimitServiceConfig{
-				GrpcService:         r.sluiceService(0),
+				GrpcService:         sluiceService(r.checkCluster(), 0),
 				TransportApiVersion: core.ApiVersion_V3,
 			},
 		}),

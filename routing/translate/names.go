@@ -21,8 +21,12 @@ const (
 const (
 	PassthroughCluster        = "PassthroughCluster"
 	InboundPassthroughCluster = "InboundPassthroughCluster"
-	// SluiceCluster reaches Sluice's gRPC port (access logs, ext_authz, rate limits).
-	SluiceCluster          = "sluice-grpc"
+	// SluiceCluster reaches Sluice's gRPC port (access logs, and checks when
+	// SluiceCheckCluster is absent).
+	SluiceCluster = "sluice-grpc"
+	// SluiceCheckCluster reaches Sluice's lean check listener (ext_authz, rate
+	// limits); it exists when Options.CheckAdvertise is set.
+	SluiceCheckCluster     = "sluice-check"
 	VirtualOutboundName    = "virtualOutbound"
 	VirtualInboundName     = "virtualInbound"
 	VirtualOutboundPort    = 15001

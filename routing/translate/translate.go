@@ -21,8 +21,12 @@ import (
 // Options say how generated proxies reach Sluice.
 type Options struct {
 	// Advertise is the HOST:PORT at which proxies reach Sluice's gRPC port (access
-	// logs, ext_authz, rate limits).
+	// logs, and ext_authz and rate limits unless CheckAdvertise is set).
 	Advertise string
+	// CheckAdvertise, when set, is the HOST:PORT of Sluice's lean check listener
+	// (sluice serve --check-addr); ext_authz and rate-limit calls go there, through
+	// the SluiceCheckCluster, for a shorter tail on the request path.
+	CheckAdvertise string
 	// RateLimitDomain is the domain of the rate-limit requests sidecars send.
 	RateLimitDomain string
 }
@@ -181,8 +185,10 @@ func (r *Resources) InboundListener(ip netip.Addr) (types.Resource, string) {
 }
 
 // advertise splits the Advertise address; it defaults to localhost:9091.
-func (r *Resources) advertise() (string, uint32) {
-	host, port, err := net.SplitHostPort(r.opts.Advertise)
+// endpointOf splits an advertised HOST:PORT, falling back to the contract's gRPC
+// port where it names none.
+func endpointOf(addr string) (string, uint32) {
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil || host == "" {
 		return "127.0.0.1", 9091
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -15,6 +16,9 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	als "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	extauthz "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	ratelimit "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -335,4 +339,72 @@ func render(t *testing.T, sets map[string]map[string]types.Resource) []byte {
 		t.Fatal(err)
 	}
 	return append(b, '\n')
+}
+
+// TestCheckCluster checks where sidecars send their checks: to the gRPC port, or to
+// the lean check listener when it is advertised; access logs always go to the gRPC
+// port.
+func TestCheckCluster(t *testing.T) {
+	m, reg := load(t, "../testdata/mesh")
+	for _, tc := range []struct {
+		name         string
+		opts         translate.Options
+		checkCluster string
+		checkAddr    string // of the sluice-check cluster; "" when there is none
+	}{
+		{"grpc port", translate.Options{Advertise: "10.9.0.1:9091"}, "sluice-grpc", ""},
+		{"check listener by IP", translate.Options{Advertise: "10.9.0.1:9091", CheckAdvertise: "10.9.0.1:9095"}, "sluice-check", "10.9.0.1:9095"},
+		{"check listener by name", translate.Options{Advertise: "sluice.ns:9091", CheckAdvertise: "sluice.ns:9095"}, "sluice-check", "sluice.ns:9095"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := translate.Build(m, reg, tc.opts)
+			c, ok := r.Envoy.Clusters[translate.SluiceCheckCluster].(*cluster.Cluster)
+			if ok != (tc.checkAddr != "") {
+				t.Fatalf("sluice-check cluster present = %v, want %v", ok, tc.checkAddr != "")
+			}
+			if ok {
+				sa := c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+				if got := sa.GetAddress() + ":" + strconv.Itoa(int(sa.GetPortValue())); got != tc.checkAddr {
+					t.Errorf("sluice-check points at %s, want %s", got, tc.checkAddr)
+				}
+				if err := c.ValidateAll(); err != nil {
+					t.Error(err)
+				}
+			}
+			node := translate.ParseNode(&core.Node{Id: "sidecar~10.0.0.11~reviews-v1.default~default.svc.cluster.local"})
+			lis, _ := r.SidecarListeners(node)
+			in := lis["virtualInbound"].(*listener.Listener)
+			h := &hcm.HttpConnectionManager{}
+			if err := in.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, hf := range h.GetHttpFilters() {
+				switch hf.GetName() {
+				case "envoy.filters.http.ext_authz":
+					a := &extauthz.ExtAuthz{}
+					if err := hf.GetTypedConfig().UnmarshalTo(a); err != nil {
+						t.Fatal(err)
+					}
+					got["ext_authz"] = a.GetGrpcService().GetEnvoyGrpc().GetClusterName()
+				case "envoy.filters.http.ratelimit":
+					rl := &ratelimit.RateLimit{}
+					if err := hf.GetTypedConfig().UnmarshalTo(rl); err != nil {
+						t.Fatal(err)
+					}
+					got["ratelimit"] = rl.GetRateLimitService().GetGrpcService().GetEnvoyGrpc().GetClusterName()
+				}
+			}
+			if got["ext_authz"] != tc.checkCluster || got["ratelimit"] != tc.checkCluster {
+				t.Errorf("checks go to %v, want %s", got, tc.checkCluster)
+			}
+			logCfg := &als.HttpGrpcAccessLogConfig{}
+			if err := h.GetAccessLog()[0].GetTypedConfig().UnmarshalTo(logCfg); err != nil {
+				t.Fatal(err)
+			}
+			if c := logCfg.GetCommonConfig().GetGrpcService().GetEnvoyGrpc().GetClusterName(); c != "sluice-grpc" {
+				t.Errorf("access logs go to %s, want sluice-grpc", c)
+			}
+		})
+	}
 }
