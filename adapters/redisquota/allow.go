@@ -34,7 +34,8 @@ type op struct {
 
 // Allow implements quota.RateLimiter: the requests not answered by the local cache
 // of denied keys go to Redis in one pipeline, one script call each, in order (so a
-// request that repeats an earlier key of the batch sees that request's hits). When
+// request that repeats an earlier key of the batch sees that request's hits); the
+// pipeline may also carry the calls of concurrent Allows (see coalescer). When
 // Redis fails or is slower than the timeout, they are decided by the fail policy.
 func (h *Handler) Allow(ctx context.Context, now time.Time, reqs []quota.Request, out []quota.Decision) error {
 	if len(out) < len(reqs) {
@@ -57,7 +58,14 @@ func (h *Handler) Allow(ctx context.Context, now time.Time, reqs []quota.Request
 	if len(pending) == 0 {
 		return nil
 	}
-	cmds := h.run(ctx, ops, pending)
+	wctx, cancel := h.guard.Context(ctx)
+	j := &job{ops: ops, pending: pending}
+	err := h.pipes.do(wctx, j)
+	cancel()
+	if err != nil {
+		return h.guard.Fail(ctx, fmt.Errorf("wait for a Redis pipeline: %w", err), reqs, out, pending)
+	}
+	cmds := j.cmds
 	var failed []int
 	var failure error
 	for j, i := range pending {
@@ -77,16 +85,36 @@ func (h *Handler) Allow(ctx context.Context, now time.Time, reqs []quota.Request
 	return h.guard.Fail(ctx, failure, reqs, out, failed)
 }
 
-// run sends the pending requests' scripts in one pipeline under the handler's
-// timeout. Scripts that Redis does not have cached (it restarted, or its cache was
-// flushed) did not run; they are sent again in full, in a second pipeline.
-func (h *Handler) run(ctx context.Context, ops []op, pending []int) []*redis.Cmd {
+// sendJobs runs the calls of jobs in one pipeline, in order, and hands each job
+// its answers.
+func (h *Handler) sendJobs(ctx context.Context, jobs []*job) {
+	n := 0
+	for _, j := range jobs {
+		n += len(j.pending)
+	}
+	calls := make([]*op, 0, n)
+	for _, j := range jobs {
+		for _, i := range j.pending {
+			calls = append(calls, &j.ops[i])
+		}
+	}
+	cmds := h.run(ctx, calls)
+	h.pipelineCalls.Observe(float64(n))
+	for _, j := range jobs {
+		j.cmds, cmds = cmds[:len(j.pending):len(j.pending)], cmds[len(j.pending):]
+		close(j.done)
+	}
+}
+
+// run sends script calls in one pipeline under the handler's timeout. Scripts that
+// Redis does not have cached (it restarted, or its cache was flushed) did not run;
+// they are sent again in full, in a second pipeline.
+func (h *Handler) run(ctx context.Context, calls []*op) []*redis.Cmd {
 	ctx, cancel := h.guard.Context(ctx)
 	defer cancel()
-	cmds := make([]*redis.Cmd, len(pending))
+	cmds := make([]*redis.Cmd, len(calls))
 	pipe := h.client.Pipeline()
-	for j, i := range pending {
-		o := &ops[i]
+	for j, o := range calls {
 		cmds[j] = o.script.EvalSha(ctx, pipe, o.keys, o.args...)
 	}
 	if _, err := pipe.Exec(ctx); err == nil {
@@ -103,7 +131,7 @@ func (h *Handler) run(ctx context.Context, ops []op, pending []int) []*redis.Cmd
 	}
 	pipe = h.client.Pipeline()
 	for _, j := range retry {
-		o := &ops[pending[j]]
+		o := calls[j]
 		cmds[j] = o.script.Eval(ctx, pipe, o.keys, o.args...)
 	}
 	_, _ = pipe.Exec(ctx) // errors are read per command

@@ -5,8 +5,10 @@ package redisquota
 import (
 	"context"
 	"fmt"
+	dto "github.com/prometheus/client_model/go"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,34 +59,56 @@ func BenchmarkRedisAllow(b *testing.B) {
 
 // BenchmarkRedisAllowParallel measures one-decision Allow calls from many
 // goroutines on two handlers (replicas), over 1024 keys: throughput when checks
-// arrive concurrently, as they do from a gRPC server.
+// arrive concurrently, as they do from a gRPC server. inflight=2 is the default,
+// where concurrent calls share pipelines; inflight=1024 gives every call a
+// pipeline of its own, as before the coalescer.
 func BenchmarkRedisAllowParallel(b *testing.B) {
 	s := startRedis(b)
-	hs := []*Handler{benchHandler(b, s.addr, 0), benchHandler(b, s.addr, 0)}
-	for _, alg := range []quota.Algorithm{quota.FixedWindow, quota.SlidingWindow, quota.TokenBucket} {
-		b.Run(string(alg), func(b *testing.B) {
-			l := quota.Limit{Requests: 1 << 40, Window: time.Second, Algorithm: alg}
-			b.SetParallelism(16)
-			b.ReportAllocs()
-			b.ResetTimer()
-			n := 0
-			b.RunParallel(func(pb *testing.PB) {
-				n++
-				h := hs[n%2]
-				reqs := []quota.Request{{Limit: l, Hits: 1}}
-				out := make([]quota.Decision, 1)
-				i := 0
-				for pb.Next() {
-					reqs[0].Key = fmt.Sprint("par/", alg, "/", i%1024)
-					i++
-					if err := h.Allow(context.Background(), time.Now(), reqs, out); err != nil {
-						b.Error(err)
-						return
+	for _, inflight := range []int{DefaultMaxInFlight, 1024} {
+		hs := []*Handler{benchHandler(b, s.addr, 0), benchHandler(b, s.addr, 0)}
+		for _, h := range hs {
+			h.pipes.limit = inflight
+		}
+		for _, alg := range []quota.Algorithm{quota.FixedWindow, quota.SlidingWindow, quota.TokenBucket} {
+			b.Run(fmt.Sprintf("inflight=%d/%s", inflight, alg), func(b *testing.B) {
+				l := quota.Limit{Requests: 1 << 40, Window: time.Second, Algorithm: alg}
+				b.SetParallelism(16)
+				b.ReportAllocs()
+				b.ResetTimer()
+				var n atomic.Int64
+				b.RunParallel(func(pb *testing.PB) {
+					h := hs[n.Add(1)%2]
+					reqs := []quota.Request{{Limit: l, Hits: 1}}
+					out := make([]quota.Decision, 1)
+					i := 0
+					for pb.Next() {
+						reqs[0].Key = fmt.Sprint("par/", alg, "/", i%1024)
+						i++
+						if err := h.Allow(context.Background(), time.Now(), reqs, out); err != nil {
+							b.Error(err)
+							return
+						}
 					}
-				}
+				})
+				b.ReportMetric(callsPerPipeline(b, hs...), "calls/pipeline")
 			})
-		})
+		}
 	}
+}
+
+// callsPerPipeline is the mean of the handlers' sluice_redisquota_pipeline_calls
+// since they started.
+func callsPerPipeline(b *testing.B, hs ...*Handler) float64 {
+	var sum, n float64
+	for _, h := range hs {
+		var m dto.Metric
+		if err := h.pipelineCalls.Write(&m); err != nil {
+			b.Fatal(err)
+		}
+		sum += m.GetHistogram().GetSampleSum()
+		n += float64(m.GetHistogram().GetSampleCount())
+	}
+	return sum / n
 }
 
 // BenchmarkRedisAllowDeniedLocally measures a hot offender: a key already over its

@@ -48,6 +48,7 @@ func TestValidate(t *testing.T) {
 		{"db in a cluster", with(func(p *Params) { p.RedisServerURL = "a:1,b:2"; p.DB = 1 }), "db"},
 		{"negative db", with(func(p *Params) { p.DB = -1 }), "db"},
 		{"negative pool", with(func(p *Params) { p.ConnectionPoolSize = -1 }), "connectionPoolSize"},
+		{"negative maxInFlight", with(func(p *Params) { p.MaxInFlight = -1 }), "maxInFlight"},
 		{"no timeout", with(func(p *Params) { p.Timeout = 0 }), "timeout"},
 		{"fail policy", with(func(p *Params) { p.FailPolicy = "sometimes" }), "failPolicy"},
 		{"negative cache", with(func(p *Params) { p.LocalCacheSize = -1 }), "localCacheSize"},
@@ -171,6 +172,7 @@ connectionPoolSize: 64
 timeout: 20ms
 failPolicy: closed
 localCacheSize: 50000
+maxInFlight: 4
 quotas:
 - name: requestcount
   maxAmount: 5000
@@ -189,7 +191,7 @@ quotas:
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if p.Timeout != 20*time.Millisecond || p.FailPolicy != "closed" || p.DB != 1 || p.Quotas[0].Algorithm != "token_bucket" {
+	if p.Timeout != 20*time.Millisecond || p.FailPolicy != "closed" || p.DB != 1 || p.MaxInFlight != 4 || p.Quotas[0].Algorithm != "token_bucket" {
 		t.Errorf("decoded %+v", p)
 	}
 }
