@@ -60,6 +60,7 @@ fuzz:
 	$(GO) test ./mixer/envoy -run '^$$' -fuzz FuzzDecodeTCP -fuzztime $(FUZZTIME)
 	$(GO) test ./mixer/envoy -run '^$$' -fuzz FuzzScanMessage -fuzztime $(FUZZTIME)
 	$(GO) test ./mixer/envoy -run '^$$' -fuzz FuzzCheckFields -fuzztime $(FUZZTIME)
+	$(GO) test ./mixer/envoy -run '^$$' -fuzz FuzzRateLimitFields -fuzztime $(FUZZTIME)
 	$(GO) test ./mixer/config -run '^$$' -fuzz FuzzParseFile -fuzztime $(FUZZTIME)
 	$(GO) test ./mixer/check -run '^$$' -fuzz FuzzCheckRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./mixer/check -run '^$$' -fuzz FuzzRateLimitRequest -fuzztime $(FUZZTIME)

@@ -69,6 +69,7 @@ type Server struct {
 // requestState is one request's reusable working memory.
 type requestState struct {
 	fields envoy.CheckFields
+	rl     envoy.RateLimitFields
 	bag    attribute.Bag
 	act    *expr.Activation
 	key    []byte
@@ -109,7 +110,7 @@ func (s *Server) Register(g *grpc.Server) {
 // Methods are the two check methods for the lean HTTP/2 listener (h2unary).
 func (s *Server) Methods() []h2unary.Method {
 	authz := h2unary.Method{Path: "/" + authv3.Authorization_ServiceDesc.ServiceName + "/Check", Call: s.checkEncoded}
-	rls := h2unary.Unary("/"+rlsv3.RateLimitService_ServiceDesc.ServiceName+"/ShouldRateLimit", s.ShouldRateLimit)
+	rls := h2unary.Method{Path: "/" + rlsv3.RateLimitService_ServiceDesc.ServiceName + "/ShouldRateLimit", Call: s.shouldRateLimitEncoded}
 	authz.Inline, rls.Inline = s.inProcess, s.inProcess
 	return []h2unary.Method{authz, rls}
 }

@@ -10,14 +10,16 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/sluicemesh/sluice/mixer/config"
 	"github.com/sluicemesh/sluice/mixer/dispatch"
+	"github.com/sluicemesh/sluice/mixer/envoy"
 	"github.com/sluicemesh/sluice/templates/quota"
 )
 
@@ -125,11 +127,11 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 // match walks the tree for a request descriptor: at each level the most specific
 // entry (key and value, then a wildcard value, then the key alone). It returns the
 // matched rule, the counting key, and the statistics name of the descriptor.
-func (root *rlNode) match(entries []*rlcommon.RateLimitDescriptor_Entry) (n *rlNode, key, stat string) {
+func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat string) {
 	var kb, sb strings.Builder
 	n = root
 	for i, e := range entries {
-		k, v := e.GetKey(), e.GetValue()
+		k, v := e.Key, e.Value
 		next, how := n.exact[k+"\x00"+v], "exact"
 		if next == nil {
 			for _, w := range n.wildcard[k] {
@@ -188,9 +190,37 @@ func (s *Server) rateLimitsFor(l *dispatch.Lease) *rateLimits {
 // ShouldRateLimit implements envoy.service.ratelimit.v3.RateLimitService.
 func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
 	start := time.Now()
-	resp, outcome, err := s.shouldRateLimit(ctx, req)
+	st := s.scratch.Get().(*requestState)
+	defer s.scratch.Put(st)
+	st.rl.SetRequest(req)
+	resp, outcome, err := s.shouldRateLimit(ctx, &st.rl)
 	s.metrics.observe("ratelimit", outcome, time.Since(start))
 	return resp, err
+}
+
+// shouldRateLimitEncoded answers a RateLimitRequest from its encoding, for the lean
+// listener, without building the message. msg must not change until the call
+// returns.
+func (s *Server) shouldRateLimitEncoded(ctx context.Context, msg []byte) (proto.Message, error) {
+	start := time.Now()
+	st := s.scratch.Get().(*requestState)
+	defer s.scratch.Put(st)
+	var (
+		resp    *rlsv3.RateLimitResponse
+		outcome string
+		err     error
+	)
+	if derr := st.rl.Unmarshal(msg); derr != nil {
+		// grpc-go answers the same bytes on the gRPC port with the same code.
+		outcome, err = "invalid", status.Errorf(codes.Internal, "decode RateLimitRequest: %v", derr)
+	} else {
+		resp, outcome, err = s.shouldRateLimit(ctx, &st.rl)
+	}
+	s.metrics.observe("ratelimit", outcome, time.Since(start))
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
 // pending is one descriptor's matched rule, waiting for its decision.
@@ -201,14 +231,14 @@ type pending struct {
 	req   int // index into the backend batch, -1 when not counted
 }
 
-func (s *Server) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, string, error) {
-	if req.GetDomain() == "" {
+func (s *Server) shouldRateLimit(ctx context.Context, req *envoy.RateLimitFields) (*rlsv3.RateLimitResponse, string, error) {
+	if req.Domain == "" {
 		return nil, "invalid", status.Error(codes.InvalidArgument, "rate limit domain must not be empty")
 	}
-	if len(req.GetDescriptors()) == 0 {
+	if len(req.Descriptors) == 0 {
 		return nil, "invalid", status.Error(codes.InvalidArgument, "rate limit descriptor list must not be empty")
 	}
-	hits := uint64(req.GetHitsAddend())
+	hits := uint64(req.HitsAddend)
 	if hits == 0 {
 		hits = 1
 	}
@@ -218,44 +248,45 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 	}
 	defer lease.Release()
 	rl := s.rateLimitsFor(lease)
-	root, known := rl.domains[req.GetDomain()]
-	domain := req.GetDomain()
+	root, known := rl.domains[req.Domain]
+	domain := req.Domain
 	if !known {
 		domain = "" // unknown domains are counted together: their names are unbounded
 	}
 
-	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.GetDescriptors()))}
-	pend := make([]pending, len(req.GetDescriptors()))
+	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.Descriptors))}
+	pend := make([]pending, len(req.Descriptors))
 	var batch []quota.Request
 	replaced := map[string]bool{}
-	for i, d := range req.GetDescriptors() {
+	for i := range req.Descriptors {
+		d := &req.Descriptors[i]
 		pend[i].req = -1
 		h := hits
-		if d.GetHitsAddend() != nil {
-			h = d.GetHitsAddend().GetValue()
+		if d.HasHitsAddend {
+			h = d.HitsAddend
 		}
 		if h > maxHits {
 			return nil, "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d exceeds %d", i, h, maxHits)
 		}
 		var n *rlNode
 		var key string
-		if known && len(d.GetEntries()) > 0 {
-			n, key, pend[i].stat = root.match(d.GetEntries())
+		if known && len(d.Entries) > 0 {
+			n, key, pend[i].stat = root.match(d.Entries)
 		}
 		var rule *rlRule
 		if n != nil {
 			rule = n.rule
 		}
-		if o := d.GetLimit(); o != nil {
+		if d.HasLimit {
 			// Envoy may send the limit itself (from route metadata): it replaces the
 			// configured one, and needs no configured match.
-			unit := rlsv3.RateLimitResponse_RateLimit_Unit(o.GetUnit()) // the two enums share their numbers
+			unit := rlsv3.RateLimitResponse_RateLimit_Unit(d.Unit) // the two enums share their numbers
 			w, ok := unitOf(unit)
 			if !ok {
-				return nil, "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: limit override unit %v is not supported", i, o.GetUnit())
+				return nil, "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: limit override unit %v is not supported", i, typev3.RateLimitUnit(d.Unit))
 			}
 			if key == "" {
-				key = "override|" + entriesKey(d.GetEntries())
+				key = "override|" + entriesKey(d.Entries)
 				pend[i].stat = "override"
 			}
 			base := rlRule{}
@@ -263,8 +294,8 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 				base = *rule
 			}
 			base.unlimited = false
-			base.rpu, base.unit = o.GetRequestsPerUnit(), unit
-			base.limit = quota.Limit{Requests: uint64(o.GetRequestsPerUnit()), Window: w, Algorithm: base.limit.Algorithm}
+			base.rpu, base.unit = d.RequestsPerUnit, unit
+			base.limit = quota.Limit{Requests: uint64(d.RequestsPerUnit), Window: w, Algorithm: base.limit.Algorithm}
 			if base.limit.Algorithm == "" {
 				base.limit.Algorithm = quota.FixedWindow
 			}
@@ -277,12 +308,12 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 		for _, r := range rule.replaces {
 			replaced[r] = true
 		}
-		if rule.unlimited || d.GetIsNegativeHits() {
+		if rule.unlimited || d.IsNegativeHits {
 			continue
 		}
 		pend[i].limit = rule.limit
 		pend[i].req = len(batch)
-		batch = append(batch, quota.Request{Key: req.GetDomain() + "|" + key, Limit: rule.limit, Hits: h})
+		batch = append(batch, quota.Request{Key: req.Domain + "|" + key, Limit: rule.limit, Hits: h})
 	}
 	// A limit replaced by another matched one neither counts nor answers.
 	if len(replaced) > 0 {
@@ -330,7 +361,7 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 		switch {
 		case !known:
 			result = "unknown_domain"
-		case req.GetDescriptors()[i].GetIsNegativeHits():
+		case req.Descriptors[i].IsNegativeHits:
 			result = "negative_hits_ignored"
 		case p.rule == nil:
 		case p.rule.unlimited:
@@ -367,15 +398,15 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 	return resp, outcome, nil
 }
 
-func entriesKey(es []*rlcommon.RateLimitDescriptor_Entry) string {
+func entriesKey(es []envoy.RateLimitEntry) string {
 	var b strings.Builder
 	for i, e := range es {
 		if i > 0 {
 			b.WriteByte('|')
 		}
-		b.WriteString(e.GetKey())
+		b.WriteString(e.Key)
 		b.WriteByte('=')
-		b.WriteString(e.GetValue())
+		b.WriteString(e.Value)
 	}
 	return b.String()
 }

@@ -5,12 +5,14 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -295,6 +297,21 @@ func TestRateLimitBadInput(t *testing.T) {
 		resp, _ = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", HitsAddend: 2,
 			Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}})
 		checkResponse(t, "hits_addend over", resp, over, []want{{over, 500, second, 0}})
+		// A limit override in a unit Sluice does not count in is refused, by its name.
+		_, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{{
+			Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}},
+			Limit:   &rlcommon.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 5, Unit: typev3.RateLimitUnit_MONTH}}}})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "MONTH") {
+			t.Errorf("override in months: %v", err)
+		}
+		// A domain that is not UTF-8 gets INTERNAL from both listeners, as grpc-go
+		// answers an undecodable request.
+		var out []byte
+		err = s.via(listener).Invoke(context.Background(), "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+			[]byte{0x0a, 0x01, 0xff}, &out, grpc.ForceCodec(rawCodec{}))
+		if status.Code(err) != codes.Internal {
+			t.Errorf("undecodable request: %v", err)
+		}
 	})
 }
 
