@@ -5,12 +5,13 @@ package redisquota
 import (
 	"context"
 	"fmt"
-	dto "github.com/prometheus/client_model/go"
 	"io"
 	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/templates/quota"

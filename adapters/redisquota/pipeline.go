@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -12,29 +13,39 @@ import (
 // most; decisions that arrive while they are all out share the next one.
 const DefaultMaxInFlight = 2
 
-// maxBatch bounds the script calls of one shared pipeline, so that one round trip
-// carries a bounded amount of work however long the queue grows.
+// maxBatch bounds the script calls of one shared pipeline (unless one Allow call
+// alone has more), so that a round trip carries bounded work however long the
+// queue grows.
 const maxBatch = 256
+
+// States of a job.
+const (
+	jobQueued int32 = iota // waiting for a pipeline
+	jobTaken               // in a pipeline: its caller waits for the answers
+	jobGone                // its caller gave up first: it is never sent
+)
 
 // job is one Allow call's script calls waiting for a pipeline.
 type job struct {
-	ops     []op
-	pending []int        // indexes into ops of the calls to send
-	cmds    []*redis.Cmd // one per pending; set before done is closed
-	done    chan struct{}
-	// gone says the caller stopped waiting (its deadline passed): its calls are
-	// not worth sending any more, and sending them would count hits nobody uses.
-	gone atomic.Bool
+	ops      []op
+	pending  []int        // indexes into ops of the calls to send
+	cmds     []*redis.Cmd // one per pending; set before done is closed
+	done     chan struct{}
+	deadline time.Time // the caller's; zero for none
+	// state moves from queued to taken or to gone, once, so that a call is
+	// counted in Redis if and only if its caller reads Redis's answer.
+	state atomic.Int32
 }
 
 // coalescer merges the script calls of concurrent Allow calls into shared
-// pipelines. A call that finds fewer than limit pipelines in flight sends at once,
-// together with every call that is waiting; a call that finds them all out waits,
-// and the next pipeline to come back sends everything that waited. An idle handler
-// therefore adds no delay, and a busy one pays one write and one read per round
-// trip, on Sluice's side and on Redis's, instead of one per check.
+// pipelines. A call that finds fewer than limit pipelines in flight sends its own
+// at once; a call that finds them all out queues, and the next pipeline to come
+// back sends everything queued, together. An idle handler therefore adds no delay,
+// and a busy one pays one write and one read per round trip, on Sluice's side and
+// on Redis's, instead of one per check.
 type coalescer struct {
-	// send runs the calls of jobs in one pipeline and fills each job's cmds.
+	// send runs the calls of jobs in one pipeline, bounded by ctx, and fills each
+	// job's cmds and closes its done.
 	send  func(ctx context.Context, jobs []*job)
 	limit int
 
@@ -50,47 +61,70 @@ func newCoalescer(limit int, send func(context.Context, []*job)) *coalescer {
 	return &coalescer{send: send, limit: limit}
 }
 
-// do sends j's calls, alone or with others, and returns when j.cmds are set or ctx
-// ends first (then with ctx's error, and j.cmds unset).
+// do sends j's calls, alone or with others, and returns when j.cmds are set. If
+// ctx ends while j still waits for a pipeline, do returns ctx's error and j's
+// calls are never sent; once they are sent, j waits for their answers, which a
+// shared pipeline bounds by the earliest deadline of its callers.
 func (c *coalescer) do(ctx context.Context, j *job) error {
 	j.done = make(chan struct{})
+	j.deadline, _ = ctx.Deadline()
 	c.mu.Lock()
-	if c.inFlight == c.limit {
-		c.queue = append(c.queue, j)
+	if c.inFlight < c.limit {
+		// A free slot means an empty queue (next empties it before freeing one),
+		// so this pipeline carries j alone, under j's own context.
+		c.inFlight++
 		c.mu.Unlock()
-		select {
-		case <-j.done:
-			return nil
-		case <-ctx.Done():
-			j.gone.Store(true)
+		j.state.Store(jobTaken)
+		c.send(ctx, []*job{j})
+		// Calls that queued meanwhile go out on a goroutine of their own, so that
+		// this caller answers now rather than after another round trip.
+		if next := c.next(); next != nil {
+			go c.drain(next)
+		}
+		return nil
+	}
+	c.queue = append(c.queue, j)
+	c.mu.Unlock()
+	select {
+	case <-j.done:
+		return nil
+	case <-ctx.Done():
+		if j.state.CompareAndSwap(jobQueued, jobGone) {
 			return ctx.Err()
 		}
+		<-j.done // taken meanwhile: its answers are on their way
+		return nil
 	}
-	c.inFlight++
-	batch := append([]*job{j}, c.takeLocked()...)
-	c.mu.Unlock()
-	// The pipeline carries others' calls too: this caller going away must not
-	// cancel it. The handler's timeout still bounds it.
-	bctx := context.WithoutCancel(ctx)
-	c.send(bctx, batch)
-	// Calls that queued meanwhile go out on a goroutine of their own, so that this
-	// caller answers now rather than after another round trip.
-	if next := c.next(); next != nil {
-		go c.drain(bctx, next)
-	}
-	return nil
 }
 
 // drain sends batch and whatever queues behind it, until the queue is empty.
-func (c *coalescer) drain(ctx context.Context, batch []*job) {
+func (c *coalescer) drain(batch []*job) {
 	for batch != nil {
-		c.send(ctx, batch)
+		c.sendShared(batch)
 		batch = c.next()
 	}
 }
 
-// next takes the waiting jobs for the pipeline slot the caller holds, or gives the
-// slot back when none wait.
+// sendShared sends the jobs of several callers under the earliest of their
+// deadlines, so that no caller waits past its own, and under none of their
+// cancellations, so that one caller going away does not fail the others.
+func (c *coalescer) sendShared(batch []*job) {
+	var earliest time.Time
+	for _, j := range batch {
+		if !j.deadline.IsZero() && (earliest.IsZero() || j.deadline.Before(earliest)) {
+			earliest = j.deadline
+		}
+	}
+	ctx, cancel := context.Background(), context.CancelFunc(func() {})
+	if !earliest.IsZero() {
+		ctx, cancel = context.WithDeadline(ctx, earliest)
+	}
+	defer cancel()
+	c.send(ctx, batch)
+}
+
+// next takes the queued jobs for the pipeline slot the caller holds, or gives the
+// slot back when none are queued.
 func (c *coalescer) next() []*job {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -101,23 +135,20 @@ func (c *coalescer) next() []*job {
 	return nil
 }
 
-// takeLocked removes from the queue the jobs of one pipeline, skipping those whose
+// takeLocked removes from the queue the jobs of one pipeline, dropping those whose
 // callers are gone.
 func (c *coalescer) takeLocked() []*job {
 	var batch []*job
-	calls := 0
-	n := 0
+	calls, n := 0, 0
 	for _, j := range c.queue {
-		if calls >= maxBatch {
+		if len(batch) > 0 && calls+len(j.pending) > maxBatch {
 			break
 		}
 		n++
-		if j.gone.Load() {
-			close(j.done)
-			continue
+		if j.state.CompareAndSwap(jobQueued, jobTaken) {
+			batch = append(batch, j)
+			calls += len(j.pending)
 		}
-		batch = append(batch, j)
-		calls += len(j.pending)
 	}
 	rest := copy(c.queue, c.queue[n:])
 	clear(c.queue[rest:])

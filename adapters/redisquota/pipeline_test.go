@@ -13,17 +13,19 @@ import (
 
 // echoSend answers every call with its own key, so that a test can tell which
 // answers reached which job, and records the pipelines it was given. While gate is
-// not nil, each pipeline waits for a token from it.
+// not nil, each pipeline waits for a token from it; a pipeline whose context has
+// ended by then fails every call, as a Redis pipeline would.
 type echoSend struct {
 	gate chan struct{}
 
 	mu        sync.Mutex
-	pipelines [][]string // the keys of each pipeline, in order
+	pipelines [][]string  // the keys of each pipeline, in order
+	deadlines []time.Time // of each pipeline's context
 	inFlight  int
 	maxFlight int
 }
 
-func (e *echoSend) send(_ context.Context, jobs []*job) {
+func (e *echoSend) send(ctx context.Context, jobs []*job) {
 	e.mu.Lock()
 	e.inFlight++
 	e.maxFlight = max(e.maxFlight, e.inFlight)
@@ -38,13 +40,19 @@ func (e *echoSend) send(_ context.Context, jobs []*job) {
 			k := j.ops[i].keys[0]
 			keys = append(keys, k)
 			c := redis.NewCmd(context.Background())
-			c.SetVal(k)
+			if err := ctx.Err(); err != nil {
+				c.SetErr(err)
+			} else {
+				c.SetVal(k)
+			}
 			j.cmds = append(j.cmds, c)
 		}
 	}
 	e.mu.Lock()
 	e.inFlight--
 	e.pipelines = append(e.pipelines, keys)
+	d, _ := ctx.Deadline()
+	e.deadlines = append(e.deadlines, d)
 	e.mu.Unlock()
 	for _, j := range jobs {
 		close(j.done)
@@ -96,7 +104,7 @@ func TestCoalescer(t *testing.T) {
 				return c.inFlight == min(tc.calls, tc.limit) && len(c.queue) == max(0, tc.calls-tc.limit)
 			})
 			close(e.gate)
-			wg.Wait()
+			wait(t, &wg)
 			close(errs)
 			for err := range errs {
 				t.Error(err)
@@ -126,13 +134,20 @@ func TestCoalescer(t *testing.T) {
 	}
 }
 
-// TestCoalescerAbandoned checks that a call whose deadline passes while it waits
-// gets the context's error and that its calls are not sent afterwards.
+// TestCoalescerAbandoned checks that a call whose deadline passes while it is
+// queued gets the context's error and is never sent, and that the caller holding a
+// pipeline going away fails only its own calls.
 func TestCoalescerAbandoned(t *testing.T) {
 	e := &echoSend{gate: make(chan struct{})}
 	c := newCoalescer(1, e.send)
-	first := make(chan error, 1)
-	go func() { first <- c.do(context.Background(), jobOf("first")) }()
+	firstCtx, cancelFirst := context.WithCancel(context.Background())
+	first := jobOf("first")
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := c.do(firstCtx, first); err != nil {
+			t.Errorf("first: %v", err)
+		}
+	})
 	waitFor(t, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -140,28 +155,81 @@ func TestCoalescerAbandoned(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	late := jobOf("late")
-	if err := c.do(ctx, late); !errors.Is(err, context.DeadlineExceeded) {
+	if err := c.do(ctx, jobOf("late")); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("waiting past the deadline: %v", err)
 	}
-	kept := make(chan error, 1)
-	go func() { kept <- c.do(context.Background(), jobOf("kept")) }()
+	kept := jobOf("kept")
+	wg.Go(func() {
+		if err := c.do(context.Background(), kept); err != nil {
+			t.Errorf("kept: %v", err)
+		}
+	})
 	waitFor(t, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return len(c.queue) == 2
 	})
+	cancelFirst()
 	close(e.gate)
-	if err := <-first; err != nil {
-		t.Fatal(err)
+	wait(t, &wg)
+	if first.cmds[0].Err() == nil {
+		t.Error("the cancelled holder's own call succeeded")
 	}
-	if err := <-kept; err != nil {
-		t.Fatal(err)
+	if kept.cmds[0].Err() != nil || kept.cmds[0].Val() != "kept" {
+		t.Errorf("a queued call failed with the holder that went away: %v", kept.cmds[0])
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if fmt.Sprint(e.pipelines) != "[[first] [kept]]" {
 		t.Errorf("pipelines %v, want the abandoned call left out", e.pipelines)
+	}
+}
+
+// TestCoalescerDeadline checks that a shared pipeline ends with the earliest
+// deadline of its callers, so that none waits past its own.
+func TestCoalescerDeadline(t *testing.T) {
+	e := &echoSend{gate: make(chan struct{})}
+	c := newCoalescer(1, e.send)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = c.do(context.Background(), jobOf("holder")) })
+	waitFor(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.inFlight == 1
+	})
+	soon := time.Now().Add(time.Hour)
+	for i, d := range []time.Time{soon.Add(time.Minute), soon, soon.Add(2 * time.Minute)} {
+		ctx, cancel := context.WithDeadline(context.Background(), d)
+		defer cancel()
+		wg.Go(func() {
+			if err := c.do(ctx, jobOf(fmt.Sprint("queued", i))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	waitFor(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.queue) == 3
+	})
+	close(e.gate)
+	wait(t, &wg)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.deadlines) != 2 || !e.deadlines[0].IsZero() || !e.deadlines[1].Equal(soon) {
+		t.Errorf("pipeline deadlines %v, want none for the holder and %v for the shared one", e.deadlines, soon)
+	}
+}
+
+// wait waits for wg, failing the test after 10s rather than hanging it.
+func wait(t *testing.T, wg *sync.WaitGroup) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("calls still waiting after 10s: a queued job was stranded")
 	}
 }
 

@@ -58,7 +58,8 @@ type Params struct {
 	// ConnectionPoolSize is the connections per Redis node; 0 for go-redis's default
 	// (10 per CPU).
 	ConnectionPoolSize int `yaml:"connectionPoolSize"`
-	// Timeout bounds each batch of decisions; when Redis is slower, or down, the
+	// Timeout bounds each batch of decisions, from the call until Redis answers,
+	// time queued for a pipeline included; when Redis is slower, or down, the
 	// requests are decided by FailPolicy. Default 50ms.
 	Timeout time.Duration `yaml:"timeout"`
 	// FailPolicy is open (allow; the default) or closed (deny) when Redis fails.
@@ -70,7 +71,7 @@ type Params struct {
 	// MaxInFlight is how many pipelines the handler keeps in flight to Redis at
 	// most. Decisions that arrive while all are out wait and share the next one,
 	// which under load costs Sluice and Redis one round trip per pipeline instead
-	// of one per check; an idle handler sends at once. Default 2.
+	// of one per check; an idle handler sends at once. 0 means the default, 2.
 	MaxInFlight int `yaml:"maxInFlight"`
 }
 

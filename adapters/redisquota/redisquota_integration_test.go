@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicemesh/sluice/adapters"
@@ -121,6 +122,58 @@ func TestIntegrationReplicas(t *testing.T) {
 			if n := a.stats.Drops(quotakit.ReasonFailOpen) + b.stats.Drops(quotakit.ReasonFailOpen); n > 0 {
 				t.Errorf("%d decisions failed open", n)
 			}
+		})
+	}
+}
+
+// TestIntegrationSharedPipelines: many callers, each on keys of its own with a
+// limit of its own and batches of different sizes, share pipelines; every caller
+// must get the answers of its own requests, in order.
+func TestIntegrationSharedPipelines(t *testing.T) {
+	s := startRedis(t)
+	for _, inflight := range []int{1, DefaultMaxInFlight} {
+		t.Run(fmt.Sprint("maxInFlight=", inflight), func(t *testing.T) {
+			h := newTestHandler(t, s.addr, func(p *Params) { p.MaxInFlight = inflight; p.LocalCacheSize = 0 })
+			now := time.Now()
+			const callers, rounds = 48, 12
+			var wg sync.WaitGroup
+			for c := range callers {
+				wg.Go(func() {
+					// Caller c sends c%3+1 requests per call, each on its own key with
+					// limit 100+c+j, and counts one hit per key and round.
+					n := c%3 + 1
+					reqs := make([]quota.Request, n)
+					for j := range reqs {
+						reqs[j] = quota.Request{
+							Key:   fmt.Sprintf("shared/%s/%d/%d", t.Name(), c, j),
+							Limit: quota.Limit{Requests: uint64(100 + c + j), Window: time.Hour, Algorithm: quota.FixedWindow},
+							Hits:  1,
+						}
+					}
+					out := make([]quota.Decision, n)
+					for r := range rounds {
+						if err := h.Allow(context.Background(), now, reqs, out); err != nil {
+							t.Error(err)
+							return
+						}
+						for j, d := range out {
+							if want := uint64(100+c+j) - uint64(r+1); !d.Allowed || d.Remaining != want {
+								t.Errorf("caller %d round %d request %d: %+v, want allowed with %d remaining", c, r, j, d, want)
+								return
+							}
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if n := h.stats.Drops(quotakit.ReasonFailOpen); n > 0 {
+				t.Errorf("%d decisions failed open", n)
+			}
+			var m dto.Metric
+			if err := h.pipelineCalls.Write(&m); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%d script calls in %d pipelines", uint64(m.GetHistogram().GetSampleSum()), m.GetHistogram().GetSampleCount())
 		})
 	}
 }
