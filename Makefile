@@ -43,7 +43,7 @@ bench: build deps bench-routing
 	$(GO) test -tags $(TEST_TAGS) -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./mixer/... ./adapters/...
 	$(BIN)/sluice-loadtest report --server $(BIN)/sluice
 	$(BIN)/sluice-loadtest wakeup
-	$(BIN)/sluice-loadtest check --server $(BIN)/sluice
+	$(BIN)/sluice-loadtest check --server $(BIN)/sluice --search 3
 
 # The routing core: computing every resource of 1,000 services (10,000 endpoints, 2,000
 # VirtualServices); convergence of 1,000 simulated sidecars (state of the world and delta)

@@ -54,6 +54,10 @@ type CheckLoadOptions struct {
 	Conns, Workers int
 	// TargetP99 is the latency the "highest rate" column is reported against.
 	TargetP99 time.Duration
+	// SearchSteps, when positive, refines the highest rate under TargetP99 of each
+	// scenario after its fixed rates: that many more runs, each halving the gap
+	// between the highest rate that met the target and the lowest that did not.
+	SearchSteps int
 	// Profile, when set, receives a CPU profile of the server during each run (the
 	// file name gets the scenario appended).
 	Profile string
@@ -127,16 +131,39 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 					// The rate-limit service has no cache: one row per rate is enough.
 					continue
 				}
-				for _, rate := range o.Rates {
+				measure := func(rate int) (CheckRow, error) {
 					fmt.Fprintf(o.Out, "%s / %s / %s / cache %s at %d/s for %s… ", svc, backend, tg.listener, cacheLabel(svc, cache), rate, o.Duration)
 					row, err := runScenario(ctx, o, srv, svc, cache, rate)
 					if err != nil {
-						srv.stop()
-						return nil, err
+						return row, err
 					}
 					row.Backend, row.Listener, row.Cache = backend, tg.listener, cacheLabel(svc, cache)
 					fmt.Fprintf(o.Out, "p50 %s p99 %s p99.9 %s, %.0f/s achieved, %d errors\n", us(row.P50), us(row.P99), us(row.P999), row.Achieved, row.Errors)
 					rows = append(rows, row)
+					return row, nil
+				}
+				var tried []CheckRow
+				for _, rate := range o.Rates {
+					row, err := measure(rate)
+					if err != nil {
+						srv.stop()
+						return nil, err
+					}
+					tried = append(tried, row)
+				}
+				lo, hi := searchBounds(tried, o.TargetP99)
+				for step := 0; step < o.SearchSteps && hi > 0 && hi-lo > minSearchGap; step++ {
+					rate := (lo + hi) / 2 / 100 * 100
+					row, err := measure(rate)
+					if err != nil {
+						srv.stop()
+						return nil, err
+					}
+					if meets(row, o.TargetP99) {
+						lo = rate
+					} else {
+						hi = rate
+					}
 				}
 			}
 		}
@@ -144,6 +171,28 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 	}
 	printCheckRows(o, rows)
 	return rows, nil
+}
+
+// minSearchGap is the finest step of the rate search, in requests per second.
+const minSearchGap = 200
+
+// meets reports whether a run met the latency target, without errors.
+func meets(r CheckRow, target time.Duration) bool { return r.P99 < target && r.Errors == 0 }
+
+// searchBounds returns the highest offered rate that met the target (0 for none)
+// and the lowest above it that did not (0 for none: there is nothing to search).
+func searchBounds(rows []CheckRow, target time.Duration) (lo, hi int) {
+	for _, r := range rows {
+		if meets(r, target) && r.Offered > lo {
+			lo = r.Offered
+		}
+	}
+	for _, r := range rows {
+		if !meets(r, target) && r.Offered > lo && (hi == 0 || r.Offered < hi) {
+			hi = r.Offered
+		}
+	}
+	return lo, hi
 }
 
 func cacheLabel(svc, cache string) string {
@@ -173,7 +222,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 			keys = append(keys, k)
 			best[k] = 0
 		}
-		if r.P99 < o.TargetP99 && r.Errors == 0 && r.Offered > best[k] {
+		if meets(r, o.TargetP99) && r.Offered > best[k] {
 			best[k] = r.Offered
 		}
 	}

@@ -65,7 +65,7 @@ loopback ports with a benchmark config (an rbac policy, a per-user quota, a rate
 domain), then offers each rate for --duration, open loop: requests leave at their
 scheduled times whatever the server does, and latency is measured from that time.
 It prints p50, p99, p99.9 and the server's CPU per request for every scenario, and
-the highest rate at which p99 stays under --target-p99.`,
+the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if selfProfile != "" {
 				stop, err := startCPUProfile(selfProfile)
@@ -91,6 +91,7 @@ the highest rate at which p99 stays under --target-p99.`,
 	f.IntVar(&o.Conns, "conns", 4, "client connections")
 	f.IntVar(&o.Workers, "workers", 512, "requests in flight at most, with --client grpc")
 	f.DurationVar(&o.TargetP99, "target-p99", time.Millisecond, "p99 the highest-rate summary is reported against")
+	f.IntVar(&o.SearchSteps, "search", 0, "after the fixed rates, this many more runs per scenario, bisecting between the highest rate that kept p99 under --target-p99 and the lowest that did not")
 	f.StringVar(&o.Profile, "profile", "", "write CPU profiles of the server, one per run, to FILE.SCENARIO")
 	f.StringVar(&selfProfile, "generator-profile", "", "write a CPU profile of the load generator itself to this file")
 	return cmd
