@@ -102,16 +102,17 @@ func (h *Handler) sendJobs(ctx context.Context, jobs []*job) {
 	h.pipelineCalls.Observe(float64(n))
 	for _, j := range jobs {
 		j.cmds, cmds = cmds[:len(j.pending):len(j.pending)], cmds[len(j.pending):]
-		close(j.done)
+		if j.done != nil {
+			close(j.done)
+		}
 	}
 }
 
-// run sends script calls in one pipeline under the handler's timeout. Scripts that
-// Redis does not have cached (it restarted, or its cache was flushed) did not run;
-// they are sent again in full, in a second pipeline.
+// run sends script calls in one pipeline, bounded by ctx: Allow's carries the
+// handler's timeout, and a shared pipeline the earliest deadline of its callers.
+// Scripts that Redis does not have cached (it restarted, or its cache was flushed)
+// did not run; they are sent again in full, in a second pipeline.
 func (h *Handler) run(ctx context.Context, calls []*op) []*redis.Cmd {
-	ctx, cancel := h.guard.Context(ctx)
-	defer cancel()
 	cmds := make([]*redis.Cmd, len(calls))
 	pipe := h.client.Pipeline()
 	for j, o := range calls {

@@ -28,10 +28,10 @@ const (
 // job is one Allow call's script calls waiting for a pipeline.
 type job struct {
 	ops      []op
-	pending  []int        // indexes into ops of the calls to send
-	cmds     []*redis.Cmd // one per pending; set before done is closed
-	done     chan struct{}
-	deadline time.Time // the caller's; zero for none
+	pending  []int         // indexes into ops of the calls to send
+	cmds     []*redis.Cmd  // one per pending; set before done is closed
+	done     chan struct{} // made only for a job that queues: a sender never waits
+	deadline time.Time     // the caller's; zero for none
 	// state moves from queued to taken or to gone, once, so that a call is
 	// counted in Redis if and only if its caller reads Redis's answer.
 	state atomic.Int32
@@ -45,7 +45,7 @@ type job struct {
 // on Redis's, instead of one per check.
 type coalescer struct {
 	// send runs the calls of jobs in one pipeline, bounded by ctx, and fills each
-	// job's cmds and closes its done.
+	// job's cmds and closes its done, if it has one.
 	send  func(ctx context.Context, jobs []*job)
 	limit int
 
@@ -66,8 +66,6 @@ func newCoalescer(limit int, send func(context.Context, []*job)) *coalescer {
 // calls are never sent; once they are sent, j waits for their answers, which a
 // shared pipeline bounds by the earliest deadline of its callers.
 func (c *coalescer) do(ctx context.Context, j *job) error {
-	j.done = make(chan struct{})
-	j.deadline, _ = ctx.Deadline()
 	c.mu.Lock()
 	if c.inFlight < c.limit {
 		// A free slot means an empty queue (next empties it before freeing one),
@@ -83,6 +81,8 @@ func (c *coalescer) do(ctx context.Context, j *job) error {
 		}
 		return nil
 	}
+	j.done = make(chan struct{})
+	j.deadline, _ = ctx.Deadline()
 	c.queue = append(c.queue, j)
 	c.mu.Unlock()
 	select {

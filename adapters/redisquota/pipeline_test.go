@@ -55,7 +55,9 @@ func (e *echoSend) send(ctx context.Context, jobs []*job) {
 	e.deadlines = append(e.deadlines, d)
 	e.mu.Unlock()
 	for _, j := range jobs {
-		close(j.done)
+		if j.done != nil {
+			close(j.done)
+		}
 	}
 }
 

@@ -40,25 +40,12 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 // it reads the fields a check uses without building the message. msg must not
 // change until the call returns.
 func (s *Server) checkEncoded(ctx context.Context, msg []byte) (proto.Message, error) {
-	start := time.Now()
-	st := s.scratch.Get().(*requestState)
-	defer s.scratch.Put(st)
-	var (
-		resp    *authv3.CheckResponse
-		outcome string
-		err     error
-	)
-	if derr := st.fields.Unmarshal(msg); derr != nil {
-		// grpc-go answers the same bytes on the gRPC port with the same code.
-		outcome, err = "invalid", status.Errorf(codes.Internal, "decode CheckRequest: %v", derr)
-	} else {
-		resp, outcome, err = s.check(ctx, st)
-	}
-	s.metrics.observe("ext_authz", outcome, time.Since(start))
-	if err != nil {
-		return nil, err
-	}
-	return resp, nil
+	return s.answerEncoded(ctx, "ext_authz", "CheckRequest", msg,
+		func(st *requestState, b []byte) error { return st.fields.Unmarshal(b) },
+		func(ctx context.Context, st *requestState) (proto.Message, string, error) {
+			resp, outcome, err := s.check(ctx, st)
+			return resp, outcome, err
+		})
 }
 
 // check answers the request in st.fields.

@@ -3,6 +3,7 @@
 package check
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,9 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/dispatch"
@@ -113,6 +117,35 @@ func (s *Server) Methods() []h2unary.Method {
 	rls := h2unary.Method{Path: "/" + rlsv3.RateLimitService_ServiceDesc.ServiceName + "/ShouldRateLimit", Call: s.shouldRateLimitEncoded}
 	authz.Inline, rls.Inline = s.inProcess, s.inProcess
 	return []h2unary.Method{authz, rls}
+}
+
+// answerEncoded answers one check of service from its encoding, for the lean
+// listener: read fills a request state from msg, answer decides. Bytes that are not
+// a request (named request in the error) get INTERNAL, as grpc-go answers them on
+// the gRPC port. msg must not change until answerEncoded returns.
+func (s *Server) answerEncoded(ctx context.Context, service, request string, msg []byte,
+	read func(*requestState, []byte) error,
+	answer func(context.Context, *requestState) (proto.Message, string, error),
+) (proto.Message, error) {
+	start := time.Now()
+	st := s.scratch.Get().(*requestState)
+	defer s.scratch.Put(st)
+	var (
+		resp    proto.Message
+		outcome string
+		err     error
+	)
+	if rerr := read(st, msg); rerr != nil {
+		outcome, err = "invalid", status.Errorf(codes.Internal, "decode %s: %v", request, rerr)
+	} else {
+		resp, outcome, err = answer(ctx, st)
+	}
+	s.metrics.observe(service, outcome, time.Since(start))
+	if err != nil {
+		// resp may hold a typed nil; the listener must see none.
+		return nil, err
+	}
+	return resp, nil
 }
 
 // inProcess reports whether the last config's checks never wait on a backend. A new

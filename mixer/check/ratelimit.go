@@ -202,25 +202,12 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 // listener, without building the message. msg must not change until the call
 // returns.
 func (s *Server) shouldRateLimitEncoded(ctx context.Context, msg []byte) (proto.Message, error) {
-	start := time.Now()
-	st := s.scratch.Get().(*requestState)
-	defer s.scratch.Put(st)
-	var (
-		resp    *rlsv3.RateLimitResponse
-		outcome string
-		err     error
-	)
-	if derr := st.rl.Unmarshal(msg); derr != nil {
-		// grpc-go answers the same bytes on the gRPC port with the same code.
-		outcome, err = "invalid", status.Errorf(codes.Internal, "decode RateLimitRequest: %v", derr)
-	} else {
-		resp, outcome, err = s.shouldRateLimit(ctx, &st.rl)
-	}
-	s.metrics.observe("ratelimit", outcome, time.Since(start))
-	if err != nil {
-		return nil, err
-	}
-	return resp, nil
+	return s.answerEncoded(ctx, "ratelimit", "RateLimitRequest", msg,
+		func(st *requestState, b []byte) error { return st.rl.Unmarshal(b) },
+		func(ctx context.Context, st *requestState) (proto.Message, string, error) {
+			resp, outcome, err := s.shouldRateLimit(ctx, &st.rl)
+			return resp, outcome, err
+		})
 }
 
 // pending is one descriptor's matched rule, waiting for its decision.

@@ -141,16 +141,10 @@ func TestRateLimitFieldsReuse(t *testing.T) {
 func agreeRateLimit(t *testing.T, data []byte) {
 	t.Helper()
 	var req rlsv3.RateLimitRequest
-	stdErr := proto.Unmarshal(data, &req)
-	var wire envoy.RateLimitFields
-	wireErr := wire.Unmarshal(data)
-	if stdErr == nil && wireErr != nil {
-		t.Fatalf("proto.Unmarshal accepts, the wire refuses: %v", wireErr)
-	}
-	if wireErr != nil || stdErr != nil {
+	var std, wire envoy.RateLimitFields
+	if !readBoth(t, data, &req, wire.Unmarshal) {
 		return
 	}
-	var std envoy.RateLimitFields
 	std.SetRequest(&req)
 	if wire.Domain != std.Domain || wire.HitsAddend != std.HitsAddend || len(wire.Descriptors) != len(std.Descriptors) {
 		t.Fatalf("wire %+v, proto %+v", wire, std)
