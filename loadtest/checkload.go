@@ -21,7 +21,9 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -79,6 +81,12 @@ type CheckRow struct {
 	// PacerLagP99 is how late the generator released requests (p99): latency
 	// includes it, so a large value means the generator, not the server, was behind.
 	PacerLagP99 time.Duration
+	// ServerBytesPerReq is what the server allocated per request, and ServerGCs
+	// its garbage collections during the run (from its go_memstats and go_gc
+	// metrics): each collection's mark phase takes CPU from the calls, and the
+	// calls that overlap it make much of the tail.
+	ServerBytesPerReq float64
+	ServerGCs         int
 }
 
 // RunCheckLoad runs every scenario at every rate, open loop: requests are sent at
@@ -207,10 +215,10 @@ func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/1e3) 
 func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	w := tabwriter.NewWriter(o.Out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(o.Out)
-	fmt.Fprintln(w, "service\tbackend\tport\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\tgenerator CPU/req\tpacer lag p99\t")
+	fmt.Fprintln(w, "service\tbackend\tport\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\tserver B/req\tserver GCs\tgenerator CPU/req\tpacer lag p99\t")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved,
-			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), us(r.ClientCPUPerReq), us(r.PacerLagP99))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%.0f\t%d\t%s\t%s\t\n", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved,
+			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), r.ServerBytesPerReq, r.ServerGCs, us(r.ClientCPUPerReq), us(r.PacerLagP99))
 	}
 	w.Flush()
 	fmt.Fprintf(o.Out, "\nHighest offered rate with p99 under %s (of the rates tried):\n", o.TargetP99)
@@ -349,29 +357,11 @@ func newScenario(svc, cache string) (*scenario, error) {
 				},
 			})
 		}
-		sc.check = func(raw []byte) error {
-			var resp rlsv3.RateLimitResponse
-			if err := proto.Unmarshal(raw, &resp); err != nil {
-				return err
-			}
-			if resp.GetOverallCode() != rlsv3.RateLimitResponse_OK {
-				return fmt.Errorf("unexpected %v", resp.GetOverallCode())
-			}
-			return nil
-		}
+		sc.check = checkRateLimitAnswer
 	} else {
 		sc.method = "/envoy.service.auth.v3.Authorization/Check"
 		encode = func(i int64) ([]byte, error) { return proto.Marshal(checkRequest(user(i), i)) }
-		sc.check = func(raw []byte) error {
-			var resp authv3.CheckResponse
-			if err := proto.Unmarshal(raw, &resp); err != nil {
-				return err
-			}
-			if resp.GetStatus().GetCode() != 0 {
-				return fmt.Errorf("denied: %s", resp.GetStatus().GetMessage())
-			}
-			return nil
-		}
+		sc.check = checkAuthzAnswer
 	}
 	// A pool of distinct encoded requests; in cache-miss runs each send rewrites the
 	// user digits of a copy of one, so every request is new to the cache.
@@ -399,6 +389,82 @@ func newScenario(svc, cache string) (*scenario, error) {
 		return req
 	}
 	return sc, nil
+}
+
+// The answers are judged from their encoding, without building messages: the
+// generator's allocations cost collections on the cores the server runs on.
+
+// checkAuthzAnswer accepts a CheckResponse whose status is OK.
+func checkAuthzAnswer(raw []byte) error {
+	var code uint64
+	var msg []byte
+	err := wireFields(raw, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		if num != 1 || typ != protowire.BytesType { // status
+			return nil
+		}
+		return wireFields(v, func(num protowire.Number, typ protowire.Type, v []byte, u uint64) error {
+			switch {
+			case num == 1 && typ == protowire.VarintType:
+				code = u
+			case num == 2 && typ == protowire.BytesType:
+				msg = v
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("undecodable CheckResponse: %w", err)
+	}
+	if int32(code) != 0 {
+		return fmt.Errorf("denied (%s): %s", codes.Code(int32(code)), msg)
+	}
+	return nil
+}
+
+// checkRateLimitAnswer accepts a RateLimitResponse whose overall code is OK.
+func checkRateLimitAnswer(raw []byte) error {
+	var code uint64
+	err := wireFields(raw, func(num protowire.Number, typ protowire.Type, _ []byte, u uint64) error {
+		if num == 1 && typ == protowire.VarintType { // overall_code
+			code = u
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("undecodable RateLimitResponse: %w", err)
+	}
+	if c := rlsv3.RateLimitResponse_Code(int32(code)); c != rlsv3.RateLimitResponse_OK {
+		return fmt.Errorf("unexpected %v", c)
+	}
+	return nil
+}
+
+// wireFields calls f with each field of an encoded message: its bytes for the
+// length-delimited, its value for the others; bytes that are not fields fail.
+func wireFields(b []byte, f func(num protowire.Number, typ protowire.Type, v []byte, u uint64) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if m < 0 {
+			return protowire.ParseError(m)
+		}
+		v := b[n : n+m]
+		var u uint64
+		switch typ {
+		case protowire.VarintType:
+			u, _ = protowire.ConsumeVarint(v)
+		case protowire.BytesType:
+			v, _ = protowire.ConsumeBytes(v)
+		}
+		if err := f(num, typ, v, u); err != nil {
+			return err
+		}
+		b = b[n+m:]
+	}
+	return nil
 }
 
 // invoke sends one request of the scenario through grpc-go.
@@ -461,6 +527,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		return row, fmt.Errorf("warm up %s: %w", svc, err)
 	}
 	cpu0, _ := procCPU(srv.cmd.Process.Pid)
+	mem0, memErr := serverMemory(ctx, srv.adminAddr)
 	self0 := selfCPU()
 	var wg sync.WaitGroup
 	if o.Profile != "" {
@@ -479,6 +546,10 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	wg.Wait()
 	elapsed := time.Since(r.start)
 	cpu1, _ := procCPU(srv.cmd.Process.Pid)
+	if mem1, err := serverMemory(ctx, srv.adminAddr); err == nil && memErr == nil {
+		row.ServerBytesPerReq = (mem1.allocated - mem0.allocated) / float64(total)
+		row.ServerGCs = int(mem1.gcs - mem0.gcs)
+	}
 	row.ClientCPUPerReq = (selfCPU() - self0) / time.Duration(total)
 	row.P50, row.P99, row.P999, row.Max = percentiles(r.lat)
 	_, row.PacerLagP99, _, _ = percentiles(r.lag)
@@ -489,6 +560,21 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		fmt.Fprintf(o.Out, "(first error: %v) ", r.firstErr.Load())
 	}
 	return row, nil
+}
+
+// memory is a server's allocation counters.
+type memory struct{ allocated, gcs float64 }
+
+// serverMemory reads the Go runtime's counters from a server's /metrics.
+func serverMemory(ctx context.Context, adminAddr string) (memory, error) {
+	f, err := Scrape(ctx, "http://"+adminAddr+"/metrics")
+	if err != nil {
+		return memory{}, err
+	}
+	if f["go_memstats_alloc_bytes_total"] == nil {
+		return memory{}, fmt.Errorf("%s/metrics has no go_memstats_alloc_bytes_total", adminAddr)
+	}
+	return memory{allocated: f.Sum("go_memstats_alloc_bytes_total", nil), gcs: f.Sum("go_gc_duration_seconds", nil)}, nil
 }
 
 // percentiles sorts ds and returns its p50, p99, p99.9 and maximum.

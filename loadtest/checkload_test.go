@@ -1,8 +1,14 @@
 package loadtest
 
 import (
+	"errors"
 	"testing"
 	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestSearchBounds(t *testing.T) {
@@ -26,6 +32,56 @@ func TestSearchBounds(t *testing.T) {
 			lo, hi := searchBounds(tc.rows, ms)
 			if lo != tc.lo || hi != tc.hi {
 				t.Errorf("searchBounds = %d, %d; want %d, %d", lo, hi, tc.lo, tc.hi)
+			}
+		})
+	}
+}
+
+// TestAnswerCheckers: the generator's wire-level judges of answers agree with
+// judging the decoded messages.
+func TestAnswerCheckers(t *testing.T) {
+	enc := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	okAuthz := enc(&authv3.CheckResponse{Status: &rpcstatus.Status{}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}})
+	for _, tt := range []struct {
+		name    string
+		raw     []byte
+		ratelim bool
+		wantErr bool
+	}{
+		{name: "authz allowed", raw: okAuthz},
+		{name: "authz without status", raw: enc(&authv3.CheckResponse{})},
+		{name: "authz denied", raw: enc(&authv3.CheckResponse{Status: &rpcstatus.Status{Code: 7, Message: "rule x"}}), wantErr: true},
+		{name: "authz status merged from two fields", raw: append(enc(&authv3.CheckResponse{Status: &rpcstatus.Status{Code: 7}}), okAuthz...), wantErr: true},
+		{name: "authz truncated", raw: okAuthz[:len(okAuthz)-1], wantErr: true},
+		{name: "authz garbage", raw: []byte{0xff, 0xff, 0xff}, wantErr: true},
+		{name: "rls ok", ratelim: true, raw: enc(&rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: []*rlsv3.RateLimitResponse_DescriptorStatus{{Code: rlsv3.RateLimitResponse_OK, LimitRemaining: 3}}})},
+		{name: "rls over limit", ratelim: true, raw: enc(&rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OVER_LIMIT}), wantErr: true},
+		{name: "rls unknown code", ratelim: true, raw: enc(&rlsv3.RateLimitResponse{}), wantErr: true},
+		{name: "rls garbage", ratelim: true, raw: []byte{0x0a, 0x05, 1}, wantErr: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			judge, decoded := checkAuthzAnswer, error(nil)
+			if tt.ratelim {
+				judge = checkRateLimitAnswer
+				var m rlsv3.RateLimitResponse
+				if decoded = proto.Unmarshal(tt.raw, &m); decoded == nil && m.GetOverallCode() != rlsv3.RateLimitResponse_OK {
+					decoded = errors.New("not OK")
+				}
+			} else {
+				var m authv3.CheckResponse
+				if decoded = proto.Unmarshal(tt.raw, &m); decoded == nil && m.GetStatus().GetCode() != 0 {
+					decoded = errors.New("denied")
+				}
+			}
+			err := judge(tt.raw)
+			if (err != nil) != tt.wantErr || (decoded != nil) != tt.wantErr {
+				t.Errorf("wire judge: %v; decoded judge: %v; want failure %v", err, decoded, tt.wantErr)
 			}
 		})
 	}

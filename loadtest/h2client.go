@@ -46,6 +46,17 @@ type h2Conn struct {
 	err        error
 	idle       *sync.Cond // signalled when no stream is open
 	scratch    []byte     // one DATA payload being built
+	free       []*h2Stream
+
+	// Reader-owned: the header block being decoded, and what it said. The fields
+	// are taken as they are decoded, no list built: the generator's garbage
+	// collections take the same two cores as the server's.
+	hdec       *hpack.Decoder
+	hdrStream  uint32
+	hdrEnded   bool // END_STREAM on the HEADERS frame
+	hdrStatus  string
+	grpcStatus string
+	grpcMsg    string
 }
 
 type h2Request struct {
@@ -103,8 +114,7 @@ func dialH2(addr, path string, check func([]byte) error, done func(slot int, err
 		return nil, err
 	}
 	rd := http2.NewFramer(nil, bufio.NewReaderSize(conn, 64<<10))
-	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	rd.MaxHeaderListSize = 1 << 20
+	c.hdec = hpack.NewDecoder(4096, c.emit)
 	go c.read(rd)
 	return c, nil
 }
@@ -140,7 +150,7 @@ func (c *h2Conn) drainLocked() {
 		id := c.nextID
 		c.nextID += 2
 		c.sendWindow -= size
-		c.streams[id] = &h2Stream{slot: r.slot}
+		c.streams[id] = c.newStream(r.slot)
 		block := c.header
 		if !c.sentFirst {
 			block, c.sentFirst = c.first, true
@@ -229,16 +239,12 @@ func (c *h2Conn) handle(f http2.Frame) {
 				c.finish(f.StreamID, s, errors.New("answer ended without trailers"))
 			}
 		}
-	case *http2.MetaHeadersFrame:
-		s := c.streams[f.StreamID]
-		if s == nil {
-			return
-		}
-		if !f.StreamEnded() {
-			s.status = f.PseudoValue("status")
-			return
-		}
-		c.finish(f.StreamID, s, c.outcome(s, f))
+	case *http2.HeadersFrame:
+		c.hdrStream, c.hdrEnded = f.StreamID, f.StreamEnded()
+		c.hdrStatus, c.grpcStatus, c.grpcMsg = "", "", ""
+		c.headerFragment(f.HeaderBlockFragment(), f.HeadersEnded())
+	case *http2.ContinuationFrame:
+		c.headerFragment(f.HeaderBlockFragment(), f.HeadersEnded())
 	case *http2.RSTStreamFrame:
 		if s := c.streams[f.StreamID]; s != nil {
 			c.finish(f.StreamID, s, fmt.Errorf("stream reset: %v", f.ErrCode))
@@ -248,26 +254,55 @@ func (c *h2Conn) handle(f http2.Frame) {
 	}
 }
 
-// outcome judges a finished call from its trailers (or trailers-only answer).
-func (c *h2Conn) outcome(s *h2Stream, trailers *http2.MetaHeadersFrame) error {
-	if st := trailers.PseudoValue("status"); st != "" {
-		s.status = st // a trailers-only answer
+// emit takes one field of the header block being decoded.
+func (c *h2Conn) emit(hf hpack.HeaderField) {
+	switch hf.Name {
+	case ":status":
+		c.hdrStatus = hf.Value
+	case "grpc-status":
+		c.grpcStatus = hf.Value
+	case "grpc-message":
+		c.grpcMsg = hf.Value
+	}
+}
+
+// headerFragment decodes part of a header block; at its end, the response
+// headers are noted, or the trailers end the call. c.mu is held.
+func (c *h2Conn) headerFragment(frag []byte, end bool) {
+	if _, err := c.hdec.Write(frag); err != nil {
+		c.failLocked(fmt.Errorf("header block: %w", err))
+		return
+	}
+	if !end {
+		return
+	}
+	if err := c.hdec.Close(); err != nil {
+		c.failLocked(fmt.Errorf("header block: %w", err))
+		return
+	}
+	s := c.streams[c.hdrStream]
+	if s == nil {
+		return
+	}
+	if !c.hdrEnded {
+		s.status = c.hdrStatus
+		return
+	}
+	c.finish(c.hdrStream, s, c.outcome(s))
+}
+
+// outcome judges a finished call from its trailers (or trailers-only answer),
+// just decoded.
+func (c *h2Conn) outcome(s *h2Stream) error {
+	if c.hdrStatus != "" {
+		s.status = c.hdrStatus // a trailers-only answer
 	}
 	if s.status != "200" {
 		return fmt.Errorf("HTTP status %q", s.status)
 	}
-	code, msg := "", ""
-	for _, h := range trailers.RegularFields() {
-		switch h.Name {
-		case "grpc-status":
-			code = h.Value
-		case "grpc-message":
-			msg = h.Value
-		}
-	}
-	if code != "0" {
+	if code := c.grpcStatus; code != "0" {
 		n, _ := strconv.Atoi(code)
-		return fmt.Errorf("grpc-status %s (%d): %s", code, n, msg)
+		return fmt.Errorf("grpc-status %s (%d): %s", code, n, c.grpcMsg)
 	}
 	if len(s.data) < 5 || int(binary.BigEndian.Uint32(s.data[1:5])) != len(s.data)-5 {
 		return fmt.Errorf("malformed answer of %d bytes", len(s.data))
@@ -278,10 +313,22 @@ func (c *h2Conn) outcome(s *h2Stream, trailers *http2.MetaHeadersFrame) error {
 	return c.check(s.data[5:])
 }
 
+// newStream takes a stream from the free list, or makes one; c.mu is held.
+func (c *h2Conn) newStream(slot int) *h2Stream {
+	if n := len(c.free); n > 0 {
+		s := c.free[n-1]
+		c.free = c.free[:n-1]
+		*s = h2Stream{slot: slot, data: s.data[:0]}
+		return s
+	}
+	return &h2Stream{slot: slot}
+}
+
 // finish reports a call and closes its stream; c.mu is held.
 func (c *h2Conn) finish(id uint32, s *h2Stream, err error) {
 	delete(c.streams, id)
 	c.done(s.slot, err)
+	c.free = append(c.free, s)
 	if len(c.queued) > 0 {
 		c.drainLocked()
 	}

@@ -3,6 +3,7 @@ package loadtest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -75,11 +77,32 @@ func testH2Conn(t *testing.T, addr string) {
 		}
 		return nil
 	}
+	rls, err := newScenario("ratelimit", "hit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both descriptors of the scenario's requests answered OK.
+	twoOK := func(raw []byte) error {
+		var resp rlsv3.RateLimitResponse
+		if err := proto.Unmarshal(raw, &resp); err != nil {
+			return err
+		}
+		if resp.GetOverallCode() != rlsv3.RateLimitResponse_OK || len(resp.GetStatuses()) != 2 {
+			return fmt.Errorf("answer %v, want OK for two descriptors", &resp)
+		}
+		for _, st := range resp.GetStatuses() {
+			if st.GetCode() != rlsv3.RateLimitResponse_OK {
+				return fmt.Errorf("answer %v, want OK for two descriptors", &resp)
+			}
+		}
+		return nil
+	}
 	tests := []struct {
 		name      string
 		method    string
 		check     func([]byte) error
-		msgSize   int // 0: the scenario's requests
+		request   func(int64) []byte // nil: the ext_authz scenario's
+		msgSize   int                // 0: the scenario's requests
 		n, batch  int
 		wantError string // in every outcome; empty for none
 	}{
@@ -87,6 +110,7 @@ func testH2Conn(t *testing.T, addr string) {
 		// starts with: they pass only if its WINDOW_UPDATEs are honoured.
 		{name: "check requests, batched", method: check.method, check: allowed, n: 3000, batch: 50},
 		{name: "one at a time", method: check.method, check: allowed, n: 20, batch: 1},
+		{name: "rate-limit requests", method: rls.method, check: twoOK, request: rls.request, n: 300, batch: 30},
 		{name: "unknown method", method: "/no.Such/Method", check: allowed, n: 10, batch: 5, wantError: "grpc-status 12"},
 		{name: "answer rejected by check", method: check.method, check: func([]byte) error { return errors.New("no") }, n: 10, batch: 10, wantError: "no"},
 		{name: "request larger than a stream window", method: check.method, check: allowed, msgSize: 70000, n: 2, batch: 2, wantError: "exceeds the server's stream window"},
@@ -102,7 +126,11 @@ func testH2Conn(t *testing.T, addr string) {
 			for i := 0; i < tt.n; i += tt.batch {
 				var reqs []h2Request
 				for j := i; j < min(tt.n, i+tt.batch); j++ {
-					msg := check.request(int64(j))
+					request := check.request
+					if tt.request != nil {
+						request = tt.request
+					}
+					msg := request(int64(j))
 					if tt.msgSize > 0 {
 						msg = make([]byte, tt.msgSize)
 					}

@@ -8,6 +8,9 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 )
@@ -35,7 +38,10 @@ func (noopServer) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitRequest
 // until ctx ends: grpc-go's, or with lean the hand-written HTTP/2 one (ServeNoopH2).
 func ServeNoop(ctx context.Context, grpcAddr, adminAddr string, lean bool) error {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "up 1") })
+	// The runtime's metrics only: the load tool reads allocations and collections.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector())
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	admin := &http.Server{Addr: adminAddr, Handler: mux}
 	go func() { _ = admin.ListenAndServe() }()
 	defer admin.Close()

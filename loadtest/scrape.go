@@ -55,7 +55,7 @@ func matches(m *dto.Metric, want map[string]string) bool {
 	return true
 }
 
-// Sum adds the value (counter, gauge, or histogram count) of every series of a
+// Sum adds the value (counter, gauge, or histogram or summary count) of every series of a
 // family whose labels include want.
 func (f Families) Sum(name string, want map[string]string) float64 {
 	var sum float64
@@ -70,6 +70,8 @@ func (f Families) Sum(name string, want map[string]string) float64 {
 			sum += m.GetGauge().GetValue()
 		case m.Histogram != nil:
 			sum += float64(m.GetHistogram().GetSampleCount())
+		case m.Summary != nil:
+			sum += float64(m.GetSummary().GetSampleCount())
 		case m.Untyped != nil:
 			sum += m.GetUntyped().GetValue()
 		}

@@ -39,8 +39,8 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 // checkEncoded answers a CheckRequest from its encoding, for the lean listener:
 // it reads the fields a check uses without building the message. msg must not
 // change until the call returns.
-func (s *Server) checkEncoded(ctx context.Context, msg []byte) (proto.Message, error) {
-	return s.answerEncoded(ctx, "ext_authz", "CheckRequest", msg,
+func (s *Server) checkEncoded(ctx context.Context, msg, dst []byte) ([]byte, error) {
+	return s.answerEncoded(ctx, "ext_authz", "CheckRequest", msg, dst,
 		func(st *requestState, b []byte) error { return st.fields.Unmarshal(b) },
 		func(ctx context.Context, st *requestState) (proto.Message, string, error) {
 			resp, outcome, err := s.check(ctx, st)
@@ -96,6 +96,9 @@ func (s *Server) check(ctx context.Context, st *requestState) (*authv3.CheckResp
 	}
 	if q != nil && !q.Allowed() {
 		return denied(*q, qrule), "quota_exceeded", nil
+	}
+	if len(allowed.Headers) == 0 {
+		return s.okPlain, "allowed", nil
 	}
 	return okResponse(allowed), "allowed", nil
 }

@@ -4,6 +4,7 @@ package check
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,7 @@ import (
 	"github.com/sluicemesh/sluice/mixer/expr"
 	"github.com/sluicemesh/sluice/mixer/h2unary"
 	"github.com/sluicemesh/sluice/mixer/registry"
+	"github.com/sluicemesh/sluice/templates/authorization"
 )
 
 // DefaultQuotaHandler is the handler the rate-limit service counts with: memquota in
@@ -68,6 +70,12 @@ type Server struct {
 	rl     atomic.Pointer[rateLimits]
 
 	scratch sync.Pool // *requestState
+
+	// okPlain is the answer of an allowed check that adds no headers, most
+	// answers: shared, so never changed once built, and sent on the lean
+	// listener as okPlainWire without being encoded again.
+	okPlain     *authv3.CheckResponse
+	okPlainWire []byte
 }
 
 // requestState is one request's reusable working memory.
@@ -102,6 +110,10 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.scratch.New = func() any { return &requestState{act: expr.NewActivation(s.vocab)} }
+	s.okPlain = okResponse(authorization.Result{Code: codes.OK})
+	if s.okPlainWire, err = proto.Marshal(s.okPlain); err != nil {
+		return nil, fmt.Errorf("encode the OK answer: %w", err)
+	}
 	return s, nil
 }
 
@@ -120,13 +132,14 @@ func (s *Server) Methods() []h2unary.Method {
 }
 
 // answerEncoded answers one check of service from its encoding, for the lean
-// listener: read fills a request state from msg, answer decides. Bytes that are not
-// a request (named request in the error) get INTERNAL, as grpc-go answers them on
-// the gRPC port. msg must not change until answerEncoded returns.
-func (s *Server) answerEncoded(ctx context.Context, service, request string, msg []byte,
+// listener: read fills a request state from msg, answer decides, and the answer is
+// appended to dst encoded. Bytes that are not a request (named request in the
+// error) get INTERNAL, as grpc-go answers them on the gRPC port. msg must not
+// change until answerEncoded returns.
+func (s *Server) answerEncoded(ctx context.Context, service, request string, msg, dst []byte,
 	read func(*requestState, []byte) error,
 	answer func(context.Context, *requestState) (proto.Message, string, error),
-) (proto.Message, error) {
+) ([]byte, error) {
 	start := time.Now()
 	st := s.scratch.Get().(*requestState)
 	defer s.scratch.Put(st)
@@ -142,10 +155,12 @@ func (s *Server) answerEncoded(ctx context.Context, service, request string, msg
 	}
 	s.metrics.observe(service, outcome, time.Since(start))
 	if err != nil {
-		// resp may hold a typed nil; the listener must see none.
 		return nil, err
 	}
-	return resp, nil
+	if resp == proto.Message(s.okPlain) {
+		return append(dst, s.okPlainWire...), nil
+	}
+	return h2unary.AppendMessage(dst, resp)
 }
 
 // inProcess reports whether the last config's checks never wait on a backend. A new

@@ -2,7 +2,6 @@ package check
 
 import (
 	"encoding/binary"
-	"fmt"
 	"sort"
 
 	"github.com/sluicemesh/sluice/adapters"
@@ -147,44 +146,47 @@ func (s *Server) addHandlerRefs(l *dispatch.Lease, name string, refs map[string]
 }
 
 // cacheKey appends the values of the plan's attributes: every value, or its absence,
-// followed by its length, so that distinct value lists never share a key.
+// followed by its length, so that distinct value lists never share a key. Values are
+// read by kind, never boxed: the key is built on every check.
 func (p *plan) cacheKey(dst []byte, bag *attribute.Bag) []byte {
 	for _, r := range p.refs {
 		start := len(dst)
-		v, ok := bag.Value(r.ID)
-		switch {
-		case !ok:
+		if !bag.Has(r.ID) {
 			dst = append(dst, 0)
-		case r.Keyed:
-			m := v.(attribute.StringMap)
+		} else if r.Keyed {
+			m, _ := bag.Map(r.ID)
 			if s, found := m.Get(r.Key); found {
 				dst = append(dst, 1)
 				dst = append(dst, s...)
 			} else {
 				dst = append(dst, 0)
 			}
-		default:
+		} else {
 			dst = append(dst, 1)
-			dst = appendAny(dst, v)
+			dst = appendValue(dst, bag, r.ID)
 		}
 		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(dst)-start))
 	}
 	return dst
 }
 
-func appendAny(dst []byte, v any) []byte {
-	switch t := v.(type) {
-	case string:
-		return append(dst, t...)
-	case attribute.StringMap:
-		keys := make([]string, 0, t.Len())
-		t.Range(func(k, _ string) bool {
+// appendValue appends a set attribute's value: a string as is, a map as its
+// sorted pairs, any other kind as its numeric slot.
+func appendValue(dst []byte, bag *attribute.Bag, id attribute.ID) []byte {
+	switch id.Kind() {
+	case attribute.String:
+		s, _ := bag.String(id)
+		return append(dst, s...)
+	case attribute.Map:
+		m, _ := bag.Map(id)
+		keys := make([]string, 0, m.Len())
+		m.Range(func(k, _ string) bool {
 			keys = append(keys, k)
 			return true
 		})
 		sort.Strings(keys)
 		for _, k := range keys {
-			val, _ := t.Get(k)
+			val, _ := m.Get(k)
 			dst = append(dst, k...)
 			dst = append(dst, 0)
 			dst = append(dst, val...)
@@ -192,5 +194,6 @@ func appendAny(dst []byte, v any) []byte {
 		}
 		return dst
 	}
-	return fmt.Append(dst, v)
+	n, _ := bag.Int(id)
+	return binary.LittleEndian.AppendUint64(dst, uint64(n))
 }

@@ -64,3 +64,61 @@ spec:
 		}
 	}
 }
+
+// TestCacheKey: two bags share a key exactly when every referenced value, or its
+// absence, is the same; values of other attributes do not count.
+func TestCacheKey(t *testing.T) {
+	p := &plan{refs: []expr.Ref{
+		{ID: attribute.SourcePrincipal},
+		{ID: attribute.RequestSize},
+		{ID: attribute.RequestTime},
+		{ID: attribute.RequestHeaders, Key: "x-user", Keyed: true},
+	}}
+	whole := &plan{refs: []expr.Ref{{ID: attribute.RequestHeaders}}}
+	base := func(b *attribute.Bag) {
+		b.SetString(attribute.SourcePrincipal, "spiffe://a")
+		b.SetInt(attribute.RequestSize, 10)
+		b.SetTimeNanos(attribute.RequestTime, 1e18)
+		b.AddHeader(attribute.RequestHeaders, "x-user", "u1")
+		b.AddHeader(attribute.RequestHeaders, "x-request-id", "1")
+	}
+	for _, tt := range []struct {
+		name string
+		p    *plan
+		mod  func(b *attribute.Bag)
+		same bool
+	}{
+		{"identical", p, func(*attribute.Bag) {}, true},
+		{"unreferenced header differs", p, func(b *attribute.Bag) { b.AddHeader(attribute.RequestHeaders, "x-request-id", "2") }, true},
+		{"unreferenced attribute set", p, func(b *attribute.Bag) { b.SetString(attribute.DestinationPrincipal, "x") }, true},
+		{"string differs", p, func(b *attribute.Bag) { b.SetString(attribute.SourcePrincipal, "spiffe://b") }, false},
+		{"string absent", p, func(b *attribute.Bag) { b.Unset(attribute.SourcePrincipal) }, false},
+		{"empty string is not absent", p, func(b *attribute.Bag) { b.SetString(attribute.SourcePrincipal, "") }, false},
+		{"int differs", p, func(b *attribute.Bag) { b.SetInt(attribute.RequestSize, 11) }, false},
+		{"time differs", p, func(b *attribute.Bag) { b.SetTimeNanos(attribute.RequestTime, 1e18+1) }, false},
+		{"keyed header differs", p, func(b *attribute.Bag) {
+			b.Unset(attribute.RequestHeaders)
+			b.SetMap(attribute.RequestHeaders, attribute.MapOf(map[string]string{"x-user": "u2"}))
+		}, false},
+		{"keyed header absent", p, func(b *attribute.Bag) {
+			b.SetMap(attribute.RequestHeaders, attribute.MapOf(map[string]string{"x-request-id": "1"}))
+		}, false},
+		{"whole map, same pairs in another order", whole, func(b *attribute.Bag) {
+			b.SetMap(attribute.RequestHeaders, attribute.MapOf(map[string]string{"x-request-id": "1", "x-user": "u1"}))
+		}, true},
+		{"whole map, another value", whole, func(b *attribute.Bag) {
+			b.SetMap(attribute.RequestHeaders, attribute.MapOf(map[string]string{"x-request-id": "2", "x-user": "u1"}))
+		}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var a, b attribute.Bag
+			base(&a)
+			base(&b)
+			tt.mod(&b)
+			ka, kb := tt.p.cacheKey(nil, &a), tt.p.cacheKey(nil, &b)
+			if same := string(ka) == string(kb); same != tt.same {
+				t.Errorf("keys %q and %q: same %v, want %v", ka, kb, same, tt.same)
+			}
+		})
+	}
+}

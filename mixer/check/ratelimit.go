@@ -201,8 +201,8 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 // shouldRateLimitEncoded answers a RateLimitRequest from its encoding, for the lean
 // listener, without building the message. msg must not change until the call
 // returns.
-func (s *Server) shouldRateLimitEncoded(ctx context.Context, msg []byte) (proto.Message, error) {
-	return s.answerEncoded(ctx, "ratelimit", "RateLimitRequest", msg,
+func (s *Server) shouldRateLimitEncoded(ctx context.Context, msg, dst []byte) ([]byte, error) {
+	return s.answerEncoded(ctx, "ratelimit", "RateLimitRequest", msg, dst,
 		func(st *requestState, b []byte) error { return st.rl.Unmarshal(b) },
 		func(ctx context.Context, st *requestState) (proto.Message, string, error) {
 			resp, outcome, err := s.shouldRateLimit(ctx, &st.rl)
@@ -234,6 +234,9 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *envoy.RateLimitFields
 		return nil, "unavailable", status.Error(codes.Unavailable, "no config applied yet")
 	}
 	defer lease.Release()
+	// The plan says whether checks may run inline on the lean listener; a service
+	// that only answers rate limits must build it too.
+	s.planFor(lease)
 	rl := s.rateLimitsFor(lease)
 	root, known := rl.domains[req.Domain]
 	domain := req.Domain

@@ -264,6 +264,28 @@ func checkResponse(t *testing.T, name string, resp *rlsv3.RateLimitResponse, ove
 	}
 }
 
+// TestRateLimitRunsInline: on the lean listener, a Sluice that only answers rate
+// limits runs them inline once it has seen its config is in memory, as it does
+// ext_authz checks: no goroutine and no deadline timer per call.
+func TestRateLimitRunsInline(t *testing.T) {
+	s := startServer(t, nil, "testdata/ratelimit-readme/example1.yaml")
+	client := rlsv3.NewRateLimitServiceClient(s.via("check"))
+	for range 3 {
+		if _, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps",
+			Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := loadtest.Scrape(context.Background(), s.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inline, other := f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "inline"}), f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "goroutine"})
+	if inline < 2 || inline+other != 3 {
+		t.Errorf("calls inline %v, on goroutines %v; want the last two of three inline", inline, other)
+	}
+}
+
 func TestRateLimitBadInput(t *testing.T) {
 	forListeners(t, func(t *testing.T, listener string) {
 		s := startServer(t, nil, "testdata/ratelimit-readme/example1.yaml")

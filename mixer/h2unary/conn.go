@@ -15,7 +15,6 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
 
 // okTrailer ends every successful answer.
@@ -33,6 +32,9 @@ const (
 	flushAt = 64 << 10
 	// maxHeaderList bounds a request's header block (decoded).
 	maxHeaderList = 64 << 10
+	// maxKeptReply bounds the answer buffer a connection keeps between inline
+	// calls: one huge answer does not hold its memory for the connection's life.
+	maxKeptReply = 64 << 10
 )
 
 // conn is one client connection. The reader goroutine (serve) owns the read side;
@@ -53,7 +55,9 @@ type conn struct {
 
 	// Reader-owned.
 	in       *bufio.Reader
+	hdr      *headerReader
 	receives map[uint32]*stream
+	reply    []byte // inline calls' answers are encoded here
 
 	mu       sync.Mutex // guards all below
 	cond     *sync.Cond // a write ended, a stream was released, or the connection closed
@@ -97,7 +101,7 @@ type stream struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{
-		srv: s, nc: nc, in: bufio.NewReaderSize(nc, 32<<10),
+		srv: s, nc: nc, in: bufio.NewReaderSize(nc, 32<<10), hdr: newHeaderReader(),
 		receives: map[uint32]*stream{}, open: map[uint32]*stream{},
 		sendWindow: 65535, streamWindow: 65535, maxFrame: 16384,
 	}
@@ -138,8 +142,6 @@ func (c *conn) serve() {
 		return
 	}
 	rd := http2.NewFramer(nil, c.in)
-	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	rd.MaxHeaderListSize = maxHeaderList
 	rd.SetMaxReadFrameSize(1 << 20)
 	for {
 		c.mu.Lock()
@@ -156,29 +158,36 @@ func (c *conn) serve() {
 		f, err := rd.ReadFrame()
 		var se http2.StreamError
 		if errors.As(err, &se) {
-			// A malformed header block: the framer consumed the frame, so only
-			// the stream is refused.
-			c.srv.count(ReasonBadRequest)
-			if st := c.receives[se.StreamID]; st != nil {
-				delete(c.receives, se.StreamID)
-			}
-			c.mu.Lock()
-			if se.StreamID > c.lastID && se.StreamID%2 == 1 {
-				c.lastID = se.StreamID
-			}
-			c.resetLocked(se.StreamID, se.Code)
-			c.flushLocked()
+			// The framer consumed the malformed frame: only its stream is refused.
+			c.refuse(se)
 			continue
 		}
 		if err != nil {
 			c.readFailed(err)
 			return
 		}
-		if err := c.handle(f); err != nil {
+		err = c.handle(f)
+		if errors.As(err, &se) {
+			c.refuse(se)
+			continue
+		}
+		if err != nil {
 			c.connError(err)
 			return
 		}
 	}
+}
+
+// refuse resets a stream whose frames were malformed; the connection goes on.
+func (c *conn) refuse(se http2.StreamError) {
+	c.srv.count(ReasonBadRequest)
+	delete(c.receives, se.StreamID)
+	c.mu.Lock()
+	if se.StreamID > c.lastID && se.StreamID%2 == 1 {
+		c.lastID = se.StreamID
+	}
+	c.resetLocked(se.StreamID, se.Code)
+	c.flushLocked()
 }
 
 // finish ends the connection once the reader is done: close it (a write stuck on a
@@ -247,8 +256,12 @@ func (c *conn) goAway() {
 // handle acts on one frame; an error ends the connection.
 func (c *conn) handle(f http2.Frame) error {
 	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		return c.onHeaders(f)
+	case *http2.HeadersFrame, *http2.ContinuationFrame:
+		h, err := c.hdr.read(f)
+		if h == nil {
+			return err // nil while the block goes on
+		}
+		return c.onHeaders(h)
 	case *http2.DataFrame:
 		return c.onData(f)
 	case *http2.SettingsFrame:
@@ -337,14 +350,14 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	return nil
 }
 
-func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
-	id := f.StreamID
+func (c *conn) onHeaders(h *requestHead) error {
+	id := h.id
 	if st := c.receives[id]; st != nil {
 		// Trailers of a request: unary clients send none, but they end the stream.
 		delete(c.receives, id)
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if !f.StreamEnded() {
+		if !h.ended {
 			c.srv.count(ReasonBadRequest)
 			c.resetLocked(id, http2.ErrCodeProtocol)
 			return nil
@@ -371,38 +384,27 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	st := &stream{id: id, window: c.streamWindow, refs: 1}
 	c.open[id] = st
 	c.inflight++
-	var contentType, encoding, timeout string
-	for _, h := range f.RegularFields() {
-		switch h.Name {
-		case "content-type":
-			contentType = h.Value
-		case "grpc-encoding":
-			encoding = h.Value
-		case "grpc-timeout":
-			timeout = h.Value
-		}
-	}
-	path := f.PseudoValue("path")
+	path := h.path
 	switch m := c.srv.methods[path]; {
-	case f.Truncated:
+	case h.truncated:
 		c.srv.count(ReasonTooLarge)
 		st.err = status.Newf(codes.ResourceExhausted, "request headers larger than %d bytes", maxHeaderList)
-	case f.PseudoValue("method") != "POST" || !isGRPC(contentType):
+	case h.method != "POST" || !isGRPC(h.contentType):
 		c.srv.count(ReasonBadRequest)
-		st.err = status.Newf(codes.Unimplemented, "not a gRPC request: %s %s with content-type %q", f.PseudoValue("method"), path, contentType)
+		st.err = status.Newf(codes.Unimplemented, "not a gRPC request: %s %s with content-type %q", h.method, path, h.contentType)
 	case m == nil:
 		c.srv.count(ReasonUnknownMethod)
 		st.err = status.Newf(codes.Unimplemented, "unknown method %s on the check listener (it serves %s)", path, strings.Join(c.srv.paths(), ", "))
 	default:
 		st.method = m
 	}
-	if encoding != "" && encoding != "identity" && st.err == nil {
+	if encoding := h.encoding; encoding != "" && encoding != "identity" && st.err == nil {
 		// A client only compresses with an encoding the server announced; this one
 		// announces none, so this is not a gRPC client behaving.
 		c.srv.count(ReasonBadRequest)
 		st.err = status.Newf(codes.Unimplemented, "grpc-encoding %q is not supported; send uncompressed messages", encoding)
 	}
-	if timeout != "" {
+	if timeout := h.timeout; timeout != "" {
 		d, ok := parseTimeout(timeout)
 		if !ok && st.err == nil {
 			c.srv.count(ReasonBadRequest)
@@ -412,7 +414,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 			st.deadline = time.Now().Add(d)
 		}
 	}
-	if f.StreamEnded() {
+	if h.ended {
 		c.dispatchLocked(st)
 		return nil
 	}
@@ -461,8 +463,8 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	return nil
 }
 
-// frameBuffered reports whether a whole frame is already read, and not one whose
-// header block goes on in a CONTINUATION, so that the next ReadFrame cannot block.
+// frameBuffered reports whether a whole frame is already read, so that the next
+// ReadFrame cannot block.
 func (c *conn) frameBuffered() bool {
 	n := c.in.Buffered()
 	if n < 9 {
@@ -470,10 +472,6 @@ func (c *conn) frameBuffered() bool {
 	}
 	h, err := c.in.Peek(9)
 	if err != nil {
-		return false
-	}
-	typ, flags := http2.FrameType(h[3]), http2.Flags(h[4])
-	if (typ == http2.FrameHeaders || typ == http2.FrameContinuation) && !flags.Has(http2.FlagHeadersEndHeaders) {
 		return false
 	}
 	return n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2]))
@@ -504,10 +502,18 @@ func (c *conn) dispatchLocked(st *stream) {
 		// never be read, and arming it costs a timer per call (~5 µs here, and a
 		// wakeup of the network poller). The deadline was checked above.
 		st.ctx, st.cancel = c.ctx, func() {}
+		c.srv.inlineCalls.Inc()
 		c.mu.Unlock()
-		resp, err := c.run(st)
+		resp, err := c.run(st, c.reply)
 		c.mu.Lock()
 		c.endCallLocked(st, resp, err)
+		if len(st.pending) > 0 {
+			// Waiting for window: the answer must outlive the buffer's next use.
+			st.pending = bytes.Clone(st.pending)
+		}
+		if cap(resp) <= maxKeptReply {
+			c.reply = resp[:0]
+		}
 		return
 	}
 	// The call's context ends with the connection, its deadline, or the client's
@@ -517,6 +523,7 @@ func (c *conn) dispatchLocked(st *stream) {
 	} else {
 		st.ctx, st.cancel = context.WithCancel(c.ctx)
 	}
+	c.srv.goCalls.Inc()
 	go c.call(st)
 }
 
@@ -538,16 +545,16 @@ func checkMessage(data []byte) *status.Status {
 
 // call runs a call on its own goroutine and answers.
 func (c *conn) call(st *stream) {
-	resp, err := c.run(st)
+	resp, err := c.run(st, nil)
 	c.mu.Lock()
 	c.endCallLocked(st, resp, err)
 	c.flushLocked()
 }
 
-// run runs the method; mu is not held.
-func (c *conn) run(st *stream) ([]byte, *status.Status) {
+// run runs the method, its answer encoded after dst's gRPC prefix; mu is not held.
+func (c *conn) run(st *stream, dst []byte) ([]byte, *status.Status) {
 	defer st.cancel()
-	resp, err := st.method.Call(st.ctx, st.data[5:])
+	body, err := st.method.Call(st.ctx, st.data[5:], append(dst[:0], 0, 0, 0, 0, 0))
 	if err != nil {
 		fail, ok := status.FromError(err)
 		if !ok {
@@ -557,9 +564,8 @@ func (c *conn) run(st *stream) ([]byte, *status.Status) {
 		}
 		return nil, fail
 	}
-	body, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 5, 5+proto.Size(resp)), resp)
-	if err != nil {
-		return nil, status.Newf(codes.Internal, "encode answer: %v", err)
+	if len(body) < 5 {
+		return nil, status.New(codes.Internal, "the method's answer lost its gRPC prefix")
 	}
 	grpcPrefix(body[:0], len(body)-5)
 	return body, nil

@@ -38,11 +38,14 @@ import (
 type Method struct {
 	// Path is "/package.Service/Method".
 	Path string
-	// Call decodes msg (the request message, without gRPC's prefix) and answers it.
-	// An error carrying a gRPC status (status.Error) is sent as that status; any
-	// other error as UNKNOWN. msg is the call's own: the listener never writes to
-	// it or reuses it, so values decoded from it may view it without a copy.
-	Call func(ctx context.Context, msg []byte) (proto.Message, error)
+	// Call decodes msg (the request message, without gRPC's prefix) and answers it:
+	// it appends the answer message, encoded, to dst and returns the extended
+	// slice. An error carrying a gRPC status (status.Error) is sent as that
+	// status; any other error as UNKNOWN. msg is the call's own: the listener
+	// never writes to it or reuses it, so values decoded from it may view it
+	// without a copy. dst is not: the listener reuses it once the answer is
+	// written, so the call must not keep it.
+	Call func(ctx context.Context, msg, dst []byte) ([]byte, error)
 	// Inline, when set and true at a call, runs the call on the connection's reader
 	// instead of a goroutine of its own: no wake-up, no hand-off, answers of one
 	// read batched into one write — but the connection reads nothing until the call
@@ -56,13 +59,26 @@ func Unary[Req any, PReq interface {
 	*Req
 	proto.Message
 }, Resp proto.Message](path string, h func(context.Context, PReq) (Resp, error)) Method {
-	return Method{Path: path, Call: func(ctx context.Context, msg []byte) (proto.Message, error) {
+	return Method{Path: path, Call: func(ctx context.Context, msg, dst []byte) ([]byte, error) {
 		req := PReq(new(Req))
 		if err := proto.Unmarshal(msg, req); err != nil {
 			return nil, status.Errorf(codes.Internal, "decode %s request: %v", path, err)
 		}
-		return h(ctx, req)
+		resp, err := h(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return AppendMessage(dst, resp)
 	}}
+}
+
+// AppendMessage appends m's encoding to dst, for a Call; a failure is INTERNAL.
+func AppendMessage(dst []byte, m proto.Message) ([]byte, error) {
+	out, err := proto.MarshalOptions{}.MarshalAppend(dst, m)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode answer: %v", err)
+	}
+	return out, nil
 }
 
 // Options configure a Server.
@@ -97,6 +113,10 @@ type Server struct {
 	methods map[string]*Method
 	errs    *prometheus.CounterVec
 	conns   prometheus.Gauge
+	// calls counts the calls started, by where they ran: inlineCalls on the
+	// connection's reader, goCalls on goroutines of their own.
+	calls                *prometheus.CounterVec
+	inlineCalls, goCalls prometheus.Counter
 	// connWindow is each connection's receive window: the request bytes it may
 	// hold at once (two of the largest requests, 16 MiB at least).
 	connWindow uint32
@@ -136,7 +156,12 @@ func New(opts Options) (*Server, error) {
 		conns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_h2unary_connections_active", Help: "Open connections of the lean check listener.",
 		}),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_h2unary_calls_total",
+			Help: "Calls of the lean check listener started, by mode: inline (on the connection's reader, no hand-off) or goroutine (a call that may wait on a backend).",
+		}, []string{"mode"}),
 	}
+	s.inlineCalls, s.goCalls = s.calls.WithLabelValues("inline"), s.calls.WithLabelValues("goroutine")
 	for _, r := range []string{ReasonProtocol, ReasonTooLarge, ReasonUnknownMethod, ReasonBadRequest, ReasonRefused, ReasonReset} {
 		s.errs.WithLabelValues(r)
 	}
@@ -151,7 +176,7 @@ func New(opts Options) (*Server, error) {
 		s.methods[m.Path] = m
 	}
 	if opts.Metrics != nil {
-		for _, c := range []prometheus.Collector{s.errs, s.conns} {
+		for _, c := range []prometheus.Collector{s.errs, s.conns, s.calls} {
 			if err := opts.Metrics.Register(c); err != nil {
 				return nil, fmt.Errorf("register h2unary metrics: %w", err)
 			}

@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -410,6 +409,18 @@ func TestBadClients(t *testing.T) {
 			t.Errorf("even stream id: %v, want GOAWAY PROTOCOL_ERROR", fs[len(fs)-1])
 		}
 	})
+	t.Run("malformed header field", func(t *testing.T) {
+		fs := raw(t, func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true,
+				BlockFragment: headers(enc, hb, ":method", "POST", ":scheme", "http", ":path", echoPath, ":authority", "x", "Content-Type", "application/grpc")})
+		})
+		if len(fs) == 0 {
+			t.Fatal("no answer")
+		}
+		if r, ok := fs[len(fs)-1].(*http2.RSTStreamFrame); !ok || r.ErrCode != http2.ErrCodeProtocol || r.StreamID != 1 {
+			t.Errorf("upper-case header name: %v, want RST_STREAM PROTOCOL_ERROR on stream 1", fs[len(fs)-1])
+		}
+	})
 	t.Run("not HTTP/2 at all", func(t *testing.T) {
 		c, err := net.Dial("tcp", ts.addr)
 		if err != nil {
@@ -425,8 +436,8 @@ func TestBadClients(t *testing.T) {
 	if n := ts.errors(ReasonProtocol); n != 2 {
 		t.Errorf("protocol_error counted %v times, want 2", n)
 	}
-	if n := ts.errors(ReasonBadRequest); n != 3 {
-		t.Errorf("bad_request counted %v times, want 3", n)
+	if n := ts.errors(ReasonBadRequest); n != 4 {
+		t.Errorf("bad_request counted %v times, want 4", n)
 	}
 	// Still serving.
 	if _, err := echo(context.Background(), ts.dial(t), []byte{0}); err != nil {
@@ -457,7 +468,7 @@ func TestParseTimeout(t *testing.T) {
 }
 
 func TestNewRejects(t *testing.T) {
-	ok := Method{Path: echoPath, Call: func(context.Context, []byte) (proto.Message, error) { return nil, nil }}
+	ok := Method{Path: echoPath, Call: func(context.Context, []byte, []byte) ([]byte, error) { return nil, nil }}
 	for name, opts := range map[string]Options{
 		"no slash":     {Methods: []Method{{Path: "x", Call: ok.Call}}},
 		"no call":      {Methods: []Method{{Path: echoPath}}},

@@ -375,3 +375,46 @@ func TestExpiredDeadlineNotRun(t *testing.T) {
 		})
 	}
 }
+
+// TestInlineAnswersWaitingForWindow: inline answers are encoded into one buffer
+// per connection; one that waits for flow-control window keeps its own bytes
+// while later answers reuse that buffer.
+func TestInlineAnswersWaitingForWindow(t *testing.T) {
+	ts := startServer(t, Options{}, true)
+	r := dialRaw(t, ts.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
+	want := map[uint32][]byte{1: bytes.Repeat([]byte{'a'}, 40), 3: bytes.Repeat([]byte{'b'}, 40)}
+	for _, id := range []uint32{1, 3} {
+		r.headers(id, echoPath, false)
+		_ = r.fr.WriteData(id, true, reqBody(append([]byte{0}, want[id]...)))
+	}
+	// Both answers wait for window now; give it once the second was encoded.
+	time.Sleep(100 * time.Millisecond)
+	for _, id := range []uint32{1, 3} {
+		_ = r.fr.WriteWindowUpdate(id, 1000)
+	}
+	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := map[uint32][]byte{}
+	for ended := 0; ended < 2; {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d answers: %v", ended, err)
+		}
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			got[f.StreamID] = append(got[f.StreamID], f.Data()...)
+		case *http2.MetaHeadersFrame:
+			if f.StreamEnded() {
+				ended++
+			}
+		}
+	}
+	for _, id := range []uint32{1, 3} {
+		var m wrapperspb.BytesValue
+		if len(got[id]) < 5 || proto.Unmarshal(got[id][5:], &m) != nil {
+			t.Fatalf("stream %d: undecodable answer %q", id, got[id])
+		}
+		if w := append([]byte{0}, want[id]...); !bytes.Equal(m.Value, w) {
+			t.Errorf("stream %d answered %q, want %q", id, m.Value, w)
+		}
+	}
+}
