@@ -114,6 +114,7 @@ func dialH2(addr, path string, check func([]byte) error, done func(slot int, err
 		return nil, err
 	}
 	rd := http2.NewFramer(nil, bufio.NewReaderSize(conn, 64<<10))
+	rd.SetReuseFrames() // answers are copied out of DATA frames before the next read
 	c.hdec = hpack.NewDecoder(4096, c.emit)
 	go c.read(rd)
 	return c, nil

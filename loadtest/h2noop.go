@@ -15,8 +15,8 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
-	"google.golang.org/protobuf/encoding/protowire"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -103,6 +103,7 @@ func serveH2Conn(conn net.Conn) error {
 	_ = c.wr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1 << 20})
 	_ = c.wr.WriteWindowUpdate(0, recvWindow-65535)
 	rd := http2.NewFramer(nil, c.in)
+	rd.SetReuseFrames() // requests are copied out of DATA frames before the next read
 	c.hdec = hpack.NewDecoder(4096, func(hf hpack.HeaderField) {
 		if hf.Name == ":path" {
 			c.path = hf.Value

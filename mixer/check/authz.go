@@ -13,10 +13,10 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/mixer/expr"
+	"github.com/sluicemesh/sluice/mixer/h2unary"
 	"github.com/sluicemesh/sluice/templates/authorization"
 	"github.com/sluicemesh/sluice/templates/quota"
 )
@@ -42,9 +42,16 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 func (s *Server) checkEncoded(ctx context.Context, msg, dst []byte) ([]byte, error) {
 	return s.answerEncoded(ctx, "ext_authz", "CheckRequest", msg, dst,
 		func(st *requestState, b []byte) error { return st.fields.Unmarshal(b) },
-		func(ctx context.Context, st *requestState) (proto.Message, string, error) {
+		func(ctx context.Context, st *requestState, dst []byte) ([]byte, string, error) {
 			resp, outcome, err := s.check(ctx, st)
-			return resp, outcome, err
+			switch {
+			case err != nil:
+				return nil, outcome, err
+			case resp == s.okPlain:
+				return append(dst, s.okPlainWire...), outcome, nil
+			}
+			out, err := h2unary.AppendMessage(dst, resp)
+			return out, outcome, err
 		})
 }
 

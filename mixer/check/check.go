@@ -25,6 +25,7 @@ import (
 	"github.com/sluicemesh/sluice/mixer/h2unary"
 	"github.com/sluicemesh/sluice/mixer/registry"
 	"github.com/sluicemesh/sluice/templates/authorization"
+	"github.com/sluicemesh/sluice/templates/quota"
 )
 
 // DefaultQuotaHandler is the handler the rate-limit service counts with: memquota in
@@ -85,6 +86,12 @@ type requestState struct {
 	bag    attribute.Bag
 	act    *expr.Activation
 	key    []byte
+	// Rate-limit checks: the descriptors' rules, the backend's batch and its
+	// decisions, and the answer.
+	pend      []pending
+	batch     []quota.Request
+	decisions []quota.Decision
+	answer    rlAnswer
 }
 
 // New returns a check server.
@@ -138,29 +145,26 @@ func (s *Server) Methods() []h2unary.Method {
 // change until answerEncoded returns.
 func (s *Server) answerEncoded(ctx context.Context, service, request string, msg, dst []byte,
 	read func(*requestState, []byte) error,
-	answer func(context.Context, *requestState) (proto.Message, string, error),
+	answer func(ctx context.Context, st *requestState, dst []byte) ([]byte, string, error),
 ) ([]byte, error) {
 	start := time.Now()
 	st := s.scratch.Get().(*requestState)
 	defer s.scratch.Put(st)
 	var (
-		resp    proto.Message
+		out     []byte
 		outcome string
 		err     error
 	)
 	if rerr := read(st, msg); rerr != nil {
 		outcome, err = "invalid", status.Errorf(codes.Internal, "decode %s: %v", request, rerr)
 	} else {
-		resp, outcome, err = answer(ctx, st)
+		out, outcome, err = answer(ctx, st, dst)
 	}
 	s.metrics.observe(service, outcome, time.Since(start))
 	if err != nil {
 		return nil, err
 	}
-	if resp == proto.Message(s.okPlain) {
-		return append(dst, s.okPlainWire...), nil
-	}
-	return h2unary.AppendMessage(dst, resp)
+	return out, nil
 }
 
 // inProcess reports whether the last config's checks never wait on a backend. A new

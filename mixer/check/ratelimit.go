@@ -2,20 +2,16 @@ package check
 
 import (
 	"context"
-	"fmt"
 	"math"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/sluicemesh/sluice/mixer/config"
 	"github.com/sluicemesh/sluice/mixer/dispatch"
@@ -193,9 +189,12 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 	st := s.scratch.Get().(*requestState)
 	defer s.scratch.Put(st)
 	st.rl.SetRequest(req)
-	resp, outcome, err := s.shouldRateLimit(ctx, &st.rl)
+	outcome, err := s.shouldRateLimit(ctx, st)
 	s.metrics.observe("ratelimit", outcome, time.Since(start))
-	return resp, err
+	if err != nil {
+		return nil, err
+	}
+	return st.answer.message(s.opts.RateLimitHeaders), nil
 }
 
 // shouldRateLimitEncoded answers a RateLimitRequest from its encoding, for the lean
@@ -204,9 +203,12 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 func (s *Server) shouldRateLimitEncoded(ctx context.Context, msg, dst []byte) ([]byte, error) {
 	return s.answerEncoded(ctx, "ratelimit", "RateLimitRequest", msg, dst,
 		func(st *requestState, b []byte) error { return st.rl.Unmarshal(b) },
-		func(ctx context.Context, st *requestState) (proto.Message, string, error) {
-			resp, outcome, err := s.shouldRateLimit(ctx, &st.rl)
-			return resp, outcome, err
+		func(ctx context.Context, st *requestState, dst []byte) ([]byte, string, error) {
+			outcome, err := s.shouldRateLimit(ctx, st)
+			if err != nil {
+				return nil, outcome, err
+			}
+			return st.answer.appendWire(dst, s.opts.RateLimitHeaders), outcome, nil
 		})
 }
 
@@ -218,12 +220,14 @@ type pending struct {
 	req   int // index into the backend batch, -1 when not counted
 }
 
-func (s *Server) shouldRateLimit(ctx context.Context, req *envoy.RateLimitFields) (*rlsv3.RateLimitResponse, string, error) {
+// shouldRateLimit decides the request in st.rl into st.answer.
+func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string, error) {
+	req := &st.rl
 	if req.Domain == "" {
-		return nil, "invalid", status.Error(codes.InvalidArgument, "rate limit domain must not be empty")
+		return "invalid", status.Error(codes.InvalidArgument, "rate limit domain must not be empty")
 	}
 	if len(req.Descriptors) == 0 {
-		return nil, "invalid", status.Error(codes.InvalidArgument, "rate limit descriptor list must not be empty")
+		return "invalid", status.Error(codes.InvalidArgument, "rate limit descriptor list must not be empty")
 	}
 	hits := uint64(req.HitsAddend)
 	if hits == 0 {
@@ -231,7 +235,7 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *envoy.RateLimitFields
 	}
 	lease := s.opts.Dispatcher.Lease()
 	if lease == nil {
-		return nil, "unavailable", status.Error(codes.Unavailable, "no config applied yet")
+		return "unavailable", status.Error(codes.Unavailable, "no config applied yet")
 	}
 	defer lease.Release()
 	// The plan says whether checks may run inline on the lean listener; a service
@@ -244,9 +248,17 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *envoy.RateLimitFields
 		domain = "" // unknown domains are counted together: their names are unbounded
 	}
 
-	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.Descriptors))}
-	pend := make([]pending, len(req.Descriptors))
-	var batch []quota.Request
+	ans := &st.answer
+	ans.reset(len(req.Descriptors))
+	pend := slices.Grow(st.pend[:0], len(req.Descriptors))[:len(req.Descriptors)]
+	clear(pend)
+	batch := st.batch[:0]
+	defer func() {
+		// The storage is kept for the next request, without what it points to.
+		st.pend, st.batch = pend[:0], batch[:0]
+		clear(pend)
+		clear(batch[:cap(batch)])
+	}()
 	replaced := map[string]bool{}
 	for i := range req.Descriptors {
 		d := &req.Descriptors[i]
@@ -256,7 +268,7 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *envoy.RateLimitFields
 			h = d.HitsAddend
 		}
 		if h > maxHits {
-			return nil, "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d exceeds %d", i, h, maxHits)
+			return "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d exceeds %d", i, h, maxHits)
 		}
 		var n *rlNode
 		var key string
@@ -273,7 +285,7 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *envoy.RateLimitFields
 			unit := rlsv3.RateLimitResponse_RateLimit_Unit(d.Unit) // the two enums share their numbers
 			w, ok := unitOf(unit)
 			if !ok {
-				return nil, "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: limit override unit %v is not supported", i, typev3.RateLimitUnit(d.Unit))
+				return "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: limit override unit %v is not supported", i, typev3.RateLimitUnit(d.Unit))
 			}
 			if key == "" {
 				key = "override|" + entriesKey(d.Entries)
@@ -326,27 +338,27 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *envoy.RateLimitFields
 		batch = kept
 	}
 
-	decisions := make([]quota.Decision, len(batch))
+	decisions := slices.Grow(st.decisions[:0], len(batch))[:len(batch)]
+	clear(decisions)
+	st.decisions = decisions[:0]
 	if len(batch) > 0 {
 		h, ok := lease.Handler(s.opts.QuotaHandler)
 		if !ok {
-			return nil, "error", status.Errorf(codes.Unavailable, "the rate-limit backend %s is not configured", s.opts.QuotaHandler)
+			return "error", status.Errorf(codes.Unavailable, "the rate-limit backend %s is not configured", s.opts.QuotaHandler)
 		}
 		rlh, ok := h.(quota.RateLimiter)
 		if !ok {
-			return nil, "error", status.Errorf(codes.Internal, "handler %s is not a rate-limit backend", s.opts.QuotaHandler)
+			return "error", status.Errorf(codes.Internal, "handler %s is not a rate-limit backend", s.opts.QuotaHandler)
 		}
 		if err := rlh.Allow(ctx, s.opts.Now(), batch, decisions); err != nil {
 			s.metrics.handlerErrors.WithLabelValues(s.opts.QuotaHandler).Inc()
-			return nil, "error", status.Errorf(codes.Unavailable, "rate-limit backend: %v", err)
+			return "error", status.Errorf(codes.Unavailable, "rate-limit backend: %v", err)
 		}
 	}
 
-	var tightest *rlsv3.RateLimitResponse_DescriptorStatus
 	for i := range pend {
 		p := &pend[i]
-		st := &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
-		resp.Statuses[i] = st
+		ds := &ans.statuses[i]
 		result := "no_limit"
 		switch {
 		case !known:
@@ -355,37 +367,32 @@ func (s *Server) shouldRateLimit(ctx context.Context, req *envoy.RateLimitFields
 			result = "negative_hits_ignored"
 		case p.rule == nil:
 		case p.rule.unlimited:
-			st.LimitRemaining = math.MaxUint32
+			ds.remaining = math.MaxUint32
 			result = "unlimited"
 		default:
 			dec := decisions[p.req]
-			st.CurrentLimit = &rlsv3.RateLimitResponse_RateLimit{Name: p.rule.name, RequestsPerUnit: p.rule.rpu, Unit: p.rule.unit}
-			st.LimitRemaining = uint32(min(dec.Remaining, math.MaxUint32))
-			st.DurationUntilReset = durationpb.New(dec.ResetAfter)
+			ds.rule = p.rule
+			ds.remaining = uint32(min(dec.Remaining, math.MaxUint32))
+			ds.hasReset, ds.reset = true, dec.ResetAfter
 			result = "ok"
 			if !dec.Allowed {
 				if p.rule.shadow {
 					result = "shadow_over_limit"
 				} else {
 					result = "over_limit"
-					st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
-					resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+					ds.over, ans.over = true, true
 				}
 			}
-			if tightest == nil || st.LimitRemaining < tightest.LimitRemaining {
-				tightest = st
+			if ans.tightest < 0 || ds.remaining < ans.statuses[ans.tightest].remaining {
+				ans.tightest = i
 			}
 		}
 		s.metrics.rateLimit.WithLabelValues(domain, p.stat, result).Inc()
 	}
-	if s.opts.RateLimitHeaders && tightest != nil {
-		resp.ResponseHeadersToAdd = rateLimitHeaders(tightest)
+	if ans.over {
+		return "over_limit", nil
 	}
-	outcome := "ok"
-	if resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT {
-		outcome = "over_limit"
-	}
-	return resp, outcome, nil
+	return "ok", nil
 }
 
 func entriesKey(es []envoy.RateLimitEntry) string {
@@ -399,16 +406,4 @@ func entriesKey(es []envoy.RateLimitEntry) string {
 		b.WriteString(e.Value)
 	}
 	return b.String()
-}
-
-// rateLimitHeaders are the IETF draft's RateLimit-* headers for the descriptor with
-// the least remaining, as envoyproxy/ratelimit sends them.
-func rateLimitHeaders(st *rlsv3.RateLimitResponse_DescriptorStatus) []*corev3.HeaderValue {
-	w, _ := unitOf(st.GetCurrentLimit().GetUnit())
-	reset := int64(math.Ceil(st.GetDurationUntilReset().AsDuration().Seconds()))
-	return []*corev3.HeaderValue{
-		{Key: "RateLimit-Limit", Value: fmt.Sprintf("%d, %d;w=%d", st.GetCurrentLimit().GetRequestsPerUnit(), st.GetCurrentLimit().GetRequestsPerUnit(), int64(w.Seconds()))},
-		{Key: "RateLimit-Remaining", Value: strconv.FormatUint(uint64(st.GetLimitRemaining()), 10)},
-		{Key: "RateLimit-Reset", Value: strconv.FormatInt(reset, 10)},
-	}
 }

@@ -32,6 +32,8 @@ const (
 	flushAt = 64 << 10
 	// maxHeaderList bounds a request's header block (decoded).
 	maxHeaderList = 64 << 10
+	// maxSpareStreams bounds the released streams a connection keeps for reuse.
+	maxSpareStreams = 64
 	// maxKeptReply bounds the answer buffer a connection keeps between inline
 	// calls: one huge answer does not hold its memory for the connection's life.
 	maxKeptReply = 64 << 10
@@ -79,6 +81,10 @@ type conn struct {
 	maxFrame     uint32
 	open         map[uint32]*stream // streams not closed yet
 	blocked      []*stream          // answers waiting for window, in order
+	// spareStreams are streams of inline calls, released in full on the reader:
+	// reused for the next calls, so that a call allocates little more than its
+	// request's bytes.
+	spareStreams []*stream
 }
 
 // stream is one call.
@@ -143,6 +149,9 @@ func (c *conn) serve() {
 	}
 	rd := http2.NewFramer(nil, c.in)
 	rd.SetMaxReadFrameSize(1 << 20)
+	// A DATA frame is read into the same struct each time: its payload is copied
+	// out before the next read.
+	rd.SetReuseFrames()
 	for {
 		c.mu.Lock()
 		for c.writing && len(c.out) > maxQueued && !c.closed {
@@ -381,7 +390,7 @@ func (c *conn) onHeaders(h *requestHead) error {
 		c.resetLocked(id, http2.ErrCodeRefusedStream)
 		return nil
 	}
-	st := &stream{id: id, window: c.streamWindow, refs: 1}
+	st := c.newStreamLocked(id)
 	c.open[id] = st
 	c.inflight++
 	path := h.path
@@ -514,6 +523,12 @@ func (c *conn) dispatchLocked(st *stream) {
 		if cap(resp) <= maxKeptReply {
 			c.reply = resp[:0]
 		}
+		if st.refs == 0 && len(c.spareStreams) < maxSpareStreams {
+			// Answered in full and released: nothing refers to it any more (it
+			// left receives before it was dispatched, open when it closed, and an
+			// answer sent at once was never blocked).
+			c.spareStreams = append(c.spareStreams, st)
+		}
 		return
 	}
 	// The call's context ends with the connection, its deadline, or the client's
@@ -525,6 +540,19 @@ func (c *conn) dispatchLocked(st *stream) {
 	}
 	c.srv.goCalls.Inc()
 	go c.call(st)
+}
+
+// newStreamLocked returns a new stream, a spare one when there is one.
+func (c *conn) newStreamLocked(id uint32) *stream {
+	st := &stream{}
+	if n := len(c.spareStreams); n > 0 {
+		st = c.spareStreams[n-1]
+		c.spareStreams[n-1] = nil
+		c.spareStreams = c.spareStreams[:n-1]
+		*st = stream{}
+	}
+	st.id, st.window, st.refs = id, c.streamWindow, 1
+	return st
 }
 
 // checkMessage verifies that data is exactly one uncompressed gRPC message.
