@@ -573,7 +573,9 @@ func checkMessage(data []byte) *status.Status {
 
 // call runs a call on its own goroutine and answers.
 func (c *conn) call(st *stream) {
-	resp, err := c.run(st, nil)
+	// Its answer may wait for window after the call returns, so it gets a buffer
+	// of its own, sized for a check's answer in one allocation.
+	resp, err := c.run(st, make([]byte, 0, 512))
 	c.mu.Lock()
 	c.endCallLocked(st, resp, err)
 	c.flushLocked()
