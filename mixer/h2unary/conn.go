@@ -262,7 +262,8 @@ func (c *conn) goAway() {
 	}()
 }
 
-// handle acts on one frame; an error ends the connection.
+// handle acts on one frame. A StreamError refuses that stream; any other error
+// ends the connection.
 func (c *conn) handle(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.HeadersFrame, *http2.ContinuationFrame:
