@@ -3,6 +3,7 @@ package loadtest
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -83,8 +84,9 @@ type CheckRow struct {
 	PacerLagP99 time.Duration
 	// ServerBytesPerReq is what the server allocated per request, and ServerGCs
 	// its garbage collections during the run (from its go_memstats and go_gc
-	// metrics): each collection's mark phase takes CPU from the calls, and the
-	// calls that overlap it make much of the tail.
+	// metrics; -1 when they could not be read): each collection's mark phase
+	// takes CPU from the calls, and the calls that overlap it make much of the
+	// tail.
 	ServerBytesPerReq float64
 	ServerGCs         int
 }
@@ -210,6 +212,14 @@ func cacheLabel(svc, cache string) string {
 	return cache
 }
 
+// known formats a count, or "-" for one that could not be read (negative).
+func known(v float64) string {
+	if v < 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(v, 'f', 0, 64)
+}
+
 func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/1e3) }
 
 func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
@@ -217,8 +227,8 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	fmt.Fprintln(o.Out)
 	fmt.Fprintln(w, "service\tbackend\tport\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\tserver B/req\tserver GCs\tgenerator CPU/req\tpacer lag p99\t")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%.0f\t%d\t%s\t%s\t\n", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved,
-			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), r.ServerBytesPerReq, r.ServerGCs, us(r.ClientCPUPerReq), us(r.PacerLagP99))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved,
+			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), us(r.ClientCPUPerReq), us(r.PacerLagP99))
 	}
 	w.Flush()
 	fmt.Fprintf(o.Out, "\nHighest offered rate with p99 under %s (of the rates tried):\n", o.TargetP99)
@@ -546,9 +556,12 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	wg.Wait()
 	elapsed := time.Since(r.start)
 	cpu1, _ := procCPU(srv.cmd.Process.Pid)
+	row.ServerBytesPerReq, row.ServerGCs = -1, -1
 	if mem1, err := serverMemory(ctx, srv.adminAddr); err == nil && memErr == nil {
 		row.ServerBytesPerReq = (mem1.allocated - mem0.allocated) / float64(total)
 		row.ServerGCs = int(mem1.gcs - mem0.gcs)
+	} else {
+		fmt.Fprintf(o.Out, "(server memory unknown: %v) ", errors.Join(memErr, err))
 	}
 	row.ClientCPUPerReq = (selfCPU() - self0) / time.Duration(total)
 	row.P50, row.P99, row.P999, row.Max = percentiles(r.lat)

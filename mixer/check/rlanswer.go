@@ -44,7 +44,7 @@ func (a *rlAnswer) reset(n int) {
 	clear(a.statuses)
 }
 
-func code(over bool) rlsv3.RateLimitResponse_Code {
+func rlCode(over bool) rlsv3.RateLimitResponse_Code {
 	if over {
 		return rlsv3.RateLimitResponse_OVER_LIMIT
 	}
@@ -53,10 +53,10 @@ func code(over bool) rlsv3.RateLimitResponse_Code {
 
 // message builds the RateLimitResponse, with the RateLimit-* headers when asked.
 func (a *rlAnswer) message(headers bool) *rlsv3.RateLimitResponse {
-	resp := &rlsv3.RateLimitResponse{OverallCode: code(a.over), Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(a.statuses))}
+	resp := &rlsv3.RateLimitResponse{OverallCode: rlCode(a.over), Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(a.statuses))}
 	for i := range a.statuses {
 		st := &a.statuses[i]
-		ds := &rlsv3.RateLimitResponse_DescriptorStatus{Code: code(st.over), LimitRemaining: st.remaining}
+		ds := &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlCode(st.over), LimitRemaining: st.remaining}
 		if st.rule != nil {
 			ds.CurrentLimit = &rlsv3.RateLimitResponse_RateLimit{Name: st.rule.name, RequestsPerUnit: st.rule.rpu, Unit: st.rule.unit}
 		}
@@ -99,7 +99,7 @@ const (
 // appendWire appends the encoding of message(headers) to dst, as proto.Marshal
 // would write it (fields in number order, proto3 zero values left out).
 func (a *rlAnswer) appendWire(dst []byte, headers bool) []byte {
-	dst = appendEnum(dst, respOverallCode, int32(code(a.over)))
+	dst = appendEnum(dst, respOverallCode, int32(rlCode(a.over)))
 	for i := range a.statuses {
 		dst = appendMessage(dst, respStatuses, a.statuses[i].appendWire)
 	}
@@ -119,7 +119,7 @@ func (a *rlAnswer) appendWire(dst []byte, headers bool) []byte {
 }
 
 func (st *rlStatus) appendWire(b []byte) []byte {
-	b = appendEnum(b, statusCode, int32(code(st.over)))
+	b = appendEnum(b, statusCode, int32(rlCode(st.over)))
 	if r := st.rule; r != nil {
 		b = appendMessage(b, statusLimit, func(b []byte) []byte {
 			if r.rpu != 0 {
