@@ -313,12 +313,11 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 		args = append(args, "--redis-addr", raddr)
 		spec = fmt.Sprintf("  adapter: redisquota\n  params:\n    redisServerUrl: %s\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n", raddr)
 	}
-	cfg, err := checkBench.ReadFile("checkbench/policy.yaml")
+	body, err := benchConfig(spec)
 	if err != nil {
 		return nil, err
 	}
-	body := strings.Replace(string(cfg), "QUOTA_HANDLER_SPEC\n", spec, 1)
-	if err := os.WriteFile(filepath.Join(dir, "bench.yaml"), []byte(body), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "bench.yaml"), body, 0o644); err != nil {
 		return nil, err
 	}
 	srv.cmd = exec.CommandContext(ctx, o.Server, args...)
@@ -332,6 +331,16 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 		return nil, err
 	}
 	return srv, nil
+}
+
+// benchConfig is the check benchmark's config with quotaSpec as the spec of its
+// quota handler.
+func benchConfig(quotaSpec string) ([]byte, error) {
+	cfg, err := checkBench.ReadFile("checkbench/policy.yaml")
+	if err != nil {
+		return nil, err
+	}
+	return []byte(strings.Replace(string(cfg), "\nQUOTA_HANDLER_SPEC\n", "\n"+quotaSpec, 1)), nil
 }
 
 // scenario is one service's requests and how their answers are judged.
@@ -500,10 +509,10 @@ func checkRequest(user string, i int64) *authv3.CheckRequest {
 		Request: &authv3.AttributeContext_Request{
 			Time: timestamppb.Now(),
 			Http: &authv3.AttributeContext_HttpRequest{
-				Id: strconv.FormatInt(i, 10), Method: "GET", Path: "/api/items?page=2", Host: "api.bench:8080",
+				Id: strconv.FormatInt(i, 10), Method: "GET", Path: "/api/items?page=2", Host: "api.bench.svc.cluster.local:8080",
 				Scheme: "http", Protocol: "HTTP/1.1",
 				Headers: map[string]string{
-					":authority": "api.bench:8080", ":method": "GET", ":path": "/api/items?page=2",
+					":authority": "api.bench.svc.cluster.local:8080", ":method": "GET", ":path": "/api/items?page=2",
 					"x-user": user, "x-request-id": strconv.FormatInt(i, 10), "user-agent": "bench/1.0",
 					"accept": "application/json", "x-forwarded-proto": "http",
 				},
