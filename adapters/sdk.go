@@ -146,7 +146,9 @@ type AttributeReader interface {
 type QuotaHandler interface {
 	Handler
 	quota.RateLimiter
-	// Quota charges amount against the quota its params give inst, at now.
+	// Quota charges amount against the quota its params give inst, at now. inst
+	// and its Dimensions map belong to the caller, which reuses them once Quota
+	// returns: a handler that keeps a dimension keeps the string, not the map.
 	Quota(ctx context.Context, now time.Time, inst *quota.Instance, amount uint64) (quota.Decision, error)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -25,11 +26,14 @@ const (
 type op struct {
 	alg    quota.Algorithm
 	script *redis.Script
-	keys   []string
-	args   []any
+	keys   []string // in keyBuf
+	args   []any    // in argBuf
 	deny   quotakit.DenyKey
 	start  int64               // fixed window: the window's start (µs)
 	scale  quotakit.TokenScale // token bucket
+	// Storage for keys and args, reused with the op's job.
+	keyBuf [2]string
+	argBuf [7]any
 }
 
 // Allow implements quota.RateLimiter: the requests not answered by the local cache
@@ -42,29 +46,33 @@ func (h *Handler) Allow(ctx context.Context, now time.Time, reqs []quota.Request
 		return fmt.Errorf("redisquota: %d decisions for %d requests", len(out), len(reqs))
 	}
 	at := quotakit.Micros(now)
-	ops := make([]op, len(reqs))
-	pending := make([]int, 0, len(reqs))
+	j := h.newJob(len(reqs))
+	ops := j.ops
 	for i := range reqs {
 		r := &reqs[i]
 		if err := h.plan(&ops[i], r, at); err != nil {
+			h.releaseJob(j)
 			return fmt.Errorf("redisquota: plan request %d (key %q): %w", i, r.Key, err)
 		}
 		if d, ok := h.cache.Lookup(ops[i].deny, r.Hits, at); ok {
 			out[i] = d
 			continue
 		}
-		pending = append(pending, i)
+		j.pending = append(j.pending, i)
 	}
+	pending := j.pending
 	if len(pending) == 0 {
+		h.releaseJob(j)
 		return nil
 	}
 	wctx, cancel := h.guard.Context(ctx)
-	j := &job{ops: ops, pending: pending}
 	err := h.pipes.do(wctx, j)
 	cancel()
 	if err != nil {
+		// The job may still sit in the coalescer's queue, gone: it is not reused.
 		return h.guard.Fail(ctx, fmt.Errorf("wait for a Redis pipeline: %w", err), reqs, out, pending)
 	}
+	defer h.releaseJob(j)
 	cmds := j.cmds
 	var failed []int
 	var failure error
@@ -85,35 +93,76 @@ func (h *Handler) Allow(ctx context.Context, now time.Time, reqs []quota.Request
 	return h.guard.Fail(ctx, failure, reqs, out, failed)
 }
 
+// newJob returns a job, reused when one is free, with n zero ops and no pending
+// calls.
+func (h *Handler) newJob(n int) *job {
+	j, _ := h.jobs.Get().(*job)
+	if j == nil {
+		j = &job{}
+	}
+	j.ops = slices.Grow(j.ops[:0], n)[:n]
+	j.pending = slices.Grow(j.pending[:0], n)
+	return j
+}
+
+// releaseJob makes a job whose calls were answered, or never sent, free for reuse.
+// A job its caller gave up on while it was queued is not released: the queue may
+// still hold it.
+func (h *Handler) releaseJob(j *job) {
+	if cap(j.ops) > maxBatch {
+		return // an outsized batch does not pin its memory
+	}
+	clear(j.ops) // the keys, scripts and arguments go with it
+	clear(j.cmds)
+	j.ops, j.pending, j.cmds = j.ops[:0], j.pending[:0], j.cmds[:0]
+	j.done, j.deadline = nil, time.Time{}
+	j.state.Store(jobQueued)
+	h.jobs.Put(j)
+}
+
+// batch is the storage of one pipeline's calls, reused across pipelines.
+type batch struct {
+	calls []*op
+	cmds  []*redis.Cmd
+}
+
 // sendJobs runs the calls of jobs in one pipeline, in order, and hands each job
 // its answers.
 func (h *Handler) sendJobs(ctx context.Context, jobs []*job) {
-	n := 0
-	for _, j := range jobs {
-		n += len(j.pending)
+	b, _ := h.batches.Get().(*batch)
+	if b == nil {
+		b = &batch{}
 	}
-	calls := make([]*op, 0, n)
 	for _, j := range jobs {
 		for _, i := range j.pending {
-			calls = append(calls, &j.ops[i])
+			b.calls = append(b.calls, &j.ops[i])
 		}
 	}
-	cmds := h.run(ctx, calls)
-	h.pipelineCalls.Observe(float64(n))
+	b.cmds = h.run(ctx, b.calls, b.cmds[:0])
+	h.pipelineCalls.Observe(float64(len(b.calls)))
+	cmds := b.cmds
 	for _, j := range jobs {
-		j.cmds, cmds = cmds[:len(j.pending):len(j.pending)], cmds[len(j.pending):]
+		j.cmds = append(j.cmds[:0], cmds[:len(j.pending)]...)
+		cmds = cmds[len(j.pending):]
 		if j.done != nil {
 			close(j.done)
 		}
 	}
+	if cap(b.calls) <= maxBatch {
+		clear(b.calls)
+		clear(b.cmds)
+		b.calls, b.cmds = b.calls[:0], b.cmds[:0]
+		h.batches.Put(b)
+	}
 }
 
-// run sends script calls in one pipeline, bounded by ctx: Allow's carries the
-// handler's timeout, and a shared pipeline the earliest deadline of its callers.
-// Scripts that Redis does not have cached (it restarted, or its cache was flushed)
-// did not run; they are sent again in full, in a second pipeline.
-func (h *Handler) run(ctx context.Context, calls []*op) []*redis.Cmd {
-	cmds := make([]*redis.Cmd, len(calls))
+// run sends script calls in one pipeline, bounded by ctx, their commands appended
+// to cmds: Allow's carries the handler's timeout, and a shared pipeline the
+// earliest deadline of its callers. Scripts that Redis does not have cached (it
+// restarted, or its cache was flushed) did not run; they are sent again in full,
+// in a second pipeline.
+func (h *Handler) run(ctx context.Context, calls []*op, cmds []*redis.Cmd) []*redis.Cmd {
+	cmds = slices.Grow(cmds[:0], len(calls))[:len(calls)]
 	pipe := h.client.Pipeline()
 	for j, o := range calls {
 		cmds[j] = o.script.EvalSha(ctx, pipe, o.keys, o.args...)
@@ -157,16 +206,16 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 		b = strconv.AppendInt(append(b, ':'), o.start, 10)
 		ttl := (o.start+w-now+999)/1000 + slack
 		o.script = h.fixed
-		o.keys = []string{string(b)}
-		o.args = []any{quotakit.FixedIncrement(l, r.Hits), ttl}
+		o.keys = append(o.keyBuf[:0], string(b))
+		o.args = append(o.argBuf[:0], quotakit.FixedIncrement(l, r.Hits), ttl)
 	case quota.SlidingWindow:
 		b := quotakit.AppendClusterKey(buf[:0], slidingPrefix, r.Key)
 		n := len(b)
 		log := string(append(b, ":log"...))
 		hits := string(append(b[:n], ":hits"...))
 		o.script = h.sliding
-		o.keys = []string{log, hits}
-		o.args = []any{now, w, l.Requests, min(r.Hits, l.Requests+1), quotakit.SlidingQuantum(l), slack}
+		o.keys = append(o.keyBuf[:0], log, hits)
+		o.args = append(o.argBuf[:0], now, w, l.Requests, min(r.Hits, l.Requests+1), quotakit.SlidingQuantum(l), slack)
 	case quota.TokenBucket:
 		s, err := quotakit.NewTokenScale(l)
 		if err != nil {
@@ -177,8 +226,8 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 		b = strconv.AppendUint(append(b, ':'), l.Requests, 10)
 		b = strconv.AppendInt(append(b, ':'), w, 10)
 		o.script = h.bucket
-		o.keys = []string{string(b)}
-		o.args = []any{s.Now(now), s.Capacity, s.PerUnit, s.Window, s.Cost(r.Hits), s.Unit, slack}
+		o.keys = append(o.keyBuf[:0], string(b))
+		o.args = append(o.argBuf[:0], s.Now(now), s.Capacity, s.PerUnit, s.Window, s.Cost(r.Hits), s.Unit, slack)
 	}
 	o.alg = l.Algorithm
 	if o.alg == "" {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -184,6 +185,8 @@ type Handler struct {
 	// One script per algorithm; a Script is safe for concurrent use.
 	fixed, sliding, bucket *redis.Script
 	pipes                  *coalescer
+	// Reused storage: Allow's jobs, and the pipelines' batches.
+	jobs, batches sync.Pool
 	// pipelineCalls shows how much the coalescer shares round trips.
 	pipelineCalls prometheus.Histogram
 }

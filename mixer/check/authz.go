@@ -18,7 +18,6 @@ import (
 	"github.com/sluicemesh/sluice/mixer/expr"
 	"github.com/sluicemesh/sluice/mixer/h2unary"
 	"github.com/sluicemesh/sluice/templates/authorization"
-	"github.com/sluicemesh/sluice/templates/quota"
 )
 
 // maxHeaders bounds the request headers a check accepts; Envoy's own default limit
@@ -206,10 +205,15 @@ func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st 
 			if err != nil {
 				return nil, "", err
 			}
-			inst := &quota.Instance{Name: t.inst, Dimensions: make(map[string]string, len(t.dims))}
+			inst := &st.quotaInst
+			inst.Name = t.inst
+			if inst.Dimensions == nil {
+				inst.Dimensions = make(map[string]string, len(t.dims))
+			}
+			clear(inst.Dimensions)
 			for _, d := range t.dims {
-				v, _ := d.Expr.AppendString(nil, st.act)
-				inst.Dimensions[d.Name] = string(v)
+				st.dimValue, _ = d.Expr.AppendString(st.dimValue[:0], st.act)
+				inst.Dimensions[d.Name] = string(st.dimValue)
 			}
 			dec, err := qh.Quota(ctx, now, inst, 1)
 			if err != nil {

@@ -92,6 +92,10 @@ type requestState struct {
 	batch     []quota.Request
 	decisions []quota.Decision
 	answer    rlAnswer
+	// ext_authz quotas: the instance handed to each quota handler, refilled per
+	// charge (QuotaHandler.Quota does not keep it), and its values' bytes.
+	quotaInst quota.Instance
+	dimValue  []byte
 }
 
 // New returns a check server.

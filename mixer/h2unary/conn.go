@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -37,6 +38,9 @@ const (
 	// maxKeptReply bounds the answer buffer a connection keeps between inline
 	// calls: one huge answer does not hold its memory for the connection's life.
 	maxKeptReply = 64 << 10
+	// maxHeldOut bounds the frames a returning call leaves for the next one to
+	// write (see conn.call).
+	maxHeldOut = 64 << 10
 )
 
 // conn is one client connection. The reader goroutine (serve) owns the read side;
@@ -60,6 +64,9 @@ type conn struct {
 	hdr      *headerReader
 	receives map[uint32]*stream
 	reply    []byte // inline calls' answers are encoded here
+	// answering counts goroutine calls that returned and have not yet queued
+	// their answers (see call).
+	answering atomic.Int32
 
 	mu       sync.Mutex // guards all below
 	cond     *sync.Cond // a write ended, a stream was released, or the connection closed
@@ -577,8 +584,17 @@ func (c *conn) call(st *stream) {
 	// Its answer may wait for window after the call returns, so it gets a buffer
 	// of its own, sized for a check's answer in one allocation.
 	resp, err := c.run(st, make([]byte, 0, 512))
+	c.answering.Add(1)
 	c.mu.Lock()
 	c.endCallLocked(st, resp, err)
+	// Calls that wait on the same backend round trip return together: while
+	// another answer is on its way to mu, this one leaves the write to it, so
+	// that they leave in one write (and the client reads them in one read). The
+	// last to arrive always finds none behind it and writes them all.
+	if c.answering.Add(-1) > 0 && len(c.out) < maxHeldOut {
+		c.mu.Unlock()
+		return
+	}
 	c.flushLocked()
 }
 
