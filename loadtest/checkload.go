@@ -340,7 +340,11 @@ func benchConfig(quotaSpec string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []byte(strings.Replace(string(cfg), "\nQUOTA_HANDLER_SPEC\n", "\n"+quotaSpec, 1)), nil
+	const placeholder = "\nQUOTA_HANDLER_SPEC\n"
+	if !strings.Contains(string(cfg), placeholder) {
+		return nil, errors.New("checkbench/policy.yaml: no QUOTA_HANDLER_SPEC line for the quota handler's spec")
+	}
+	return []byte(strings.Replace(string(cfg), placeholder, "\n"+quotaSpec, 1)), nil
 }
 
 // scenario is one service's requests and how their answers are judged.

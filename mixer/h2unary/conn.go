@@ -64,8 +64,9 @@ type conn struct {
 	hdr      *headerReader
 	receives map[uint32]*stream
 	reply    []byte // inline calls' answers are encoded here
+
 	// answering counts goroutine calls that returned and have not yet queued
-	// their answers (see call).
+	// their answers (see call); shared, hence atomic.
 	answering atomic.Int32
 
 	mu       sync.Mutex // guards all below
