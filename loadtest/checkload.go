@@ -738,7 +738,7 @@ type h2Client struct {
 func newH2Client(o CheckLoadOptions, addr string, sc *scenario, r *run) (*h2Client, error) {
 	c := &h2Client{sc: sc, run: r, seq: 1 << 20}
 	for range o.Conns {
-		hc, err := dialH2(addr, sc.method, sc.check, r.done)
+		hc, err := dialH2(addr, sc.method, envoyCheckTimeout, sc.check, r.done)
 		if err != nil {
 			c.close()
 			return nil, err

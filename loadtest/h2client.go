@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -74,10 +75,15 @@ type h2Stream struct {
 // per stream: large, so that answers never wait for us.
 const recvWindow = 1 << 30
 
+// envoyCheckTimeout is the deadline Envoy's ext_authz and rate-limit filters give
+// a check by default; the load tool's requests carry it as grpc-timeout.
+const envoyCheckTimeout = 200 * time.Millisecond
+
 // dialH2 connects to a gRPC server and starts the reader. Each request is sent to
-// path (a full method); done is called once per request, from the reader, with the
-// outcome of check on its answer, or the error that ended it.
-func dialH2(addr, path string, check func([]byte) error, done func(slot int, err error)) (*h2Conn, error) {
+// path (a full method) with grpc-timeout set to timeout; done is called once per
+// request, from the reader, with the outcome of check on its answer, or the error
+// that ended it.
+func dialH2(addr, path string, timeout time.Duration, check func([]byte) error, done func(slot int, err error)) (*h2Conn, error) {
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
@@ -88,7 +94,7 @@ func dialH2(addr, path string, check func([]byte) error, done func(slot int, err
 	for i := range blocks {
 		for _, f := range [][2]string{
 			{":method", "POST"}, {":scheme", "http"}, {":path", path}, {":authority", addr},
-			{"content-type", "application/grpc"}, {"te", "trailers"}, {"grpc-timeout", "200m"},
+			{"content-type", "application/grpc"}, {"te", "trailers"}, {"grpc-timeout", strconv.FormatInt(max(timeout.Milliseconds(), 1), 10) + "m"},
 			{"user-agent", "sluice-loadtest"},
 		} {
 			if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {

@@ -108,7 +108,9 @@ func testH2Conn(t *testing.T, addr string) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := &outcomes{errs: map[int]error{}}
-			c, err := dialH2(addr, tt.method, tt.check, got.done)
+			// A deadline far past the test's length: 3,000 requests sent at once
+			// under the race detector on a busy machine can outlast Envoy's 200 ms.
+			c, err := dialH2(addr, tt.method, time.Minute, tt.check, got.done)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -160,7 +162,7 @@ func TestH2ConnServerGone(t *testing.T) {
 		}
 	}()
 	got := &outcomes{errs: map[int]error{}}
-	c, err := dialH2(l.Addr().String(), "/x/Y", func([]byte) error { return nil }, got.done)
+	c, err := dialH2(l.Addr().String(), "/x/Y", time.Minute, func([]byte) error { return nil }, got.done)
 	if err != nil {
 		t.Fatal(err)
 	}
