@@ -129,7 +129,10 @@ type LogHandler interface {
 type AuthorizationHandler interface {
 	Handler
 	// Authorize decides one request. An error is a failure of the handler, not a
-	// denial; the core counts it and answers per the rule's fail policy.
+	// denial; the core counts it and answers per the rule's fail policy. inst and
+	// attrs are valid only until Authorize returns: their strings may view the
+	// request's bytes, which the check listener reuses for the next request, so a
+	// handler that keeps a value keeps a copy (strings.Clone).
 	Authorize(ctx context.Context, inst *authorization.Instance, attrs Attributes) (authorization.Result, error)
 }
 
@@ -162,7 +165,9 @@ type Factory struct {
 	// InProcess says that the handlers decide checks in memory, in microseconds,
 	// never waiting on the network or a disk: the lean check listener then runs
 	// their checks on the connection's reader instead of a goroutine of their own.
-	// Leave it false for anything that may block (a remote backend).
+	// Leave it false for anything that may block (a remote backend). Inline
+	// checks reuse their connection's request buffer: a handler keeps nothing of
+	// a request it has not copied (see AuthorizationHandler.Authorize).
 	InProcess bool
 	// NewParams returns a pointer to params holding the defaults.
 	NewParams func() Params

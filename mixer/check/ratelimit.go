@@ -36,8 +36,11 @@ type rlNode struct {
 	wildcard map[string][]*rlNode
 	// pattern is the value prefix of a wildcard node (its value without the '*').
 	pattern string
-	desc    *config.RateLimitDescriptor
-	rule    *rlRule
+	// domain is a root's domain name, the config's copy: a request's own is a
+	// view of bytes the listener reuses, unfit for a metric label that outlives it.
+	domain string
+	desc   *config.RateLimitDescriptor
+	rule   *rlRule
 }
 
 // rlRule is a descriptor's limit.
@@ -80,6 +83,7 @@ func compileRateLimits(snap *config.Snapshot) *rateLimits {
 	for domain, cfg := range snap.RateLimits() {
 		root := newNode()
 		addDescriptors(root, cfg.Descriptors)
+		root.domain = domain
 		rl.domains[domain] = root
 	}
 	return rl
@@ -243,9 +247,9 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 	s.planFor(lease)
 	rl := s.rateLimitsFor(lease)
 	root, known := rl.domains[req.Domain]
-	domain := req.Domain
-	if !known {
-		domain = "" // unknown domains are counted together: their names are unbounded
+	domain := "" // unknown domains are counted together: their names are unbounded
+	if known {
+		domain = root.domain
 	}
 
 	ans := &st.answer

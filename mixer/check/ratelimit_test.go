@@ -286,6 +286,39 @@ func TestRateLimitRunsInline(t *testing.T) {
 	}
 }
 
+// TestRateLimitLabelsOutliveRequests: the lean listener reuses an inline call's
+// request bytes for the next request, so a metric label taken from a request (its
+// domain) must be a copy, or later requests would rewrite it.
+func TestRateLimitLabelsOutliveRequests(t *testing.T) {
+	s := startServer(t, nil, "testdata/ratelimit-readme/example1.yaml")
+	client := rlsv3.NewRateLimitServiceClient(s.via("check"))
+	send := func(domain string) {
+		t.Helper()
+		if _, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: domain,
+			Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("zzzzzzzzz") // the first call runs on a goroutine, and makes the next ones inline
+	send("mongo_cps") // inline: its label is created from this request
+	for range 5 {
+		send("zzzzzzzzz") // the same length, at the same place in the message
+	}
+	f, err := loadtest.Scrape(context.Background(), s.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range f.Series("sluice_ratelimit_descriptors_total", nil) {
+		l := loadtest.Labels(m)
+		if d := l["domain"]; d != "mongo_cps" && d != "" {
+			t.Errorf("series with domain %q (%v); want only mongo_cps and the unknown domains' empty one", d, l)
+		}
+	}
+	if got := f.Sum("sluice_ratelimit_descriptors_total", map[string]string{"domain": "mongo_cps"}); got != 1 {
+		t.Errorf("mongo_cps descriptors counted %v, want 1", got)
+	}
+}
+
 func TestRateLimitBadInput(t *testing.T) {
 	forListeners(t, func(t *testing.T, listener string) {
 		s := startServer(t, nil, "testdata/ratelimit-readme/example1.yaml")

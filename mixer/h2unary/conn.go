@@ -35,9 +35,10 @@ const (
 	maxHeaderList = 64 << 10
 	// maxSpareStreams bounds the released streams a connection keeps for reuse.
 	maxSpareStreams = 64
-	// maxKeptReply bounds the answer buffer a connection keeps between inline
-	// calls: one huge answer does not hold its memory for the connection's life.
-	maxKeptReply = 64 << 10
+	// maxKeptBuffer bounds the request and answer buffers a connection keeps
+	// between inline calls: one huge call does not hold its memory for the
+	// connection's life.
+	maxKeptBuffer = 64 << 10
 	// maxHeldOut bounds the frames a returning call leaves for the next one to
 	// write (see conn.call).
 	maxHeldOut = 64 << 10
@@ -64,6 +65,9 @@ type conn struct {
 	hdr      *headerReader
 	receives map[uint32]*stream
 	reply    []byte // inline calls' answers are encoded here
+	// request is the last inline call's request buffer, for the next request's
+	// bytes: a method is done with its request when it returns (Method.Call).
+	request []byte
 
 	// answering counts goroutine calls that returned and have not yet queued
 	// their answers (see call); shared, hence atomic.
@@ -160,6 +164,7 @@ func (c *conn) serve() {
 	// A DATA frame is read into the same struct each time: its payload is copied
 	// out before the next read.
 	rd.SetReuseFrames()
+	var se http2.StreamError // declared once: errors.As takes its address
 	for {
 		c.mu.Lock()
 		for c.writing && len(c.out) > maxQueued && !c.closed {
@@ -173,7 +178,6 @@ func (c *conn) serve() {
 			c.mu.Unlock()
 		}
 		f, err := rd.ReadFrame()
-		var se http2.StreamError
 		if errors.As(err, &se) {
 			// The framer consumed the malformed frame: only its stream is refused.
 			c.refuse(se)
@@ -466,6 +470,9 @@ func (c *conn) onData(f *http2.DataFrame) error {
 			st.err = status.Newf(codes.ResourceExhausted, "request message larger than the maximum %d bytes", c.srv.opts.MaxRecvMsgSize)
 			st.data = nil
 		} else {
+			if st.data == nil {
+				st.data, c.request = c.request, nil
+			}
 			st.data = append(st.data, f.Data()...)
 		}
 	}
@@ -523,14 +530,19 @@ func (c *conn) dispatchLocked(st *stream) {
 		c.srv.inlineCalls.Inc()
 		c.mu.Unlock()
 		resp, err := c.run(st, c.reply)
+		request := st.data
+		st.data = nil
 		c.mu.Lock()
 		c.endCallLocked(st, resp, err)
 		if len(st.pending) > 0 {
 			// Waiting for window: the answer must outlive the buffer's next use.
 			st.pending = bytes.Clone(st.pending)
 		}
-		if cap(resp) <= maxKeptReply {
+		if cap(resp) <= maxKeptBuffer {
 			c.reply = resp[:0]
+		}
+		if cap(request) <= maxKeptBuffer {
+			c.request = request[:0]
 		}
 		if st.refs == 0 && len(c.spareStreams) < maxSpareStreams {
 			// Answered in full and released: nothing refers to it any more (it
@@ -553,12 +565,14 @@ func (c *conn) dispatchLocked(st *stream) {
 
 // newStreamLocked returns a new stream, a spare one when there is one.
 func (c *conn) newStreamLocked(id uint32) *stream {
-	st := &stream{}
+	var st *stream
 	if n := len(c.spareStreams); n > 0 {
 		st = c.spareStreams[n-1]
 		c.spareStreams[n-1] = nil
 		c.spareStreams = c.spareStreams[:n-1]
 		*st = stream{}
+	} else {
+		st = &stream{}
 	}
 	st.id, st.window, st.refs = id, c.streamWindow, 1
 	return st

@@ -41,9 +41,11 @@ type Method struct {
 	// Call decodes msg (the request message, without gRPC's prefix) and answers it:
 	// it appends the answer message, encoded, to dst and returns the extended
 	// slice. An error carrying a gRPC status (status.Error) is sent as that
-	// status; any other error as UNKNOWN. msg is the call's own: the listener
-	// never writes to it or reuses it, so values decoded from it may view it
-	// without a copy. dst is not: the listener reuses it once the answer is
+	// status; any other error as UNKNOWN. msg is the call's until it returns:
+	// values decoded from it may view it without a copy while the call runs, but
+	// the listener reuses an inline call's msg for the next request, so what the
+	// call keeps beyond its return (a metric label, a cache entry) must be a copy.
+	// dst is not the call's either: the listener reuses it once the answer is
 	// written, so the call must not keep it.
 	Call func(ctx context.Context, msg, dst []byte) ([]byte, error)
 	// Inline, when set and true at a call, runs the call on the connection's reader

@@ -1,0 +1,81 @@
+// Package gcfloor keeps the garbage collector's heap goal at or above a floor.
+// Go's default goal, twice the live heap, makes a server whose live heap is a few
+// megabytes collect every second or two under load; each collection takes a share
+// of the cores from the calls it overlaps, and on a small machine those calls make
+// the check path's p99. Raising GOGC while the live heap is small spaces the
+// collections out for a bounded amount of memory.
+package gcfloor
+
+import (
+	"context"
+	"runtime/debug"
+	"runtime/metrics"
+	"time"
+)
+
+const liveMetric = "/gc/heap/live:bytes"
+
+// Tuner raises GOGC so that the heap may grow to Floor bytes between collections,
+// never setting it below the process's own GOGC (its base) nor above Max. With a
+// live heap of half the floor or more it leaves the base alone: the floor then
+// costs nothing. A memory limit (GOMEMLIMIT) still bounds the heap as it always does.
+type Tuner struct {
+	// Floor is the heap goal to keep, in bytes.
+	Floor uint64
+	// Max bounds the GOGC the tuner sets; 0 means 2000.
+	Max int
+	// Interval is how often the live heap is read; 0 means a second.
+	Interval time.Duration
+}
+
+// Percent is the GOGC that puts the heap goal, live×(1+GOGC/100), at floor: at
+// least base, at most ceiling (unless base is above it). A base below zero
+// (GOGC=off) is returned unchanged.
+func Percent(live, floor uint64, base, ceiling int) int {
+	if base < 0 || live == 0 || floor <= 2*live {
+		return base
+	}
+	p := int((floor*100+live-1)/live) - 100
+	return min(max(p, base), max(ceiling, base))
+}
+
+// Run adjusts GOGC until ctx ends, then restores the base it found. It changes a
+// setting of the whole process: run one Tuner per process.
+func (t Tuner) Run(ctx context.Context) {
+	if t.Floor == 0 {
+		return
+	}
+	limit, every := t.Max, t.Interval
+	if limit == 0 {
+		limit = 2000
+	}
+	if every == 0 {
+		every = time.Second
+	}
+	base := debug.SetGCPercent(100)
+	debug.SetGCPercent(base)
+	if base < 0 {
+		return // collection is off: nothing to space out
+	}
+	defer debug.SetGCPercent(base)
+	sample := []metrics.Sample{{Name: liveMetric}}
+	current := base
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		metrics.Read(sample)
+		if sample[0].Value.Kind() == metrics.KindUint64 {
+			p := Percent(sample[0].Value.Uint64(), t.Floor, base, limit)
+			// A change under a tenth is not worth moving the goal for.
+			if d := p - current; d > current/10 || -d > current/10 {
+				debug.SetGCPercent(p)
+				current = p
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
