@@ -560,7 +560,7 @@ func (c *conn) dispatchLocked(st *stream) {
 		st.ctx, st.cancel = context.WithCancel(c.ctx)
 	}
 	c.srv.goCalls.Inc()
-	go c.call(st)
+	c.srv.goCall(c, st)
 }
 
 // newStreamLocked returns a new stream, a spare one when there is one.

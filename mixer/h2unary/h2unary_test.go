@@ -302,6 +302,22 @@ func TestShutdownDrains(t *testing.T) {
 	if _, err := net.DialTimeout("tcp", ts.addr, time.Second); err == nil {
 		t.Error("the listener still accepts after Shutdown")
 	}
+	waitFor(t, func() bool { return ts.workers.Load() == 0 }, "the call workers to end after Shutdown")
+}
+
+// TestCallsReuseWorkers: calls one after another run on one worker goroutine, whose
+// stack has grown already, instead of a new goroutine each.
+func TestCallsReuseWorkers(t *testing.T) {
+	ts := startServer(t, Options{}, false)
+	conn := ts.dial(t)
+	for i := range 50 {
+		if _, err := echo(context.Background(), conn, []byte{1, byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := ts.workers.Load(); n < 1 || n > 2 {
+		t.Errorf("%d workers after 50 calls one at a time, want 1 (2 if one had not yet gone idle)", n)
+	}
 }
 
 // TestBadClients: what is not HTTP/2 gRPC gets a clear refusal, counted, and the
