@@ -3,6 +3,7 @@ package expr
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,6 +97,17 @@ func TestCELPath(t *testing.T) {
 		{`request.path.startsWith("/api")`, "true"},
 		{`request.headers.exists(k, k == "x-user")`, "true"},
 		{`size(request.headers)`, "2"},
+		// Map attributes are looked up in place and built whole only when needed:
+		// every way of reading one must answer as CEL's own map does.
+		{`request.headers["x-user"] + "!"`, "alice!"},
+		{`request.headers[request.headers["x-user"] == "alice" ? "content-type" : "x-user"]`, "application/grpc"},
+		{`"x-user" in request.headers && !("absent" in request.headers)`, "true"},
+		{`has(request.headers.absent) || !has(request.headers.x_user) && request.path != ""`, "true"},
+		{`request.headers == {"x-user": "alice", "content-type": "application/grpc"}`, "true"},
+		{`request.headers != {"x-user": "alice"}`, "true"},
+		{`request.headers.all(k, request.headers[k] != "")`, "true"},
+		{`request.headers.?absent.orValue("none") + "/" + request.headers[?"x-user"].orValue("none")`, "none/alice"},
+		{`request.headers["absent"] == "x" || request.path.startsWith("/")`, "true"},
 		{`response.code >= 500 ? "error" : "ok"`, "error"},
 		{`destination.service.host.split(".")[0]`, "reviews"},
 		{`response.duration > duration("1ms")`, "true"},
@@ -112,6 +124,10 @@ func TestCELPath(t *testing.T) {
 		if err != nil || string(got) != tt.want {
 			t.Errorf("%q = %q, %v; want %q", tt.src, got, err, tt.want)
 		}
+	}
+	x := c.MustCompile(`request.headers["absent"] + "!"`)
+	if got, err := x.AppendString(nil, a); err == nil || !strings.Contains(err.Error(), "no such key") {
+		t.Errorf("a missing key = %q, %v; want CEL's no such key error", got, err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -108,8 +109,86 @@ func (a *Activation) value(name string, asMap func(attribute.StringMap) any) (an
 
 // ResolveName implements CEL's interpreter.Activation.
 func (a *Activation) ResolveName(name string) (any, bool) {
-	return a.value(name, func(m attribute.StringMap) any { return mapValue(m) })
+	return a.value(name, func(m attribute.StringMap) any { return &lazyMap{m: m} })
 }
+
+// lazyMap is a string map attribute as CEL sees it. A key looked up by a constant
+// (request.headers["x-role"], the usual policy) is found in place; the Go map that
+// CEL's own map type needs is built only for what reads the whole map (iteration,
+// size, equality, conversion), where building it per evaluation cost a policy
+// check most of its allocations.
+type lazyMap struct {
+	m   attribute.StringMap
+	all traits.Mapper
+}
+
+var _ traits.Mapper = (*lazyMap)(nil)
+
+func (l *lazyMap) full() traits.Mapper {
+	if l.all == nil {
+		l.all = mapValue(l.m)
+	}
+	return l.all
+}
+
+// FindStringKey is what CEL's interpreter asks a map for a constant string key.
+func (l *lazyMap) FindStringKey(key string) (any, bool) {
+	v, ok := l.m.Get(key)
+	if !ok {
+		return nil, false
+	}
+	return v, true
+}
+
+// Find implements traits.Mapper.
+func (l *lazyMap) Find(key ref.Val) (ref.Val, bool) {
+	if k, ok := key.(types.String); ok {
+		v, found := l.m.Get(string(k))
+		if !found {
+			return nil, false
+		}
+		return types.String(v), true
+	}
+	return l.full().Find(key)
+}
+
+// Get implements traits.Indexer.
+func (l *lazyMap) Get(key ref.Val) ref.Val {
+	if v, found := l.Find(key); found {
+		return v
+	}
+	return l.full().Get(key) // CEL's own error for a missing key
+}
+
+// Contains implements traits.Container.
+func (l *lazyMap) Contains(key ref.Val) ref.Val {
+	if k, ok := key.(types.String); ok {
+		_, found := l.m.Get(string(k))
+		return types.Bool(found)
+	}
+	return l.full().Contains(key)
+}
+
+// Iterator implements traits.Iterable.
+func (l *lazyMap) Iterator() traits.Iterator { return l.full().Iterator() }
+
+// Size implements traits.Sizer.
+func (l *lazyMap) Size() ref.Val { return l.full().Size() }
+
+// ConvertToNative implements ref.Val.
+func (l *lazyMap) ConvertToNative(t reflect.Type) (any, error) { return l.full().ConvertToNative(t) }
+
+// ConvertToType implements ref.Val.
+func (l *lazyMap) ConvertToType(t ref.Type) ref.Val { return l.full().ConvertToType(t) }
+
+// Equal implements ref.Val.
+func (l *lazyMap) Equal(other ref.Val) ref.Val { return l.full().Equal(other) }
+
+// Type implements ref.Val.
+func (l *lazyMap) Type() ref.Type { return types.MapType }
+
+// Value implements ref.Val.
+func (l *lazyMap) Value() any { return l.full().Value() }
 
 // Parent implements CEL's interpreter.Activation.
 func (a *Activation) Parent() interpreter.Activation { return nil }
