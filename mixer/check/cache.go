@@ -1,7 +1,6 @@
 package check
 
 import (
-	"container/list"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -24,15 +23,19 @@ type cache struct {
 
 type cacheShard struct {
 	mu    sync.Mutex
-	items map[string]*list.Element
-	order *list.List // front: most recently used
+	items map[string]*cacheEntry
+	// lru is the sentinel of a ring of the entries: lru.next is the most recently
+	// used, lru.prev the least. The entries link themselves, so that a full shard
+	// reuses the entry it evicts and a miss allocates little more than its key.
+	lru cacheEntry
 }
 
 type cacheEntry struct {
-	key     string
-	result  authorization.Result
-	rule    string
-	expires time.Time
+	key        string
+	result     authorization.Result
+	rule       string
+	expires    time.Time
+	prev, next *cacheEntry
 }
 
 func newCache(size int, m *metrics) *cache {
@@ -40,8 +43,9 @@ func newCache(size int, m *metrics) *cache {
 	c := &cache{seed: maphash.MakeSeed(), shards: make([]cacheShard, nshards), perCap: max(1, size/nshards),
 		hits: m.cacheHits, misses: m.cacheMisses, evictions: m.cacheEvictions}
 	for i := range c.shards {
-		c.shards[i].items = map[string]*list.Element{}
-		c.shards[i].order = list.New()
+		s := &c.shards[i]
+		s.items = map[string]*cacheEntry{}
+		s.lru.prev, s.lru.next = &s.lru, &s.lru
 	}
 	return c
 }
@@ -50,21 +54,32 @@ func (c *cache) shard(key []byte) *cacheShard {
 	return &c.shards[maphash.Bytes(c.seed, key)%uint64(len(c.shards))]
 }
 
+func (s *cacheShard) unlink(e *cacheEntry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+}
+
+func (s *cacheShard) pushFront(e *cacheEntry) {
+	e.prev, e.next = &s.lru, s.lru.next
+	s.lru.next.prev = e
+	s.lru.next = e
+}
+
 // get returns a result still valid at now.
 func (c *cache) get(key []byte, now time.Time) (authorization.Result, string, bool) {
 	s := c.shard(key)
 	s.mu.Lock()
-	el, ok := s.items[string(key)]
+	e, ok := s.items[string(key)]
 	if ok {
-		e := el.Value.(*cacheEntry)
 		if now.Before(e.expires) {
-			s.order.MoveToFront(el)
+			s.unlink(e)
+			s.pushFront(e)
 			r, rule := e.result, e.rule
 			s.mu.Unlock()
 			c.hits.Inc()
 			return r, rule, true
 		}
-		s.order.Remove(el)
+		s.unlink(e)
 		delete(s.items, e.key)
 	}
 	s.mu.Unlock()
@@ -78,20 +93,24 @@ func (c *cache) put(key []byte, r authorization.Result, rule string, expires tim
 	s := c.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if el, ok := s.items[string(key)]; ok {
-		e := el.Value.(*cacheEntry)
+	if e, ok := s.items[string(key)]; ok {
 		e.result, e.rule, e.expires = r, rule, expires
-		s.order.MoveToFront(el)
+		s.unlink(e)
+		s.pushFront(e)
 		return
 	}
-	if s.order.Len() >= c.perCap {
-		old := s.order.Back()
-		s.order.Remove(old)
-		delete(s.items, old.Value.(*cacheEntry).key)
+	var e *cacheEntry
+	if len(s.items) >= c.perCap {
+		e = s.lru.prev
+		s.unlink(e)
+		delete(s.items, e.key)
 		c.evictions.Inc()
+	} else {
+		e = &cacheEntry{}
 	}
-	k := string(key)
-	s.items[k] = s.order.PushFront(&cacheEntry{key: k, result: r, rule: rule, expires: expires})
+	*e = cacheEntry{key: string(key), result: r, rule: rule, expires: expires}
+	s.items[e.key] = e
+	s.pushFront(e)
 }
 
 // len returns the number of entries, for the size gauge.
@@ -100,7 +119,7 @@ func (c *cache) len() int {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		n += s.order.Len()
+		n += len(s.items)
 		s.mu.Unlock()
 	}
 	return n
