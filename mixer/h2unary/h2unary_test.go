@@ -315,8 +315,10 @@ func TestCallsReuseWorkers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := ts.workers.Load(); n < 1 || n > 2 {
-		t.Errorf("%d workers after 50 calls one at a time, want 1 (2 if one had not yet gone idle)", n)
+	// One, or a few when the next request arrived before the worker that answered
+	// the last one was back waiting (a busy machine can hold it up): never 50.
+	if n := ts.workers.Load(); n < 1 || n > 5 {
+		t.Errorf("%d workers after 50 calls one at a time, want 1 to 5", n)
 	}
 }
 
