@@ -70,13 +70,15 @@ func TestDefaults(t *testing.T) {
 
 func TestClients(t *testing.T) {
 	for _, tc := range []struct {
-		p       Params
-		cluster bool
+		p        Params
+		cluster  bool
+		protocol int // RESP2 unless the URL asks for RESP3
 	}{
-		{Params{RedisServerURL: "127.0.0.1:1", Timeout: time.Second}, false},
-		{Params{RedisServerURL: "redis://127.0.0.1:1/3", Timeout: time.Second}, false},
-		{Params{RedisServerURL: "127.0.0.1:1,127.0.0.1:2", Timeout: time.Second}, true},
-		{Params{ClusterAddresses: []string{"127.0.0.1:1"}, Timeout: time.Second}, true},
+		{Params{RedisServerURL: "127.0.0.1:1", Timeout: time.Second}, false, 2},
+		{Params{RedisServerURL: "redis://127.0.0.1:1/3", Timeout: time.Second}, false, 2},
+		{Params{RedisServerURL: "redis://127.0.0.1:1/3?protocol=3", Timeout: time.Second}, false, 3},
+		{Params{RedisServerURL: "127.0.0.1:1,127.0.0.1:2", Timeout: time.Second}, true, 2},
+		{Params{ClusterAddresses: []string{"127.0.0.1:1"}, Timeout: time.Second}, true, 2},
 	} {
 		c, err := newClient(&tc.p)
 		if err != nil {
@@ -88,6 +90,16 @@ func TestClients(t *testing.T) {
 		}
 		if cl, ok := c.(*redis.Client); ok && strings.Contains(tc.p.RedisServerURL, "/3") && cl.Options().DB != 3 {
 			t.Errorf("db %d from the URL", cl.Options().DB)
+		}
+		protocol := 0
+		switch cl := c.(type) {
+		case *redis.Client:
+			protocol = cl.Options().Protocol
+		case *redis.ClusterClient:
+			protocol = cl.Options().Protocol
+		}
+		if protocol != tc.protocol {
+			t.Errorf("%+v: protocol %d, want %d", tc.p, protocol, tc.protocol)
 		}
 		_ = c.Close()
 	}

@@ -66,3 +66,10 @@ func TestConfigDefaultsAndVersion(t *testing.T) {
 		t.Errorf("version: %v %q", err, out)
 	}
 }
+
+func TestServeRejectsHugeHeapFloor(t *testing.T) {
+	_, err := run(t, "serve", "--gc-heap-floor-mib", "2000000", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0")
+	if err == nil || !strings.Contains(err.Error(), "--gc-heap-floor-mib 2000000: at most 1048576") {
+		t.Errorf("serve with a floor of 2,000,000 MiB: %v, want a refusal naming the flag", err)
+	}
+}

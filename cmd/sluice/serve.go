@@ -17,6 +17,10 @@ import (
 	"github.com/sluicemesh/sluice/mixer/gcfloor"
 )
 
+// maxHeapFloorMiB bounds --gc-heap-floor-mib: beyond it the floor in bytes, times
+// GOGC's 100, would overflow.
+const maxHeapFloorMiB = 1 << 20
+
 func newServe() *cobra.Command {
 	var (
 		opts                mixer.Options
@@ -35,6 +39,9 @@ endpoints (/metrics, /healthz, /readyz, /api/config, /api/xds/clients, /debug/pp
 Without --config it serves the embedded default config (the Istio standard metrics);
 with it, the directory's objects are layered over the defaults and reloaded on change.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if heapFloorMiB > maxHeapFloorMiB {
+				return fmt.Errorf("--gc-heap-floor-mib %d: at most %d (1 TiB)", heapFloorMiB, maxHeapFloorMiB)
+			}
 			log, err := newLogger(logLevel, logFormat)
 			if err != nil {
 				return err

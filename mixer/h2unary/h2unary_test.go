@@ -152,6 +152,7 @@ func testCalls(t *testing.T, inline bool) {
 		{"empty", nil, codes.OK},
 		{"small", []byte{0, 'h', 'i'}, codes.OK},
 		{"answer over one frame", bytes.Repeat([]byte{1}, 20000), codes.OK},             // 40 KB answer
+		{"short after long", []byte{0, 's'}, codes.OK},                                  // inline: in the long one's buffer
 		{"answer over the client's windows", bytes.Repeat([]byte{9}, 100000), codes.OK}, // 1 MB answer
 		{"request at the bound", bytes.Repeat([]byte{0}, 256<<10-8), codes.OK},
 		{"request over the bound", bytes.Repeat([]byte{0}, 300<<10), codes.ResourceExhausted},
