@@ -7,12 +7,10 @@ import "slices"
 // values has its own count, as in Mixer; the separators are escaped in names and
 // values so that distinct instances never share a key.
 func InstanceKey(name string, dims map[string]string) string {
-	n := len(name)
-	for k, v := range dims {
-		n += len(k) + len(v) + 2
-	}
-	b := make([]byte, 0, n)
-	b = appendEscaped(b, name, false)
+	// Built on the stack when it fits, so that the key costs one allocation (the
+	// string) rather than two: it is computed for every quota check.
+	var buf [256]byte
+	b := appendEscaped(buf[:0], name, false)
 	b = appendDims(b, dims)
 	return string(b)
 }

@@ -35,10 +35,13 @@ const (
 	maxHeaderList = 64 << 10
 	// maxSpareStreams bounds the released streams a connection keeps for reuse.
 	maxSpareStreams = 64
-	// maxKeptBuffer bounds the request and answer buffers a connection keeps
-	// between inline calls: one huge call does not hold its memory for the
-	// connection's life.
+	// maxKeptBuffer bounds the answer buffer a connection keeps between inline
+	// calls: one huge call does not hold its memory for the connection's life.
 	maxKeptBuffer = 64 << 10
+	// maxSpareBuffers and maxSpareBuffer bound the request and answer buffers a
+	// connection keeps for its next calls: 256 KiB at most, a few KiB in practice.
+	maxSpareBuffers = 16
+	maxSpareBuffer  = 16 << 10
 	// maxHeldOut bounds the frames a returning call leaves for the next one to
 	// write (see conn.call).
 	maxHeldOut = 64 << 10
@@ -65,9 +68,6 @@ type conn struct {
 	hdr      *headerReader
 	receives map[uint32]*stream
 	reply    []byte // inline calls' answers are encoded here
-	// request is the last inline call's request buffer, for the next request's
-	// bytes: a method is done with its request when it returns (Method.Call).
-	request []byte
 
 	// answering counts goroutine calls that returned and have not yet queued
 	// their answers (see call); shared, hence atomic.
@@ -93,10 +93,12 @@ type conn struct {
 	maxFrame     uint32
 	open         map[uint32]*stream // streams not closed yet
 	blocked      []*stream          // answers waiting for window, in order
-	// spareStreams are streams of inline calls, released in full on the reader:
-	// reused for the next calls, so that a call allocates little more than its
-	// request's bytes.
+	// spareStreams are streams released in full, and spareBuffers the request
+	// and answer buffers of calls that returned (a method is done with both when
+	// it returns, Method.Call): reused for the next calls, so that a call
+	// allocates nothing on the listener's side once the connection is warm.
 	spareStreams []*stream
+	spareBuffers [][]byte
 }
 
 // stream is one call.
@@ -104,6 +106,7 @@ type stream struct {
 	id       uint32
 	method   *Method
 	data     []byte         // the request, gRPC prefix included
+	reply    []byte         // a goroutine call's answer buffer, taken at dispatch
 	received uint32         // DATA payload bytes received: window to give back at release
 	deadline time.Time      // from grpc-timeout; zero for none
 	err      *status.Status // set when the request is refused before any call
@@ -471,7 +474,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 			st.data = nil
 		} else {
 			if st.data == nil {
-				st.data, c.request = c.request, nil
+				st.data = c.takeBufferLocked()
 			}
 			st.data = append(st.data, f.Data()...)
 		}
@@ -531,25 +534,12 @@ func (c *conn) dispatchLocked(st *stream) {
 		c.mu.Unlock()
 		resp, err := c.run(st, c.reply)
 		request := st.data
-		st.data = nil
 		c.mu.Lock()
 		c.endCallLocked(st, resp, err)
-		if len(st.pending) > 0 {
-			// Waiting for window: the answer must outlive the buffer's next use.
-			st.pending = bytes.Clone(st.pending)
-		}
 		if cap(resp) <= maxKeptBuffer {
 			c.reply = resp[:0]
 		}
-		if cap(request) <= maxKeptBuffer {
-			c.request = request[:0]
-		}
-		if st.refs == 0 && len(c.spareStreams) < maxSpareStreams {
-			// Answered in full and released: nothing refers to it any more (it
-			// left receives before it was dispatched, open when it closed, and an
-			// answer sent at once was never blocked).
-			c.spareStreams = append(c.spareStreams, st)
-		}
+		c.recycleLocked(st, request, nil)
 		return
 	}
 	// The call's context ends with the connection, its deadline, or the client's
@@ -559,8 +549,50 @@ func (c *conn) dispatchLocked(st *stream) {
 	} else {
 		st.ctx, st.cancel = context.WithCancel(c.ctx)
 	}
+	st.reply = c.takeBufferLocked()
 	c.srv.goCalls.Inc()
 	c.srv.goCall(c, st)
+}
+
+// takeBufferLocked returns a spare buffer, empty, or nil when there is none.
+func (c *conn) takeBufferLocked() []byte {
+	n := len(c.spareBuffers)
+	if n == 0 {
+		return nil
+	}
+	b := c.spareBuffers[n-1]
+	c.spareBuffers[n-1] = nil
+	c.spareBuffers = c.spareBuffers[:n-1]
+	return b
+}
+
+// putBufferLocked keeps b for a later call, unless it is too big or enough are
+// kept.
+func (c *conn) putBufferLocked(b []byte) {
+	if b != nil && cap(b) <= maxSpareBuffer && len(c.spareBuffers) < maxSpareBuffers {
+		c.spareBuffers = append(c.spareBuffers, b[:0])
+	}
+}
+
+// recycleLocked keeps what a call that returned and queued its answer leaves for
+// the next calls: its request buffer, its answer buffer (nil for an inline call's,
+// which the connection keeps apart), and the stream itself once released.
+func (c *conn) recycleLocked(st *stream, request, reply []byte) {
+	if len(st.pending) > 0 {
+		// Waiting for window: the answer must outlive the buffer's next use.
+		st.pending = bytes.Clone(st.pending)
+	}
+	st.data = nil
+	c.putBufferLocked(request)
+	c.putBufferLocked(reply)
+	if st.refs == 0 && len(c.spareStreams) < maxSpareStreams {
+		// Answered in full and released: nothing refers to it any more. It left
+		// receives before it was dispatched and open when it closed; and it is not
+		// among the blocked answers, for its answer was queued just now (earlier
+		// only if it was reset first, and then nothing was queued) and sent at
+		// once.
+		c.spareStreams = append(c.spareStreams, st)
+	}
 }
 
 // newStreamLocked returns a new stream, a spare one when there is one.
@@ -596,12 +628,22 @@ func checkMessage(data []byte) *status.Status {
 
 // call runs a call on its own goroutine and answers.
 func (c *conn) call(st *stream) {
-	// Its answer may wait for window after the call returns, so it gets a buffer
-	// of its own, sized for a check's answer in one allocation.
-	resp, err := c.run(st, make([]byte, 0, 512))
+	// Its answer is encoded into a buffer of its own (it may wait for window
+	// after the call returns), a spare one or one sized for a check's answer.
+	dst := st.reply
+	st.reply = nil
+	if dst == nil {
+		dst = make([]byte, 0, 512)
+	}
+	resp, err := c.run(st, dst)
+	request := st.data // the stream's release drops it
 	c.answering.Add(1)
 	c.mu.Lock()
 	c.endCallLocked(st, resp, err)
+	if resp == nil {
+		resp = dst // failed: the buffer is still the connection's
+	}
+	c.recycleLocked(st, request, resp)
 	// Calls that wait on the same backend round trip return together: while
 	// another answer is on its way to mu, this one leaves the write to it, so
 	// that they leave in one write (and the client reads them in one read). The

@@ -44,8 +44,8 @@ type Method struct {
 	// slice. An error carrying a gRPC status (status.Error) is sent as that
 	// status; any other error as UNKNOWN. msg is the call's until it returns:
 	// values decoded from it may view it without a copy while the call runs, but
-	// the listener reuses an inline call's msg for the next request, so what the
-	// call keeps beyond its return (a metric label, a cache entry) must be a copy.
+	// the listener reuses msg's buffer for a later request, so what the call keeps
+	// beyond its return (a metric label, a cache entry) must be a copy.
 	// dst is not the call's either: the listener reuses it once the answer is
 	// written, so the call must not keep it.
 	Call func(ctx context.Context, msg, dst []byte) ([]byte, error)

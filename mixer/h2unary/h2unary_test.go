@@ -26,10 +26,13 @@ import (
 )
 
 // The test service: Echo answers its request, repeated as the request's first byte
-// says (×1 when empty); Fail answers an error with details; Wait blocks until its
-// context ends or release is closed.
+// says (×1 when empty); Raw answers its request's bytes as they are, read after a
+// pause (a buffer the listener handed to another call meanwhile shows); Fail
+// answers an error with details; Wait blocks until its context ends or release is
+// closed.
 const (
 	echoPath = "/test.Svc/Echo"
+	rawPath  = "/test.Svc/Raw"
 	failPath = "/test.Svc/Fail"
 	waitPath = "/test.Svc/Wait"
 	holdPath = "/test.Svc/Hold" // like Wait, but deaf to its context
@@ -91,6 +94,10 @@ func testMethods(ts *testServer) []Method {
 			}
 			return nil, st.Err()
 		}),
+		{Path: rawPath, Call: func(_ context.Context, msg, dst []byte) ([]byte, error) {
+			time.Sleep(time.Duration(len(msg)%7) * 50 * time.Microsecond)
+			return append(dst, msg...), nil
+		}},
 		Unary(holdPath, func(context.Context, *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
 			ts.waiting <- struct{}{}
 			<-ts.release
@@ -196,7 +203,9 @@ func testCalls(t *testing.T, inline bool) {
 		t.Errorf("unknown_method counted %v times, want 1", n)
 	}
 
-	// Many calls at once over one connection, each with its own answer.
+	// Many calls at once over one connection, each with its own answer: Raw
+	// reads its request after a pause and answers in its dst, so a request or
+	// answer buffer reused by the listener while a call still has it shows.
 	var wg sync.WaitGroup
 	errc := make(chan error, 16)
 	for w := range 16 {
@@ -205,7 +214,16 @@ func testCalls(t *testing.T, inline bool) {
 			defer wg.Done()
 			for i := range 200 {
 				msg := fmt.Appendf([]byte{0}, "w%d-%d", w, i)
-				got, err := echo(ctx, conn, msg)
+				msg = append(msg, bytes.Repeat([]byte{'.'}, i%3*400)...)
+				var got []byte
+				var err error
+				if i%2 == 0 {
+					got, err = echo(ctx, conn, msg)
+				} else {
+					var resp wrapperspb.BytesValue
+					err = conn.Invoke(ctx, rawPath, wrapperspb.Bytes(msg), &resp)
+					got = resp.Value
+				}
 				if err == nil && !bytes.Equal(got, msg) {
 					err = fmt.Errorf("answer %q to %q", got, msg)
 				}
