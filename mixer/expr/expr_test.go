@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/traits"
+
 	"github.com/sluicemesh/sluice/mixer/attribute"
 )
 
@@ -125,6 +128,21 @@ func TestCELPath(t *testing.T) {
 			t.Errorf("%q = %q, %v; want %q", tt.src, got, err, tt.want)
 		}
 	}
+	// An empty map is CEL's zero value; a non-empty one is not.
+	var empty attribute.Bag
+	empty.SetMap(attribute.RequestHeaders, attribute.MapOf(map[string]string{}))
+	for bag, want := range map[*attribute.Bag]string{&empty: "false", b: "true"} {
+		a.Reset(bag)
+		got, err := c.MustCompile(`optional.ofNonZeroValue(request.headers).hasValue()`).AppendString(nil, a)
+		if err != nil || string(got) != want {
+			t.Errorf("optional.ofNonZeroValue(request.headers) present = %q, %v; want %s", got, err, want)
+		}
+	}
+	var _ traits.Zeroer = (*lazyMap)(nil)
+	if got, want := fmt.Sprint(&lazyMap{m: attribute.MapOf(map[string]string{"a": "b"})}), fmt.Sprint(types.NewStringStringMap(types.DefaultTypeAdapter, map[string]string{"a": "b"})); got != want {
+		t.Errorf("a lazy map prints %q, CEL's own map %q", got, want)
+	}
+	a.Reset(b)
 	x := c.MustCompile(`request.headers["absent"] + "!"`)
 	if got, err := x.AppendString(nil, a); err == nil || !strings.Contains(err.Error(), "no such key") {
 		t.Errorf("a missing key = %q, %v; want CEL's no such key error", got, err)

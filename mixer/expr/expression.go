@@ -184,6 +184,13 @@ func (l *lazyMap) ConvertToType(t ref.Type) ref.Val { return l.full().ConvertToT
 // Equal implements ref.Val.
 func (l *lazyMap) Equal(other ref.Val) ref.Val { return l.full().Equal(other) }
 
+// IsZeroValue implements traits.Zeroer, as CEL's own map does: an empty map is
+// the zero value (optional.ofNonZeroValue).
+func (l *lazyMap) IsZeroValue() bool { return l.m.Len() == 0 }
+
+// String formats the map as CEL's own map does.
+func (l *lazyMap) String() string { return fmt.Sprint(l.full()) }
+
 // Type implements ref.Val.
 func (l *lazyMap) Type() ref.Type { return types.MapType }
 

@@ -8,15 +8,18 @@ package gcfloor
 
 import (
 	"context"
+	"os"
 	"runtime/debug"
 	"runtime/metrics"
+	"strconv"
 	"time"
 )
 
 const liveMetric = "/gc/heap/live:bytes"
 
 // Tuner raises GOGC so that the heap may grow to Floor bytes between collections,
-// never setting it below the process's own GOGC (its base) nor above Max. With a
+// never setting it below the process's own GOGC (its base: the GOGC environment
+// variable's, 100 when unset) nor above Max. With a
 // live heap of half the floor or more it leaves the base alone: the floor then
 // costs nothing. A memory limit (GOMEMLIMIT) still bounds the heap as it always does.
 type Tuner struct {
@@ -39,8 +42,10 @@ func Percent(live, floor uint64, base, ceiling int) int {
 	return min(max(p, base), max(ceiling, base))
 }
 
-// Run adjusts GOGC until ctx ends, then restores the base it found. It changes a
-// setting of the whole process: run one Tuner per process.
+// Run adjusts GOGC until ctx ends, then restores the base. It changes a setting of
+// the whole process: run one Tuner per process. The base comes from the
+// environment, not from the current setting, so that a Tuner started while
+// another's raised GOGC is still in force does not take that for the base.
 func (t Tuner) Run(ctx context.Context) {
 	if t.Floor == 0 {
 		return
@@ -52,8 +57,7 @@ func (t Tuner) Run(ctx context.Context) {
 	if every == 0 {
 		every = time.Second
 	}
-	base := debug.SetGCPercent(100)
-	debug.SetGCPercent(base)
+	base := envPercent(os.Getenv("GOGC"))
 	if base < 0 {
 		return // collection is off: nothing to space out
 	}
@@ -78,4 +82,16 @@ func (t Tuner) Run(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// envPercent reads a GOGC environment value as the Go runtime does: "off" is -1,
+// anything that is not a number is 100.
+func envPercent(v string) int {
+	if v == "off" {
+		return -1
+	}
+	if n, err := strconv.ParseInt(v, 10, 32); err == nil {
+		return int(n)
+	}
+	return 100
 }

@@ -34,12 +34,28 @@ func TestPercent(t *testing.T) {
 	}
 }
 
+func TestEnvPercent(t *testing.T) {
+	for _, c := range []struct {
+		env  string
+		want int
+	}{
+		{"", 100}, {"100", 100}, {"400", 400}, {"off", -1}, {"0", 0}, {"-1", -1}, {"lots", 100}, {"1e3", 100},
+	} {
+		if got := envPercent(c.env); got != c.want {
+			t.Errorf("envPercent(%q) = %d, want %d", c.env, got, c.want)
+		}
+	}
+}
+
 // TestRunSpacesCollections runs the tuner on this test process: with a floor far
 // above the live heap, allocating the same amount must take fewer collections,
 // and GOGC is back at its base once the tuner stops.
 func TestRunSpacesCollections(t *testing.T) {
-	// The base is the default's, whatever GOGC the developer runs the tests with.
+	// The base is the environment's; the test sets its own, whatever GOGC the
+	// developer runs the tests with. A raised GOGC in force when the tuner starts
+	// must not become its base.
 	const base = 100
+	t.Setenv("GOGC", "100")
 	defer debug.SetGCPercent(debug.SetGCPercent(base))
 	var sink []byte
 	churn := func() uint32 {
@@ -54,6 +70,7 @@ func TestRunSpacesCollections(t *testing.T) {
 	}
 	without := churn()
 
+	debug.SetGCPercent(1500) // as another tuner, ending, may have left it
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

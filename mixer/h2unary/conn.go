@@ -590,19 +590,20 @@ func (c *conn) recycleLocked(st *stream, request, reply []byte) {
 		// receives before it was dispatched and open when it closed; and it is not
 		// among the blocked answers, for its answer was queued just now (earlier
 		// only if it was reset first, and then nothing was queued) and sent at
-		// once.
+		// once. Emptied now: a spare must not hold on to the answer it sent.
+		*st = stream{}
 		c.spareStreams = append(c.spareStreams, st)
 	}
 }
 
-// newStreamLocked returns a new stream, a spare one when there is one.
+// newStreamLocked returns a new stream, a spare one (emptied by recycleLocked)
+// when there is one.
 func (c *conn) newStreamLocked(id uint32) *stream {
 	var st *stream
 	if n := len(c.spareStreams); n > 0 {
 		st = c.spareStreams[n-1]
 		c.spareStreams[n-1] = nil
 		c.spareStreams = c.spareStreams[:n-1]
-		*st = stream{}
 	} else {
 		st = &stream{}
 	}

@@ -418,3 +418,54 @@ func TestInlineAnswersWaitingForWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestReleasedCallsHoldNothing: after calls with large answers and requests, what
+// a connection keeps for its next calls (spare streams and buffers) holds none of
+// them beyond the bounds.
+func TestReleasedCallsHoldNothing(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		t.Run(map[bool]string{false: "goroutine", true: "inline"}[inline], func(t *testing.T) {
+			ts := startServer(t, Options{}, inline)
+			conn := ts.dial(t)
+			ctx := context.Background()
+			for i, msg := range [][]byte{
+				bytes.Repeat([]byte{3}, 30000), // a 120 KB answer
+				{0, 's'},
+				bytes.Repeat([]byte{0}, 40000), // a 40 KB request
+				{1, 't'},
+			} {
+				if _, err := echo(ctx, conn, msg); err != nil {
+					t.Fatalf("call %d: %v", i, err)
+				}
+			}
+			ts.mu.Lock()
+			defer ts.mu.Unlock()
+			if len(ts.active) != 1 {
+				t.Fatalf("%d connections, want 1", len(ts.active))
+			}
+			for c := range ts.active {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				if len(c.spareStreams) == 0 {
+					t.Error("no spare stream kept after four calls")
+				}
+				for _, st := range c.spareStreams {
+					if st.pending != nil || st.data != nil || st.reply != nil || st.ctx != nil {
+						t.Errorf("a spare stream holds a call's state: %d bytes pending (%d cap), %d of request", len(st.pending), cap(st.pending), len(st.data))
+					}
+				}
+				if len(c.spareBuffers) > maxSpareBuffers {
+					t.Errorf("%d spare buffers, want at most %d", len(c.spareBuffers), maxSpareBuffers)
+				}
+				for _, b := range c.spareBuffers {
+					if cap(b) > maxSpareBuffer {
+						t.Errorf("a spare buffer of %d bytes, want at most %d", cap(b), maxSpareBuffer)
+					}
+				}
+				if cap(c.reply) > maxKeptBuffer {
+					t.Errorf("an inline answer buffer of %d bytes kept, want at most %d", cap(c.reply), maxKeptBuffer)
+				}
+			}
+		})
+	}
+}
