@@ -63,17 +63,18 @@ func (t Tuner) Run(ctx context.Context) {
 	}
 	defer debug.SetGCPercent(base)
 	sample := []metrics.Sample{{Name: liveMetric}}
-	current := base
+	current, set := base, false
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		metrics.Read(sample)
 		if sample[0].Value.Kind() == metrics.KindUint64 {
 			p := Percent(sample[0].Value.Uint64(), t.Floor, base, limit)
-			// A change under a tenth is not worth moving the goal for.
-			if d := p - current; d > current/10 || -d > current/10 {
+			// A change under a tenth is not worth moving the goal for; the first
+			// is always made, for what is in force may not be the base.
+			if d := p - current; !set || d > current/10 || -d > current/10 {
 				debug.SetGCPercent(p)
-				current = p
+				current, set = p, true
 			}
 		}
 		select {

@@ -102,3 +102,25 @@ func gogc() int {
 	metrics.Read(s)
 	return int(s[0].Value.Uint64())
 }
+
+// TestRunSetsBaseAtOnce: with the live heap above the floor the tuner wants the
+// base; a raised GOGC left in force before it started (by another tuner, say) is
+// put back at once, not when the tuner stops.
+func TestRunSetsBaseAtOnce(t *testing.T) {
+	t.Setenv("GOGC", "100")
+	defer debug.SetGCPercent(debug.SetGCPercent(1500))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Tuner{Floor: 1, Interval: time.Millisecond}.Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	for gogc() != 100 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := gogc(); got != 100 {
+		t.Errorf("GOGC %d while the tuner runs with the live heap above its floor, want the base 100", got)
+	}
+}

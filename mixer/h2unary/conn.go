@@ -382,6 +382,9 @@ func (c *conn) onHeaders(h *requestHead) error {
 		delete(c.receives, id)
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		if st.closed {
+			return nil // reset while it uploaded (see onData)
+		}
 		if !h.ended {
 			c.srv.count(ReasonBadRequest)
 			c.resetLocked(id, http2.ErrCodeProtocol)
@@ -455,6 +458,12 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.receives[f.StreamID]
+	if st != nil && st.closed {
+		// Reset while it uploaded (a window overflow, say): it was released then,
+		// so it must not be dispatched, nor counted against the limit again.
+		delete(c.receives, f.StreamID)
+		st = nil
+	}
 	payload := uint32(len(f.Data()))
 	// Padding is never held: its window goes back at once; so does a payload for
 	// a stream that is not receiving.
@@ -536,10 +545,14 @@ func (c *conn) dispatchLocked(st *stream) {
 		request := st.data
 		c.mu.Lock()
 		c.endCallLocked(st, resp, err)
-		if cap(resp) <= maxKeptBuffer {
+		if resp == nil {
+			resp = c.reply // failed: the buffer is still the connection's
+		}
+		kept := cap(resp) <= maxKeptBuffer
+		if kept {
 			c.reply = resp[:0]
 		}
-		c.recycleLocked(st, request, nil)
+		c.recycleLocked(st, request, kept)
 		return
 	}
 	// The call's context ends with the connection, its deadline, or the client's
@@ -567,24 +580,26 @@ func (c *conn) takeBufferLocked() []byte {
 }
 
 // putBufferLocked keeps b for a later call, unless it is too big or enough are
-// kept.
-func (c *conn) putBufferLocked(b []byte) {
-	if b != nil && cap(b) <= maxSpareBuffer && len(c.spareBuffers) < maxSpareBuffers {
-		c.spareBuffers = append(c.spareBuffers, b[:0])
+// kept, and reports whether it did.
+func (c *conn) putBufferLocked(b []byte) bool {
+	if b == nil || cap(b) > maxSpareBuffer || len(c.spareBuffers) >= maxSpareBuffers {
+		return false
 	}
+	c.spareBuffers = append(c.spareBuffers, b[:0])
+	return true
 }
 
 // recycleLocked keeps what a call that returned and queued its answer leaves for
-// the next calls: its request buffer, its answer buffer (nil for an inline call's,
-// which the connection keeps apart), and the stream itself once released.
-func (c *conn) recycleLocked(st *stream, request, reply []byte) {
-	if len(st.pending) > 0 {
-		// Waiting for window: the answer must outlive the buffer's next use.
+// the next calls: its request buffer, and the stream itself once released. The
+// caller kept the answer buffer or not (replyKept).
+func (c *conn) recycleLocked(st *stream, request []byte, replyKept bool) {
+	if len(st.pending) > 0 && replyKept {
+		// Waiting for window: the answer must outlive the buffer's next use (a
+		// buffer not kept is the stream's alone).
 		st.pending = bytes.Clone(st.pending)
 	}
 	st.data = nil
 	c.putBufferLocked(request)
-	c.putBufferLocked(reply)
 	if st.refs == 0 && len(c.spareStreams) < maxSpareStreams {
 		// Answered in full and released: nothing refers to it any more. It left
 		// receives before it was dispatched and open when it closed; and it is not
@@ -644,7 +659,8 @@ func (c *conn) call(st *stream) {
 	if resp == nil {
 		resp = dst // failed: the buffer is still the connection's
 	}
-	c.recycleLocked(st, request, resp)
+	kept := c.putBufferLocked(resp)
+	c.recycleLocked(st, request, kept)
 	// Calls that wait on the same backend round trip return together: while
 	// another answer is on its way to mu, this one leaves the write to it, so
 	// that they leave in one write (and the client reads them in one read). The

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/proto"
@@ -376,46 +377,53 @@ func TestExpiredDeadlineNotRun(t *testing.T) {
 	}
 }
 
-// TestInlineAnswersWaitingForWindow: inline answers are encoded into one buffer
-// per connection; one that waits for flow-control window keeps its own bytes
-// while later answers reuse that buffer.
-func TestInlineAnswersWaitingForWindow(t *testing.T) {
-	ts := startServer(t, Options{}, true)
-	r := dialRaw(t, ts.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
-	want := map[uint32][]byte{1: bytes.Repeat([]byte{'a'}, 40), 3: bytes.Repeat([]byte{'b'}, 40)}
-	for _, id := range []uint32{1, 3} {
-		r.headers(id, echoPath, false)
-		_ = r.fr.WriteData(id, true, reqBody(append([]byte{0}, want[id]...)))
-	}
-	// Both answers wait for window now; give it once the second was encoded.
-	time.Sleep(100 * time.Millisecond)
-	for _, id := range []uint32{1, 3} {
-		_ = r.fr.WriteWindowUpdate(id, 1000)
-	}
-	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got := map[uint32][]byte{}
-	for ended := 0; ended < 2; {
-		f, err := r.fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("after %d answers: %v", ended, err)
-		}
-		switch f := f.(type) {
-		case *http2.DataFrame:
-			got[f.StreamID] = append(got[f.StreamID], f.Data()...)
-		case *http2.MetaHeadersFrame:
-			if f.StreamEnded() {
-				ended++
+// TestAnswersWaitingForWindow: answers are encoded into reused buffers (one per
+// connection for inline calls, spare ones for goroutine calls); one that waits
+// for flow-control window keeps its own bytes while later answers reuse them.
+func TestAnswersWaitingForWindow(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		t.Run(map[bool]string{false: "goroutine", true: "inline"}[inline], func(t *testing.T) {
+			ts := startServer(t, Options{}, inline)
+			r := dialRaw(t, ts.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
+			want := map[uint32][]byte{}
+			for i := range 6 {
+				id := uint32(2*i + 1)
+				want[id] = bytes.Repeat([]byte{byte('a' + i)}, 40+i)
+				r.headers(id, echoPath, false)
+				_ = r.fr.WriteData(id, true, reqBody(append([]byte{0}, want[id]...)))
+				time.Sleep(10 * time.Millisecond) // one call returns before the next starts
 			}
-		}
-	}
-	for _, id := range []uint32{1, 3} {
-		var m wrapperspb.BytesValue
-		if len(got[id]) < 5 || proto.Unmarshal(got[id][5:], &m) != nil {
-			t.Fatalf("stream %d: undecodable answer %q", id, got[id])
-		}
-		if w := append([]byte{0}, want[id]...); !bytes.Equal(m.Value, w) {
-			t.Errorf("stream %d answered %q, want %q", id, m.Value, w)
-		}
+			// Every answer waits for window now; give it once all were encoded.
+			time.Sleep(100 * time.Millisecond)
+			for id := range want {
+				_ = r.fr.WriteWindowUpdate(id, 1000)
+			}
+			_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got := map[uint32][]byte{}
+			for ended := 0; ended < len(want); {
+				f, err := r.fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("after %d answers: %v", ended, err)
+				}
+				switch f := f.(type) {
+				case *http2.DataFrame:
+					got[f.StreamID] = append(got[f.StreamID], f.Data()...)
+				case *http2.MetaHeadersFrame:
+					if f.StreamEnded() {
+						ended++
+					}
+				}
+			}
+			for id := range want {
+				var m wrapperspb.BytesValue
+				if len(got[id]) < 5 || proto.Unmarshal(got[id][5:], &m) != nil {
+					t.Fatalf("stream %d: undecodable answer %q", id, got[id])
+				}
+				if w := append([]byte{0}, want[id]...); !bytes.Equal(m.Value, w) {
+					t.Errorf("stream %d answered %q, want %q", id, m.Value, w)
+				}
+			}
+		})
 	}
 }
 
@@ -467,5 +475,38 @@ func TestReleasedCallsHoldNothing(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestResetWhileUploading: a stream the server resets while its request is still
+// arriving (here, its window overflowed) is released once: the rest of its
+// request starts no call and does not free its slot a second time.
+func TestResetWhileUploading(t *testing.T) {
+	ts := startServer(t, Options{MaxConcurrentStreams: 2}, false)
+	r := dialRaw(t, ts.addr)
+	for i := range 5 {
+		id := uint32(2*i + 1)
+		r.headers(id, echoPath, false)
+		_ = r.fr.WriteWindowUpdate(id, 1<<31-1)
+		_ = r.fr.WriteData(id, false, reqBody([]byte{0, 'x'})[:3])
+		_ = r.fr.WriteData(id, true, reqBody([]byte{0, 'x'})[3:])
+	}
+	// A call after them is answered: the connection goes on.
+	r.headers(11, echoPath, false)
+	_ = r.fr.WriteData(11, true, reqBody([]byte{0, 'y'}))
+	if got := r.answerOf(t, 11); got != "0" {
+		t.Fatalf("a call after the resets answered grpc-status %q, want 0", got)
+	}
+	if n := testutil.ToFloat64(ts.goCalls); n != 1 {
+		t.Errorf("%v calls started, want 1: the reset streams' requests must start none", n)
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for c := range ts.active {
+		c.mu.Lock()
+		if c.inflight != 0 {
+			t.Errorf("%d streams counted against the limit after every one ended, want 0", c.inflight)
+		}
+		c.mu.Unlock()
 	}
 }
