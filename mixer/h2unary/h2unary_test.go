@@ -141,8 +141,16 @@ func echo(ctx context.Context, conn *grpc.ClientConn, msg []byte) ([]byte, error
 // (frame size, the client's 64 KiB windows, the request bound), many calls at once.
 func TestCalls(t *testing.T) {
 	for _, inline := range []bool{false, true} {
-		t.Run(map[bool]string{false: "goroutine", true: "inline"}[inline], func(t *testing.T) { testCalls(t, inline) })
+		t.Run(callMode(inline), func(t *testing.T) { testCalls(t, inline) })
 	}
+}
+
+// callMode names a subtest by how the test methods run.
+func callMode(inline bool) string {
+	if inline {
+		return "inline"
+	}
+	return "goroutine"
 }
 
 func testCalls(t *testing.T, inline bool) {

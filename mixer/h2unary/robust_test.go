@@ -382,7 +382,7 @@ func TestExpiredDeadlineNotRun(t *testing.T) {
 // for flow-control window keeps its own bytes while later answers reuse them.
 func TestAnswersWaitingForWindow(t *testing.T) {
 	for _, inline := range []bool{false, true} {
-		t.Run(map[bool]string{false: "goroutine", true: "inline"}[inline], func(t *testing.T) {
+		t.Run(callMode(inline), func(t *testing.T) {
 			ts := startServer(t, Options{}, inline)
 			r := dialRaw(t, ts.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
 			want := map[uint32][]byte{}
@@ -432,7 +432,7 @@ func TestAnswersWaitingForWindow(t *testing.T) {
 // them beyond the bounds.
 func TestReleasedCallsHoldNothing(t *testing.T) {
 	for _, inline := range []bool{false, true} {
-		t.Run(map[bool]string{false: "goroutine", true: "inline"}[inline], func(t *testing.T) {
+		t.Run(callMode(inline), func(t *testing.T) {
 			ts := startServer(t, Options{}, inline)
 			conn := ts.dial(t)
 			ctx := context.Background()
