@@ -1,6 +1,7 @@
 package loadtest
 
 import (
+	"cmp"
 	"context"
 	"embed"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -61,6 +63,11 @@ type CheckLoadOptions struct {
 	// scenario after its fixed rates: that many more runs, each halving the gap
 	// between the highest rate that met the target and the lowest that did not.
 	SearchSteps int
+	// Repeat is how many times each rate is offered, back to back (at least once).
+	// A row is then the run with the median p99, with the spread of all of them:
+	// on a VM whose runs differ by 2×, one run says little, and a search steered
+	// by one lucky or unlucky run goes astray.
+	Repeat int
 	// Profile, when set, receives a CPU profile of the server during each run (the
 	// file name gets the scenario appended).
 	Profile string
@@ -89,6 +96,10 @@ type CheckRow struct {
 	// tail.
 	ServerBytesPerReq float64
 	ServerGCs         int
+	// Runs is how many runs the row stands for (Repeat); P99Low and P99High are
+	// the lowest and highest p99 among them. Errors are those of all the runs.
+	Runs            int
+	P99Low, P99High time.Duration
 }
 
 // RunCheckLoad runs every scenario at every rate, open loop: requests are sent at
@@ -108,6 +119,9 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 		default:
 			return nil, fmt.Errorf("unknown backend %q: noop, noop-h2, memquota or redis", b)
 		}
+	}
+	if o.Repeat < 0 {
+		return nil, fmt.Errorf("repeat %d: each rate is offered at least once", o.Repeat)
 	}
 	if len(o.Listeners) == 0 {
 		o.Listeners = []string{"grpc"}
@@ -142,13 +156,22 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 					continue
 				}
 				measure := func(rate int) (CheckRow, error) {
-					fmt.Fprintf(o.Out, "%s / %s / %s / cache %s at %d/s for %s… ", svc, backend, tg.listener, cacheLabel(svc, cache), rate, o.Duration)
-					row, err := runScenario(ctx, o, srv, svc, cache, rate)
-					if err != nil {
-						return row, err
+					runs := make([]CheckRow, 0, max(o.Repeat, 1)) // zero: once
+					for n := range cap(runs) {
+						fmt.Fprintf(o.Out, "%s / %s / %s / cache %s at %d/s for %s", svc, backend, tg.listener, cacheLabel(svc, cache), rate, o.Duration)
+						if cap(runs) > 1 {
+							fmt.Fprintf(o.Out, " (run %d of %d)", n+1, cap(runs))
+						}
+						fmt.Fprint(o.Out, "… ")
+						row, err := runScenario(ctx, o, srv, svc, cache, rate)
+						if err != nil {
+							return row, err
+						}
+						row.Backend, row.Listener, row.Cache = backend, tg.listener, cacheLabel(svc, cache)
+						fmt.Fprintf(o.Out, "p50 %s p99 %s p99.9 %s, %.0f/s achieved, %d errors\n", us(row.P50), us(row.P99), us(row.P999), row.Achieved, row.Errors)
+						runs = append(runs, row)
 					}
-					row.Backend, row.Listener, row.Cache = backend, tg.listener, cacheLabel(svc, cache)
-					fmt.Fprintf(o.Out, "p50 %s p99 %s p99.9 %s, %.0f/s achieved, %d errors\n", us(row.P50), us(row.P99), us(row.P999), row.Achieved, row.Errors)
+					row := medianRun(runs)
 					rows = append(rows, row)
 					return row, nil
 				}
@@ -181,6 +204,20 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 	}
 	printCheckRows(o, rows)
 	return rows, nil
+}
+
+// medianRun returns the run with the median p99 (the lower of the two middle ones
+// for an even count), its Runs, P99Low and P99High describing all of runs, and
+// its Errors theirs summed: a run with errors fails the target however good the
+// median.
+func medianRun(runs []CheckRow) CheckRow {
+	byP99 := slices.SortedStableFunc(slices.Values(runs), func(a, b CheckRow) int { return cmp.Compare(a.P99, b.P99) })
+	row := byP99[(len(byP99)-1)/2]
+	row.Runs, row.P99Low, row.P99High, row.Errors = len(runs), byP99[0].P99, byP99[len(byP99)-1].P99, 0
+	for _, r := range runs {
+		row.Errors += r.Errors
+	}
+	return row
 }
 
 // minSearchGap is the finest step of the rate search, in requests per second.
@@ -225,12 +262,24 @@ func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/1e3) 
 func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	w := tabwriter.NewWriter(o.Out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(o.Out)
-	fmt.Fprintln(w, "service\tbackend\tport\tcache\toffered/s\tachieved/s\tp50\tp99\tp99.9\tmax\terrors\tserver CPU/req\tserver B/req\tserver GCs\tgenerator CPU/req\tpacer lag p99\t")
+	repeated := o.Repeat > 1
+	header := "service\tbackend\tport\tcache\toffered/s\tachieved/s\tp50\tp99\t"
+	if repeated {
+		header += "p99 of runs\t"
+	}
+	fmt.Fprintln(w, header+"p99.9\tmax\terrors\tserver CPU/req\tserver B/req\tserver GCs\tgenerator CPU/req\tpacer lag p99\t")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved,
-			us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), us(r.ClientCPUPerReq), us(r.PacerLagP99))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
+		if repeated {
+			fmt.Fprintf(w, "%s–%s\t", us(r.P99Low), us(r.P99High))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), us(r.ClientCPUPerReq), us(r.PacerLagP99))
 	}
 	w.Flush()
+	if repeated {
+		fmt.Fprintf(o.Out, "\nEach row is the median of %d runs by p99 (the other columns are that run's); \"p99 of runs\" is their spread, and errors are all runs'.\n", o.Repeat)
+	}
 	fmt.Fprintf(o.Out, "\nHighest offered rate with p99 under %s (of the rates tried):\n", o.TargetP99)
 	best := map[string]int{}
 	var keys []string

@@ -37,6 +37,34 @@ func TestSearchBounds(t *testing.T) {
 	}
 }
 
+func TestMedianRun(t *testing.T) {
+	ms := time.Millisecond
+	run := func(p99 time.Duration, errs int64, achieved float64) CheckRow {
+		return CheckRow{P99: p99, Errors: errs, Achieved: achieved}
+	}
+	for _, tc := range []struct {
+		name string
+		runs []CheckRow
+		want CheckRow
+	}{
+		{"one run", []CheckRow{run(2*ms, 0, 1)}, CheckRow{P99: 2 * ms, Achieved: 1, Runs: 1, P99Low: 2 * ms, P99High: 2 * ms}},
+		{"the middle of three, its own columns", []CheckRow{run(5*ms, 0, 1), run(ms, 0, 2), run(3*ms, 0, 3)},
+			CheckRow{P99: 3 * ms, Achieved: 3, Runs: 3, P99Low: ms, P99High: 5 * ms}},
+		{"the lower middle of two", []CheckRow{run(4*ms, 0, 1), run(2*ms, 0, 2)},
+			CheckRow{P99: 2 * ms, Achieved: 2, Runs: 2, P99Low: 2 * ms, P99High: 4 * ms}},
+		{"errors of every run", []CheckRow{run(ms, 2, 1), run(2*ms, 0, 2), run(3*ms, 5, 3)},
+			CheckRow{P99: 2 * ms, Errors: 7, Achieved: 2, Runs: 3, P99Low: ms, P99High: 3 * ms}},
+		{"equal p99s keep their order", []CheckRow{run(ms, 0, 1), run(ms, 0, 2), run(ms, 0, 3)},
+			CheckRow{P99: ms, Achieved: 2, Runs: 3, P99Low: ms, P99High: ms}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := medianRun(tc.runs); got != tc.want {
+				t.Errorf("medianRun = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
 // TestAnswerCheckers: the generator's wire-level judges of answers agree with
 // judging the decoded messages.
 func TestAnswerCheckers(t *testing.T) {
