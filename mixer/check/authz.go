@@ -101,6 +101,9 @@ func (s *Server) check(ctx context.Context, st *requestState) (*authv3.CheckResp
 		return nil, "error", err
 	}
 	if q != nil && !q.Allowed() {
+		if q.Code != codes.ResourceExhausted {
+			return denied(*q, qrule), "denied", nil
+		}
 		return denied(*q, qrule), "quota_exceeded", nil
 	}
 	if len(allowed.Headers) == 0 {
@@ -115,7 +118,12 @@ func (s *Server) authorize(ctx context.Context, lease leaseView, p *plan, st *re
 	out := authorization.Result{Code: codes.OK, ValidDuration: time.Duration(1<<63 - 1)}
 	for i := range p.rules {
 		r := &p.rules[i]
-		if len(r.authz) == 0 || !s.matches(r, st) {
+		if len(r.authz) == 0 {
+			continue
+		}
+		if ok, err := s.matches(r, st); err != nil {
+			return s.ruleFailed(r, "match", err), r.name, nil
+		} else if !ok {
 			continue
 		}
 		for _, t := range r.authz {
@@ -123,7 +131,10 @@ func (s *Server) authorize(ctx context.Context, lease leaseView, p *plan, st *re
 			if err != nil {
 				return out, "", err
 			}
-			inst := s.authzInstance(t, st)
+			inst, err := s.authzInstance(t, st)
+			if err != nil {
+				return s.ruleFailed(r, "instance "+t.inst, err), r.name, nil
+			}
 			res, err := ah.Authorize(ctx, inst, st.act)
 			if err != nil {
 				s.metrics.handlerErrors.WithLabelValues(t.handler).Inc()
@@ -141,6 +152,17 @@ func (s *Server) authorize(ctx context.Context, lease leaseView, p *plan, st *re
 		}
 	}
 	return out, "", nil
+}
+
+// ruleFailed denies a check whose rule could not be evaluated on this request: its
+// match or one of its instances failed with an error other than a missing
+// attribute (which reads as no match, or no value). Skipping the rule instead
+// would let the request past the very check the rule exists for, as a deny-list
+// given no value allows. The denial names the rule and the error, is counted, and
+// is never cached (no validity): the next request is evaluated afresh.
+func (s *Server) ruleFailed(r *rulePlan, what string, err error) authorization.Result {
+	s.metrics.ruleErrors.WithLabelValues(r.name).Inc()
+	return authorization.Result{Code: codes.PermissionDenied, Message: fmt.Sprintf("%s failed: %v", what, err)}
 }
 
 // leaseView is what the checks need of a lease.
@@ -163,41 +185,62 @@ func handlerAs[T any](lease leaseView, name, role string) (T, error) {
 	return t, nil
 }
 
-func (s *Server) matches(r *rulePlan, st *requestState) bool {
+// matches reports whether a rule applies to the request. A match that reads an
+// attribute the request lacks does not apply; any other failure is returned, for
+// the caller to deny (see ruleFailed).
+func (s *Server) matches(r *rulePlan, st *requestState) (bool, error) {
 	if r.match == nil {
-		return true
+		return true, nil
 	}
 	ok, err := r.match.EvalBool(st.act)
 	if err != nil && !errors.Is(err, expr.ErrMissing) {
-		s.metrics.ruleErrors.WithLabelValues(r.name).Inc()
+		return false, err
 	}
-	return ok
+	return ok, nil
 }
 
-func (s *Server) authzInstance(t authzTarget, st *requestState) *authorization.Instance {
+// authzInstance builds a rule's authorization instance. A value or property whose
+// attributes are missing is left out, for the handler to judge; one that fails
+// otherwise fails the instance.
+func (s *Server) authzInstance(t authzTarget, st *requestState) (*authorization.Instance, error) {
 	inst := &authorization.Instance{Name: t.inst}
 	if t.value != nil {
-		if v, err := t.value.Eval(st.act); err == nil {
+		v, err := t.value.Eval(st.act)
+		switch {
+		case err == nil:
 			inst.Value = v
+		case !errors.Is(err, expr.ErrMissing):
+			return nil, fmt.Errorf("value %s: %w", t.value.Source, err)
 		}
 	}
 	if len(t.props) > 0 {
 		inst.Properties = make(map[string]any, len(t.props))
 		for _, pe := range t.props {
-			if v, err := pe.Expr.Eval(st.act); err == nil {
+			v, err := pe.Expr.Eval(st.act)
+			switch {
+			case err == nil:
 				inst.Properties[pe.Name] = v
+			case !errors.Is(err, expr.ErrMissing):
+				return nil, fmt.Errorf("property %s: %w", pe.Name, err)
 			}
 		}
 	}
-	return inst
+	return inst, nil
 }
 
 // chargeQuotas charges one unit of every matching quota; it returns the denial of the
-// first exhausted one, or nil.
+// first exhausted one (RESOURCE_EXHAUSTED), or of a rule that failed (see
+// ruleFailed), or nil.
 func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st *requestState, now time.Time) (*authorization.Result, string, error) {
 	for i := range p.rules {
 		r := &p.rules[i]
-		if len(r.quotas) == 0 || !s.matches(r, st) {
+		if len(r.quotas) == 0 {
+			continue
+		}
+		if ok, err := s.matches(r, st); err != nil {
+			res := s.ruleFailed(r, "match", err)
+			return &res, r.name, nil
+		} else if !ok {
 			continue
 		}
 		for _, t := range r.quotas {
@@ -212,7 +255,12 @@ func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st 
 			}
 			clear(inst.Dimensions)
 			for _, d := range t.dims {
-				st.dimValue, _ = d.Expr.AppendString(st.dimValue[:0], st.act)
+				// A missing attribute's dimension is "unknown", as in Istio.
+				st.dimValue, err = d.Expr.AppendString(st.dimValue[:0], st.act)
+				if err != nil && !errors.Is(err, expr.ErrMissing) {
+					res := s.ruleFailed(r, "instance "+t.inst, fmt.Errorf("dimension %s: %w", d.Name, err))
+					return &res, r.name, nil
+				}
 				inst.Dimensions[d.Name] = string(st.dimValue)
 			}
 			dec, err := qh.Quota(ctx, now, inst, 1)

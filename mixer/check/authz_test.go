@@ -98,6 +98,68 @@ func TestExtAuthzPolicies(t *testing.T) {
 	})
 }
 
+// TestExtAuthzRuleErrors: a rule whose match or instance fails on a request's
+// values (not a missing attribute) denies it, naming the rule, counted, and never
+// from the cache; a missing attribute still reads as no match or no value.
+func TestExtAuthzRuleErrors(t *testing.T) {
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, nil, "testdata/evalerrors.yaml")
+		client := authv3.NewAuthorizationClient(s.via(listener))
+		tests := []struct {
+			name    string
+			c       call
+			code    codes.Code
+			rule    string
+			message string // in the denial's body
+			failed  bool   // counted as a rule error
+		}{
+			{"a blocked account", call{frontend, "GET", "/accounts/acme", nil}, codes.PermissionDenied, "shop/deny-accounts", "", false},
+			{"another account", call{frontend, "GET", "/accounts/zeta", nil}, codes.OK, "", "", false},
+			{"no account in the path", call{frontend, "GET", "/accounts", nil}, codes.PermissionDenied, "shop/deny-accounts", "instance shop/account failed: value", true},
+			{"an old client", call{frontend, "GET", "/items", map[string]string{"x-version": "2"}}, codes.PermissionDenied, "shop/old-versions", "upgrade your client", false},
+			{"a new client", call{frontend, "GET", "/items", map[string]string{"x-version": "7"}}, codes.OK, "", "", false},
+			{"a version that is not a number", call{frontend, "GET", "/items", map[string]string{"x-version": "abc"}}, codes.PermissionDenied, "shop/old-versions", "match failed", true},
+			{"no version at all", call{frontend, "GET", "/items", nil}, codes.OK, "", "", false},
+			{"a tier", call{frontend, "GET", "/tiers", map[string]string{"x-tier": "2"}}, codes.OK, "", "", false},
+			{"no tier: dimension unknown", call{frontend, "GET", "/tiers", nil}, codes.OK, "", "", false},
+			{"a tier that is not a number", call{frontend, "GET", "/tiers", map[string]string{"x-tier": "gold"}}, codes.PermissionDenied, "shop/tier-quotas", "dimension tier", true},
+		}
+		failures := 0
+		for round := 0; round < 2; round++ { // a failed rule is evaluated again: never cached
+			for _, tt := range tests {
+				resp, err := client.Check(context.Background(), tt.c.request())
+				if err != nil {
+					t.Fatalf("%s: %v", tt.name, err)
+				}
+				if got := codes.Code(resp.GetStatus().GetCode()); got != tt.code {
+					t.Errorf("round %d, %s: %v %q, want %v", round, tt.name, got, resp.GetStatus().GetMessage(), tt.code)
+					continue
+				}
+				if tt.failed {
+					failures++
+				}
+				if tt.code == codes.OK {
+					continue
+				}
+				d := resp.GetDeniedResponse()
+				if d.GetStatus().GetCode() != 403 || !strings.Contains(d.GetBody(), "rule "+tt.rule+":") || !strings.Contains(d.GetBody(), tt.message) {
+					t.Errorf("round %d, %s: denied with %d %q, want 403 naming rule %s and %q", round, tt.name, d.GetStatus().GetCode(), d.GetBody(), tt.rule, tt.message)
+				}
+			}
+		}
+		f, err := loadtest.Scrape(context.Background(), s.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f.Sum("sluice_check_rule_errors_total", nil); got != float64(failures) {
+			t.Errorf("sluice_check_rule_errors_total = %v, want %d", got, failures)
+		}
+		if got := f.Sum("sluice_check_requests_total", map[string]string{"outcome": "denied"}); got != float64(2*5) {
+			t.Errorf("denied outcomes = %v, want %d", got, 2*5)
+		}
+	})
+}
+
 func TestExtAuthzBadInput(t *testing.T) {
 	forListeners(t, func(t *testing.T, listener string) {
 		s := startServer(t, nil, "testdata/policy.yaml")

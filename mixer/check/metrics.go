@@ -32,7 +32,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "sluice_check_handler_errors_total", Help: "Policy or quota handlers that failed a check (answered UNAVAILABLE), by handler.",
 		}, []string{"handler"}),
 		ruleErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_check_rule_errors_total", Help: "Check-rule matches that failed with an error (the rule did not apply), by rule.",
+			Name: "sluice_check_rule_errors_total", Help: "Checks denied because a rule's match or instance failed with an error other than a missing attribute, by rule.",
 		}, []string{"rule"}),
 		rateLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_ratelimit_descriptors_total",
