@@ -4,7 +4,6 @@ import (
 	"context"
 	"math"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -18,10 +17,6 @@ import (
 	"github.com/sluicemesh/sluice/mixer/envoy"
 	"github.com/sluicemesh/sluice/templates/quota"
 )
-
-// maxHits bounds a request's hits_addend: beyond it a count cannot be meaningful,
-// and Redis counters would overflow.
-const maxHits = 1_000_000_000
 
 // rateLimits is the rate-limit config of one config version, as descriptor trees.
 type rateLimits struct {
@@ -62,6 +57,10 @@ var units = map[string]struct {
 	"minute": {time.Minute, rlsv3.RateLimitResponse_RateLimit_MINUTE},
 	"hour":   {time.Hour, rlsv3.RateLimitResponse_RateLimit_HOUR},
 	"day":    {24 * time.Hour, rlsv3.RateLimitResponse_RateLimit_DAY},
+	// As envoyproxy/ratelimit counts them: a month is 30 days, a year 365.
+	"week":  {7 * 24 * time.Hour, rlsv3.RateLimitResponse_RateLimit_WEEK},
+	"month": {30 * 24 * time.Hour, rlsv3.RateLimitResponse_RateLimit_MONTH},
+	"year":  {365 * 24 * time.Hour, rlsv3.RateLimitResponse_RateLimit_YEAR},
 }
 
 func unitOf(u rlsv3.RateLimitResponse_RateLimit_Unit) (time.Duration, bool) {
@@ -112,11 +111,9 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 			parent.keyOnly[d.Key] = n
 		case strings.HasSuffix(d.Value, "*"):
 			n.pattern = strings.TrimSuffix(d.Value, "*")
+			// In config order: the first that matches wins, as envoyproxy/ratelimit
+			// takes them, so that a file means what it meant there.
 			parent.wildcard[d.Key] = append(parent.wildcard[d.Key], n)
-			// The longest prefix is the most specific.
-			sort.SliceStable(parent.wildcard[d.Key], func(a, b int) bool {
-				return len(parent.wildcard[d.Key][a].pattern) > len(parent.wildcard[d.Key][b].pattern)
-			})
 		default:
 			parent.exact[d.Key+"\x00"+d.Value] = n
 		}
@@ -125,7 +122,8 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 }
 
 // match walks the tree for a request descriptor: at each level the most specific
-// entry (key and value, then a wildcard value, then the key alone). It returns the
+// entry (key and value, then the first wildcard value that matches, then the key
+// alone). It returns the
 // matched rule, the counting key, and the statistics name of the descriptor.
 func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat string) {
 	var kb, sb strings.Builder
@@ -271,9 +269,6 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 		if d.HasHitsAddend {
 			h = d.HitsAddend
 		}
-		if h > maxHits {
-			return "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d exceeds %d", i, h, maxHits)
-		}
 		var n *rlNode
 		var key string
 		if known && len(d.Entries) > 0 {
@@ -283,29 +278,20 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 		if n != nil {
 			rule = n.rule
 		}
-		if d.HasLimit {
-			// Envoy may send the limit itself (from route metadata): it replaces the
-			// configured one, and needs no configured match.
+		if d.HasLimit && known {
+			// Envoy may send the limit itself (from route metadata). As in
+			// envoyproxy/ratelimit, it is a limit of its own, whatever the config
+			// says of the descriptor: counted under the descriptor's entries, in a
+			// fixed window, never in shadow mode, with no name to replace or be
+			// replaced by. An unknown domain has no limits, sent ones included.
 			unit := rlsv3.RateLimitResponse_RateLimit_Unit(d.Unit) // the two enums share their numbers
 			w, ok := unitOf(unit)
 			if !ok {
 				return "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: limit override unit %v is not supported", i, typev3.RateLimitUnit(d.Unit))
 			}
-			if key == "" {
-				key = "override|" + entriesKey(d.Entries)
-				pend[i].stat = "override"
-			}
-			base := rlRule{}
-			if rule != nil {
-				base = *rule
-			}
-			base.unlimited = false
-			base.rpu, base.unit = d.RequestsPerUnit, unit
-			base.limit = quota.Limit{Requests: uint64(d.RequestsPerUnit), Window: w, Algorithm: base.limit.Algorithm}
-			if base.limit.Algorithm == "" {
-				base.limit.Algorithm = quota.FixedWindow
-			}
-			rule = &base
+			key, pend[i].stat = "override|"+entriesKey(d.Entries), "override"
+			rule = &rlRule{rpu: d.RequestsPerUnit, unit: unit,
+				limit: quota.Limit{Requests: uint64(d.RequestsPerUnit), Window: w, Algorithm: quota.FixedWindow}}
 		}
 		pend[i].rule = rule
 		if rule == nil {
@@ -319,7 +305,11 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 		}
 		pend[i].limit = rule.limit
 		pend[i].req = len(batch)
-		batch = append(batch, quota.Request{Key: req.Domain + "|" + key, Limit: rule.limit, Hits: h})
+		// More hits than the limit holds are over it, however many: the backends
+		// count at most one past the limit, so that no count overflows, and an
+		// absurd hits_addend is refused as OVER_LIMIT rather than with an error
+		// that Envoy, failing open by default, would let through.
+		batch = append(batch, quota.Request{Key: req.Domain + "|" + key, Limit: rule.limit, Hits: min(h, rule.limit.Requests+1)})
 	}
 	// A limit replaced by another matched one neither counts nor answers.
 	if len(replaced) > 0 {
@@ -387,7 +377,11 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 					ds.over, ans.over = true, true
 				}
 			}
-			if ans.tightest < 0 || ds.remaining < ans.statuses[ans.tightest].remaining {
+			// The RateLimit-* headers describe the last descriptor over its limit,
+			// or else the first with the least remaining, as envoyproxy/ratelimit
+			// picks it (an over-limit one has none remaining: no later descriptor
+			// has less).
+			if ds.over || ans.tightest < 0 || ds.remaining < ans.statuses[ans.tightest].remaining {
 				ans.tightest = i
 			}
 		}

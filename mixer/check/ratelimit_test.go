@@ -2,6 +2,7 @@ package check_test
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -326,8 +327,6 @@ func TestRateLimitBadInput(t *testing.T) {
 		for name, req := range map[string]*rlsv3.RateLimitRequest{
 			"no domain":      {Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("a", "b")}},
 			"no descriptors": {Domain: "mongo_cps"},
-			"huge hits": {Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{{
-				Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}}, HitsAddend: wrapperspb.UInt64(1 << 62)}}},
 		} {
 			_, err := client.ShouldRateLimit(context.Background(), req)
 			if status.Code(err) != codes.InvalidArgument {
@@ -352,12 +351,40 @@ func TestRateLimitBadInput(t *testing.T) {
 		resp, _ = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", HitsAddend: 2,
 			Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}})
 		checkResponse(t, "hits_addend over", resp, over, []want{{over, 500, second, 0}})
-		// A limit override in a unit Sluice does not count in is refused, by its name.
-		_, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{{
+		// Hits past anything a limit holds are over it (an error would let Envoy,
+		// failing open by default, through), and spend the window as upstream's
+		// count of them would.
+		s.clock.Advance(time.Second)
+		for _, c := range []struct {
+			name string
+			req  *rlsv3.RateLimitRequest
+		}{
+			{"huge descriptor hits", &rlsv3.RateLimitRequest{Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{{
+				Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}}, HitsAddend: wrapperspb.UInt64(1 << 62)}}}},
+			{"huge request hits", &rlsv3.RateLimitRequest{Domain: "mongo_cps", HitsAddend: math.MaxUint32, Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}}},
+			{"one hit after them", &rlsv3.RateLimitRequest{Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("database", "users")}}},
+		} {
+			name := c.name
+			resp, err := client.ShouldRateLimit(context.Background(), c.req)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			checkResponse(t, name, resp, over, []want{{over, 500, second, 0}})
+		}
+		// An override in months counts 30 days, as upstream's; one in no unit is
+		// refused, by its name.
+		resp, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{{
 			Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}},
 			Limit:   &rlcommon.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 5, Unit: typev3.RateLimitUnit_MONTH}}}})
-		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "MONTH") {
-			t.Errorf("override in months: %v", err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkResponse(t, "override in months", resp, ok, []want{{ok, 5, rlsv3.RateLimitResponse_RateLimit_MONTH, 4}})
+		_, err = client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "mongo_cps", Descriptors: []*rlcommon.RateLimitDescriptor{{
+			Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "database", Value: "users"}},
+			Limit:   &rlcommon.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 5, Unit: typev3.RateLimitUnit_UNKNOWN}}}})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "UNKNOWN") {
+			t.Errorf("override in no unit: %v", err)
 		}
 		// A domain that is not UTF-8 gets INTERNAL from both listeners, as grpc-go
 		// answers an undecodable request.
@@ -366,6 +393,55 @@ func TestRateLimitBadInput(t *testing.T) {
 			[]byte{0x0a, 0x01, 0xff}, &out, grpc.ForceCodec(rawCodec{}))
 		if status.Code(err) != codes.Internal {
 			t.Errorf("undecodable request: %v", err)
+		}
+	})
+}
+
+// TestRateLimitUpstreamParity: answers where envoyproxy/ratelimit's behaviour is
+// set by its code more than its README.
+func TestRateLimitUpstreamParity(t *testing.T) {
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, func(o *mixer.Options) { o.RateLimitHeaders = true }, "testdata/ratelimit-parity.yaml")
+		client := rlsv3.NewRateLimitServiceClient(s.via(listener))
+		ask := func(name string, ds ...*rlcommon.RateLimitDescriptor) *rlsv3.RateLimitResponse {
+			t.Helper()
+			resp, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "parity", Descriptors: ds})
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			return resp
+		}
+		override := func(d *rlcommon.RateLimitDescriptor, rpu uint32) *rlcommon.RateLimitDescriptor {
+			d.Limit = &rlcommon.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: rpu, Unit: typev3.RateLimitUnit_SECOND}
+			return d
+		}
+		perSecond := func(code rlsv3.RateLimitResponse_Code, remaining int64) want {
+			return want{code, 1, second, remaining}
+		}
+		// An override is a limit of its own: the shadow mode of the descriptor it
+		// matches does not apply to it...
+		checkResponse(t, "override of a shadowed limit", ask("shadowed", override(descriptor("shadowed", "x"), 1)), ok, []want{perSecond(ok, 0)})
+		checkResponse(t, "override of a shadowed limit, again", ask("shadowed", override(descriptor("shadowed", "x"), 1)), over, []want{perSecond(over, 0)})
+		// ...nor its name, which a limit matched beside it replaces.
+		for i, code := range []rlsv3.RateLimitResponse_Code{ok, over} {
+			resp := ask("override of a replaced limit", override(descriptor("named", "x"), 1), descriptor("narrow", "x"))
+			checkResponse(t, fmt.Sprintf("override of a replaced limit, request %d", i), resp, code, []want{perSecond(code, 0), {ok, 100, minute, int64(99 - i)}})
+		}
+		// Overlapping wildcards: the first in the file wins.
+		checkResponse(t, "overlapping wildcards", ask("tenant", descriptor("tenant", "abc")), ok, []want{{ok, 10, minute, 9}})
+		// The RateLimit-* headers describe the descriptor over its limit, not an
+		// earlier one that merely has nothing left.
+		for range 10 {
+			ask("burst", descriptor("burst", "x"))
+		}
+		resp := ask("daily and burst", descriptor("daily", "x"), descriptor("burst", "x"))
+		checkResponse(t, "daily and burst", resp, over, []want{{ok, 1, day, 0}, {over, 10, second, 0}})
+		hdrs := map[string]string{}
+		for _, h := range resp.GetResponseHeadersToAdd() {
+			hdrs[h.GetKey()] = h.GetValue()
+		}
+		if hdrs["RateLimit-Limit"] != "10" || hdrs["RateLimit-Remaining"] != "0" || hdrs["RateLimit-Reset"] != "1" {
+			t.Errorf("RateLimit headers %v, want the per-second limit's: 10, 0, 1", hdrs)
 		}
 	})
 }
@@ -414,7 +490,7 @@ func TestRateLimitHeadersAndAlgorithms(t *testing.T) {
 		for _, h := range ask("fixed").GetResponseHeadersToAdd() {
 			hdrs[h.GetKey()] = h.GetValue()
 		}
-		if hdrs["RateLimit-Limit"] != "4, 4;w=60" || hdrs["RateLimit-Remaining"] != "2" || hdrs["RateLimit-Reset"] != "59" {
+		if hdrs["RateLimit-Limit"] != "4" || hdrs["RateLimit-Remaining"] != "2" || hdrs["RateLimit-Reset"] != "59" {
 			t.Errorf("RateLimit headers %v", hdrs)
 		}
 	})

@@ -191,17 +191,13 @@ func rlHeaders() [3]string {
 func (st *rlStatus) appendHeader(b []byte, i int) []byte {
 	switch i {
 	case 0:
+		// The limit alone, as envoyproxy/ratelimit writes it: clients of the
+		// draft's earlier versions read the header as one number.
 		var rpu uint32
-		var window time.Duration
 		if st.rule != nil {
 			rpu = st.rule.rpu
-			window, _ = unitOf(st.rule.unit)
 		}
-		b = strconv.AppendUint(b, uint64(rpu), 10)
-		b = append(b, ", "...)
-		b = strconv.AppendUint(b, uint64(rpu), 10)
-		b = append(b, ";w="...)
-		return strconv.AppendInt(b, int64(window.Seconds()), 10)
+		return strconv.AppendUint(b, uint64(rpu), 10)
 	case 1:
 		return strconv.AppendUint(b, uint64(st.remaining), 10)
 	default:
