@@ -10,8 +10,9 @@
 // match. A condition whose evaluation fails for another reason (ip() of a malformed
 // address, a runtime type error) is counted as an error and fails closed whatever
 // the action: under ALLOW the failed policy grants nothing (another policy may still
-// allow), under DENY the failed policy denies, as if it had matched. Such answers are
-// never cached.
+// allow), under DENY the failed policy denies, as if it had matched. An answer that
+// a failure decided is never cached; one that another policy's match decided is,
+// since the same attribute values fail the same way.
 package rbac
 
 import (

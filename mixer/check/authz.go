@@ -78,16 +78,18 @@ func (s *Server) check(ctx context.Context, st *requestState) (*authv3.CheckResp
 	allowed := authorization.Result{Code: codes.OK}
 	rule := ""
 	if p.hasAuthz {
-		st.key = p.cacheKey(st.key[:0], &st.bag)
 		var hit bool
-		allowed, rule, hit = p.cache.get(st.key, now)
+		if !p.uncached {
+			st.key = p.cacheKey(st.key[:0], &st.bag)
+			allowed, rule, hit = p.cache.get(st.key, now)
+		}
 		if !hit {
 			var err error
 			allowed, rule, err = s.authorize(ctx, lease, p, st)
 			if err != nil {
 				return nil, "error", err
 			}
-			if allowed.ValidDuration > 0 {
+			if allowed.ValidDuration > 0 && !p.uncached {
 				p.cache.put(st.key, allowed, rule, now.Add(allowed.ValidDuration))
 			}
 		}
@@ -274,7 +276,7 @@ func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st 
 					Message: fmt.Sprintf("quota %s exhausted", t.inst),
 					Headers: []authorization.Header{
 						{Name: "RateLimit-Remaining", Value: "0"},
-						{Name: "Retry-After", Value: strconv.FormatInt(int64((dec.ResetAfter+time.Second-1)/time.Second), 10)},
+						{Name: "Retry-After", Value: strconv.FormatInt(ceilSeconds(dec.ResetAfter), 10)},
 					},
 				}
 				return res, r.name, nil
@@ -282,6 +284,16 @@ func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st 
 		}
 	}
 	return nil, "", nil
+}
+
+// ceilSeconds rounds a wait up to whole seconds, without overflowing for the
+// longest ones.
+func ceilSeconds(d time.Duration) int64 {
+	s := int64(d / time.Second)
+	if d%time.Second > 0 {
+		s++
+	}
+	return s
 }
 
 func headerOptions(hs []authorization.Header) []*corev3.HeaderValueOption {

@@ -190,6 +190,11 @@ func (s *Server) planFor(l *dispatch.Lease) *plan {
 		return p
 	}
 	p := s.buildPlan(l)
-	s.plan.Store(p)
+	// A check that leased the previous version just before a reload builds that
+	// version's plan for itself: storing it would put the newer one (and its
+	// cache) back to be rebuilt by the next check.
+	if cur := s.plan.Load(); cur == nil || cur.snap.Version <= p.snap.Version {
+		s.plan.Store(p)
+	}
 	return p
 }

@@ -20,6 +20,9 @@ type plan struct {
 	// refs are the attributes whose values decide every policy answer: the cache key.
 	refs     []expr.Ref
 	hasAuthz bool
+	// uncached: a handler reads an attribute the key cannot name, so no answer
+	// may be cached (two requests that differ in it would share one).
+	uncached bool
 	cache    *cache
 	// inProcess: every handler a check can reach decides in memory (see
 	// adapters.Factory.InProcess), so checks may run inline on the lean listener.
@@ -95,7 +98,9 @@ func (s *Server) buildPlan(l *dispatch.Lease) *plan {
 					rp.authz = append(rp.authz, t)
 					if !readers[a.Handler.Name] {
 						readers[a.Handler.Name] = true
-						s.addHandlerRefs(l, a.Handler.Name, refs)
+						if !s.addHandlerRefs(l, a.Handler.Name, refs) {
+							p.uncached = true
+						}
 					}
 				case templates.Quota:
 					rp.quotas = append(rp.quotas, quotaTarget{handler: a.Handler.Name, inst: inst.Name, dims: inst.Maps["dimensions"]})
@@ -126,23 +131,27 @@ func (s *Server) buildPlan(l *dispatch.Lease) *plan {
 	return p
 }
 
-// addHandlerRefs adds what a handler reads beyond its instances (rbac policies).
-func (s *Server) addHandlerRefs(l *dispatch.Lease, name string, refs map[string]expr.Ref) {
+// addHandlerRefs adds what a handler reads beyond its instances (rbac policies). It
+// reports false when the handler reads something the key cannot name.
+func (s *Server) addHandlerRefs(l *dispatch.Lease, name string, refs map[string]expr.Ref) bool {
 	h, ok := l.Handler(name)
 	if !ok {
-		return
+		return true
 	}
 	ar, ok := h.(adapters.AttributeReader)
 	if !ok {
-		return
+		return true
 	}
+	all := true
 	for _, a := range ar.ReadsAttributes() {
 		if r, ok := s.compiler.ParseRef(a); ok {
 			refs[r.String()] = r
 		} else {
-			s.log.Warn("handler reads an attribute outside the vocabulary; not cached on it", "handler", name, "attribute", a)
+			s.log.Warn("handler reads an attribute outside the vocabulary; this config's policy answers are not cached", "handler", name, "attribute", a)
+			all = false
 		}
 	}
+	return all
 }
 
 // cacheKey appends the values of the plan's attributes: every value, or its absence,
@@ -171,7 +180,8 @@ func (p *plan) cacheKey(dst []byte, bag *attribute.Bag) []byte {
 }
 
 // appendValue appends a set attribute's value: a string as is, a map as its
-// sorted pairs, any other kind as its numeric slot.
+// sorted pairs, each key and value after its length (so that no two maps share an
+// encoding, whatever bytes they hold), any other kind as its numeric slot.
 func appendValue(dst []byte, bag *attribute.Bag, id attribute.ID) []byte {
 	switch id.Kind() {
 	case attribute.String:
@@ -187,10 +197,10 @@ func appendValue(dst []byte, bag *attribute.Bag, id attribute.ID) []byte {
 		sort.Strings(keys)
 		for _, k := range keys {
 			val, _ := m.Get(k)
+			dst = binary.AppendUvarint(dst, uint64(len(k)))
 			dst = append(dst, k...)
-			dst = append(dst, 0)
+			dst = binary.AppendUvarint(dst, uint64(len(val)))
 			dst = append(dst, val...)
-			dst = append(dst, 0)
 		}
 		return dst
 	}

@@ -121,4 +121,12 @@ func TestCacheKey(t *testing.T) {
 			}
 		})
 	}
+	// A whole map's pairs are length-prefixed: bytes moved from a key into its
+	// value (a NUL, which a separator would not tell apart) change the key.
+	var a, b attribute.Bag
+	a.SetMap(attribute.RequestHeaders, attribute.MapOf(map[string]string{"a\x00b": "c"}))
+	b.SetMap(attribute.RequestHeaders, attribute.MapOf(map[string]string{"a": "b\x00c"}))
+	if ka, kb := whole.cacheKey(nil, &a), whole.cacheKey(nil, &b); string(ka) == string(kb) {
+		t.Errorf("maps {a\\0b: c} and {a: b\\0c} share the key %q", ka)
+	}
 }

@@ -181,7 +181,9 @@ func (s *Server) rateLimitsFor(l *dispatch.Lease) *rateLimits {
 		return rl
 	}
 	rl := compileRateLimits(l.Snapshot())
-	s.rl.Store(rl)
+	if cur := s.rl.Load(); cur == nil || cur.snap.Version <= rl.snap.Version { // see planFor
+		s.rl.Store(rl)
+	}
 	return rl
 }
 
