@@ -22,6 +22,19 @@ const maxFileSize = 64 << 20
 // that the several events of one update cause one reload.
 const debounce = 100 * time.Millisecond
 
+// settle is how long a new version of the file must stay the same before it is taken.
+// A writer that is not atomic (cat new > list.txt) leaves a prefix of the new list in
+// the file for a while, and a prefix often parses: "10.0.0.0/2" of "10.0.0.0/24", or
+// nothing at all, which empties a deny-list. It must not be shorter than debounce: the
+// watch loop relies on any wake-up of its timer being at least settle after the read
+// it confirms.
+const settle = debounce
+
+// maxSettleWait bounds the back-off of the re-reads while a writer keeps the file
+// changing, so that a file that never settles costs a read every few seconds, not a
+// read every settle.
+const maxSettleWait = 5 * time.Second
+
 // maxReported bounds how many bad entries of one file version are logged or returned.
 const maxReported = 10
 
@@ -91,41 +104,53 @@ func parseFile(name string, data []byte, t EntryType) ([]string, []error) {
 	return entries, nil
 }
 
-// readFile reads a list file, refusing one larger than maxFileSize.
-func readFile(path string) ([]byte, error) {
+// fileVersion tells two reads of the file apart. The digest alone would take a
+// writer that truncated the file and wrote the same prefix again for a file at rest.
+type fileVersion struct {
+	sum   [32]byte
+	size  int64
+	mtime int64 // UnixNano, so that versions compare with ==
+}
+
+// readFile reads a list file, refusing one larger than maxFileSize. The size and
+// mtime are of the file read (fstat), not of whatever the path names by now.
+func readFile(path string) ([]byte, fileVersion, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, fileVersion{}, err
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+		return nil, fileVersion{}, fmt.Errorf("read %s: %w", path, err)
 	}
 	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("%s is larger than %d MiB", path, maxFileSize>>20)
+		return nil, fileVersion{}, fmt.Errorf("%s is larger than %d MiB", path, maxFileSize>>20)
 	}
-	return data, nil
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fileVersion{}, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return data, fileVersion{sum: sha256.Sum256(data), size: fi.Size(), mtime: fi.ModTime().UnixNano()}, nil
 }
 
 // loadFile reads and checks the list file and builds the list from it and the
 // overrides. It returns the file's digest too, so that reloads can skip a version
 // they have already seen.
 func (h *Handler) loadFile() (*matcher, [32]byte, error) {
-	data, err := readFile(h.file)
+	data, v, err := readFile(h.file)
 	if err != nil {
 		return nil, [32]byte{}, err
 	}
-	sum := sha256.Sum256(data)
 	entries, errs := parseFile(h.file, data, h.typ)
 	if len(errs) > 0 {
-		return nil, sum, errors.Join(errs...)
+		return nil, v.sum, errors.Join(errs...)
 	}
 	m, err := newMatcher(h.typ, append(entries, h.overrides...))
 	if err != nil {
-		return nil, sum, fmt.Errorf("build list from %s: %w", h.file, err)
+		return nil, v.sum, fmt.Errorf("build list from %s: %w", h.file, err)
 	}
-	return m, sum, nil
+	return m, v.sum, nil
 }
 
 // watch re-reads the file when fsnotify reports a change in its directory, and
@@ -170,8 +195,19 @@ func (h *Handler) watch(w *fsnotify.Watcher, poll time.Duration, digest [32]byte
 			h.env.Logger.Warn("list file watch failed; relying on polling", "file", h.file, "err", err)
 		case <-timer.C:
 			h.reload(&st)
+			if st.pending != nil {
+				timer.Reset(st.wait)
+			}
 		case <-tick:
+			if st.pending != nil {
+				// The timer is armed for the confirming read; reading now could
+				// confirm a version read a moment ago by a writer still at work.
+				continue
+			}
 			h.reload(&st)
+			if st.pending != nil {
+				timer.Reset(st.wait)
+			}
 		}
 	}
 }
@@ -186,20 +222,34 @@ func (h *Handler) concerns(name string) bool {
 
 // reloadState is what the watch goroutine remembers between reloads.
 type reloadState struct {
-	// digest is of the last version read, good or bad: it is not parsed (or
-	// reported) again until it changes.
+	// digest is of the last version that settled, good or bad: it is not parsed
+	// (or reported) again until it changes.
 	digest [32]byte
 	// readErr is the last read error logged, so that a missing file is logged once
 	// per outage, not once per poll.
 	readErr string
+	// pending is a changed version read once; it is taken only if the next read,
+	// at least settle later, finds the same version. The watch loop re-reads after
+	// wait while it is set.
+	pending *fileVersion
+	wait    time.Duration
+	// unsettledLogged keeps a writer that never stops from filling the log.
+	unsettledLogged bool
 }
 
-// reload reads the file and swaps the list in when the file changed and is good. A
-// bad version is logged with its file:line errors and counted, and the last good
-// list keeps serving.
+func (st *reloadState) endSettling() {
+	st.pending, st.wait, st.unsettledLogged = nil, 0, false
+}
+
+// reload reads the file and swaps the list in when the file changed, has stopped
+// changing and is good. The caller spaces the reads: the one that confirms a pending
+// version must come at least settle after it. A file still changing, or a bad version,
+// is counted and logged, and the last good list keeps serving.
 func (h *Handler) reload(st *reloadState) {
-	data, err := readFile(h.file)
+	data, v, err := readFile(h.file)
 	if err != nil {
+		// A file re-created later is a new version and must settle from scratch.
+		st.endSettling()
 		h.env.Stats.Error("list_file_read")
 		if err.Error() != st.readErr {
 			st.readErr = err.Error()
@@ -208,11 +258,25 @@ func (h *Handler) reload(st *reloadState) {
 		return
 	}
 	st.readErr = ""
-	sum := sha256.Sum256(data)
-	if sum == st.digest {
+	if v.sum == st.digest {
+		st.endSettling()
 		return
 	}
-	st.digest = sum
+	if st.pending == nil {
+		st.pending, st.wait = &v, settle
+		return
+	}
+	if *st.pending != v {
+		h.env.Stats.Error("list_file_unsettled")
+		if !st.unsettledLogged {
+			st.unsettledLogged = true
+			h.env.Logger.Warn("list file is still being written; keeping the last good list until it stops changing", "file", h.file)
+		}
+		st.pending, st.wait = &v, min(2*st.wait, maxSettleWait)
+		return
+	}
+	st.endSettling()
+	st.digest = v.sum
 	entries, errs := parseFile(h.file, data, h.typ)
 	if len(errs) > 0 {
 		h.env.Stats.Error("list_file_invalid")

@@ -3,6 +3,7 @@ package list
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -302,5 +303,103 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTornFileNotSwappedIn catches the file between two writes of a writer that is not
+// atomic, with the watch goroutine stopped so that the test decides when each read
+// happens: a prefix of the new list that parses must not be taken for the list.
+func TestTornFileNotSwappedIn(t *testing.T) {
+	const old, next = "10.0.0.0/24\n", "10.0.0.0/24\n10.9.0.0/16\n"
+	tests := []struct {
+		name      string
+		blacklist bool
+		torn      func(t *testing.T, path string)
+	}{
+		// 10.0.0.0/2 is 0.0.0.0/2: the allow-list would admit a quarter of IPv4.
+		{"prefix cut short", false, func(t *testing.T, path string) { writeFile(t, path, "10.0.0.0/2") }},
+		// An empty deny-list denies nothing.
+		{"emptied", true, func(t *testing.T, path string) { writeFile(t, path, "") }},
+		// The same bytes in both reads, but written again in between: the writer is
+		// not done.
+		{"rewritten between reads", false, func(t *testing.T, path string) {
+			writeFile(t, path, next)
+			must(t, os.Chtimes(path, time.Now(), time.Unix(1_000_000_000, 0)))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "list.txt")
+			writeFile(t, path, old)
+			rec := newRecorder()
+			h := fileList(t, rec.env(), path, func(p *Params) {
+				p.EntryType, p.Blacklist = "IP_ADDRESSES", tt.blacklist
+				p.RefreshInterval = time.Hour
+			})
+			must(t, h.Close(context.Background()))
+			st := reloadState{digest: sha256.Sum256([]byte(old))}
+			listed := func(v string) bool { return allowed(t, h, v) != tt.blacklist }
+			oldInForce := func() bool { return listed("10.0.0.1") && !listed("10.200.0.1") && !listed("10.9.1.1") }
+
+			tt.torn(t, path)
+			h.reload(&st) // the poll or the debounced event finds the torn file
+			if !oldInForce() {
+				t.Fatal("a torn file was swapped in")
+			}
+			writeFile(t, path, next) // the writer finishes
+			h.reload(&st)
+			if !oldInForce() {
+				t.Fatal("a file read once was swapped in")
+			}
+			if n := rec.count("list_file_unsettled"); n != 1 {
+				t.Errorf("list_file_unsettled counted %d times, want 1", n)
+			}
+			h.reload(&st) // a settle interval later, the file has not changed
+			if !listed("10.0.0.1") || !listed("10.9.1.1") || listed("10.200.0.1") {
+				t.Fatal("the settled file is not in force")
+			}
+			h.reload(&st)
+			if n := rec.count("list_file_unsettled") + rec.count("list_file_invalid") + rec.count("list_file_read"); n != 1 {
+				t.Errorf("%d failures counted, want the one unsettled read", n)
+			}
+		})
+	}
+}
+
+// TestFileKeepsChanging rewrites a polled file (a symlink into a directory that is not
+// watched, so no event debounces the writes) until a re-read is seen to differ, then
+// stops: the failed settling is counted and the final version is taken once it rests.
+func TestFileKeepsChanging(t *testing.T) {
+	watched, elsewhere := t.TempDir(), t.TempDir()
+	target := filepath.Join(elsewhere, "real.txt")
+	writeFile(t, target, "a\n")
+	link := filepath.Join(watched, "list.txt")
+	must(t, os.Symlink(target, link))
+	rec := newRecorder()
+	h := fileList(t, rec.env(), link, func(p *Params) { p.RefreshInterval = 100 * time.Millisecond })
+
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if err := os.WriteFile(target, fmt.Appendf(nil, "b%d\n", i), 0o644); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	stopWriter := sync.OnceFunc(func() { close(stop); <-done })
+	defer stopWriter() // before t.TempDir's cleanup, also when eventually fails
+	eventually(t, "a file still changing is counted", func() bool { return rec.count("list_file_unsettled") > 0 })
+	stopWriter()
+	writeFile(t, target, "c\n")
+	eventually(t, "the file at rest is in force", func() bool { return allowed(t, h, "c") && !allowed(t, h, "a") })
+	if log := rec.logText(); !strings.Contains(log, "still being written") {
+		t.Errorf("a file that kept changing was not logged:\n%s", log)
 	}
 }

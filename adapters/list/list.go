@@ -54,9 +54,11 @@ type Params struct {
 	Overrides []string `yaml:"overrides"`
 	// File holds further entries, one per line; blank lines and lines starting with
 	// '#' are skipped. It is re-read when it changes (written in place, renamed into
-	// place, or swapped as a mounted ConfigMap); a version with a bad entry is logged
-	// and counted, and the last good list keeps serving. A relative path is relative
-	// to the server's working directory.
+	// place, or swapped as a mounted ConfigMap), and a new version is taken once two
+	// reads 100ms apart find it unchanged, so that a file caught half-written is not;
+	// a version with a bad entry, or a file that keeps changing, is logged and
+	// counted, and the last good list keeps serving. A relative path is relative to
+	// the server's working directory.
 	File string `yaml:"file"`
 	// RefreshInterval re-reads the file periodically too, in case a change was not
 	// reported by the file system. Default 1m; "0s" turns polling off.
