@@ -44,7 +44,7 @@ type RateLimitReplacement struct {
 
 // Rate-limit units and algorithms.
 var (
-	RateLimitUnits      = []string{"second", "minute", "hour", "day"}
+	RateLimitUnits      = []string{"second", "minute", "hour", "day", "week", "month", "year"}
 	RateLimitAlgorithms = []string{"fixed_window", "sliding_window", "token_bucket"}
 )
 
@@ -67,9 +67,7 @@ func parseRateLimit(file string, root *yaml.Node) (*Object, error) {
 	if cfg.Domain == "" {
 		c.add(pos, "rate-limit config has an empty domain")
 	}
-	names := map[string]Position{}
-	descs := nodeField(root, "descriptors")
-	validateDescriptors(&c, file, descs, cfg.Descriptors, names, "descriptors")
+	validateDescriptors(&c, file, nodeField(root, "descriptors"), cfg.Descriptors, "descriptors")
 	if err := c.err(); err != nil {
 		return nil, err
 	}
@@ -82,26 +80,61 @@ func parseRateLimit(file string, root *yaml.Node) (*Object, error) {
 	}, nil
 }
 
+// nodeField returns the value of key in mapping n as yaml.v3 decodes it: the mapping's
+// own key, else the first found in the mappings that its merge key brings in, in order.
+// Only for a node that has decoded: it would loop on an alias cycle, which decoding rejects.
 func nodeField(n *yaml.Node, key string) *yaml.Node {
+	n = resolveAlias(n)
+	var merge *yaml.Node
 	for _, kv := range mappingEntries(n) {
-		if kv[0].Value == key {
+		switch {
+		case isMergeKey(kv[0]):
+			merge = kv[1] // yaml.v3 uses the last
+		case kv[0].Value == key:
 			return kv[1]
+		}
+	}
+	if merge == nil {
+		return nil
+	}
+	maps := []*yaml.Node{merge}
+	if merge.Kind == yaml.SequenceNode {
+		maps = merge.Content
+	}
+	for _, m := range maps {
+		if v := nodeField(m, key); v != nil {
+			return v
 		}
 	}
 	return nil
 }
 
-func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLimitDescriptor, names map[string]Position, path string) {
+// rateLimitUnit returns the unit that u names, matched as envoyproxy/ratelimit does: by
+// its upper case against the names of the RateLimitResponse units.
+func rateLimitUnit(u string) (string, bool) {
+	for _, x := range RateLimitUnits {
+		if strings.ToUpper(u) == strings.ToUpper(x) {
+			return x, true
+		}
+	}
+	return "", false
+}
+
+func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLimitDescriptor, path string) {
+	seq = resolveAlias(seq)
 	seen := map[string]bool{}
 	for i := range ds {
 		d := &ds[i]
-		var n *yaml.Node
+		// n is the descriptor's mapping, where its own mistakes are written; el is its
+		// place in the list, the same node unless the list names it by an alias (- *desc).
+		var el, n *yaml.Node
 		if seq != nil && seq.Kind == yaml.SequenceNode && i < len(seq.Content) {
-			n = seq.Content[i]
+			el = seq.Content[i]
+			n = resolveAlias(el)
 		}
-		pos := Position{File: file}
+		pos, listed := Position{File: file}, Position{File: file}
 		if n != nil {
-			pos.Line = n.Line
+			pos.Line, listed.Line = n.Line, el.Line
 		}
 		d.Pos = pos
 		p := fmt.Sprintf("%s[%d]", path, i)
@@ -110,35 +143,43 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 		}
 		id := d.Key + "\x00" + d.Value
 		if seen[id] {
-			c.add(pos, "%s: duplicate descriptor key %q value %q", p, d.Key, d.Value)
+			c.add(listed, "%s: duplicate descriptor key %q value %q", p, d.Key, d.Value)
 		}
 		seen[id] = true
+		// Upstream rejects it rather than let a count shared by every value of an exact
+		// match (or of a key alone) pass for a wildcard's.
+		if d.ShareThreshold && !strings.HasSuffix(d.Value, "*") {
+			c.add(pos, "%s: share_threshold needs a wildcard value (one ending in *), not %q", p, d.Value)
+		}
 		if r := d.RateLimit; r != nil {
-			if r.Unlimited {
-				if r.Unit != "" || r.RequestsPerUnit != 0 {
-					c.add(pos, "%s: an unlimited rate_limit has no unit or requests_per_unit", p)
-				}
-			} else {
-				if !contains(RateLimitUnits, strings.ToLower(r.Unit)) {
-					c.add(pos, "%s: rate_limit unit %q is not one of %s", p, r.Unit, strings.Join(RateLimitUnits, ", "))
-				}
+			unit, validUnit := rateLimitUnit(r.Unit)
+			switch {
+			// Upstream ignores requests_per_unit, and a unit it does not know, on an
+			// unlimited limit; only a real unit is taken for a mistake.
+			case r.Unlimited && validUnit:
+				c.add(pos, "%s: an unlimited rate_limit should not have a unit (it has %q)", p, r.Unit)
+			case !r.Unlimited && !validUnit:
+				c.add(pos, "%s: rate_limit unit %q is not one of %s", p, r.Unit, strings.Join(RateLimitUnits, ", "))
+			case !r.Unlimited && strings.ToLower(r.Unit) != unit:
+				// mixer/check looks units up in lower case, which a spelling that
+				// upper-cases to a unit need not reach ("ſecond").
+				r.Unit = unit
 			}
 			if r.Algorithm != "" && !contains(RateLimitAlgorithms, r.Algorithm) {
 				c.add(pos, "%s: rate_limit algorithm %q is not one of %s", p, r.Algorithm, strings.Join(RateLimitAlgorithms, ", "))
 			}
-			if r.Name != "" {
-				if prev, dup := names[r.Name]; dup {
-					c.add(pos, "%s: rate_limit name %q is already used at %s", p, r.Name, prev)
-				}
-				names[r.Name] = pos
-			}
+			// Names need not be unique: upstream replaces every limit of a name.
 			for j, rep := range r.Replaces {
-				if rep.Name == "" {
+				switch rep.Name {
+				case "":
 					c.add(pos, "%s: rate_limit replaces[%d] has no name", p, j)
+				case r.Name:
+					// A limit that replaced itself would never apply.
+					c.add(pos, "%s: rate_limit replaces[%d] is the limit's own name %q", p, j, rep.Name)
 				}
 			}
 		}
-		validateDescriptors(c, file, nodeField(n, "descriptors"), d.Descriptors, names, p+".descriptors")
+		validateDescriptors(c, file, nodeField(n, "descriptors"), d.Descriptors, p+".descriptors")
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 // declare (by yaml tag) and reporting each problem at its own line in file.
 func decodeStrict(file string, node *yaml.Node, v any) error {
 	var c collector
-	checkKnownFields(&c, file, node, reflect.TypeOf(v), "")
+	checkKnownFields(&c, file, node, reflect.TypeOf(v), "", map[anchorVisit]bool{})
 	if err := c.err(); err != nil {
 		return err
 	}
@@ -85,22 +85,48 @@ func yamlFieldName(f reflect.StructField) (name string, inline bool, skip bool) 
 
 var nodeType = reflect.TypeOf(yaml.Node{})
 
-// checkKnownFields walks node against t and reports unknown mapping keys.
-func checkKnownFields(c *collector, file string, node *yaml.Node, t reflect.Type, path string) {
+// anchorVisit is an anchored node checked as one type.
+type anchorVisit struct {
+	node *yaml.Node
+	t    reflect.Type
+}
+
+// checkKnownFields walks node against t and reports unknown mapping keys. It follows
+// aliases and merge keys as yaml.v3 decodes them. seen holds each anchored node checked
+// (true) or being checked (false) as a type: an anchor is checked once however many
+// aliases use it, which bounds the walk where aliases nest (decoding, which comes
+// after, limits them itself), and an alias inside the node it stands for, which would
+// send the walk round forever, is reported instead.
+func checkKnownFields(c *collector, file string, node *yaml.Node, t reflect.Type, path string, seen map[anchorVisit]bool) {
 	if node == nil || t == nil {
 		return
 	}
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if node.Kind == yaml.AliasNode {
-		node = node.Alias
+	use := node
+	node = resolveAlias(node)
+	if node == nil {
+		return
 	}
 	if t == nodeType || t.Kind() == reflect.Interface {
 		return
 	}
 	if _, ok := reflect.New(t).Interface().(yaml.Unmarshaler); ok {
 		return
+	}
+	if node.Anchor != "" {
+		v := anchorVisit{node, t}
+		done, ok := seen[v]
+		if ok && !done {
+			c.add(Position{File: file, Line: use.Line}, "alias *%s is inside the node it stands for", node.Anchor)
+			return
+		}
+		if ok {
+			return
+		}
+		seen[v] = false
+		defer func() { seen[v] = true }()
 	}
 	switch t.Kind() {
 	case reflect.Struct:
@@ -111,28 +137,70 @@ func checkKnownFields(c *collector, file string, node *yaml.Node, t reflect.Type
 		collectFields(t, fields)
 		for i := 0; i+1 < len(node.Content); i += 2 {
 			k, val := node.Content[i], node.Content[i+1]
+			if isMergeKey(k) {
+				checkMerge(c, file, k, val, t, path, seen)
+				continue
+			}
 			ft, ok := fields[k.Value]
 			if !ok {
 				c.add(Position{File: file, Line: k.Line}, "unknown field %q%s (known: %s)", k.Value, inPath(path), knownList(fields))
 				continue
 			}
-			checkKnownFields(c, file, val, ft, join(path, k.Value))
+			checkKnownFields(c, file, val, ft, join(path, k.Value), seen)
 		}
 	case reflect.Slice, reflect.Array:
 		if node.Kind != yaml.SequenceNode {
 			return
 		}
 		for i, el := range node.Content {
-			checkKnownFields(c, file, el, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
+			checkKnownFields(c, file, el, t.Elem(), fmt.Sprintf("%s[%d]", path, i), seen)
 		}
 	case reflect.Map:
 		if node.Kind != yaml.MappingNode {
 			return
 		}
 		for i := 0; i+1 < len(node.Content); i += 2 {
-			checkKnownFields(c, file, node.Content[i+1], t.Elem(), join(path, node.Content[i].Value))
+			if isMergeKey(node.Content[i]) {
+				checkMerge(c, file, node.Content[i], node.Content[i+1], t, path, seen)
+				continue
+			}
+			checkKnownFields(c, file, node.Content[i+1], t.Elem(), join(path, node.Content[i].Value), seen)
 		}
 	}
+}
+
+// checkMerge checks the mappings that a merge key ("<<: *base" or "<<: [*a, *b]") brings
+// into a mapping of type t, as part of that mapping. Their values are decoded only
+// where the mapping does not set the key itself, but an unknown key is a mistake either way.
+func checkMerge(c *collector, file string, key, val *yaml.Node, t reflect.Type, path string, seen map[anchorVisit]bool) {
+	maps := []*yaml.Node{val}
+	if val.Kind == yaml.SequenceNode {
+		maps = val.Content
+	}
+	for _, m := range maps {
+		if r := resolveAlias(m); r == nil || r.Kind != yaml.MappingNode {
+			// yaml.v3 would say so too, but without a line.
+			c.add(Position{File: file, Line: key.Line}, "merge key %q needs a mapping or a list of mappings", key.Value)
+			return
+		}
+	}
+	for _, m := range maps {
+		checkKnownFields(c, file, m, t, path, seen)
+	}
+}
+
+// isMergeKey reports whether k is a YAML merge key, by yaml.v3's rule: a plain "<<" or
+// one tagged !!merge, but not a quoted one.
+func isMergeKey(k *yaml.Node) bool {
+	return k.Kind == yaml.ScalarNode && k.Value == "<<" && (k.Tag == "" || k.Tag == "!" || k.ShortTag() == "!!merge")
+}
+
+// resolveAlias returns the node an alias stands for, or n itself.
+func resolveAlias(n *yaml.Node) *yaml.Node {
+	if n != nil && n.Kind == yaml.AliasNode {
+		return n.Alias
+	}
+	return n
 }
 
 func collectFields(t reflect.Type, out map[string]reflect.Type) {
