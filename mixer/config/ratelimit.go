@@ -109,11 +109,12 @@ func nodeField(n *yaml.Node, key string) *yaml.Node {
 	return nil
 }
 
-// rateLimitUnit returns the unit that u names, matched as envoyproxy/ratelimit does: by
-// its upper case against the names of the RateLimitResponse units.
+// rateLimitUnit returns the unit that u names, matched case-insensitively as
+// envoyproxy/ratelimit does (it compares upper cases; folding takes the same
+// spellings, ſ and K included).
 func rateLimitUnit(u string) (string, bool) {
 	for _, x := range RateLimitUnits {
-		if strings.ToUpper(u) == strings.ToUpper(x) {
+		if strings.EqualFold(u, x) {
 			return x, true
 		}
 	}
