@@ -271,14 +271,22 @@ func TestRemovedFileKeepsList(t *testing.T) {
 // TestPolling changes a file that fsnotify cannot see change: the list file is a
 // symlink into another directory, and the target is rewritten there.
 func TestPolling(t *testing.T) {
+	target, h := polledList(t, adapters.Env{})
+	writeFile(t, target, "b\n")
+	eventually(t, "polling finds the change", func() bool { return allowed(t, h, "b") })
+}
+
+// polledList starts a list whose file, holding "a", only polling sees change: the
+// list file is a symlink into another directory, and target, which the test
+// rewrites, is there.
+func polledList(t *testing.T, env adapters.Env) (target string, h *Handler) {
+	t.Helper()
 	watched, elsewhere := t.TempDir(), t.TempDir()
-	target := filepath.Join(elsewhere, "real.txt")
+	target = filepath.Join(elsewhere, "real.txt")
 	writeFile(t, target, "a\n")
 	link := filepath.Join(watched, "list.txt")
 	must(t, os.Symlink(target, link))
-	h := fileList(t, adapters.Env{}, link, func(p *Params) { p.RefreshInterval = 100 * time.Millisecond })
-	writeFile(t, target, "b\n")
-	eventually(t, "polling finds the change", func() bool { return allowed(t, h, "b") })
+	return target, fileList(t, env, link, func(p *Params) { p.RefreshInterval = 100 * time.Millisecond })
 }
 
 func TestCloseStopsWatching(t *testing.T) {
@@ -370,13 +378,8 @@ func TestTornFileNotSwappedIn(t *testing.T) {
 // watched, so no event debounces the writes) until a re-read is seen to differ, then
 // stops: the failed settling is counted and the final version is taken once it rests.
 func TestFileKeepsChanging(t *testing.T) {
-	watched, elsewhere := t.TempDir(), t.TempDir()
-	target := filepath.Join(elsewhere, "real.txt")
-	writeFile(t, target, "a\n")
-	link := filepath.Join(watched, "list.txt")
-	must(t, os.Symlink(target, link))
 	rec := newRecorder()
-	h := fileList(t, rec.env(), link, func(p *Params) { p.RefreshInterval = 100 * time.Millisecond })
+	target, h := polledList(t, rec.env())
 
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {

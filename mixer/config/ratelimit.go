@@ -161,9 +161,9 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 				c.add(pos, "%s: an unlimited rate_limit should not have a unit (it has %q)", p, r.Unit)
 			case !r.Unlimited && !validUnit:
 				c.add(pos, "%s: rate_limit unit %q is not one of %s", p, r.Unit, strings.Join(RateLimitUnits, ", "))
-			case !r.Unlimited && strings.ToLower(r.Unit) != unit:
-				// mixer/check looks units up in lower case, which a spelling that
-				// upper-cases to a unit need not reach ("ſecond").
+			case !r.Unlimited:
+				// The unit's own spelling: mixer/check looks units up by it, which
+				// "ſecond" lower-cased would not reach.
 				r.Unit = unit
 			}
 			if r.Algorithm != "" && !contains(RateLimitAlgorithms, r.Algorithm) {
