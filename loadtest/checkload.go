@@ -40,6 +40,10 @@ var checkBench embed.FS
 type CheckLoadOptions struct {
 	// Server is the sluice binary; RedisServer the redis-server binary.
 	Server, RedisServer string
+	// RedisHz is redis-server's hz: how often its background cycle runs, which
+	// deletes expired keys in blocks of about a cycle's worth (0: Redis's own
+	// default, 10).
+	RedisHz int
 	Rates               []int
 	Duration            time.Duration
 	// Services: ext_authz, ratelimit. Backends: memquota, redis, noop (a
@@ -84,6 +88,10 @@ type CheckRow struct {
 	P50, P99, P999, Max time.Duration
 	Errors              int64
 	ServerCPUPerReq     time.Duration
+	// RedisCPUPerReq is redis-server's CPU, for the redis backend (else zero):
+	// Redis shares the cores too, and its share grows with what the scripts do
+	// (a new key costs an expiry set now and a deletion later).
+	RedisCPUPerReq time.Duration
 	// ClientCPUPerReq is the load generator's own CPU, taken from the same cores.
 	ClientCPUPerReq time.Duration
 	// PacerLagP99 is how late the generator released requests (p99): latency
@@ -267,14 +275,18 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if repeated {
 		header += "p99 of runs\t"
 	}
-	fmt.Fprintln(w, header+"p99.9\tmax\terrors\tserver CPU/req\tserver B/req\tserver GCs\tgenerator CPU/req\tpacer lag p99\t")
+	fmt.Fprintln(w, header+"p99.9\tmax\terrors\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tgenerator CPU/req\tpacer lag p99\t")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
 		if repeated {
 			fmt.Fprintf(w, "%s–%s\t", us(r.P99Low), us(r.P99High))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n",
-			us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), us(r.ClientCPUPerReq), us(r.PacerLagP99))
+		redis := "-"
+		if r.Backend == "redis" {
+			redis = us(r.RedisCPUPerReq)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), us(r.ClientCPUPerReq), us(r.PacerLagP99))
 	}
 	w.Flush()
 	if repeated {
@@ -309,6 +321,15 @@ type checkServer struct {
 	target              string // the address loaded: the gRPC port or the check listener
 	cmd, redis          *exec.Cmd
 	dir                 string
+}
+
+// redisCPU is the CPU redis-server has used so far; zero without one.
+func (c *checkServer) redisCPU() time.Duration {
+	if c.redis == nil || c.redis.Process == nil {
+		return 0
+	}
+	d, _ := procCPU(c.redis.Process.Pid)
+	return d
 }
 
 func (c *checkServer) stop() {
@@ -354,7 +375,11 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 	if backend == "redis" {
 		raddr := freeAddr()
 		_, port, _ := strings.Cut(raddr, ":")
-		srv.redis = exec.CommandContext(ctx, o.RedisServer, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+		rargs := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}
+		if o.RedisHz > 0 {
+			rargs = append(rargs, "--hz", strconv.Itoa(o.RedisHz))
+		}
+		srv.redis = exec.CommandContext(ctx, o.RedisServer, rargs...)
 		if err := srv.redis.Start(); err != nil {
 			srv.stop()
 			return nil, fmt.Errorf("start %s (install redis-server): %w", o.RedisServer, err)
@@ -599,6 +624,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		return row, fmt.Errorf("warm up %s: %w", svc, err)
 	}
 	cpu0, _ := procCPU(srv.cmd.Process.Pid)
+	redis0 := srv.redisCPU()
 	mem0, memErr := serverMemory(ctx, srv.adminAddr)
 	self0 := selfCPU()
 	var wg sync.WaitGroup
@@ -618,6 +644,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	wg.Wait()
 	elapsed := time.Since(r.start)
 	cpu1, _ := procCPU(srv.cmd.Process.Pid)
+	row.RedisCPUPerReq = (srv.redisCPU() - redis0) / time.Duration(total)
 	row.ServerBytesPerReq, row.ServerGCs = -1, -1
 	if mem1, err := serverMemory(ctx, srv.adminAddr); err == nil && memErr == nil {
 		row.ServerBytesPerReq = (mem1.allocated - mem0.allocated) / float64(total)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strconv"
 	"time"
@@ -204,7 +205,7 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 		b := quotakit.AppendClusterKey(buf[:0], fixedPrefix, r.Key)
 		b = strconv.AppendInt(append(b, ':'), w, 10)
 		b = strconv.AppendInt(append(b, ':'), o.start, 10)
-		ttl := (o.start+w-now+999)/1000 + slack
+		ttl := (o.start+w-now+999)/1000 + slack + h.expiryJitter(b, w)
 		o.script = h.fixed
 		o.keys = append(o.keyBuf[:0], string(b))
 		o.args = append(o.argBuf[:0], quotakit.FixedIncrement(l, r.Hits), ttl)
@@ -235,6 +236,17 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 	}
 	o.deny = quotakit.DenyKey{Key: o.keys[0], Requests: l.Requests}
 	return nil
+}
+
+// expiryJitter is how many milliseconds past its window and keySlack the fixed
+// window counter key lives: a share, which the key's hash chooses, of
+// min(window, maxExpiryJitter), the window given in µs (see maxExpiryJitter).
+func (h *Handler) expiryJitter(key []byte, window int64) int64 {
+	span := min(window, maxExpiryJitter.Microseconds()) / 1000
+	if span <= 0 {
+		return 0
+	}
+	return int64(maphash.Bytes(h.seed, key) % uint64(span))
 }
 
 // decode reads a script's answer into a decision and the time until which every

@@ -5,6 +5,7 @@ package redisquota
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"net"
 	"strconv"
 	"strings"
@@ -33,6 +34,15 @@ const (
 // keySlack is how much longer a Redis key lives than the state in it, so that a
 // replica whose clock lags Redis's by up to that much still finds its keys.
 const keySlack = time.Second
+
+// maxExpiryJitter bounds how much longer than keySlack a fixed window's counter
+// lives. Every counter of a window would otherwise expire at the same instant,
+// and Redis deletes expired keys in its periodic cycle, one block of work for all
+// of them: at 10k new keys/s that block stalled Redis for milliseconds each second
+// and doubled the p99 of every check behind it. Each key outlives its window by
+// its own share of min(window, maxExpiryJitter), which spreads the deletions
+// evenly at the cost of keeping each window's keys up to that much longer.
+const maxExpiryJitter = 5 * time.Minute
 
 // Params configure a redisquota handler.
 //
@@ -175,7 +185,8 @@ func Factory() *adapters.Factory {
 //	sluice:sw:{KEY}:log, …:hits        sliding window: the log and its sums
 //	sluice:tb:{KEY}:REQUESTS:WINDOW   token bucket: tokens and time
 //
-// Every key expires a second (keySlack) after its state stops mattering.
+// Every key expires a second (keySlack) after its state stops mattering; a fixed
+// window's counter up to min(window, maxExpiryJitter) later still.
 type Handler struct {
 	env    adapters.Env
 	table  *quotakit.Table
@@ -185,6 +196,8 @@ type Handler struct {
 	// One script per algorithm; a Script is safe for concurrent use.
 	fixed, sliding, bucket *redis.Script
 	pipes                  *coalescer
+	// seed spreads the expiry of fixed windows' counters (see maxExpiryJitter).
+	seed maphash.Seed
 	// Reused storage: Allow's jobs, and the pipelines' batches.
 	jobs, batches sync.Pool
 	// pipelineCalls shows how much the coalescer shares round trips.
@@ -216,7 +229,7 @@ func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (
 		guard: quotakit.NewGuard(env, p.Timeout, policy),
 		cache: quotakit.NewDenyCache(p.LocalCacheSize),
 		fixed: redis.NewScript(fixedWindowScript), sliding: redis.NewScript(slidingWindowScript),
-		bucket: redis.NewScript(tokenBucketScript),
+		bucket: redis.NewScript(tokenBucketScript), seed: maphash.MakeSeed(),
 		pipelineCalls: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "sluice_redisquota_pipeline_calls",
 			Help:        "Script calls (quota decisions) per pipeline sent to Redis; above 1, concurrent checks shared a round trip.",

@@ -2,6 +2,9 @@ package redisquota
 
 import (
 	"context"
+	"fmt"
+	"hash/maphash"
+	"math"
 	"net"
 	"strings"
 	"testing"
@@ -109,7 +112,7 @@ func TestClients(t *testing.T) {
 // and the keys tell algorithms, windows and limits apart where their state would
 // mean something else.
 func TestPlanKeys(t *testing.T) {
-	h := &Handler{fixed: redis.NewScript(fixedWindowScript), sliding: redis.NewScript(slidingWindowScript), bucket: redis.NewScript(tokenBucketScript)}
+	h := &Handler{fixed: redis.NewScript(fixedWindowScript), sliding: redis.NewScript(slidingWindowScript), bucket: redis.NewScript(tokenBucketScript), seed: maphash.MakeSeed()}
 	now := quotakit.Micros(quotatest.Base().Add(1500 * time.Millisecond))
 	for _, tc := range []struct {
 		l    quota.Limit
@@ -131,6 +134,43 @@ func TestPlanKeys(t *testing.T) {
 	var o op
 	if err := h.plan(&o, &quota.Request{Key: "k", Limit: quota.Limit{Requests: 1}}, now); err == nil {
 		t.Error("a zero window was planned")
+	}
+}
+
+// TestExpiryJitter: the counters of one fixed window expire spread over up to one
+// window (five minutes at most) past its end and the slack, not all at once.
+func TestExpiryJitter(t *testing.T) {
+	h := &Handler{fixed: redis.NewScript(fixedWindowScript), seed: maphash.MakeSeed()}
+	now := quotakit.Micros(quotatest.Base().Add(250 * time.Millisecond))
+	for _, tc := range []struct {
+		window, span time.Duration // span: how far the expiries may spread
+	}{
+		{time.Second, time.Second},
+		{time.Minute, time.Minute},
+		{time.Hour, maxExpiryJitter},
+		{500 * time.Microsecond, 0},
+	} {
+		l := quota.Limit{Requests: 5, Window: tc.window}
+		w := tc.window.Microseconds()
+		end := (quotakit.FixedWindowStart(now, w)+w-now+999)/1000 + keySlack.Milliseconds() // ms
+		const keys = 1000
+		lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
+		for i := range keys {
+			var o op
+			if err := h.plan(&o, &quota.Request{Key: fmt.Sprint("user-", i), Limit: l, Hits: 1}, now); err != nil {
+				t.Fatal(err)
+			}
+			ttl := o.args[1].(int64)
+			if ttl < end || ttl >= end+max(tc.span.Milliseconds(), 1) {
+				t.Fatalf("%v window: key %d expires in %d ms, want [%d, %d+%d)", tc.window, i, ttl, end, end, tc.span.Milliseconds())
+			}
+			lo, hi = min(lo, ttl), max(hi, ttl)
+		}
+		// A thousand keys cover nearly all of the span (a uniform spread leaves
+		// about a thousandth at each end).
+		if spread := hi - lo; float64(spread) < 0.95*float64(tc.span.Milliseconds()-1) {
+			t.Errorf("%v window: expiries spread over %d ms of %v", tc.window, spread, tc.span)
+		}
 	}
 }
 
