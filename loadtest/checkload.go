@@ -43,9 +43,9 @@ type CheckLoadOptions struct {
 	// RedisHz is redis-server's hz: how often its background cycle runs, which
 	// deletes expired keys in blocks of about a cycle's worth (0: Redis's own
 	// default, 10).
-	RedisHz int
-	Rates               []int
-	Duration            time.Duration
+	RedisHz  int
+	Rates    []int
+	Duration time.Duration
 	// Services: ext_authz, ratelimit. Backends: memquota, redis, noop (a
 	// do-nothing grpc-go server: the floor of a grpc-go server on this machine) and
 	// noop-h2 (a do-nothing server speaking HTTP/2 by hand: the floor of any
