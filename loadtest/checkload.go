@@ -424,10 +424,27 @@ func benchConfig(quotaSpec string) ([]byte, error) {
 // scenario is one service's requests and how their answers are judged.
 type scenario struct {
 	method string
-	// request returns the i-th request, encoded; in cache-miss runs every i gives a
-	// request the server has not seen.
-	request func(i int64) []byte
-	check   func(resp []byte) error
+	// template returns the encoded request the i-th is made from: shared, never to
+	// be written to.
+	template func(i int64) []byte
+	// stamp, in cache-miss runs, writes the i-th request's own user into a copy of
+	// its template, so that every i gives a request the server has not seen; nil
+	// when requests are their templates.
+	stamp func(msg []byte, i int64)
+	check func(resp []byte) error
+}
+
+// request returns the i-th request, in memory of its own when it is not its
+// template. The lean client stamps its copy into the frame it writes instead: an
+// allocation per request made the generator collect garbage on the cores the
+// server runs on, which alone added 0.3 ms to the p99 of cache-miss runs.
+func (sc *scenario) request(i int64) []byte {
+	msg := sc.template(i)
+	if sc.stamp != nil {
+		msg = append([]byte(nil), msg...)
+		sc.stamp(msg, i)
+	}
+	return msg
 }
 
 // newScenario prepares a scenario's requests. They are encoded before the run, the
@@ -476,14 +493,15 @@ func newScenario(svc, cache string) (*scenario, error) {
 	for k := range tmpl {
 		at[k] = strings.Index(string(tmpl[k]), user(int64(k))) + 1
 	}
-	sc.request = func(i int64) []byte {
-		k := i % pool
-		if cache != "miss" {
-			return tmpl[k]
+	sc.template = func(i int64) []byte { return tmpl[i%pool] }
+	if cache == "miss" {
+		sc.stamp = func(msg []byte, i int64) {
+			k := i % pool
+			for p := at[k] + width - 1; p >= at[k]; p-- {
+				msg[p] = '0' + byte(i%10)
+				i /= 10
+			}
 		}
-		req := append([]byte(nil), tmpl[k]...)
-		copy(req[at[k]:], fmt.Sprintf("%0*d", width, i))
-		return req
 	}
 	return sc, nil
 }
@@ -819,6 +837,7 @@ func newH2Client(o CheckLoadOptions, addr string, sc *scenario, r *run) (*h2Clie
 			c.close()
 			return nil, err
 		}
+		hc.stamp = sc.stamp
 		c.conns = append(c.conns, hc)
 	}
 	c.batch = make([][]h2Request, len(c.conns))
@@ -828,7 +847,7 @@ func newH2Client(o CheckLoadOptions, addr string, sc *scenario, r *run) (*h2Clie
 func (c *h2Client) warm(n int) error {
 	for i := range n {
 		// Warm-up slots are negative: they are not measured.
-		c.conns[i%len(c.conns)].send([]h2Request{{slot: -1 - i, msg: c.sc.request(int64(i))}})
+		c.conns[i%len(c.conns)].send([]h2Request{{slot: -1 - i, msg: c.sc.template(int64(i)), seq: int64(i)}})
 	}
 	for _, hc := range c.conns {
 		if err := hc.wait(); err != nil {
@@ -848,7 +867,7 @@ func (c *h2Client) release(from, to int) {
 	for i := from; i < to; i++ {
 		k := i % len(c.conns)
 		c.seq++
-		c.batch[k] = append(c.batch[k], h2Request{slot: i, msg: c.sc.request(c.seq)})
+		c.batch[k] = append(c.batch[k], h2Request{slot: i, msg: c.sc.template(c.seq), seq: c.seq})
 	}
 	for k, b := range c.batch {
 		if len(b) > 0 {

@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -110,6 +111,57 @@ func TestAnswerCheckers(t *testing.T) {
 			err := judge(tt.raw)
 			if (err != nil) != tt.wantErr || (decoded != nil) != tt.wantErr {
 				t.Errorf("wire judge: %v; decoded judge: %v; want failure %v", err, decoded, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestScenarioRequests: in cache-miss runs every request names its own user, both
+// as a copy (the grpc client) and stamped into the frame the lean client writes,
+// and the shared templates stay as they were; otherwise requests are templates.
+func TestScenarioRequests(t *testing.T) {
+	user := func(t *testing.T, svc string, msg []byte) string {
+		t.Helper()
+		if svc == "ratelimit" {
+			var req rlsv3.RateLimitRequest
+			if err := proto.Unmarshal(msg, &req); err != nil {
+				t.Fatal(err)
+			}
+			return req.GetDescriptors()[0].GetEntries()[0].GetValue()
+		}
+		var req authv3.CheckRequest
+		if err := proto.Unmarshal(msg, &req); err != nil {
+			t.Fatal(err)
+		}
+		return req.GetAttributes().GetRequest().GetHttp().GetHeaders()["x-user"]
+	}
+	for _, svc := range []string{"ext_authz", "ratelimit"} {
+		t.Run(svc, func(t *testing.T) {
+			hit, err := newScenario(svc, "hit")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Request 1234 is template 1234 % 256, whose user is 210 % 100.
+			if hit.stamp != nil || user(t, svc, hit.request(1234)) != "u000000000010" {
+				t.Errorf("cache hit: request 1234 is user %q (stamped: %v)", user(t, svc, hit.request(1234)), hit.stamp != nil)
+			}
+			sc, err := newScenario(svc, "miss")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, i := range []int64{0, 7, 255, 256, 1<<20 + 3, 999_999_999_999} {
+				want := fmt.Sprintf("u%012d", i)
+				if got := user(t, svc, sc.request(i)); got != want {
+					t.Errorf("request %d: user %q, want %q", i, got, want)
+				}
+				frame := append([]byte(nil), sc.template(i)...)
+				sc.stamp(frame, i)
+				if got := user(t, svc, frame); got != want {
+					t.Errorf("stamped request %d: user %q, want %q", i, got, want)
+				}
+				if got := user(t, svc, sc.template(i)); got != fmt.Sprintf("u%012d", i%256) {
+					t.Errorf("template of request %d written to: user %q", i, got)
+				}
 			}
 		})
 	}

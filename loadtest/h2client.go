@@ -47,7 +47,10 @@ type h2Conn struct {
 	err        error
 	idle       *sync.Cond // signalled when no stream is open
 	scratch    []byte     // one DATA payload being built
-	free       []*h2Stream
+	// stamp, when set, makes the copy of each request in its DATA frame that
+	// request's own (see scenario.stamp); set before the first send.
+	stamp func(msg []byte, seq int64)
+	free  []*h2Stream
 
 	// Reader-owned: the header block being decoded, and what it said. The fields
 	// are taken as they are decoded, no list built: the generator's garbage
@@ -63,6 +66,7 @@ type h2Conn struct {
 type h2Request struct {
 	slot int
 	msg  []byte
+	seq  int64 // which request: what the connection's stamp writes into its copy of msg
 }
 
 type h2Stream struct {
@@ -164,8 +168,11 @@ func (c *h2Conn) drainLocked() {
 		}
 		_ = c.wr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
 		// One DATA frame: the gRPC prefix (uncompressed, length) and the message.
-		c.scratch = binary.BigEndian.AppendUint32(append(c.scratch[:0], 0), uint32(len(r.msg)))
-		_ = c.wr.WriteData(id, true, append(c.scratch, r.msg...))
+		c.scratch = append(binary.BigEndian.AppendUint32(append(c.scratch[:0], 0), uint32(len(r.msg))), r.msg...)
+		if c.stamp != nil {
+			c.stamp(c.scratch[5:], r.seq)
+		}
+		_ = c.wr.WriteData(id, true, c.scratch)
 		n++
 	}
 	c.queued = c.queued[:copy(c.queued, c.queued[n:])]
