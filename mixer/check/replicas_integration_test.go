@@ -11,6 +11,8 @@ import (
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicemesh/sluice/adapters/quotakit/quotatest"
 	"github.com/sluicemesh/sluice/loadtest"
@@ -103,5 +105,62 @@ descriptors:
 		if n := f.Sum("sluice_adapter_errors_total", map[string]string{"adapter": "redisquota"}); n != 0 {
 			t.Errorf("replica %d: %v decisions made by the fail policy (Redis timed out or failed)", i, n)
 		}
+	}
+}
+
+// TestIntegrationUnknownDomainOverrideNotCounted: a limit Envoy sends with a
+// descriptor of an unknown domain is not a limit (envoyproxy/ratelimit: an unknown
+// domain has none), so it is answered OK and nothing is counted in Redis; the
+// same override in a known domain is counted there, which shows the test can see a
+// charge.
+func TestIntegrationUnknownDomainOverrideNotCounted(t *testing.T) {
+	addr := quotatest.StartRedis(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "known.yaml"), []byte("domain: known\ndescriptors:\n- key: user\n  rate_limit: {unit: minute, requests_per_unit: 100}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, func(o *mixer.Options) {
+		o.RedisAddr = addr
+		o.RedisTimeout = time.Second
+	}, filepath.Join(dir, "known.yaml"))
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	keys := func() []string {
+		t.Helper()
+		k, err := rdb.Keys(ctx, "*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	client := rlsv3.NewRateLimitServiceClient(s.via("grpc"))
+	ask := func(domain string) rlsv3.RateLimitResponse_Code {
+		t.Helper()
+		resp, err := client.ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{Domain: domain, Descriptors: []*rlcommon.RateLimitDescriptor{{
+			Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: "u1"}},
+			Limit:   &rlcommon.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 1, Unit: typev3.RateLimitUnit_HOUR},
+		}}})
+		if err != nil {
+			t.Fatalf("%s: %v", domain, err)
+		}
+		return resp.GetOverallCode()
+	}
+	for i := range 3 {
+		if code := ask("unknown"); code != rlsv3.RateLimitResponse_OK {
+			t.Errorf("unknown domain, request %d: %v", i, code)
+		}
+	}
+	if k := keys(); len(k) != 0 {
+		t.Errorf("an unknown domain's override was counted in Redis: %q", k)
+	}
+	if code := ask("known"); code != rlsv3.RateLimitResponse_OK {
+		t.Errorf("known domain, first request: %v", code)
+	}
+	if code := ask("known"); code != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Errorf("known domain, second request over an override of 1 per hour: %v", code)
+	}
+	if len(keys()) == 0 {
+		t.Error("a known domain's override left no key in Redis")
 	}
 }
