@@ -40,9 +40,9 @@ var checkBench embed.FS
 type CheckLoadOptions struct {
 	// Server is the sluice binary; RedisServer the redis-server binary.
 	Server, RedisServer string
-	// RedisHz is redis-server's hz: how often its background cycle runs, which
-	// deletes expired keys in blocks of about a cycle's worth (0: Redis's own
-	// default, 10).
+	// RedisHz is redis-server's hz, how often its background cycle runs (0:
+	// Redis's own default, 10); a cycle's time for deleting expired keys is 1/4 of
+	// its period, so a higher hz stalls Redis for shorter times.
 	RedisHz  int
 	Rates    []int
 	Duration time.Duration
@@ -88,9 +88,10 @@ type CheckRow struct {
 	P50, P99, P999, Max time.Duration
 	Errors              int64
 	ServerCPUPerReq     time.Duration
-	// RedisCPUPerReq is redis-server's CPU, for the redis backend (else zero):
-	// Redis shares the cores too, and its share grows with what the scripts do
-	// (a new key costs an expiry set now and a deletion later).
+	// RedisCPUPerReq is redis-server's CPU during the run, for the redis backend
+	// (zero for the others, negative when it could not be read): Redis shares the
+	// cores too. Deleting a run's keys falls after their window, partly in the
+	// next run, so in a sequence of runs each pays for about the one before.
 	RedisCPUPerReq time.Duration
 	// ClientCPUPerReq is the load generator's own CPU, taken from the same cores.
 	ClientCPUPerReq time.Duration
@@ -282,7 +283,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 			fmt.Fprintf(w, "%s–%s\t", us(r.P99Low), us(r.P99High))
 		}
 		redis := "-"
-		if r.Backend == "redis" {
+		if r.Backend == "redis" && r.RedisCPUPerReq >= 0 {
 			redis = us(r.RedisCPUPerReq)
 		}
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
@@ -323,13 +324,13 @@ type checkServer struct {
 	dir                 string
 }
 
-// redisCPU is the CPU redis-server has used so far; zero without one.
-func (c *checkServer) redisCPU() time.Duration {
+// redisCPU is the CPU redis-server has used so far: zero without one, an error
+// when it cannot be read.
+func (c *checkServer) redisCPU() (time.Duration, error) {
 	if c.redis == nil || c.redis.Process == nil {
-		return 0
+		return 0, nil
 	}
-	d, _ := procCPU(c.redis.Process.Pid)
-	return d
+	return procCPU(c.redis.Process.Pid)
 }
 
 func (c *checkServer) stop() {
@@ -435,9 +436,10 @@ type scenario struct {
 }
 
 // request returns the i-th request, in memory of its own when it is not its
-// template. The lean client stamps its copy into the frame it writes instead: an
-// allocation per request made the generator collect garbage on the cores the
-// server runs on, which alone added 0.3 ms to the p99 of cache-miss runs.
+// template. The lean client stamps the copy in the frame it writes instead: a copy
+// per request (with another into a fresh frame payload, since gone) made the
+// generator collect garbage on the cores the server runs on, which added 0.3 ms
+// to the p99 of cache-miss runs.
 func (sc *scenario) request(i int64) []byte {
 	msg := sc.template(i)
 	if sc.stamp != nil {
@@ -642,7 +644,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		return row, fmt.Errorf("warm up %s: %w", svc, err)
 	}
 	cpu0, _ := procCPU(srv.cmd.Process.Pid)
-	redis0 := srv.redisCPU()
+	redis0, redisErr := srv.redisCPU()
 	mem0, memErr := serverMemory(ctx, srv.adminAddr)
 	self0 := selfCPU()
 	var wg sync.WaitGroup
@@ -662,7 +664,10 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	wg.Wait()
 	elapsed := time.Since(r.start)
 	cpu1, _ := procCPU(srv.cmd.Process.Pid)
-	row.RedisCPUPerReq = (srv.redisCPU() - redis0) / time.Duration(total)
+	row.RedisCPUPerReq = -1
+	if redis1, err := srv.redisCPU(); err == nil && redisErr == nil {
+		row.RedisCPUPerReq = (redis1 - redis0) / time.Duration(total)
+	}
 	row.ServerBytesPerReq, row.ServerGCs = -1, -1
 	if mem1, err := serverMemory(ctx, srv.adminAddr); err == nil && memErr == nil {
 		row.ServerBytesPerReq = (mem1.allocated - mem0.allocated) / float64(total)
@@ -832,12 +837,11 @@ type h2Client struct {
 func newH2Client(o CheckLoadOptions, addr string, sc *scenario, r *run) (*h2Client, error) {
 	c := &h2Client{sc: sc, run: r, seq: 1 << 20}
 	for range o.Conns {
-		hc, err := dialH2(addr, sc.method, envoyCheckTimeout, sc.check, r.done)
+		hc, err := dialH2(addr, sc.method, envoyCheckTimeout, sc.check, r.done, sc.stamp)
 		if err != nil {
 			c.close()
 			return nil, err
 		}
-		hc.stamp = sc.stamp
 		c.conns = append(c.conns, hc)
 	}
 	c.batch = make([][]h2Request, len(c.conns))

@@ -45,12 +45,10 @@ type h2Conn struct {
 	queued     []h2Request // waiting for window or stream credit
 	unacked    int64       // answer bytes received since our last WINDOW_UPDATE
 	err        error
-	idle       *sync.Cond // signalled when no stream is open
-	scratch    []byte     // one DATA payload being built
-	// stamp, when set, makes the copy of each request in its DATA frame that
-	// request's own (see scenario.stamp); set before the first send.
-	stamp func(msg []byte, seq int64)
-	free  []*h2Stream
+	idle       *sync.Cond                  // signalled when no stream is open
+	scratch    []byte                      // one DATA payload being built
+	stamp      func(msg []byte, seq int64) // see dialH2
+	free       []*h2Stream
 
 	// Reader-owned: the header block being decoded, and what it said. The fields
 	// are taken as they are decoded, no list built: the generator's garbage
@@ -63,10 +61,13 @@ type h2Conn struct {
 	grpcMsg    string
 }
 
+// h2Request is one request to send, encoded. On a connection that stamps requests,
+// msg must be scenario.template(seq): the stamp writes request seq's own fields
+// into the frame's copy of msg, where that template has them.
 type h2Request struct {
 	slot int
 	msg  []byte
-	seq  int64 // which request: what the connection's stamp writes into its copy of msg
+	seq  int64
 }
 
 type h2Stream struct {
@@ -86,8 +87,9 @@ const envoyCheckTimeout = 200 * time.Millisecond
 // dialH2 connects to a gRPC server and starts the reader. Each request is sent to
 // path (a full method) with grpc-timeout set to timeout; done is called once per
 // request, from the reader, with the outcome of check on its answer, or the error
-// that ended it.
-func dialH2(addr, path string, timeout time.Duration, check func([]byte) error, done func(slot int, err error)) (*h2Conn, error) {
+// that ended it. stamp, if not nil, makes each request's copy in its DATA frame
+// that request's own (see scenario.stamp).
+func dialH2(addr, path string, timeout time.Duration, check func([]byte) error, done func(slot int, err error), stamp func(msg []byte, seq int64)) (*h2Conn, error) {
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
@@ -110,7 +112,7 @@ func dialH2(addr, path string, timeout time.Duration, check func([]byte) error, 
 		hb.Reset()
 	}
 	c := &h2Conn{
-		conn: conn, first: blocks[0], header: blocks[1], check: check, done: done,
+		conn: conn, first: blocks[0], header: blocks[1], check: check, done: done, stamp: stamp,
 		nextID: 1, sendWindow: 65535, streamMax: 65535, maxStreams: 1 << 30,
 		streams: map[uint32]*h2Stream{},
 	}

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -110,7 +112,7 @@ func testH2Conn(t *testing.T, addr string) {
 			got := &outcomes{errs: map[int]error{}}
 			// A deadline far past the test's length: 3,000 requests sent at once
 			// under the race detector on a busy machine can outlast Envoy's 200 ms.
-			c, err := dialH2(addr, tt.method, time.Minute, tt.check, got.done)
+			c, err := dialH2(addr, tt.method, time.Minute, tt.check, got.done, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -162,7 +164,7 @@ func TestH2ConnServerGone(t *testing.T) {
 		}
 	}()
 	got := &outcomes{errs: map[int]error{}}
-	c, err := dialH2(l.Addr().String(), "/x/Y", time.Minute, func([]byte) error { return nil }, got.done)
+	c, err := dialH2(l.Addr().String(), "/x/Y", time.Minute, func([]byte) error { return nil }, got.done, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,5 +199,72 @@ func TestPace(t *testing.T) {
 	})
 	if next != total {
 		t.Fatalf("released %d of %d", next, total)
+	}
+}
+
+// TestH2ConnStamps: a connection that stamps requests sends each its own user, in
+// the frame it writes, without touching the shared templates. The server echoes
+// every request as its answer, so the check sees what went on the wire.
+func TestH2ConnStamps(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := grpc.NewServer(grpc.ForceServerCodecV2(RawCodec{}), grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+		var msg RawBytes
+		if err := stream.RecvMsg(&msg); err != nil {
+			return err
+		}
+		return stream.SendMsg(msg)
+	}))
+	go func() { _ = echo.Serve(l) }()
+	defer echo.Stop()
+
+	sc, err := newScenario("ext_authz", "miss")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	users := map[string]bool{}
+	check := func(raw []byte) error {
+		var req authv3.CheckRequest
+		if err := proto.Unmarshal(raw, &req); err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		users[req.GetAttributes().GetRequest().GetHttp().GetHeaders()["x-user"]] = true
+		return nil
+	}
+	got := &outcomes{errs: map[int]error{}}
+	c, err := dialH2(l.Addr().String(), sc.method, time.Minute, check, got.done, sc.stamp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	const n, first = 600, 1 << 20
+	before := string(sc.template(first))
+	for i := 0; i < n; i += 50 {
+		var reqs []h2Request
+		for j := i; j < i+50; j++ {
+			reqs = append(reqs, h2Request{slot: j, msg: sc.template(first + int64(j)), seq: first + int64(j)})
+		}
+		c.send(reqs)
+	}
+	if err := c.wait(); err != nil {
+		t.Fatal(err)
+	}
+	for slot, err := range got.errs {
+		if err != nil {
+			t.Fatalf("request %d: %v", slot, err)
+		}
+	}
+	for j := range n {
+		if u := fmt.Sprintf("u%012d", first+j); !users[u] {
+			t.Fatalf("no request named user %s (%d users seen)", u, len(users))
+		}
+	}
+	if string(sc.template(first)) != before {
+		t.Error("a shared template was written to")
 	}
 }

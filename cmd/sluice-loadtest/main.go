@@ -81,7 +81,7 @@ the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 	f := cmd.Flags()
 	f.StringVar(&o.Server, "server", "bin/sluice", "sluice binary to measure")
 	f.StringVar(&o.RedisServer, "redis-server", "redis-server", "redis-server binary, for the redis backend")
-	f.IntVar(&o.RedisHz, "redis-hz", 100, "redis-server's hz: 100, as redis.conf advises where very low latency is required, deletes expired keys in\nblocks a tenth the size of the default's (10), which otherwise stall Redis for a millisecond or more each; 0 for Redis's default")
+	f.IntVar(&o.RedisHz, "redis-hz", 100, "redis-server's hz (0: Redis's default, 10); 100, which redis.conf advises where very low latency is required,\ngives each cycle that deletes expired keys a tenth of the default's time budget, so no cycle stalls Redis for long")
 	f.IntSliceVar(&o.Rates, "rate", []int{1000, 10000, 30000}, "offered requests per second, one row each")
 	f.DurationVar(&o.Duration, "duration", 10*time.Second, "how long each rate is offered")
 	f.StringSliceVar(&o.Services, "service", []string{"ext_authz", "ratelimit"}, "services to load")
