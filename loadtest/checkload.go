@@ -425,6 +425,8 @@ func benchConfig(quotaSpec string) ([]byte, error) {
 // scenario is one service's requests and how their answers are judged.
 type scenario struct {
 	method string
+	// timeout is the deadline Envoy gives such a check by default.
+	timeout time.Duration
 	// template returns the encoded request the i-th is made from: shared, never to
 	// be written to.
 	template func(i int64) []byte
@@ -464,6 +466,7 @@ func newScenario(svc, cache string) (*scenario, error) {
 	var encode func(i int64) ([]byte, error)
 	if svc == "ratelimit" {
 		sc.method = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+		sc.timeout = envoyRateLimitTimeout
 		encode = func(i int64) ([]byte, error) {
 			return proto.Marshal(&rlsv3.RateLimitRequest{
 				Domain: "bench",
@@ -476,6 +479,7 @@ func newScenario(svc, cache string) (*scenario, error) {
 		sc.check = checkRateLimitAnswer
 	} else {
 		sc.method = "/envoy.service.auth.v3.Authorization/Check"
+		sc.timeout = envoyAuthzTimeout
 		encode = func(i int64) ([]byte, error) { return proto.Marshal(checkRequest(user(i), i)) }
 		sc.check = checkAuthzAnswer
 	}
@@ -586,6 +590,8 @@ func wireFields(b []byte, f func(num protowire.Number, typ protowire.Type, v []b
 
 // invoke sends one request of the scenario through grpc-go.
 func (sc *scenario) invoke(ctx context.Context, conn *grpc.ClientConn, i int64) error {
+	ctx, cancel := context.WithTimeout(ctx, sc.timeout)
+	defer cancel()
 	var resp RawBytes
 	if err := conn.Invoke(ctx, sc.method, RawBytes(sc.request(i)), &resp, grpc.ForceCodecV2(RawCodec{})); err != nil {
 		return err
@@ -837,7 +843,7 @@ type h2Client struct {
 func newH2Client(o CheckLoadOptions, addr string, sc *scenario, r *run) (*h2Client, error) {
 	c := &h2Client{sc: sc, run: r, seq: 1 << 20}
 	for range o.Conns {
-		hc, err := dialH2(addr, sc.method, envoyCheckTimeout, sc.check, r.done, sc.stamp)
+		hc, err := dialH2(addr, sc.method, sc.timeout, sc.check, r.done, sc.stamp)
 		if err != nil {
 			c.close()
 			return nil, err

@@ -80,9 +80,13 @@ type h2Stream struct {
 // per stream: large, so that answers never wait for us.
 const recvWindow = 1 << 30
 
-// envoyCheckTimeout is the deadline Envoy's ext_authz and rate-limit filters give
-// a check by default; the load tool's requests carry it as grpc-timeout.
-const envoyCheckTimeout = 200 * time.Millisecond
+// The deadlines Envoy gives a check by default, which the load tool's requests
+// carry as grpc-timeout: its ext_authz filter's (200 ms) and its rate-limit
+// filter's (20 ms).
+const (
+	envoyAuthzTimeout     = 200 * time.Millisecond
+	envoyRateLimitTimeout = 20 * time.Millisecond
+)
 
 // dialH2 connects to a gRPC server and starts the reader. Each request is sent to
 // path (a full method) with grpc-timeout set to timeout; done is called once per

@@ -370,6 +370,22 @@ func TestGuard(t *testing.T) {
 	if dl, ok := tctx.Deadline(); !ok || time.Until(dl) > time.Second {
 		t.Errorf("deadline %v, %v", dl, ok)
 	}
+	// A caller's later deadline is bounded by the timeout; a sooner one is kept,
+	// in the caller's own context.
+	later, lcancel := context.WithTimeout(context.Background(), time.Hour)
+	defer lcancel()
+	lctx, lc := g.Context(later)
+	defer lc()
+	if dl, ok := lctx.Deadline(); !ok || time.Until(dl) > time.Second {
+		t.Errorf("under a deadline an hour away: deadline %v, %v", dl, ok)
+	}
+	sooner, scancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer scancel()
+	sctx, sc := g.Context(sooner)
+	sc()
+	if sctx != sooner || sooner.Err() != nil {
+		t.Errorf("under a deadline 20ms away: got a new context (%v), or cancel ended the caller's (%v)", sctx != sooner, sooner.Err())
+	}
 }
 
 // TestGuardLogsOncePerBurst: a burst of failures is logged when it starts, once a
