@@ -31,12 +31,24 @@ type rlNode struct {
 	wildcard map[string][]*rlNode
 	// pattern is the value prefix of a wildcard node (its value without the '*').
 	pattern string
+	// kind is how a request entry matches the node: by key alone, key and value,
+	// or a value prefix.
+	kind nodeKind
 	// domain is a root's domain name, the config's copy: a request's own is a
 	// view of bytes the listener reuses, unfit for a metric label that outlives it.
 	domain string
 	desc   *config.RateLimitDescriptor
 	rule   *rlRule
 }
+
+// nodeKind is how a descriptor entry of the config matches request entries.
+type nodeKind uint8
+
+const (
+	byKey nodeKind = iota
+	byValue
+	byPrefix
+)
 
 // rlRule is a descriptor's limit.
 type rlRule struct {
@@ -110,11 +122,12 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 		case d.Value == "":
 			parent.keyOnly[d.Key] = n
 		case strings.HasSuffix(d.Value, "*"):
-			n.pattern = strings.TrimSuffix(d.Value, "*")
+			n.kind, n.pattern = byPrefix, strings.TrimSuffix(d.Value, "*")
 			// In config order: the first that matches wins, as envoyproxy/ratelimit
 			// takes them, so that a file means what it meant there.
 			parent.wildcard[d.Key] = append(parent.wildcard[d.Key], n)
 		default:
+			n.kind = byValue
 			parent.exact[d.Key+"\x00"+d.Value] = n
 		}
 		addDescriptors(n, d.Descriptors)
@@ -123,52 +136,77 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 
 // match walks the tree for a request descriptor: at each level the most specific
 // entry (key and value, then the first wildcard value that matches, then the key
-// alone). It returns the
-// matched rule, the counting key, and the statistics name of the descriptor.
+// alone). It returns the matched rule, the counting key, and the statistics name
+// of the descriptor (see statName).
 func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat string) {
-	var kb, sb strings.Builder
+	var kb strings.Builder
+	var buf [8]*rlNode
+	path := buf[:0]
 	n = root
 	for i, e := range entries {
 		k, v := e.Key, e.Value
-		next, how := n.exact[k+"\x00"+v], "exact"
+		next := n.exact[k+"\x00"+v]
 		if next == nil {
 			for _, w := range n.wildcard[k] {
 				if strings.HasPrefix(v, w.pattern) {
-					next, how = w, "wildcard"
+					next = w
 					break
 				}
 			}
 		}
 		if next == nil {
-			next, how = n.keyOnly[k], "key"
+			next = n.keyOnly[k]
 		}
 		if next == nil {
 			return nil, "", ""
 		}
 		if i > 0 {
 			kb.WriteByte('|')
-			sb.WriteByte('.')
 		}
 		kb.WriteString(k)
 		kb.WriteByte('=')
-		sb.WriteString(k)
-		switch {
-		case how == "wildcard" && next.desc.ShareThreshold:
+		if next.kind == byPrefix && next.desc.ShareThreshold {
 			kb.WriteString(next.desc.Value) // every matching value shares one count
-			sb.WriteString("_" + next.desc.Value)
-		case how == "key" && !next.desc.DetailedMetric:
+		} else {
 			kb.WriteString(v)
-		default:
-			kb.WriteString(v)
-			if how == "wildcard" && !next.desc.DetailedMetric {
-				sb.WriteString("_" + next.desc.Value)
-			} else {
-				sb.WriteString("_" + v)
-			}
 		}
+		path = append(path, next)
 		n = next
 	}
-	return n, kb.String(), sb.String()
+	return n, kb.String(), statName(entries, path)
+}
+
+// statName names a matched descriptor in statistics as envoyproxy/ratelimit does,
+// without the domain: the config's own path (key, key_value, or key_prefix* for
+// each level), or, when the matched descriptor (the last) has detailed_metric, the
+// request's key_value for every entry, a share_threshold wildcard's level keeping
+// its pattern so that the values sharing a count share a name.
+func statName(entries []envoy.RateLimitEntry, path []*rlNode) string {
+	detailed := path[len(path)-1].desc.DetailedMetric
+	shared := false
+	for _, n := range path {
+		shared = shared || (n.kind == byPrefix && n.desc.ShareThreshold)
+	}
+	var sb strings.Builder
+	for i, e := range entries {
+		n := path[i]
+		if i > 0 {
+			sb.WriteByte('.')
+		}
+		sb.WriteString(e.Key)
+		switch {
+		case n.kind == byPrefix && (!detailed || n.desc.ShareThreshold):
+			sb.WriteByte('_')
+			sb.WriteString(n.desc.Value)
+		case !detailed && n.kind == byKey:
+		case detailed && shared && e.Value == "":
+			// Upstream names an empty value "key" here and "key_" below.
+		default:
+			sb.WriteByte('_')
+			sb.WriteString(e.Value)
+		}
+	}
+	return sb.String()
 }
 
 func (s *Server) rateLimitsFor(l *dispatch.Lease) *rateLimits {
