@@ -72,8 +72,10 @@ type CheckLoadOptions struct {
 	// on a VM whose runs differ by 2×, one run says little, and a search steered
 	// by one lucky or unlucky run goes astray.
 	Repeat int
-	// Profile, when set, receives a CPU profile of the server during each run (the
-	// file name gets the scenario appended).
+	// Profile, when set, receives a CPU profile of the server during each run, and
+	// heap profiles before and after it, whose difference is the run's allocations
+	// (go tool pprof -sample_index=alloc_space -base F.heap0 F.heap1). The file
+	// names get the scenario appended.
 	Profile string
 	Out     io.Writer
 }
@@ -649,6 +651,18 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	if err := client.warm(200); err != nil {
 		return row, fmt.Errorf("warm up %s: %w", svc, err)
 	}
+	heapProfile := func(suffix string) {
+		// The runtime publishes allocations at the end of a collection, so one is
+		// forced before each snapshot; the two bracket the run exactly.
+		if o.Profile == "" {
+			return
+		}
+		name := fmt.Sprintf("%s.%s-%s-%d.%s", o.Profile, svc, cache, rate, suffix)
+		if err := fetch(ctx, "http://"+srv.adminAddr+"/debug/pprof/heap?gc=1", name); err != nil {
+			fmt.Fprintln(os.Stderr, "allocation profile:", err)
+		}
+	}
+	heapProfile("heap0")
 	cpu0, _ := procCPU(srv.cmd.Process.Pid)
 	redis0, redisErr := srv.redisCPU()
 	mem0, memErr := serverMemory(ctx, srv.adminAddr)
@@ -664,12 +678,14 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 				fmt.Fprintln(os.Stderr, "profile:", err)
 			}
 		}()
+
 	}
 	r.pace(total, client.release)
 	client.wait()
 	wg.Wait()
 	elapsed := time.Since(r.start)
 	cpu1, _ := procCPU(srv.cmd.Process.Pid)
+	heapProfile("heap1")
 	row.RedisCPUPerReq = -1
 	if redis1, err := srv.redisCPU(); err == nil && redisErr == nil {
 		row.RedisCPUPerReq = (redis1 - redis0) / time.Duration(total)

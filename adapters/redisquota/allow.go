@@ -26,15 +26,47 @@ const (
 // op is one request planned as a script call.
 type op struct {
 	alg    quota.Algorithm
-	script *redis.Script
+	script *script
 	keys   []string // in keyBuf
-	args   []any    // in argBuf
-	deny   quotakit.DenyKey
-	start  int64               // fixed window: the window's start (µs)
-	scale  quotakit.TokenScale // token bucket
-	// Storage for keys and args, reused with the op's job.
+	// cmd is the command's arguments, in cmdBuf: the verb and the script (EVALSHA
+	// and its digest, or EVAL and its source) are set when it is sent; then the
+	// number of keys, pointers to the keys and pointers to the script's arguments
+	// (in nums): the Redis client writes what they point at, so building a
+	// command boxes nothing.
+	cmd   []any
+	nums  [7]int64
+	deny  quotakit.DenyKey
+	start int64               // fixed window: the window's start (µs)
+	scale quotakit.TokenScale // token bucket
+	// Storage for keys and the command, reused with the op's job.
 	keyBuf [2]string
-	argBuf [7]any
+	cmdBuf [3 + 2 + 7]any
+}
+
+// command starts o's command with its keys, which plan has set.
+func (o *op) command() {
+	o.cmd = append(o.cmdBuf[:0], nil, nil, len(o.keys))
+	for i := range o.keys {
+		o.cmd = append(o.cmd, &o.keys[i])
+	}
+}
+
+// arg appends a script argument to o's command.
+func (o *op) arg(v int64) {
+	n := len(o.cmd) - 3 - len(o.keys)
+	o.nums[n] = v
+	o.cmd = append(o.cmd, &o.nums[n])
+}
+
+// script is a Lua script, with its EVALSHA and EVAL arguments boxed once.
+type script struct {
+	*redis.Script
+	sha, src any
+}
+
+func newScript(src string) *script {
+	s := redis.NewScript(src)
+	return &script{Script: s, sha: s.Hash(), src: src}
 }
 
 // Allow implements quota.RateLimiter: the requests not answered by the local cache
@@ -66,10 +98,7 @@ func (h *Handler) Allow(ctx context.Context, now time.Time, reqs []quota.Request
 		h.releaseJob(j)
 		return nil
 	}
-	wctx, cancel := h.guard.Context(ctx)
-	err := h.pipes.do(wctx, j)
-	cancel()
-	if err != nil {
+	if err := h.pipes.do(ctx, h.guard.Deadline(ctx), j); err != nil {
 		// The job may still sit in the coalescer's queue, gone: it is not reused.
 		return h.guard.Fail(ctx, fmt.Errorf("wait for a Redis pipeline: %w", err), reqs, out, pending)
 	}
@@ -121,27 +150,51 @@ func (h *Handler) releaseJob(j *job) {
 	h.jobs.Put(j)
 }
 
-// batch is the storage of one pipeline's calls, reused across pipelines.
-type batch struct {
-	calls []*op
-	cmds  []*redis.Cmd
+// slot is what one pipeline in flight holds: a connection of its own, and the
+// storage its calls reuse.
+type slot struct {
+	// conn is the slot's connection to a single Redis server, taken from the
+	// client's pool when first needed and given back when it fails or idles; nil
+	// with a Redis Cluster, whose client routes each pipeline over its pools.
+	// A pipeline on a connection of its own skips the pool's turn-taking and its
+	// health check, a system call per pipeline.
+	conn     *redis.Conn
+	pipe     redis.Pipeliner // on conn, or the client's; empty between pipelines
+	lastUsed time.Time
+
+	calls  []*op
+	cmds   []*redis.Cmd
+	cmders []redis.Cmder
 }
 
-// sendJobs runs the calls of jobs in one pipeline, in order, and hands each job
-// its answers.
-func (h *Handler) sendJobs(ctx context.Context, jobs []*job) {
-	b, _ := h.batches.Get().(*batch)
-	if b == nil {
-		b = &batch{}
+// slotIdle is how long a slot keeps an unused connection. One idle longer goes
+// back to the pool and the next pipeline takes one through the pool's health
+// check, so that a connection Redis closed meanwhile (a restart, a timeout) is
+// found there rather than by a decision failing.
+const slotIdle = time.Second
+
+func newSlots(n int) []*slot {
+	if n <= 0 {
+		n = DefaultMaxInFlight
 	}
+	slots := make([]*slot, n)
+	for i := range slots {
+		slots[i] = &slot{}
+	}
+	return slots
+}
+
+// sendJobs runs the calls of jobs in one pipeline on s, in order, and hands each
+// job its answers.
+func (h *Handler) sendJobs(ctx context.Context, s *slot, jobs []*job) {
 	for _, j := range jobs {
 		for _, i := range j.pending {
-			b.calls = append(b.calls, &j.ops[i])
+			s.calls = append(s.calls, &j.ops[i])
 		}
 	}
-	b.cmds = h.run(ctx, b.calls, b.cmds[:0])
-	h.pipelineCalls.Observe(float64(len(b.calls)))
-	cmds := b.cmds
+	h.run(ctx, s)
+	h.pipelineCalls.Observe(float64(len(s.calls)))
+	cmds := s.cmds
 	for _, j := range jobs {
 		j.cmds = append(j.cmds[:0], cmds[:len(j.pending)]...)
 		cmds = cmds[len(j.pending):]
@@ -149,44 +202,96 @@ func (h *Handler) sendJobs(ctx context.Context, jobs []*job) {
 			close(j.done)
 		}
 	}
-	if cap(b.calls) <= maxBatch {
-		clear(b.calls)
-		clear(b.cmds)
-		b.calls, b.cmds = b.calls[:0], b.cmds[:0]
-		h.batches.Put(b)
+	if cap(s.calls) > maxBatch {
+		s.calls, s.cmds, s.cmders = nil, nil, nil // an outsized batch does not pin its memory
+		return
 	}
+	clear(s.calls)
+	clear(s.cmds)
+	clear(s.cmders)
+	s.calls, s.cmds, s.cmders = s.calls[:0], s.cmds[:0], s.cmders[:0]
 }
 
-// run sends script calls in one pipeline, bounded by ctx, their commands appended
-// to cmds: Allow's carries the handler's timeout, and a shared pipeline the
+// run sends the script calls of s in one pipeline, bounded by ctx, and leaves their
+// commands in s.cmds: Allow's pipeline carries its deadline, and a shared one the
 // earliest deadline of its callers. Scripts that Redis does not have cached (it
 // restarted, or its cache was flushed) did not run; they are sent again in full,
 // in a second pipeline.
-func (h *Handler) run(ctx context.Context, calls []*op, cmds []*redis.Cmd) []*redis.Cmd {
-	cmds = slices.Grow(cmds[:0], len(calls))[:len(calls)]
-	pipe := h.client.Pipeline()
-	for j, o := range calls {
-		cmds[j] = o.script.EvalSha(ctx, pipe, o.keys, o.args...)
+func (h *Handler) run(ctx context.Context, s *slot) {
+	n := len(s.calls)
+	s.cmds = slices.Grow(s.cmds[:0], n)[:n]
+	s.cmders = slices.Grow(s.cmders[:0], n)[:n]
+	for j, o := range s.calls {
+		s.cmds[j] = newCmd(ctx, o, "evalsha", o.script.sha)
+		s.cmders[j] = s.cmds[j]
 	}
-	if _, err := pipe.Exec(ctx); err == nil {
-		return cmds
+	pipe := h.pipeline(s)
+	_ = pipe.BatchProcess(ctx, s.cmders...)
+	_, err := pipe.Exec(ctx)
+	if err == nil {
+		return
 	}
-	var retry []int
-	for j, c := range cmds {
+	h.failed(s, err)
+	s.cmders = s.cmders[:0]
+	for j, c := range s.cmds {
 		if err := c.Err(); errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT") {
-			retry = append(retry, j)
+			o := s.calls[j]
+			s.cmds[j] = newCmd(ctx, o, "eval", o.script.src)
+			s.cmders = append(s.cmders, s.cmds[j])
 		}
 	}
-	if len(retry) == 0 {
-		return cmds
+	if len(s.cmders) == 0 {
+		return
 	}
-	pipe = h.client.Pipeline()
-	for _, j := range retry {
-		o := calls[j]
-		cmds[j] = o.script.Eval(ctx, pipe, o.keys, o.args...)
+	pipe = h.pipeline(s)
+	_ = pipe.BatchProcess(ctx, s.cmders...)
+	if _, err := pipe.Exec(ctx); err != nil { // errors are read per command
+		h.failed(s, err)
 	}
-	_, _ = pipe.Exec(ctx) // errors are read per command
-	return cmds
+}
+
+// pipeline returns the pipeline of slot s, on its own connection to a single
+// server: kept while in use, replaced after slotIdle unused.
+func (h *Handler) pipeline(s *slot) redis.Pipeliner {
+	single, ok := h.client.(*redis.Client)
+	if !ok {
+		if s.pipe == nil {
+			s.pipe = h.client.Pipeline()
+		}
+		return s.pipe
+	}
+	now := time.Now()
+	if s.conn != nil && now.Sub(s.lastUsed) > slotIdle {
+		_ = s.conn.Close() // back to the pool
+		s.conn = nil
+	}
+	if s.conn == nil {
+		s.conn = single.Conn()
+		s.pipe = s.conn.Pipeline()
+	}
+	s.lastUsed = now
+	return s.pipe
+}
+
+// failed gives up the connection of slot s after err, unless err is an answer of
+// Redis's (such as NOSCRIPT), which leaves the connection as good as it was: a
+// connection that timed out or broke may hold a late answer, or none.
+func (h *Handler) failed(s *slot, err error) {
+	var answer redis.Error
+	if s.conn == nil || errors.As(err, &answer) {
+		return
+	}
+	_ = s.conn.Close()
+	s.conn, s.pipe = nil, nil
+}
+
+// newCmd is o's command run by verb (EVALSHA or EVAL) with script (its digest or
+// its source). Its first key is its fourth argument, which Redis Cluster routes by.
+func newCmd(ctx context.Context, o *op, verb string, script any) *redis.Cmd {
+	o.cmd[0], o.cmd[1] = verb, script
+	c := redis.NewCmd(ctx, o.cmd...)
+	c.SetFirstKeyPos(3)
+	return c
 }
 
 // plan turns a request into its script call: keys, arguments and what decoding the
@@ -208,7 +313,9 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 		ttl := (o.start+w-now+999)/1000 + slack + h.expiryJitter(b, w)
 		o.script = h.fixed
 		o.keys = append(o.keyBuf[:0], string(b))
-		o.args = append(o.argBuf[:0], quotakit.FixedIncrement(l, r.Hits), ttl)
+		o.command()
+		o.arg(int64(quotakit.FixedIncrement(l, r.Hits)))
+		o.arg(ttl)
 	case quota.SlidingWindow:
 		b := quotakit.AppendClusterKey(buf[:0], slidingPrefix, r.Key)
 		n := len(b)
@@ -216,7 +323,10 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 		hits := string(append(b[:n], ":hits"...))
 		o.script = h.sliding
 		o.keys = append(o.keyBuf[:0], log, hits)
-		o.args = append(o.argBuf[:0], now, w, l.Requests, min(r.Hits, l.Requests+1), quotakit.SlidingQuantum(l), slack)
+		o.command()
+		for _, v := range [...]int64{now, w, int64(l.Requests), int64(min(r.Hits, l.Requests+1)), quotakit.SlidingQuantum(l), slack} {
+			o.arg(v)
+		}
 	case quota.TokenBucket:
 		s, err := quotakit.NewTokenScale(l)
 		if err != nil {
@@ -228,7 +338,10 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 		b = strconv.AppendInt(append(b, ':'), w, 10)
 		o.script = h.bucket
 		o.keys = append(o.keyBuf[:0], string(b))
-		o.args = append(o.argBuf[:0], s.Now(now), s.Capacity, s.PerUnit, s.Window, s.Cost(r.Hits), s.Unit, slack)
+		o.command()
+		for _, v := range [...]int64{s.Now(now), int64(s.Capacity), int64(s.PerUnit), s.Window, int64(s.Cost(r.Hits)), s.Unit, slack} {
+			o.arg(v)
+		}
 	}
 	o.alg = l.Algorithm
 	if o.alg == "" {

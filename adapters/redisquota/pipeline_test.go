@@ -25,7 +25,7 @@ type echoSend struct {
 	maxFlight int
 }
 
-func (e *echoSend) send(ctx context.Context, jobs []*job) {
+func (e *echoSend) send(ctx context.Context, _ *slot, jobs []*job) {
 	e.mu.Lock()
 	e.inFlight++
 	e.maxFlight = max(e.maxFlight, e.inFlight)
@@ -82,14 +82,14 @@ func TestCoalescer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := &echoSend{gate: make(chan struct{})}
-			c := newCoalescer(tc.limit, e.send)
+			c := newCoalescer(newSlots(tc.limit), e.send)
 			var wg sync.WaitGroup
 			errs := make(chan error, tc.calls)
 			for n := range tc.calls {
 				wg.Go(func() {
 					a, b := fmt.Sprintf("%d/a", n), fmt.Sprintf("%d/b", n)
 					j := jobOf(a, b)
-					if err := c.do(context.Background(), j); err != nil {
+					if err := c.do(context.Background(), time.Now().Add(time.Hour), j); err != nil {
 						errs <- err
 						return
 					}
@@ -103,7 +103,7 @@ func TestCoalescer(t *testing.T) {
 			waitFor(t, func() bool {
 				c.mu.Lock()
 				defer c.mu.Unlock()
-				return c.inFlight == min(tc.calls, tc.limit) && len(c.queue) == max(0, tc.calls-tc.limit)
+				return tc.limit-len(c.free) == min(tc.calls, tc.limit) && len(c.queue) == max(0, tc.calls-tc.limit)
 			})
 			close(e.gate)
 			wait(t, &wg)
@@ -115,7 +115,7 @@ func TestCoalescer(t *testing.T) {
 			waitFor(t, func() bool {
 				c.mu.Lock()
 				defer c.mu.Unlock()
-				return c.inFlight == 0 && len(c.queue) == 0
+				return len(c.free) == tc.limit && len(c.queue) == 0
 			})
 			e.mu.Lock()
 			defer e.mu.Unlock()
@@ -141,28 +141,28 @@ func TestCoalescer(t *testing.T) {
 // pipeline going away fails only its own calls.
 func TestCoalescerAbandoned(t *testing.T) {
 	e := &echoSend{gate: make(chan struct{})}
-	c := newCoalescer(1, e.send)
+	c := newCoalescer(newSlots(1), e.send)
 	firstCtx, cancelFirst := context.WithCancel(context.Background())
 	first := jobOf("first")
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := c.do(firstCtx, first); err != nil {
+		if err := c.do(firstCtx, time.Now().Add(time.Hour), first); err != nil {
 			t.Errorf("first: %v", err)
 		}
 	})
 	waitFor(t, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		return c.inFlight == 1
+		return len(c.free) == 0
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	if err := c.do(ctx, jobOf("late")); !errors.Is(err, context.DeadlineExceeded) {
+	if err := c.do(ctx, time.Now().Add(time.Hour), jobOf("late")); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("waiting past the deadline: %v", err)
 	}
 	kept := jobOf("kept")
 	wg.Go(func() {
-		if err := c.do(context.Background(), kept); err != nil {
+		if err := c.do(context.Background(), time.Now().Add(time.Hour), kept); err != nil {
 			t.Errorf("kept: %v", err)
 		}
 	})
@@ -187,24 +187,23 @@ func TestCoalescerAbandoned(t *testing.T) {
 	}
 }
 
-// TestCoalescerDeadline checks that a shared pipeline ends with the earliest
-// deadline of its callers, so that none waits past its own.
+// TestCoalescerDeadline checks that a pipeline carries its caller's deadline, and
+// a shared pipeline the earliest deadline of its callers, so that none waits past
+// its own.
 func TestCoalescerDeadline(t *testing.T) {
 	e := &echoSend{gate: make(chan struct{})}
-	c := newCoalescer(1, e.send)
+	c := newCoalescer(newSlots(1), e.send)
+	soon := time.Now().Add(time.Hour)
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = c.do(context.Background(), jobOf("holder")) })
+	wg.Go(func() { _ = c.do(context.Background(), soon.Add(3*time.Minute), jobOf("holder")) })
 	waitFor(t, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		return c.inFlight == 1
+		return len(c.free) == 0
 	})
-	soon := time.Now().Add(time.Hour)
 	for i, d := range []time.Time{soon.Add(time.Minute), soon, soon.Add(2 * time.Minute)} {
-		ctx, cancel := context.WithDeadline(context.Background(), d)
-		defer cancel()
 		wg.Go(func() {
-			if err := c.do(ctx, jobOf(fmt.Sprint("queued", i))); err != nil {
+			if err := c.do(context.Background(), d, jobOf(fmt.Sprint("queued", i))); err != nil {
 				t.Error(err)
 			}
 		})
@@ -218,8 +217,47 @@ func TestCoalescerDeadline(t *testing.T) {
 	wait(t, &wg)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if len(e.deadlines) != 2 || !e.deadlines[0].IsZero() || !e.deadlines[1].Equal(soon) {
-		t.Errorf("pipeline deadlines %v, want none for the holder and %v for the shared one", e.deadlines, soon)
+	if len(e.deadlines) != 2 || !e.deadlines[0].Equal(soon.Add(3*time.Minute)) || !e.deadlines[1].Equal(soon) {
+		t.Errorf("pipeline deadlines %v, want the holder's and %v for the shared one", e.deadlines, soon)
+	}
+}
+
+// TestCoalescerExpires checks that a queued call whose deadline passes before a
+// pipeline takes it fails with DeadlineExceeded and is never sent, with no timer
+// of its own: the pipeline in flight coming back expires it.
+func TestCoalescerExpires(t *testing.T) {
+	e := &echoSend{gate: make(chan struct{})}
+	c := newCoalescer(newSlots(1), e.send)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = c.do(context.Background(), time.Now().Add(time.Hour), jobOf("holder")) })
+	waitFor(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.free) == 0
+	})
+	late := make(chan error, 1)
+	go func() { late <- c.do(context.Background(), time.Now().Add(10*time.Millisecond), jobOf("late")) }()
+	kept := jobOf("kept")
+	wg.Go(func() {
+		if err := c.do(context.Background(), time.Now().Add(time.Hour), kept); err != nil {
+			t.Errorf("kept: %v", err)
+		}
+	})
+	waitFor(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.queue) == 2
+	})
+	time.Sleep(20 * time.Millisecond)
+	close(e.gate)
+	wait(t, &wg)
+	if err := <-late; !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a call queued past its deadline: %v", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if fmt.Sprint(e.pipelines) != "[[holder] [kept]]" {
+		t.Errorf("pipelines %v, want the expired call left out", e.pipelines)
 	}
 }
 

@@ -3,10 +3,12 @@
 package redisquota
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"hash/maphash"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,7 +73,8 @@ type Params struct {
 	// DB is the database of a single server; a cluster has only 0.
 	DB int `yaml:"db"`
 	// ConnectionPoolSize is the connections per Redis node; 0 for go-redis's default
-	// (10 per CPU).
+	// (10 per CPU). With a single server it is at least MaxInFlight, for each
+	// pipeline in flight keeps a connection.
 	ConnectionPoolSize int `yaml:"connectionPoolSize"`
 	// Timeout bounds each batch of decisions, from the call until Redis answers,
 	// time queued for a pipeline included; when Redis is slower, or down, the
@@ -199,12 +202,13 @@ type Handler struct {
 	guard  *quotakit.Guard
 	cache  *quotakit.DenyCache
 	// One script per algorithm; a Script is safe for concurrent use.
-	fixed, sliding, bucket *redis.Script
+	fixed, sliding, bucket *script
 	pipes                  *coalescer
+	slots                  []*slot
 	// seed spreads the expiry of fixed windows' counters (see maxExpiryJitter).
 	seed maphash.Seed
-	// Reused storage: Allow's jobs, and the pipelines' batches.
-	jobs, batches sync.Pool
+	// Allow's jobs, reused.
+	jobs sync.Pool
 	// pipelineCalls shows how much the coalescer shares round trips.
 	pipelineCalls prometheus.Histogram
 }
@@ -233,8 +237,8 @@ func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (
 		env: env, table: table, client: client,
 		guard: quotakit.NewGuard(env, p.Timeout, policy),
 		cache: quotakit.NewDenyCache(p.LocalCacheSize),
-		fixed: redis.NewScript(fixedWindowScript), sliding: redis.NewScript(slidingWindowScript),
-		bucket: redis.NewScript(tokenBucketScript), seed: maphash.MakeSeed(),
+		fixed: newScript(fixedWindowScript), sliding: newScript(slidingWindowScript),
+		bucket: newScript(tokenBucketScript), seed: maphash.MakeSeed(),
 		pipelineCalls: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "sluice_redisquota_pipeline_calls",
 			Help:        "Script calls (quota decisions) per pipeline sent to Redis; above 1, concurrent checks shared a round trip.",
@@ -242,12 +246,13 @@ func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (
 			Buckets:     []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 		}),
 	}
-	h.pipes = newCoalescer(p.MaxInFlight, h.sendJobs)
+	h.slots = newSlots(p.MaxInFlight)
+	h.pipes = newCoalescer(h.slots, h.sendJobs)
 	// Loading the scripts now spares the first batch its NOSCRIPT round trip. A
 	// Redis that is down is not an error here: the fail policy covers it.
 	lctx, cancel := context.WithTimeout(ctx, max(p.Timeout, time.Second))
 	defer cancel()
-	for _, s := range []*redis.Script{h.fixed, h.sliding, h.bucket} {
+	for _, s := range []*script{h.fixed, h.sliding, h.bucket} {
 		if err := s.Load(lctx, client).Err(); err != nil {
 			if env.Logger != nil {
 				env.Logger.Warn("redisquota: cannot load scripts; Redis may be down", "error", err)
@@ -294,6 +299,11 @@ func newClient(p *Params) (redis.UniversalClient, error) {
 	}
 	if p.ConnectionPoolSize != 0 {
 		opt.PoolSize = p.ConnectionPoolSize
+	}
+	// Each pipeline in flight keeps a connection of its own (see slot): the pool
+	// holds at least one per slot, or slots would wait on each other's idle ones.
+	if slots := max(p.MaxInFlight, 1); slots > cmp.Or(opt.PoolSize, 10*runtime.GOMAXPROCS(0)) {
+		opt.PoolSize = slots
 	}
 	if opt.Protocol == 0 { // a URL's ?protocol=3 is kept
 		opt.Protocol = protocol

@@ -379,6 +379,49 @@ func TestIntegrationRedisDown(t *testing.T) {
 	}
 }
 
+// TestIntegrationConnectionKilled: a handler's pipelines keep connections of
+// their own. One that Redis closed while it idled is replaced before use, through
+// the pool's health check; one closed while in use fails its next pipeline, which
+// is decided by the fail policy and counted, and the handler connects again.
+func TestIntegrationConnectionKilled(t *testing.T) {
+	s := startRedis(t)
+	h := newTestHandler(t, s.addr, func(p *Params) { p.FailPolicy = "closed" })
+	l := quota.Limit{Requests: 100, Window: time.Hour}
+	now := quotatest.Base()
+	req := func(k string) quota.Request { return quota.Request{Key: k, Limit: l, Hits: 1} }
+	kill := func() {
+		t.Helper()
+		if err := s.client.Do(context.Background(), "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !allowOne(t, h, now, req("warm")).Allowed {
+		t.Fatal("Redis did not decide")
+	}
+	kill()
+	time.Sleep(slotIdle + 100*time.Millisecond)
+	if d := allowOne(t, h, now, req("after-idle")); !d.Allowed || d.Remaining != 99 {
+		t.Errorf("after an idle connection was killed: %+v", d)
+	}
+	if n := h.stats.Drops(quotakit.ReasonFailClosed); n != 0 {
+		t.Errorf("%d decisions failed after an idle connection was killed", n)
+	}
+	kill()
+	failed := 0
+	for i := range DefaultMaxInFlight + 1 {
+		if d := allowOne(t, h, now, req(fmt.Sprint("after-kill", i))); !d.Allowed {
+			failed++
+		}
+	}
+	if failed > 1 || h.stats.Drops(quotakit.ReasonFailClosed) != failed {
+		t.Errorf("%d of %d decisions failed after a connection in use was killed, %d counted",
+			failed, DefaultMaxInFlight+1, h.stats.Drops(quotakit.ReasonFailClosed))
+	}
+	if d := allowOne(t, h, now, req("after-kill")); !d.Allowed || d.Remaining != 99 {
+		t.Errorf("Redis did not decide again: %+v", d)
+	}
+}
+
 // TestIntegrationSlowRedis: a Redis that does not answer within the timeout (all
 // clients paused) is a failure: decided by policy in about the timeout, counted as
 // backend_timeout.

@@ -106,21 +106,38 @@ func TestClients(t *testing.T) {
 		}
 		_ = c.Close()
 	}
+	// A pool smaller than the pipelines in flight grows to one connection each.
+	for _, tc := range []struct{ pool, inflight, want int }{{0, 2, 0}, {4, 2, 4}, {4, 8, 8}, {0, 5000, 5000}} {
+		c, err := newClient(&Params{RedisServerURL: "127.0.0.1:1", Timeout: time.Second, ConnectionPoolSize: tc.pool, MaxInFlight: tc.inflight})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.(*redis.Client).Options().PoolSize; tc.want != 0 && got != tc.want {
+			t.Errorf("pool %d, %d in flight: pool size %d, want %d", tc.pool, tc.inflight, got, tc.want)
+		}
+		_ = c.Close()
+	}
 }
 
 // TestPlanKeys: every key of a limit carries the limit's identity in one hash tag,
 // and the keys tell algorithms, windows and limits apart where their state would
 // mean something else.
 func TestPlanKeys(t *testing.T) {
-	h := &Handler{fixed: redis.NewScript(fixedWindowScript), sliding: redis.NewScript(slidingWindowScript), bucket: redis.NewScript(tokenBucketScript), seed: maphash.MakeSeed()}
+	h := &Handler{fixed: newScript(fixedWindowScript), sliding: newScript(slidingWindowScript), bucket: newScript(tokenBucketScript), seed: maphash.MakeSeed()}
 	now := quotakit.Micros(quotatest.Base().Add(1500 * time.Millisecond))
 	for _, tc := range []struct {
 		l    quota.Limit
 		keys []string
+		// args: the command after the script, as Redis reads it; the fixed
+		// window's last, its TTL, has a jitter and is checked by TestExpiryJitter.
+		args string
 	}{
-		{quota.Limit{Requests: 5, Window: time.Second}, []string{"sluice:fw:{ns/rq;a=1}:1000000:1893456001000000"}},
-		{quota.Limit{Requests: 5, Window: time.Second, Algorithm: quota.SlidingWindow}, []string{"sluice:sw:{ns/rq;a=1}:log", "sluice:sw:{ns/rq;a=1}:hits"}},
-		{quota.Limit{Requests: 5, Window: time.Minute, Algorithm: quota.TokenBucket}, []string{"sluice:tb:{ns/rq;a=1}:5:60000000"}},
+		{quota.Limit{Requests: 5, Window: time.Second}, []string{"sluice:fw:{ns/rq;a=1}:1000000:1893456001000000"},
+			"1 sluice:fw:{ns/rq;a=1}:1000000:1893456001000000 1"},
+		{quota.Limit{Requests: 5, Window: time.Second, Algorithm: quota.SlidingWindow}, []string{"sluice:sw:{ns/rq;a=1}:log", "sluice:sw:{ns/rq;a=1}:hits"},
+			"2 sluice:sw:{ns/rq;a=1}:log sluice:sw:{ns/rq;a=1}:hits 1893456001500000 1000000 5 1 1 1000"},
+		{quota.Limit{Requests: 5, Window: time.Minute, Algorithm: quota.TokenBucket}, []string{"sluice:tb:{ns/rq;a=1}:5:60000000"},
+			"1 sluice:tb:{ns/rq;a=1}:5:60000000 1893456001500000 60000000 1 60000000 12000000 1 1000"},
 	} {
 		var o op
 		r := quota.Request{Key: "ns/rq;a=1", Limit: tc.l, Hits: 1}
@@ -130,6 +147,13 @@ func TestPlanKeys(t *testing.T) {
 		if strings.Join(o.keys, " ") != strings.Join(tc.keys, " ") {
 			t.Errorf("%s: keys %q, want %q", tc.l.Algorithm, o.keys, tc.keys)
 		}
+		args := sent(&o)
+		if tc.l.Algorithm == "" {
+			args = args[:strings.LastIndexByte(args, ' ')]
+		}
+		if args != tc.args {
+			t.Errorf("%s: command %q, want %q", tc.l.Algorithm, args, tc.args)
+		}
 	}
 	var o op
 	if err := h.plan(&o, &quota.Request{Key: "k", Limit: quota.Limit{Requests: 1}}, now); err == nil {
@@ -137,10 +161,30 @@ func TestPlanKeys(t *testing.T) {
 	}
 }
 
+// sent renders o's command after the script as the Redis client writes it: the
+// pointers it holds are written as what they point at.
+func sent(o *op) string {
+	var b strings.Builder
+	for i, a := range o.cmd[2:] {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		switch v := a.(type) {
+		case *string:
+			b.WriteString(*v)
+		case *int64:
+			fmt.Fprint(&b, *v)
+		default:
+			fmt.Fprint(&b, v)
+		}
+	}
+	return b.String()
+}
+
 // TestExpiryJitter: the counters of one fixed window expire spread over up to one
 // window (five minutes at most) past its end and the slack, not all at once.
 func TestExpiryJitter(t *testing.T) {
-	h := &Handler{fixed: redis.NewScript(fixedWindowScript), seed: maphash.MakeSeed()}
+	h := &Handler{fixed: newScript(fixedWindowScript), seed: maphash.MakeSeed()}
 	now := quotakit.Micros(quotatest.Base().Add(250 * time.Millisecond))
 	for _, tc := range []struct {
 		window, span time.Duration // span: how far the expiries may spread
@@ -160,7 +204,7 @@ func TestExpiryJitter(t *testing.T) {
 			if err := h.plan(&o, &quota.Request{Key: fmt.Sprint("user-", i), Limit: l, Hits: 1}, now); err != nil {
 				t.Fatal(err)
 			}
-			ttl := o.args[1].(int64)
+			ttl := *o.cmd[len(o.cmd)-1].(*int64)
 			if ttl < end || ttl >= end+max(tc.span.Milliseconds(), 1) {
 				t.Fatalf("%v window: key %d expires in %d ms, want [%d, %d+%d)", tc.window, i, ttl, end, end, tc.span.Milliseconds())
 			}

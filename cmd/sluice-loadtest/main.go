@@ -94,7 +94,7 @@ the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 	f.DurationVar(&o.TargetP99, "target-p99", time.Millisecond, "p99 the highest-rate summary is reported against")
 	f.IntVar(&o.SearchSteps, "search", 0, "after the fixed rates, this many more runs per scenario, bisecting between the highest rate that kept p99 under --target-p99 and the lowest that did not")
 	f.IntVar(&o.Repeat, "repeat", 1, "offer each rate this many times; a row is then the run with the median p99, and a column shows the spread of p99 over the runs")
-	f.StringVar(&o.Profile, "profile", "", "write CPU profiles of the server, one per run, to FILE.SCENARIO")
+	f.StringVar(&o.Profile, "profile", "", "write a CPU profile of the server per run to FILE.SCENARIO, and heap profiles before and after it to FILE.SCENARIO.heap0 and .heap1\n(the run's allocations: go tool pprof -sample_index=alloc_space -base FILE.SCENARIO.heap0 FILE.SCENARIO.heap1)")
 	f.StringVar(&selfProfile, "generator-profile", "", "write a CPU profile of the load generator itself to this file")
 	return cmd
 }
