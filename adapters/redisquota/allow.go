@@ -99,8 +99,9 @@ func (h *Handler) Allow(ctx context.Context, now time.Time, reqs []quota.Request
 		return nil
 	}
 	if err := h.pipes.do(ctx, h.guard.Deadline(ctx), j); err != nil {
-		// The job may still sit in the coalescer's queue, gone: it is not reused.
-		return h.guard.Fail(ctx, fmt.Errorf("wait for a Redis pipeline: %w", err), reqs, out, pending)
+		err = h.guard.Fail(ctx, fmt.Errorf("wait for a Redis pipeline: %w", err), reqs, out, pending)
+		h.releaseJob(j)
+		return err
 	}
 	defer h.releaseJob(j)
 	cmds := j.cmds
@@ -135,9 +136,8 @@ func (h *Handler) newJob(n int) *job {
 	return j
 }
 
-// releaseJob makes a job whose calls were answered, or never sent, free for reuse.
-// A job its caller gave up on while it was queued is not released: the queue may
-// still hold it.
+// releaseJob makes a job whose calls were answered, or never sent, free for reuse:
+// the coalescer holds no job once its caller has returned.
 func (h *Handler) releaseJob(j *job) {
 	if cap(j.ops) > maxBatch {
 		return // an outsized batch does not pin its memory
@@ -145,7 +145,7 @@ func (h *Handler) releaseJob(j *job) {
 	clear(j.ops) // the keys, scripts and arguments go with it
 	clear(j.cmds)
 	j.ops, j.pending, j.cmds = j.ops[:0], j.pending[:0], j.cmds[:0]
-	j.done, j.deadline = nil, time.Time{}
+	j.ctx, j.deadline, j.queued = nil, time.Time{}, false
 	j.state.Store(jobQueued)
 	h.jobs.Put(j)
 }
@@ -198,9 +198,7 @@ func (h *Handler) sendJobs(ctx context.Context, s *slot, jobs []*job) {
 	for _, j := range jobs {
 		j.cmds = append(j.cmds[:0], cmds[:len(j.pending)]...)
 		cmds = cmds[len(j.pending):]
-		if j.done != nil {
-			close(j.done)
-		}
+		j.woken()
 	}
 	if cap(s.calls) > maxBatch {
 		s.calls, s.cmds, s.cmders = nil, nil, nil // an outsized batch does not pin its memory

@@ -21,24 +21,36 @@ const maxBatch = 256
 
 // States of a job.
 const (
-	jobQueued  int32 = iota // waiting for a pipeline
-	jobTaken                // in a pipeline: its caller waits for the answers
-	jobGone                 // its caller gave up first: it is never sent
-	jobExpired              // its deadline passed before a pipeline took it: never sent
+	jobQueued    int32 = iota // waiting for a pipeline
+	jobTaken                  // in a pipeline: its caller waits for the answers
+	jobExpired                // its deadline passed before a pipeline took it: never sent
+	jobAbandoned              // its caller's context ended before a pipeline took it: never sent
 )
 
 // job is one Allow call's script calls waiting for a pipeline.
 type job struct {
 	ops     []op
-	pending []int         // indexes into ops of the calls to send
-	cmds    []*redis.Cmd  // one per pending; set before done is closed
-	done    chan struct{} // made only for a job that queues: a sender never waits
-	// deadline is when the caller's calls must be answered by: the handler's
-	// timeout or the caller's own deadline, whichever comes first.
+	pending []int        // indexes into ops of the calls to send
+	cmds    []*redis.Cmd // one per pending; set before a queued job is woken
+	// ctx and deadline are its caller's, deadline being the handler's timeout
+	// or the caller's own deadline, whichever comes first.
+	ctx      context.Context
 	deadline time.Time
-	// state moves from queued to taken, gone or expired, once, so that a call is
-	// counted in Redis if and only if its caller reads Redis's answer.
+	// queued jobs wait on wake, which whoever ends their wait signals once; it
+	// is kept with the job for its next use.
+	queued bool
+	wake   chan struct{}
+	// state moves from queued to taken, expired or abandoned, once, under the
+	// coalescer's lock, so that a call is counted in Redis if and only if its
+	// caller reads Redis's answer.
 	state atomic.Int32
+}
+
+// woken ends the wait of a queued job; a job sent at once has no one waiting.
+func (j *job) woken() {
+	if j.queued {
+		j.wake <- struct{}{}
+	}
 }
 
 // coalescer merges the script calls of concurrent Allow calls into shared
@@ -52,27 +64,31 @@ type job struct {
 // its calls reuse.
 type coalescer struct {
 	// send runs the calls of jobs in one pipeline on slot s, bounded by ctx, and
-	// fills each job's cmds and closes its done, if it has one.
+	// fills each job's cmds and wakes it.
 	send func(ctx context.Context, s *slot, jobs []*job)
 
 	mu    sync.Mutex
 	queue []*job
 	free  []*slot // the slots no pipeline holds
+	// expiry ends the wait of queued jobs whose deadlines pass before a pipeline
+	// takes them: one timer for the queue, armed at expiryAt, the earliest
+	// deadline queued (zero when unarmed), rather than one per waiting call.
+	expiry   *time.Timer
+	expiryAt time.Time
 }
 
 func newCoalescer(slots []*slot, send func(context.Context, *slot, []*job)) *coalescer {
-	return &coalescer{send: send, free: slices.Clone(slots)}
+	c := &coalescer{send: send, free: slices.Clone(slots)}
+	c.expiry = time.AfterFunc(time.Hour, c.expire)
+	c.expiry.Stop()
+	return c
 }
 
 // do sends j's calls, alone or with others, and returns when j.cmds are set, or
-// with an error when its calls were never sent: ctx ended, or deadline passed,
-// while j waited for a pipeline. Once they are sent, j waits for their answers,
-// which a pipeline bounds by the earliest deadline of its callers.
-//
-// A job that waits is bounded by deadline without a timer of its own: the
-// pipelines in flight carry earlier deadlines than the handler's timeout from
-// now, and when one comes back, a job whose deadline has passed is expired
-// rather than sent. A caller's own earlier deadline ends its ctx.
+// with an error when its calls were never sent: its deadline passed, or ctx
+// ended, while it waited for a pipeline. Once they are sent, j waits for their
+// answers, which a pipeline bounds by the earliest deadline of its callers.
+// deadline is not zero.
 func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
 	c.mu.Lock()
 	if n := len(c.free); n > 0 {
@@ -84,7 +100,7 @@ func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
 		j.state.Store(jobTaken)
 		sctx, dc := withDeadline(ctx, deadline)
 		c.send(sctx, s, []*job{j})
-		dc.release()
+		dc.Cancel()
 		// Calls that queued meanwhile go out on a goroutine of their own, so that
 		// this caller answers now rather than after another round trip.
 		if next := c.next(s); next != nil {
@@ -92,26 +108,27 @@ func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
 		}
 		return nil
 	}
-	j.done = make(chan struct{})
-	j.deadline = deadline
-	c.queue = append(c.queue, j)
-	c.mu.Unlock()
-	select {
-	case <-j.done:
-		if j.state.Load() == jobExpired {
-			return context.DeadlineExceeded
-		}
-		return nil
-	case <-ctx.Done():
-		if j.state.CompareAndSwap(jobQueued, jobGone) {
-			return ctx.Err()
-		}
-		<-j.done // taken meanwhile: its answers are on their way
-		if j.state.Load() == jobExpired {
-			return context.DeadlineExceeded
-		}
-		return nil
+	if j.wake == nil {
+		j.wake = make(chan struct{}, 1)
 	}
+	j.ctx, j.deadline, j.queued = ctx, deadline, true
+	c.queue = append(c.queue, j)
+	if c.expiryAt.IsZero() || deadline.Before(c.expiryAt) {
+		c.expiryAt = deadline
+		c.expiry.Reset(time.Until(deadline))
+	}
+	c.mu.Unlock()
+	// A caller's context ending is seen when a pipeline comes back or the
+	// deadline passes, not at once: waiting on its Done would arm a timer per
+	// call (see lazyctx).
+	<-j.wake
+	switch j.state.Load() {
+	case jobExpired:
+		return context.DeadlineExceeded
+	case jobAbandoned:
+		return ctx.Err()
+	}
+	return nil
 }
 
 // drain sends batch on s, and whatever queues behind it, until the queue is
@@ -127,15 +144,15 @@ func (c *coalescer) drain(s *slot, batch []*job) {
 // deadlines, so that no caller waits past its own, and under none of their
 // cancellations, so that one caller going away does not fail the others.
 func (c *coalescer) sendShared(s *slot, batch []*job) {
-	var earliest time.Time
-	for _, j := range batch {
-		if !j.deadline.IsZero() && (earliest.IsZero() || j.deadline.Before(earliest)) {
+	earliest := batch[0].deadline
+	for _, j := range batch[1:] {
+		if j.deadline.Before(earliest) {
 			earliest = j.deadline
 		}
 	}
 	ctx, dc := withDeadline(context.Background(), earliest)
 	c.send(ctx, s, batch)
-	dc.release()
+	dc.Cancel()
 }
 
 // next takes the queued jobs for the pipeline slot s, which the caller holds, or
@@ -150,8 +167,8 @@ func (c *coalescer) next(s *slot) []*job {
 	return nil
 }
 
-// takeLocked removes from the queue the jobs of one pipeline, dropping those whose
-// callers are gone and expiring those whose deadlines have passed.
+// takeLocked removes from the queue the jobs of one pipeline, ending the wait of
+// those whose deadlines have passed or whose callers have gone.
 func (c *coalescer) takeLocked() []*job {
 	var batch []*job
 	calls, n := 0, 0
@@ -161,19 +178,55 @@ func (c *coalescer) takeLocked() []*job {
 			break
 		}
 		n++
-		if !j.deadline.IsZero() && !now.Before(j.deadline) {
-			if j.state.CompareAndSwap(jobQueued, jobExpired) {
-				close(j.done)
-			}
+		if c.endedLocked(j, now) {
 			continue
 		}
-		if j.state.CompareAndSwap(jobQueued, jobTaken) {
-			batch = append(batch, j)
-			calls += len(j.pending)
-		}
+		j.state.Store(jobTaken)
+		batch = append(batch, j)
+		calls += len(j.pending)
 	}
 	rest := copy(c.queue, c.queue[n:])
 	clear(c.queue[rest:])
 	c.queue = c.queue[:rest]
 	return batch
+}
+
+// endedLocked ends the wait of queued job j, never to be sent, if its deadline
+// has passed by now or its caller's context has ended, and reports whether it did.
+func (c *coalescer) endedLocked(j *job, now time.Time) bool {
+	switch {
+	case !now.Before(j.deadline):
+		j.state.Store(jobExpired)
+	case j.ctx.Err() != nil:
+		j.state.Store(jobAbandoned)
+	default:
+		return false
+	}
+	j.woken()
+	return true
+}
+
+// expire ends the wait of the queued jobs whose deadlines have passed, and arms
+// the timer for the earliest deadline still queued.
+func (c *coalescer) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	var earliest time.Time
+	kept := c.queue[:0]
+	for _, j := range c.queue {
+		if c.endedLocked(j, now) {
+			continue
+		}
+		kept = append(kept, j)
+		if earliest.IsZero() || j.deadline.Before(earliest) {
+			earliest = j.deadline
+		}
+	}
+	clear(c.queue[len(kept):])
+	c.queue = kept
+	c.expiryAt = earliest
+	if !earliest.IsZero() {
+		c.expiry.Reset(time.Until(earliest))
+	}
 }

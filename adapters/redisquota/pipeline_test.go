@@ -55,9 +55,7 @@ func (e *echoSend) send(ctx context.Context, _ *slot, jobs []*job) {
 	e.deadlines = append(e.deadlines, d)
 	e.mu.Unlock()
 	for _, j := range jobs {
-		if j.done != nil {
-			close(j.done)
-		}
+		j.woken()
 	}
 }
 
@@ -136,9 +134,10 @@ func TestCoalescer(t *testing.T) {
 	}
 }
 
-// TestCoalescerAbandoned checks that a call whose deadline passes while it is
-// queued gets the context's error and is never sent, and that the caller holding a
-// pipeline going away fails only its own calls.
+// TestCoalescerAbandoned checks that a queued call whose deadline passes while
+// no pipeline comes back ends then, with DeadlineExceeded; that one whose caller
+// goes away ends, unsent, when a pipeline comes back; and that the caller holding
+// a pipeline going away fails only its own calls.
 func TestCoalescerAbandoned(t *testing.T) {
 	e := &echoSend{gate: make(chan struct{})}
 	c := newCoalescer(newSlots(1), e.send)
@@ -155,11 +154,19 @@ func TestCoalescerAbandoned(t *testing.T) {
 		defer c.mu.Unlock()
 		return len(c.free) == 0
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	if err := c.do(ctx, time.Now().Add(time.Hour), jobOf("late")); !errors.Is(err, context.DeadlineExceeded) {
+	start := time.Now()
+	if err := c.do(context.Background(), start.Add(20*time.Millisecond), jobOf("late")); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("waiting past the deadline: %v", err)
 	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("a call with 20ms to go waited %v", el)
+	}
+	gone, cancelGone := context.WithCancel(context.Background())
+	wg.Go(func() {
+		if err := c.do(gone, time.Now().Add(time.Hour), jobOf("gone")); !errors.Is(err, context.Canceled) {
+			t.Errorf("gone: %v", err)
+		}
+	})
 	kept := jobOf("kept")
 	wg.Go(func() {
 		if err := c.do(context.Background(), time.Now().Add(time.Hour), kept); err != nil {
@@ -171,6 +178,7 @@ func TestCoalescerAbandoned(t *testing.T) {
 		defer c.mu.Unlock()
 		return len(c.queue) == 2
 	})
+	cancelGone()
 	cancelFirst()
 	close(e.gate)
 	wait(t, &wg)
@@ -183,7 +191,7 @@ func TestCoalescerAbandoned(t *testing.T) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if fmt.Sprint(e.pipelines) != "[[first] [kept]]" {
-		t.Errorf("pipelines %v, want the abandoned call left out", e.pipelines)
+		t.Errorf("pipelines %v, want the expired and abandoned calls left out", e.pipelines)
 	}
 }
 

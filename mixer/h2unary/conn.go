@@ -16,6 +16,8 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/sluicemesh/sluice/adapters/lazyctx"
 )
 
 // okTrailer ends every successful answer.
@@ -111,7 +113,7 @@ type stream struct {
 	deadline time.Time      // from grpc-timeout; zero for none
 	err      *status.Status // set when the request is refused before any call
 	ctx      context.Context
-	cancel   context.CancelFunc
+	call     *lazyctx.Context // ctx, for a goroutine call: cancelled when it ends
 	// Under conn.mu.
 	window  int64  // what we may still send on this stream
 	pending []byte // answer DATA not yet sent for lack of window
@@ -538,7 +540,7 @@ func (c *conn) dispatchLocked(st *stream) {
 		// an inline method decides in memory and cannot wait, so its context would
 		// never be read, and arming it costs a timer per call (~5 µs here, and a
 		// wakeup of the network poller). The deadline was checked above.
-		st.ctx, st.cancel = c.ctx, func() {}
+		st.ctx = c.ctx
 		c.srv.inlineCalls.Inc()
 		c.mu.Unlock()
 		resp, err := c.run(st, c.reply)
@@ -556,12 +558,10 @@ func (c *conn) dispatchLocked(st *stream) {
 		return
 	}
 	// The call's context ends with the connection, its deadline, or the client's
-	// RST_STREAM.
-	if !st.deadline.IsZero() {
-		st.ctx, st.cancel = context.WithDeadline(c.ctx, st.deadline)
-	} else {
-		st.ctx, st.cancel = context.WithCancel(c.ctx)
-	}
+	// RST_STREAM. It arms a timer only if the call waits on it: most calls decide
+	// without waiting, or wait on a backend client that reads only the deadline.
+	st.call = lazyctx.New(c.ctx, st.deadline)
+	st.ctx = st.call
 	st.reply = c.takeBufferLocked()
 	c.srv.goCalls.Inc()
 	c.srv.goCall(c, st)
@@ -674,7 +674,7 @@ func (c *conn) call(st *stream) {
 
 // run runs the method, its answer encoded after dst's gRPC prefix; mu is not held.
 func (c *conn) run(st *stream, dst []byte) ([]byte, *status.Status) {
-	defer st.cancel()
+	defer st.call.Cancel()
 	body, err := st.method.Call(st.ctx, st.data[5:], append(dst[:0], 0, 0, 0, 0, 0))
 	if err != nil {
 		fail, ok := status.FromError(err)
@@ -783,9 +783,7 @@ func (c *conn) closeStreamLocked(st *stream) {
 	}
 	st.closed = true
 	delete(c.open, st.id)
-	if st.cancel != nil {
-		st.cancel()
-	}
+	st.call.Cancel()
 	c.unrefLocked(st)
 }
 
