@@ -40,6 +40,8 @@ type job struct {
 	// is kept with the job for its next use.
 	queued bool
 	wake   chan struct{}
+	// alone is the batch of a job sent at once, kept to spare an allocation.
+	alone [1]*job
 	// state moves from queued to taken, expired or abandoned, once, under the
 	// coalescer's lock, so that a call is counted in Redis if and only if its
 	// caller reads Redis's answer.
@@ -99,7 +101,9 @@ func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
 		c.mu.Unlock()
 		j.state.Store(jobTaken)
 		sctx, dc := withDeadline(ctx, deadline)
-		c.send(sctx, s, []*job{j})
+		j.alone[0] = j
+		c.send(sctx, s, j.alone[:])
+		j.alone[0] = nil
 		dc.Cancel()
 		// Calls that queued meanwhile go out on a goroutine of their own, so that
 		// this caller answers now rather than after another round trip.

@@ -39,6 +39,10 @@ type rlNode struct {
 	domain string
 	desc   *config.RateLimitDescriptor
 	rule   *rlRule
+	// stat is the statistics name of the config path that ends here, which is
+	// the name of every request it matches unless the node has detailed_metric
+	// (see statName): made once rather than per request.
+	stat string
 }
 
 // nodeKind is how a descriptor entry of the config matches request entries.
@@ -121,14 +125,20 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 		switch {
 		case d.Value == "":
 			parent.keyOnly[d.Key] = n
+			n.stat = d.Key
 		case strings.HasSuffix(d.Value, "*"):
 			n.kind, n.pattern = byPrefix, strings.TrimSuffix(d.Value, "*")
+			n.stat = d.Key + "_" + d.Value
 			// In config order: the first that matches wins, as envoyproxy/ratelimit
 			// takes them, so that a file means what it meant there.
 			parent.wildcard[d.Key] = append(parent.wildcard[d.Key], n)
 		default:
 			n.kind = byValue
 			parent.exact[d.Key+"\x00"+d.Value] = n
+			n.stat = d.Key + "_" + d.Value
+		}
+		if parent.desc != nil {
+			n.stat = parent.stat + "." + n.stat
 		}
 		addDescriptors(n, d.Descriptors)
 	}
@@ -173,7 +183,10 @@ func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat 
 		path = append(path, next)
 		n = next
 	}
-	return n, kb.String(), statName(entries, path)
+	if n.desc.DetailedMetric {
+		return n, kb.String(), statName(entries, path)
+	}
+	return n, kb.String(), n.stat
 }
 
 // statName names a matched descriptor in statistics as envoyproxy/ratelimit does,
