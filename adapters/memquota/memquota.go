@@ -246,7 +246,15 @@ type shard struct {
 	keys     map[stateKey]*entry
 	lru      entry // sentinel of the recency list: lru.next is the most recent
 	capacity int
+	// spare holds entries of forgotten keys for new ones: when every check
+	// brings a new key (a new user, a new source address), the states turn over
+	// at the request rate, and reusing them spares an allocation of a couple of
+	// hundred bytes per check. Entries are only ever reached under mu.
+	spare []*entry
 }
+
+// maxSpare bounds a shard's spare entries.
+const maxSpare = 256
 
 func (s *shard) init(capacity int) {
 	s.keys = make(map[stateKey]*entry)
@@ -256,7 +264,8 @@ func (s *shard) init(capacity int) {
 
 // get returns the state of k, made most recent, creating it when absent. A full
 // shard first forgets an expired key among its least recent ones, else the least
-// recent key, which is reported as evicted.
+// recent key, which is reported as evicted; any other forgets the least recent
+// key if it has expired.
 func (s *shard) get(k stateKey, now int64) (e *entry, evicted bool) {
 	if e = s.keys[k]; e != nil {
 		if s.lru.next != e {
@@ -275,8 +284,21 @@ func (s *shard) get(k stateKey, now int64) (e *entry, evicted bool) {
 		}
 		evicted = victim.expires > now
 		s.remove(victim.k, victim)
+	} else if tail := s.lru.prev; tail != &s.lru && tail.expires <= now {
+		// A new key forgets the least recent one if its state has expired, as the
+		// sweeper would later: the shard then holds live keys alone, and when
+		// every check brings a new key the states are reused at the rate they
+		// are made.
+		s.remove(tail.k, tail)
 	}
-	e = &entry{k: k}
+	if n := len(s.spare); n > 0 {
+		e = s.spare[n-1]
+		s.spare[n-1] = nil
+		s.spare = s.spare[:n-1]
+		*e = entry{k: k}
+	} else {
+		e = &entry{k: k}
+	}
 	s.keys[k] = e
 	s.pushFront(e)
 	return e, evicted
@@ -291,6 +313,10 @@ func (s *shard) pushFront(e *entry) {
 func (s *shard) remove(k stateKey, e *entry) {
 	e.unlink()
 	delete(s.keys, k)
+	if len(s.spare) < maxSpare {
+		*e = entry{} // holds no key or log while spare
+		s.spare = append(s.spare, e)
+	}
 }
 
 func (e *entry) unlink() {

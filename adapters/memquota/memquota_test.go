@@ -184,6 +184,62 @@ func TestMaxKeysEvictsLeastRecent(t *testing.T) {
 	}
 }
 
+// TestForgottenStatesReused: the state of a forgotten key serves a new key, which
+// starts afresh under every algorithm; a new fixed-window key then allocates
+// nothing.
+func TestForgottenStatesReused(t *testing.T) {
+	h, _ := newHandler(t, &Params{MaxKeys: 1})
+	ctx := context.Background()
+	now := quotatest.Base()
+	keys := make([]string, 200)
+	for i := range keys {
+		keys[i] = fmt.Sprint("user-", i)
+	}
+	reqs, out := make([]quota.Request, 1), make([]quota.Decision, 1)
+	take := func(key string, l quota.Limit) quota.Decision {
+		reqs[0] = quota.Request{Key: key, Limit: l, Hits: 1}
+		if err := h.Allow(ctx, now, reqs, out); err != nil {
+			t.Fatal(err)
+		}
+		return out[0]
+	}
+	for _, alg := range []quota.Algorithm{quota.FixedWindow, quota.SlidingWindow, quota.TokenBucket} {
+		l := quota.Limit{Requests: 2, Window: time.Minute, Algorithm: alg}
+		for _, k := range keys[:20] {
+			take(k, l) // each evicts the one before
+			if d := take(k, l); !d.Allowed || d.Remaining != 0 {
+				t.Fatalf("%s: key %s's second hit: %+v, want allowed with none left", alg, k, d)
+			}
+		}
+	}
+	l := quota.Limit{Requests: 2, Window: time.Minute}
+	i := 0
+	if n := testing.AllocsPerRun(100, func() { take(keys[i%len(keys)], l); i++ }); n != 0 {
+		t.Errorf("a new key allocates %.1f times", n)
+	}
+	// Below the bound too: a new key takes the state of the shard's least recent
+	// key once that has expired, so that a shard holds hardly more than its live
+	// keys and a new key allocates nothing.
+	var sh shard
+	sh.init(1000)
+	at := int64(0)
+	newKey := func(k string) {
+		e, _ := sh.get(stateKey{key: k}, at)
+		e.expires = at + time.Second.Microseconds()
+		at += (100 * time.Millisecond).Microseconds()
+	}
+	for _, k := range keys[:50] {
+		newKey(k)
+	}
+	if n := len(sh.keys); n > 11 {
+		t.Errorf("%d keys held, of which 10 are live", n)
+	}
+	i = 0
+	if n := testing.AllocsPerRun(100, func() { newKey(keys[50+i%150]); i++ }); n != 0 {
+		t.Errorf("below the bound, a new key allocates %.1f times", n)
+	}
+}
+
 func TestSweepForgetsIdleKeys(t *testing.T) {
 	h, _ := newHandler(t, &Params{})
 	ctx := context.Background()
