@@ -685,7 +685,6 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	wg.Wait()
 	elapsed := time.Since(r.start)
 	cpu1, _ := procCPU(srv.cmd.Process.Pid)
-	heapProfile("heap1")
 	row.RedisCPUPerReq = -1
 	if redis1, err := srv.redisCPU(); err == nil && redisErr == nil {
 		row.RedisCPUPerReq = (redis1 - redis0) / time.Duration(total)
@@ -697,6 +696,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	} else {
 		fmt.Fprintf(o.Out, "(server memory unknown: %v) ", errors.Join(memErr, err))
 	}
+	heapProfile("heap1") // after the memory figures: its collection is not the run's
 	row.ClientCPUPerReq = (selfCPU() - self0) / time.Duration(total)
 	row.P50, row.P99, row.P999, row.Max = percentiles(r.lat)
 	_, row.PacerLagP99, _, _ = percentiles(r.lag)
