@@ -18,6 +18,11 @@ import (
 // parent's registration: at tens of thousands of calls a second, that garbage
 // and those timers were a measurable share of a check's cost and of the
 // collector's work.
+//
+// Contexts the standard library derives from a Context (context.WithCancel,
+// context.AfterFunc) are told of its end through its AfterFunc method, without a
+// goroutine each. context.Cause reports the parent's cause, not whether this
+// Context ended on its own: Err tells that.
 type Context struct {
 	context.Context // the parent: its values, and its end
 	deadline        time.Time
@@ -27,6 +32,8 @@ type Context struct {
 	err        error
 	timer      *time.Timer
 	stopParent func() bool
+	afters     map[uint64]func() // AfterFunc's, by registration
+	nextAfter  uint64
 }
 
 // New returns a context under parent that ends at deadline; a zero deadline is
@@ -49,8 +56,15 @@ func (c *Context) Deadline() (time.Time, bool) {
 func (c *Context) Done() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.armLocked()
+	return c.done
+}
+
+// armLocked makes the Done channel, closed if c has ended, and otherwise the timer
+// and parent hook that will end c; once.
+func (c *Context) armLocked() {
 	if c.done != nil {
-		return c.done
+		return
 	}
 	if c.err == nil {
 		c.checkLocked() // before done exists: it would close it
@@ -58,13 +72,38 @@ func (c *Context) Done() <-chan struct{} {
 	c.done = make(chan struct{})
 	if c.err != nil {
 		close(c.done)
-		return c.done
+		return
 	}
 	if !c.deadline.IsZero() {
 		c.timer = time.AfterFunc(time.Until(c.deadline), func() { c.end(context.DeadlineExceeded) })
 	}
 	c.stopParent = context.AfterFunc(c.Context, func() { c.end(c.Context.Err()) })
-	return c.done
+}
+
+// AfterFunc arranges for f to run in its own goroutine once c ends, as
+// context.AfterFunc does, and returns a stop that cancels that if f has not been
+// started. The standard library calls it for the contexts it derives from c.
+func (c *Context) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.armLocked()
+	if c.err != nil {
+		go f()
+		return func() bool { return false }
+	}
+	id := c.nextAfter
+	c.nextAfter++
+	if c.afters == nil {
+		c.afters = make(map[uint64]func())
+	}
+	c.afters[id] = f
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, ok := c.afters[id]
+		delete(c.afters, id)
+		return ok
+	}
 }
 
 // Err implements context.Context.
@@ -107,6 +146,10 @@ func (c *Context) endLocked(err error) {
 	if c.stopParent != nil {
 		c.stopParent()
 	}
+	for _, f := range c.afters {
+		go f()
+	}
+	c.afters = nil
 }
 
 // Cancel ends c as cancelled, as a context.CancelFunc would, and frees what Done

@@ -3,6 +3,7 @@ package lazyctx
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -108,6 +109,53 @@ func TestContext(t *testing.T) {
 		var none *Context
 		none.Cancel() // does nothing
 	})
+}
+
+// TestDerived: contexts the standard library derives from a Context end with it,
+// and are told through its AfterFunc, not by a goroutine each.
+func TestDerived(t *testing.T) {
+	c := New(context.Background(), time.Now().Add(time.Hour))
+	before := runtime.NumGoroutine()
+	children := make([]context.Context, 100)
+	for i := range children {
+		var cancel context.CancelFunc
+		children[i], cancel = context.WithCancel(c)
+		defer cancel()
+	}
+	ran := make(chan struct{})
+	context.AfterFunc(c, func() { close(ran) })
+	stopped := false
+	stop := context.AfterFunc(c, func() { stopped = true })
+	if !stop() || stop() {
+		t.Error("stop did not report the first cancellation alone")
+	}
+	if n := runtime.NumGoroutine() - before; n > 2 {
+		t.Errorf("%d goroutines for 100 derived contexts", n)
+	}
+	c.Cancel()
+	for i, ch := range children {
+		select {
+		case <-ch.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("child %d not ended with its parent", i)
+		}
+	}
+	select {
+	case <-ran:
+	case <-time.After(5 * time.Second):
+		t.Fatal("AfterFunc not run")
+	}
+	time.Sleep(10 * time.Millisecond)
+	if stopped {
+		t.Error("a stopped AfterFunc ran")
+	}
+	late := make(chan struct{})
+	context.AfterFunc(c, func() { close(late) })
+	select {
+	case <-late:
+	case <-time.After(5 * time.Second):
+		t.Fatal("AfterFunc on an ended context not run")
+	}
 }
 
 // BenchmarkContext compares a context no one waits on (a pipeline's, a call's

@@ -223,6 +223,15 @@ func (h *Handler) run(ctx context.Context, s *slot) {
 		s.cmds[j] = newCmd(ctx, o, "evalsha", o.script.sha)
 		s.cmders[j] = s.cmds[j]
 	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		// Too late already (a caller's deadline ran out before its call got
+		// here): a write past its deadline fails without sending, and would cost
+		// the slot its connection.
+		for _, c := range s.cmds {
+			c.SetErr(context.DeadlineExceeded)
+		}
+		return
+	}
 	pipe := h.pipeline(s)
 	_ = pipe.BatchProcess(ctx, s.cmders...)
 	_, err := pipe.Exec(ctx)

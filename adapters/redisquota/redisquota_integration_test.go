@@ -5,6 +5,7 @@ package redisquota
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -419,6 +420,39 @@ func TestIntegrationConnectionKilled(t *testing.T) {
 	}
 	if d := allowOne(t, h, now, req("after-kill")); !d.Allowed || d.Remaining != 99 {
 		t.Errorf("Redis did not decide again: %+v", d)
+	}
+}
+
+// TestIntegrationLateCall: a call whose deadline has passed before its pipeline
+// goes out sends nothing and leaves the slot its connection.
+func TestIntegrationLateCall(t *testing.T) {
+	s := startRedis(t)
+	h := newTestHandler(t, s.addr, nil)
+	l := quota.Limit{Requests: 10, Window: time.Hour}
+	now := quotatest.Base()
+	allowOne(t, h, now, quota.Request{Key: "warm", Limit: l, Hits: 1})
+	conns := func() []*redis.Conn {
+		var cs []*redis.Conn
+		for _, sl := range h.slots {
+			cs = append(cs, sl.conn)
+		}
+		return cs
+	}
+	before, sent := conns(), s.calls("evalsha")
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Millisecond))
+	defer cancel()
+	var out [1]quota.Decision
+	if err := h.Allow(ctx, now, []quota.Request{{Key: "late", Limit: l, Hits: 1}}, out[:]); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a call past its deadline: %v", err)
+	}
+	if got := conns(); fmt.Sprint(got) != fmt.Sprint(before) {
+		t.Errorf("slot connections %v, were %v", got, before)
+	}
+	if n := s.calls("evalsha") - sent; n != 0 {
+		t.Errorf("%d scripts sent for a call past its deadline", n)
+	}
+	if d := allowOne(t, h, now, quota.Request{Key: "warm", Limit: l, Hits: 1}); !d.Allowed || d.Remaining != 8 {
+		t.Errorf("the next call: %+v", d)
 	}
 }
 
