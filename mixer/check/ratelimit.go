@@ -39,9 +39,10 @@ type rlNode struct {
 	domain string
 	desc   *config.RateLimitDescriptor
 	rule   *rlRule
-	// stat is the statistics name of the config path that ends here, which is
-	// the name of every request it matches unless the node has detailed_metric
-	// (see statName): made once rather than per request.
+	// stat is the statistics name of the config path that ends here (key,
+	// key_value, or key_prefix* for each level, as envoyproxy/ratelimit names
+	// it), which names every request it matches unless the node has
+	// detailed_metric (see detailedStatName): made once rather than per request.
 	stat string
 }
 
@@ -147,7 +148,7 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 // match walks the tree for a request descriptor: at each level the most specific
 // entry (key and value, then the first wildcard value that matches, then the key
 // alone). It returns the matched rule, the counting key, and the statistics name
-// of the descriptor (see statName).
+// of the descriptor (its config path's, or detailedStatName).
 func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat string) {
 	var kb strings.Builder
 	var buf [8]*rlNode
@@ -184,18 +185,17 @@ func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat 
 		n = next
 	}
 	if n.desc.DetailedMetric {
-		return n, kb.String(), statName(entries, path)
+		return n, kb.String(), detailedStatName(entries, path)
 	}
 	return n, kb.String(), n.stat
 }
 
-// statName names a matched descriptor in statistics as envoyproxy/ratelimit does,
-// without the domain: the config's own path (key, key_value, or key_prefix* for
-// each level), or, when the matched descriptor (the last) has detailed_metric, the
-// request's key_value for every entry, a share_threshold wildcard's level keeping
-// its pattern so that the values sharing a count share a name.
-func statName(entries []envoy.RateLimitEntry, path []*rlNode) string {
-	detailed := path[len(path)-1].desc.DetailedMetric
+// detailedStatName names a matched descriptor whose leaf has detailed_metric, as
+// envoyproxy/ratelimit does, without the domain: the request's key_value for every
+// entry, a share_threshold wildcard's level keeping its pattern so that the values
+// sharing a count share a name. Other descriptors are named by their config path
+// (rlNode.stat).
+func detailedStatName(entries []envoy.RateLimitEntry, path []*rlNode) string {
 	shared := false
 	for _, n := range path {
 		shared = shared || (n.kind == byPrefix && n.desc.ShareThreshold)
@@ -208,11 +208,10 @@ func statName(entries []envoy.RateLimitEntry, path []*rlNode) string {
 		}
 		sb.WriteString(e.Key)
 		switch {
-		case n.kind == byPrefix && (!detailed || n.desc.ShareThreshold):
+		case n.kind == byPrefix && n.desc.ShareThreshold:
 			sb.WriteByte('_')
 			sb.WriteString(n.desc.Value)
-		case !detailed && n.kind == byKey:
-		case detailed && shared && e.Value == "":
+		case shared && e.Value == "":
 			// Upstream names an empty value "key" here and "key_" below.
 		default:
 			sb.WriteByte('_')
