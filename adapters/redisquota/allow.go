@@ -223,7 +223,8 @@ func (h *Handler) run(ctx context.Context, s *slot) {
 		s.cmds[j] = newCmd(ctx, o, "evalsha", o.script.sha)
 		s.cmders[j] = s.cmds[j]
 	}
-	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+	now := time.Now()
+	if d, ok := ctx.Deadline(); ok && !now.Before(d) {
 		// Too late already (a caller's deadline ran out before its call got
 		// here): a write past its deadline fails without sending, and would cost
 		// the slot its connection.
@@ -232,7 +233,7 @@ func (h *Handler) run(ctx context.Context, s *slot) {
 		}
 		return
 	}
-	pipe := h.pipeline(s)
+	pipe := h.pipeline(s, now)
 	_ = pipe.BatchProcess(ctx, s.cmders...)
 	_, err := pipe.Exec(ctx)
 	if err == nil {
@@ -250,7 +251,7 @@ func (h *Handler) run(ctx context.Context, s *slot) {
 	if len(s.cmders) == 0 {
 		return
 	}
-	pipe = h.pipeline(s)
+	pipe = h.pipeline(s, now)
 	_ = pipe.BatchProcess(ctx, s.cmders...)
 	if _, err := pipe.Exec(ctx); err != nil { // errors are read per command
 		h.failed(s, err)
@@ -258,8 +259,8 @@ func (h *Handler) run(ctx context.Context, s *slot) {
 }
 
 // pipeline returns the pipeline of slot s, on its own connection to a single
-// server: kept while in use, replaced after slotIdle unused.
-func (h *Handler) pipeline(s *slot) redis.Pipeliner {
+// server: kept while in use, replaced after slotIdle unused (as of now).
+func (h *Handler) pipeline(s *slot, now time.Time) redis.Pipeliner {
 	single, ok := h.client.(*redis.Client)
 	if !ok {
 		if s.pipe == nil {
@@ -267,7 +268,6 @@ func (h *Handler) pipeline(s *slot) redis.Pipeliner {
 		}
 		return s.pipe
 	}
-	now := time.Now()
 	if s.conn != nil && now.Sub(s.lastUsed) > slotIdle {
 		_ = s.conn.Close() // back to the pool
 		s.conn = nil
@@ -293,8 +293,9 @@ func (h *Handler) failed(s *slot, err error) {
 }
 
 // newCmd is o's command run by verb (EVALSHA or EVAL) with script (its digest or
-// its source). Its first key is its fourth argument, which Redis Cluster routes by.
-func newCmd(ctx context.Context, o *op, verb string, script any) *redis.Cmd {
+// its source), both boxed already: a constant verb boxes without an allocation.
+// Its first key is its fourth argument, which Redis Cluster routes by.
+func newCmd(ctx context.Context, o *op, verb, script any) *redis.Cmd {
 	o.cmd[0], o.cmd[1] = verb, script
 	c := redis.NewCmd(ctx, o.cmd...)
 	c.SetFirstKeyPos(3)

@@ -68,8 +68,7 @@ func BenchmarkRedisAllowParallel(b *testing.B) {
 	for _, inflight := range []int{DefaultMaxInFlight, 1024} {
 		hs := []*Handler{benchHandler(b, s.addr, 0), benchHandler(b, s.addr, 0)}
 		for _, h := range hs {
-			h.slots = newSlots(inflight)
-			h.pipes = newCoalescer(h.slots, h.sendJobs)
+			h.pipes = newCoalescer(newSlots(inflight), h.sendJobs)
 		}
 		for _, alg := range []quota.Algorithm{quota.FixedWindow, quota.SlidingWindow, quota.TokenBucket} {
 			b.Run(fmt.Sprintf("inflight=%d/%s", inflight, alg), func(b *testing.B) {

@@ -56,9 +56,9 @@ func (j *job) woken() {
 }
 
 // coalescer merges the script calls of concurrent Allow calls into shared
-// pipelines. A call that finds fewer than limit pipelines in flight sends its own
-// at once; a call that finds them all out queues, and the next pipeline to come
-// back sends everything queued, together. An idle handler therefore adds no delay,
+// pipelines. A call that finds a pipeline slot free sends its own at once; a call
+// that finds every slot taken queues, and the next pipeline to come back sends
+// everything queued, together. An idle handler therefore adds no delay,
 // and a busy one pays one write and one read per round trip, on Sluice's side and
 // on Redis's, instead of one per check.
 //

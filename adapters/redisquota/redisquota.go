@@ -204,7 +204,6 @@ type Handler struct {
 	// One script per algorithm; a Script is safe for concurrent use.
 	fixed, sliding, bucket *script
 	pipes                  *coalescer
-	slots                  []*slot
 	// seed spreads the expiry of fixed windows' counters (see maxExpiryJitter).
 	seed maphash.Seed
 	// Allow's jobs, reused.
@@ -246,8 +245,7 @@ func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (
 			Buckets:     []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 		}),
 	}
-	h.slots = newSlots(p.MaxInFlight)
-	h.pipes = newCoalescer(h.slots, h.sendJobs)
+	h.pipes = newCoalescer(newSlots(p.MaxInFlight), h.sendJobs)
 	// Loading the scripts now spares the first batch its NOSCRIPT round trip. A
 	// Redis that is down is not an error here: the fail policy covers it.
 	lctx, cancel := context.WithTimeout(ctx, max(p.Timeout, time.Second))

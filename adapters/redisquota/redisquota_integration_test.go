@@ -431,9 +431,11 @@ func TestIntegrationLateCall(t *testing.T) {
 	l := quota.Limit{Requests: 10, Window: time.Hour}
 	now := quotatest.Base()
 	allowOne(t, h, now, quota.Request{Key: "warm", Limit: l, Hits: 1})
-	conns := func() []*redis.Conn {
+	conns := func() []*redis.Conn { // every slot is free between calls
+		h.pipes.mu.Lock()
+		defer h.pipes.mu.Unlock()
 		var cs []*redis.Conn
-		for _, sl := range h.slots {
+		for _, sl := range h.pipes.free {
 			cs = append(cs, sl.conn)
 		}
 		return cs
