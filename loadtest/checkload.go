@@ -107,6 +107,10 @@ type CheckRow struct {
 	// tail.
 	ServerBytesPerReq float64
 	ServerGCs         int
+	// CallsPerPipeline is how many script calls the server's Redis pipelines
+	// carried on average during the run (0 without Redis, or when unknown): each
+	// pipeline costs a write and a read on both sides, however many it carries.
+	CallsPerPipeline float64
 	// Runs is how many runs the row stands for (Repeat); P99Low and P99High are
 	// the lowest and highest p99 among them. Errors are those of all the runs.
 	Runs            int
@@ -278,18 +282,21 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if repeated {
 		header += "p99 of runs\t"
 	}
-	fmt.Fprintln(w, header+"p99.9\tmax\terrors\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tgenerator CPU/req\tpacer lag p99\t")
+	fmt.Fprintln(w, header+"p99.9\tmax\terrors\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\t")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
 		if repeated {
 			fmt.Fprintf(w, "%s–%s\t", us(r.P99Low), us(r.P99High))
 		}
-		redis := "-"
+		redis, batch := "-", "-"
 		if r.Backend == "redis" && r.RedisCPUPerReq >= 0 {
 			redis = us(r.RedisCPUPerReq)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), us(r.ClientCPUPerReq), us(r.PacerLagP99))
+		if r.CallsPerPipeline > 0 {
+			batch = fmt.Sprintf("%.2f", r.CallsPerPipeline)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99))
 	}
 	w.Flush()
 	if repeated {
@@ -693,6 +700,9 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	if mem1, err := serverMemory(ctx, srv.adminAddr); err == nil && memErr == nil {
 		row.ServerBytesPerReq = (mem1.allocated - mem0.allocated) / float64(total)
 		row.ServerGCs = int(mem1.gcs - mem0.gcs)
+		if n := mem1.pipelines - mem0.pipelines; n > 0 {
+			row.CallsPerPipeline = (mem1.pipelineCalls - mem0.pipelineCalls) / n
+		}
 	} else {
 		fmt.Fprintf(o.Out, "(server memory unknown: %v) ", errors.Join(memErr, err))
 	}
@@ -709,8 +719,9 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	return row, nil
 }
 
-// memory is a server's allocation counters.
-type memory struct{ allocated, gcs float64 }
+// memory is a server's allocation counters, and its Redis pipelines: how many,
+// and the script calls they carried.
+type memory struct{ allocated, gcs, pipelines, pipelineCalls float64 }
 
 // serverMemory reads the Go runtime's counters from a server's /metrics.
 func serverMemory(ctx context.Context, adminAddr string) (memory, error) {
@@ -721,7 +732,12 @@ func serverMemory(ctx context.Context, adminAddr string) (memory, error) {
 	if f["go_memstats_alloc_bytes_total"] == nil {
 		return memory{}, fmt.Errorf("%s/metrics has no go_memstats_alloc_bytes_total", adminAddr)
 	}
-	return memory{allocated: f.Sum("go_memstats_alloc_bytes_total", nil), gcs: f.Sum("go_gc_duration_seconds", nil)}, nil
+	m := memory{allocated: f.Sum("go_memstats_alloc_bytes_total", nil), gcs: f.Sum("go_gc_duration_seconds", nil)}
+	for _, s := range f.Series("sluice_redisquota_pipeline_calls", nil) {
+		m.pipelines += float64(s.GetHistogram().GetSampleCount())
+		m.pipelineCalls += s.GetHistogram().GetSampleSum()
+	}
+	return m, nil
 }
 
 // percentiles sorts ds and returns its p50, p99, p99.9 and maximum.
