@@ -672,7 +672,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	heapProfile("heap0")
 	cpu0, _ := procCPU(srv.cmd.Process.Pid)
 	redis0, redisErr := srv.redisCPU()
-	mem0, memErr := serverMemory(ctx, srv.adminAddr)
+	count0, countErr := serverCounters(ctx, srv.adminAddr)
 	self0 := selfCPU()
 	var wg sync.WaitGroup
 	if o.Profile != "" {
@@ -697,16 +697,16 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		row.RedisCPUPerReq = (redis1 - redis0) / time.Duration(total)
 	}
 	row.ServerBytesPerReq, row.ServerGCs = -1, -1
-	if mem1, err := serverMemory(ctx, srv.adminAddr); err == nil && memErr == nil {
-		row.ServerBytesPerReq = (mem1.allocated - mem0.allocated) / float64(total)
-		row.ServerGCs = int(mem1.gcs - mem0.gcs)
-		if n := mem1.pipelines - mem0.pipelines; n > 0 {
-			row.CallsPerPipeline = (mem1.pipelineCalls - mem0.pipelineCalls) / n
+	if count1, err := serverCounters(ctx, srv.adminAddr); err == nil && countErr == nil {
+		row.ServerBytesPerReq = (count1.allocated - count0.allocated) / float64(total)
+		row.ServerGCs = int(count1.gcs - count0.gcs)
+		if n := count1.pipelines - count0.pipelines; n > 0 {
+			row.CallsPerPipeline = (count1.pipelineCalls - count0.pipelineCalls) / n
 		}
 	} else {
-		fmt.Fprintf(o.Out, "(server memory unknown: %v) ", errors.Join(memErr, err))
+		fmt.Fprintf(o.Out, "(server counters unknown: %v) ", errors.Join(countErr, err))
 	}
-	heapProfile("heap1") // after the memory figures: its collection is not the run's
+	heapProfile("heap1") // after the counters: its collection is not the run's
 	row.ClientCPUPerReq = (selfCPU() - self0) / time.Duration(total)
 	row.P50, row.P99, row.P999, row.Max = percentiles(r.lat)
 	_, row.PacerLagP99, _, _ = percentiles(r.lag)
@@ -719,25 +719,28 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	return row, nil
 }
 
-// memory is a server's allocation counters, and its Redis pipelines: how many,
-// and the script calls they carried.
-type memory struct{ allocated, gcs, pipelines, pipelineCalls float64 }
+// counters are a server's cumulative allocation counters, and its Redis
+// pipelines: how many, and the script calls they carried.
+type counters struct{ allocated, gcs, pipelines, pipelineCalls float64 }
 
-// serverMemory reads the Go runtime's counters from a server's /metrics.
-func serverMemory(ctx context.Context, adminAddr string) (memory, error) {
+// serverCounters reads a server's counters from its /metrics.
+func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
 	f, err := Scrape(ctx, "http://"+adminAddr+"/metrics")
 	if err != nil {
-		return memory{}, err
+		return counters{}, err
 	}
 	if f["go_memstats_alloc_bytes_total"] == nil {
-		return memory{}, fmt.Errorf("%s/metrics has no go_memstats_alloc_bytes_total", adminAddr)
+		return counters{}, fmt.Errorf("%s/metrics has no go_memstats_alloc_bytes_total", adminAddr)
 	}
-	m := memory{allocated: f.Sum("go_memstats_alloc_bytes_total", nil), gcs: f.Sum("go_gc_duration_seconds", nil)}
+	c := counters{
+		allocated: f.Sum("go_memstats_alloc_bytes_total", nil),
+		gcs:       f.Sum("go_gc_duration_seconds", nil),
+		pipelines: f.Sum("sluice_redisquota_pipeline_calls", nil),
+	}
 	for _, s := range f.Series("sluice_redisquota_pipeline_calls", nil) {
-		m.pipelines += float64(s.GetHistogram().GetSampleCount())
-		m.pipelineCalls += s.GetHistogram().GetSampleSum()
+		c.pipelineCalls += s.GetHistogram().GetSampleSum()
 	}
-	return m, nil
+	return c, nil
 }
 
 // percentiles sorts ds and returns its p50, p99, p99.9 and maximum.

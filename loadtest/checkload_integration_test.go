@@ -1,0 +1,65 @@
+//go:build integration
+
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestIntegrationCheckLoad runs the check benchmark end to end, briefly, on a
+// freshly built sluice with memquota and with the Debian redis-server: every row
+// is measured without errors, the server's counters are read, and only the Redis
+// rows have Redis pipelines.
+func TestIntegrationCheckLoad(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatalf("redis-server is not installed (%v): run `make deps`", err)
+	}
+	bin := filepath.Join(t.TempDir(), "sluice")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/sluice").CombinedOutput(); err != nil {
+		t.Fatalf("build sluice: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	rows, err := RunCheckLoad(ctx, CheckLoadOptions{
+		Server: bin, RedisServer: "redis-server", RedisHz: 100,
+		Rates: []int{500}, Duration: time.Second,
+		Services: []string{"ext_authz", "ratelimit"}, Backends: []string{"memquota", "redis"},
+		Caches: []string{"hit"}, Listeners: []string{"check"},
+		Client: "h2", Conns: 2, TargetP99: time.Millisecond, Out: &out,
+	})
+	if err != nil {
+		t.Fatalf("RunCheckLoad: %v\n%s", err, out.String())
+	}
+	if len(rows) != 4 {
+		t.Fatalf("%d rows, want 4 (two services, two backends)\n%s", len(rows), out.String())
+	}
+	for _, r := range rows {
+		name := r.Service + "/" + r.Backend
+		if r.Errors != 0 || r.Achieved < 400 {
+			t.Errorf("%s: %d errors, %.0f/s achieved of 500", name, r.Errors, r.Achieved)
+		}
+		if r.ServerBytesPerReq <= 0 || r.ServerCPUPerReq <= 0 {
+			t.Errorf("%s: server counters not read: %.0f B/req, %v CPU/req", name, r.ServerBytesPerReq, r.ServerCPUPerReq)
+		}
+		switch r.Backend {
+		case "redis":
+			if r.CallsPerPipeline < 1 || r.RedisCPUPerReq <= 0 {
+				t.Errorf("%s: %.2f calls per pipeline, Redis CPU %v per request; want at least one call per pipeline and some CPU", name, r.CallsPerPipeline, r.RedisCPUPerReq)
+			}
+		default:
+			if r.CallsPerPipeline != 0 {
+				t.Errorf("%s: %.2f calls per Redis pipeline without Redis", name, r.CallsPerPipeline)
+			}
+		}
+	}
+	if !strings.Contains(out.String(), "calls/pipeline") {
+		t.Errorf("the table has no calls/pipeline column:\n%s", out.String())
+	}
+}
