@@ -179,7 +179,7 @@ func TestErrors(t *testing.T) {
 		{"unknown adapter", strings.Replace(customMetric, "adapter: prometheus", "adapter: statsd", 1), "17: unknown adapter \"statsd\""},
 		{"istio unknown field", "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec:\n  address: 1.2.3.4\n  adress: 1.2.3.4\n", "6: unknown field \"adress\""},
 		{"istio bad value", "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec:\n  address: 1.2.3.4\n  weight: -1\n", "6: spec: invalid value for uint32 field weight"},
-		{"rate limit unit", "domain: d\ndescriptors:\n- key: k\n  rate_limit: {unit: fortnight, requests_per_unit: 1}\n", "3: descriptors[0]: rate_limit unit \"fortnight\""},
+		{"rate limit unit", "domain: d\ndescriptors:\n- key: k\n  rate_limit: {unit: fortnight, requests_per_unit: 1}\n", "4: descriptors[0]: rate_limit unit \"fortnight\""},
 		{"rate limit unknown field", "domain: d\ndescriptors:\n- key: k\n  ratelimit: {}\n", "4: unknown field \"ratelimit\""},
 		{"rate limit duplicate", "domain: d\ndescriptors:\n- key: k\n- key: k\n", "4: descriptors[1]: duplicate descriptor"},
 	}

@@ -138,6 +138,30 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 			pos.Line, listed.Line = n.Line, el.Line
 		}
 		d.Pos = pos
+		// at is where the field at keys is written within the descriptor, so that an
+		// error names the line of the mistake rather than the descriptor's first one;
+		// as far as the keys go when one is missing.
+		at := func(keys ...any) Position {
+			p, cur := pos, n
+			for _, k := range keys {
+				switch k := k.(type) {
+				case string:
+					cur = nodeField(cur, k)
+				case int:
+					cur = resolveAlias(cur)
+					if cur == nil || cur.Kind != yaml.SequenceNode || k >= len(cur.Content) {
+						cur = nil
+					} else {
+						cur = cur.Content[k]
+					}
+				}
+				if cur == nil {
+					break
+				}
+				p.Line = cur.Line
+			}
+			return p
+		}
 		p := fmt.Sprintf("%s[%d]", path, i)
 		if d.Key == "" {
 			c.add(pos, "%s: descriptor has no key", p)
@@ -150,7 +174,7 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 		// Upstream rejects it rather than let a count shared by every value of an exact
 		// match (or of a key alone) pass for a wildcard's.
 		if d.ShareThreshold && !strings.HasSuffix(d.Value, "*") {
-			c.add(pos, "%s: share_threshold needs a wildcard value (one ending in *), not %q", p, d.Value)
+			c.add(at("share_threshold"), "%s: share_threshold needs a wildcard value (one ending in *), not %q", p, d.Value)
 		}
 		if r := d.RateLimit; r != nil {
 			unit, validUnit := rateLimitUnit(r.Unit)
@@ -158,25 +182,25 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 			// Upstream ignores requests_per_unit, and a unit it does not know, on an
 			// unlimited limit; only a real unit is taken for a mistake.
 			case r.Unlimited && validUnit:
-				c.add(pos, "%s: an unlimited rate_limit should not have a unit (it has %q)", p, r.Unit)
+				c.add(at("rate_limit", "unit"), "%s: an unlimited rate_limit should not have a unit (it has %q)", p, r.Unit)
 			case !r.Unlimited && !validUnit:
-				c.add(pos, "%s: rate_limit unit %q is not one of %s", p, r.Unit, strings.Join(RateLimitUnits, ", "))
+				c.add(at("rate_limit", "unit"), "%s: rate_limit unit %q is not one of %s", p, r.Unit, strings.Join(RateLimitUnits, ", "))
 			case !r.Unlimited:
 				// The unit's own spelling: mixer/check looks units up by it, which
 				// "ſecond" lower-cased would not reach.
 				r.Unit = unit
 			}
 			if r.Algorithm != "" && !contains(RateLimitAlgorithms, r.Algorithm) {
-				c.add(pos, "%s: rate_limit algorithm %q is not one of %s", p, r.Algorithm, strings.Join(RateLimitAlgorithms, ", "))
+				c.add(at("rate_limit", "algorithm"), "%s: rate_limit algorithm %q is not one of %s", p, r.Algorithm, strings.Join(RateLimitAlgorithms, ", "))
 			}
 			// Names need not be unique: upstream replaces every limit of a name.
 			for j, rep := range r.Replaces {
 				switch rep.Name {
 				case "":
-					c.add(pos, "%s: rate_limit replaces[%d] has no name", p, j)
+					c.add(at("rate_limit", "replaces", j), "%s: rate_limit replaces[%d] has no name", p, j)
 				case r.Name:
 					// A limit that replaced itself would never apply.
-					c.add(pos, "%s: rate_limit replaces[%d] is the limit's own name %q", p, j, rep.Name)
+					c.add(at("rate_limit", "replaces", j), "%s: rate_limit replaces[%d] is the limit's own name %q", p, j, rep.Name)
 				}
 			}
 		}

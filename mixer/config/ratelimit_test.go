@@ -50,7 +50,25 @@ descriptors:
 descriptors:
 - key: a
   rate_limit: {unlimited: true, unit: Minute}
-`, want: "3: descriptors[0]: an unlimited rate_limit should not have a unit"},
+`, want: "4: descriptors[0]: an unlimited rate_limit should not have a unit"},
+		{name: "an unknown algorithm, named at its own line", body: `domain: d
+descriptors:
+- key: a
+  rate_limit:
+    unit: second
+    requests_per_unit: 1
+    algorithm: leaky_bucket
+`, want: `7: descriptors[0]: rate_limit algorithm "leaky_bucket"`},
+		{name: "a replaces entry with no name, named at its own line", body: `domain: d
+descriptors:
+- key: a
+  rate_limit:
+    unit: second
+    requests_per_unit: 1
+    replaces:
+    - name: other
+    - {}
+`, want: `9: descriptors[0]: rate_limit replaces[1] has no name`},
 		{name: "a limit name used twice", body: `domain: d
 descriptors:
 - key: a
@@ -67,14 +85,14 @@ descriptors:
     unit: second
     requests_per_unit: 1
     replaces: [{name: other}, {name: self}]
-`, want: `4: descriptors[1]: rate_limit replaces[1] is the limit's own name "self"`},
+`, want: `9: descriptors[1]: rate_limit replaces[1] is the limit's own name "self"`},
 		{name: "share_threshold on an exact value", body: `domain: d
 descriptors:
 - key: a
   value: files/a.pdf
   share_threshold: true
   rate_limit: {unit: second, requests_per_unit: 1}
-`, want: `3: descriptors[0]: share_threshold needs a wildcard value`},
+`, want: `5: descriptors[0]: share_threshold needs a wildcard value`},
 		{name: "share_threshold without a value", body: `domain: d
 descriptors:
 - key: a
@@ -82,7 +100,7 @@ descriptors:
   - key: b
     share_threshold: true
     rate_limit: {unit: second, requests_per_unit: 1}
-`, want: `5: descriptors[0].descriptors[0]: share_threshold needs a wildcard value`},
+`, want: `6: descriptors[0].descriptors[0]: share_threshold needs a wildcard value`},
 		{name: "share_threshold on a wildcard", body: `domain: d
 descriptors:
 - key: a
@@ -98,7 +116,7 @@ descriptors:
     rate_limit: {unit: fortnight, requests_per_unit: 1}
 - key: b
   descriptors: *common
-`, want: `5: descriptors[1].descriptors[0]: rate_limit unit "fortnight"`},
+`, want: `6: descriptors[1].descriptors[0]: rate_limit unit "fortnight"`},
 		{name: "error below an aliased descriptor", body: `domain: d
 descriptors:
 - key: a
@@ -111,7 +129,7 @@ descriptors:
 - key: b
   descriptors:
   - *desc
-`, want: `8: descriptors[1].descriptors[0].descriptors[0]: rate_limit unit "fortnight"`},
+`, want: `9: descriptors[1].descriptors[0].descriptors[0]: rate_limit unit "fortnight"`},
 		{name: "an aliased descriptor repeated", body: `domain: d
 descriptors:
 - &desc
@@ -159,7 +177,7 @@ descriptors:
     rate_limit: {unit: fortnight, requests_per_unit: 1}
 - <<: *base
   value: v
-`, want: `6: descriptors[1].descriptors[0]: rate_limit unit "fortnight"`},
+`, want: `7: descriptors[1].descriptors[0]: rate_limit unit "fortnight"`},
 		{name: "merge key of a scalar", body: `domain: d
 descriptors:
 - key: a
