@@ -87,7 +87,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.ConfigDir, "config", "", "config directory layered over the embedded defaults (reloaded on change)")
-	f.StringVar(&opts.GRPCAddr, "grpc-addr", ":9091", "gRPC listen address (access-log service, health, reflection)")
+	f.StringVar(&opts.GRPCAddr, "grpc-addr", ":9091", "gRPC listen address (access-log service, ext_authz Check, rate-limit service, health, reflection)")
 	f.StringVar(&opts.AdminAddr, "admin-addr", ":9093", "admin HTTP listen address")
 	f.StringVar(&opts.CheckAddr, "check-addr", "", "also serve ext_authz and rate limits on this address with a lean HTTP/2 transport: less CPU per check and a shorter tail than grpc-go (default: off; the gRPC port always serves them)")
 	f.IntVar(&opts.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest gRPC message accepted, in bytes")
