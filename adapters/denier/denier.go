@@ -5,6 +5,7 @@ package denier
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -59,12 +60,7 @@ type Status struct {
 }
 
 // Header is a header added to the denial's response.
-type Header struct {
-	Name  string `yaml:"name"`
-	Value string `yaml:"value"`
-	// Append adds the value to an existing header instead of replacing it.
-	Append bool `yaml:"append"`
-}
+type Header = authorization.Header
 
 // Validate implements adapters.Params.
 func (p *Params) Validate() error {
@@ -84,14 +80,8 @@ func (p *Params) Validate() error {
 	if p.ValidDuration < 0 {
 		return adapters.Errorf("validDuration", "must not be negative")
 	}
-	for i, h := range p.Headers {
-		path := fmt.Sprintf("headers[%d]", i)
-		if err := checkHeaderName(h.Name); err != nil {
-			return adapters.Errorf(path+".name", "%v", err)
-		}
-		if err := checkHeaderValue(h.Value); err != nil {
-			return adapters.Errorf(path+".value", "%v", err)
-		}
+	if field, err := authorization.CheckHeaders(p.Headers); err != nil {
+		return adapters.Errorf("headers"+field, "%v", err)
 	}
 	return nil
 }
@@ -138,42 +128,6 @@ func ParseCode(s string) (codes.Code, error) {
 	return 0, fmt.Errorf("%q is not a gRPC code name such as PERMISSION_DENIED or UNAUTHENTICATED", s)
 }
 
-// checkHeaderName accepts an HTTP field name (RFC 9110 token characters) and refuses
-// pseudo-headers, which a check cannot set.
-func checkHeaderName(s string) error {
-	if s == "" {
-		return fmt.Errorf("is required")
-	}
-	if s[0] == ':' {
-		return fmt.Errorf("%q is a pseudo-header, which a check cannot set", s)
-	}
-	for i := 0; i < len(s); i++ {
-		if !isTokenChar(s[i]) {
-			return fmt.Errorf("%q is not a valid HTTP header name", s)
-		}
-	}
-	return nil
-}
-
-func isTokenChar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
-}
-
-// checkHeaderValue refuses control characters, which would split or corrupt the
-// response (HTAB is allowed).
-func checkHeaderValue(s string) error {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < 0x20 && c != '\t') || c == 0x7f {
-			return fmt.Errorf("contains the control character %#02x", c)
-		}
-	}
-	return nil
-}
-
 // Factory returns the denier adapter's factory.
 func Factory() *adapters.Factory {
 	return &adapters.Factory{
@@ -208,9 +162,7 @@ func New(p *Params) (*Handler, error) {
 		HTTPStatus:    p.HTTPStatus,
 		ValidDuration: p.ValidDuration,
 	}
-	for _, h := range p.Headers {
-		r.Headers = append(r.Headers, authorization.Header{Name: h.Name, Value: h.Value, Append: h.Append})
-	}
+	r.Headers = slices.Clone(p.Headers)
 	return &Handler{result: r}, nil
 }
 
@@ -218,7 +170,7 @@ func New(p *Params) (*Handler, error) {
 func (h *Handler) Authorize(context.Context, *authorization.Instance, adapters.Attributes) (authorization.Result, error) {
 	r := h.result
 	// The caller may change the headers it is given; it must not change the next answer.
-	r.Headers = append([]authorization.Header(nil), h.result.Headers...)
+	r.Headers = slices.Clone(h.result.Headers)
 	return r, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -67,6 +68,9 @@ type Params struct {
 	// same value; "0s" disables caching. Default 5s, which also bounds how long a
 	// cached answer can outlive a change of the file.
 	ValidDuration time.Duration `yaml:"validDuration"`
+	// AllowHeaders are added to the upstream request of every request the list
+	// allows.
+	AllowHeaders []authorization.Header `yaml:"allowHeaders"`
 }
 
 // Validate implements adapters.Params.
@@ -88,6 +92,9 @@ func (p *Params) Validate() error {
 	}
 	if p.ValidDuration < 0 {
 		return adapters.Errorf("validDuration", "must not be negative")
+	}
+	if field, err := authorization.CheckHeaders(p.AllowHeaders); err != nil {
+		return adapters.Errorf("allowHeaders"+field, "%v", err)
 	}
 	return nil
 }
@@ -115,6 +122,7 @@ type Handler struct {
 	typ           EntryType
 	blacklist     bool
 	validDuration time.Duration
+	allowHeaders  []authorization.Header
 	overrides     []string
 	// file is the absolute path of the list file, "" without one.
 	file string
@@ -145,6 +153,7 @@ func New(_ context.Context, env adapters.Env, p *Params) (*Handler, error) {
 		typ:           t,
 		blacklist:     p.Blacklist,
 		validDuration: p.ValidDuration,
+		allowHeaders:  slices.Clone(p.AllowHeaders),
 		overrides:     append([]string(nil), p.Overrides...),
 	}
 	if p.File == "" {
@@ -218,8 +227,10 @@ func (h *Handler) Authorize(_ context.Context, inst *authorization.Instance, _ a
 	return h.deny(quote(s) + " is not an IP address"), nil
 }
 
+// allow allows a request, adding the handler's allowHeaders; the caller gets a copy
+// of its own.
 func (h *Handler) allow() authorization.Result {
-	return authorization.Result{Code: codes.OK, ValidDuration: h.validDuration}
+	return authorization.Result{Code: codes.OK, ValidDuration: h.validDuration, Headers: slices.Clone(h.allowHeaders)}
 }
 
 // deny answers with the handler's name, so that an operator can tell which list

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +50,10 @@ func TestValidate(t *testing.T) {
 		{"negative refresh", func(p *Params) { p.File = "x"; p.RefreshInterval = -time.Second }, "refreshInterval"},
 		{"refresh too often", func(p *Params) { p.File = "x"; p.RefreshInterval = time.Millisecond }, "refreshInterval"},
 		{"negative validity", func(p *Params) { p.Overrides = []string{"a"}; p.ValidDuration = -1 }, "validDuration"},
+		{"allow header with a space in its name", func(p *Params) {
+			p.Overrides = []string{"a"}
+			p.AllowHeaders = []authorization.Header{{Name: "x-a", Value: "1"}, {Name: "x b", Value: "2"}}
+		}, "allowHeaders[1].name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -339,6 +344,40 @@ func TestFoldRuneIsAnOrbitRepresentative(t *testing.T) {
 		}
 		if !inOrbit {
 			t.Fatalf("the key %U of %U does not fold with it", k, r)
+		}
+	}
+}
+
+// TestAllowHeaders: the allowHeaders go with every answer that allows, of an
+// allow-list and of a deny-list, and with no denial; every answer's are its own.
+func TestAllowHeaders(t *testing.T) {
+	want := []authorization.Header{{Name: "x-listed-by", Value: "ns/mylist"}, {Name: "x-trace", Value: "1", Append: true}}
+	for _, blacklist := range []bool{false, true} {
+		p := defaults()
+		src := "overrides: [a]\nallowHeaders:\n- {name: x-listed-by, value: ns/mylist}\n- {name: x-trace, value: \"1\", append: true}\n"
+		if err := yaml.Unmarshal([]byte(src), p); err != nil {
+			t.Fatal(err)
+		}
+		p.Blacklist = blacklist
+		h, err := New(context.Background(), adapters.Env{Name: "ns/mylist"}, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close(context.Background()) })
+		allowedValue, deniedValue := "a", "b"
+		if blacklist {
+			allowedValue, deniedValue = "b", "a"
+		}
+		r := check(t, h, allowedValue)
+		if !r.Allowed() || !slices.Equal(r.Headers, want) {
+			t.Fatalf("blacklist=%v: allowed answer %+v, want headers %v", blacklist, r, want)
+		}
+		r.Headers[0].Value = "changed by the caller"
+		if r := check(t, h, allowedValue); !slices.Equal(r.Headers, want) {
+			t.Errorf("blacklist=%v: after the caller changed an answer, the next has headers %v", blacklist, r.Headers)
+		}
+		if r := check(t, h, deniedValue); r.Allowed() || len(r.Headers) != 0 {
+			t.Errorf("blacklist=%v: denial %+v, want no headers", blacklist, r)
 		}
 	}
 }

@@ -63,6 +63,9 @@ type Params struct {
 	// requests with the same values of the attributes the policies read; "0s"
 	// disables caching. Default 5s.
 	ValidDuration time.Duration `yaml:"validDuration"`
+	// AllowHeaders are added to the upstream request of every request the handler
+	// allows, after those of the policy that allowed it, if any.
+	AllowHeaders []authorization.Header `yaml:"allowHeaders"`
 }
 
 // Policy is one named condition.
@@ -72,6 +75,10 @@ type Policy struct {
 	// Condition is a CEL expression over attributes that yields a bool, such as
 	// `source.principal == "spiffe://cluster.local/ns/shop/sa/frontend" && request.method in ["GET", "HEAD"]`.
 	Condition string `yaml:"condition"`
+	// Headers are added to the answer this policy decides: with action ALLOW, to the
+	// upstream request it allows (so that the service can tell which policy let the
+	// request in); with action DENY, to the response of the request it denies.
+	Headers []authorization.Header `yaml:"headers"`
 }
 
 var policyName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$`)
@@ -98,9 +105,15 @@ func (p *Params) Validate() error {
 		if strings.TrimSpace(pol.Condition) == "" {
 			return adapters.Errorf(path+".condition", "a condition is required (write true to match every request)")
 		}
+		if field, err := authorization.CheckHeaders(pol.Headers); err != nil {
+			return adapters.Errorf(path+".headers"+field, "%v", err)
+		}
 	}
 	if p.ValidDuration < 0 {
 		return adapters.Errorf("validDuration", "must not be negative")
+	}
+	if field, err := authorization.CheckHeaders(p.AllowHeaders); err != nil {
+		return adapters.Errorf("allowHeaders"+field, "%v", err)
 	}
 	return nil
 }
@@ -160,11 +173,17 @@ type Handler struct {
 	validDuration time.Duration
 	policies      []policy
 	reads         []string
+	// allowHeaders go with an answer that no policy decided and that allows (action
+	// DENY, nothing matched).
+	allowHeaders []authorization.Header
 }
 
 type policy struct {
 	name string
 	pred adapters.Predicate
+	// headers go with the answer this policy decides: its own, then, when that
+	// answer allows, the handler's allowHeaders.
+	headers []authorization.Header
 	// lastLog is when the policy's failure was last logged (Unix nanoseconds).
 	lastLog atomic.Int64
 }
@@ -188,10 +207,14 @@ func New(env adapters.Env, p *Params) (*Handler, error) {
 		env.Now = time.Now
 	}
 	deny, _ := parseAction(p.Action) // Validate has checked it
-	h := &Handler{env: env, deny: deny, validDuration: p.ValidDuration, policies: make([]policy, len(preds))}
+	h := &Handler{env: env, deny: deny, validDuration: p.ValidDuration, policies: make([]policy, len(preds)), allowHeaders: slices.Clone(p.AllowHeaders)}
 	for i, pred := range preds {
 		h.policies[i].name = p.Policies[i].Name
 		h.policies[i].pred = pred
+		h.policies[i].headers = slices.Clone(p.Policies[i].Headers)
+		if !deny {
+			h.policies[i].headers = append(h.policies[i].headers, p.AllowHeaders...)
+		}
 		h.reads = append(h.reads, pred.Attributes()...)
 	}
 	slices.Sort(h.reads)
@@ -223,9 +246,11 @@ func (h *Handler) Authorize(_ context.Context, _ *authorization.Instance, attrs 
 			continue
 		}
 		if h.deny {
-			return h.denial(fmt.Sprintf("denied by rbac %s: policy %q matches", h.name(), pol.name), h.validDuration), nil
+			r := h.denial(fmt.Sprintf("denied by rbac %s: policy %q matches", h.name(), pol.name), h.validDuration)
+			r.Headers = slices.Clone(pol.headers)
+			return r, nil
 		}
-		return authorization.Result{Code: codes.OK, ValidDuration: h.validDuration}, nil
+		return h.allow(pol.headers), nil
 	}
 	switch {
 	case failed >= 0 && h.deny:
@@ -233,9 +258,14 @@ func (h *Handler) Authorize(_ context.Context, _ *authorization.Instance, attrs 
 	case failed >= 0:
 		return h.denial(fmt.Sprintf("denied by rbac %s: no policy allows the request (policy %q could not be evaluated)", h.name(), h.policies[failed].name), 0), nil
 	case h.deny:
-		return authorization.Result{Code: codes.OK, ValidDuration: h.validDuration}, nil
+		return h.allow(h.allowHeaders), nil
 	}
 	return h.denial(fmt.Sprintf("denied by rbac %s: no policy allows the request", h.name()), h.validDuration), nil
+}
+
+// allow allows a request, adding headers; the caller gets a copy of its own.
+func (h *Handler) allow(headers []authorization.Header) authorization.Result {
+	return authorization.Result{Code: codes.OK, ValidDuration: h.validDuration, Headers: slices.Clone(headers)}
 }
 
 func (h *Handler) denial(msg string, valid time.Duration) authorization.Result {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -93,6 +94,9 @@ func TestValidate(t *testing.T) {
 		{"duplicate name", Params{Policies: []Policy{{Name: "a", Condition: "true"}, {Name: "a", Condition: "false"}}}, "policies[1].name"},
 		{"no condition", Params{Policies: []Policy{{Name: "a", Condition: "  "}}}, "policies[0].condition"},
 		{"negative validity", Params{Policies: ok, ValidDuration: -time.Second}, "validDuration"},
+		{"policy header without name", Params{Policies: []Policy{{Name: "a", Condition: "true", Headers: []authorization.Header{{Value: "v"}}}}}, "policies[0].headers[0].name"},
+		{"policy header value with newline", Params{Policies: []Policy{{Name: "a", Condition: "true"}, {Name: "b", Condition: "true", Headers: []authorization.Header{{Name: "x-ok", Value: "1"}, {Name: "x-b", Value: "a\r\nset-cookie: x"}}}}}, "policies[1].headers[1].value"},
+		{"allow header that is a pseudo-header", Params{Policies: ok, AllowHeaders: []authorization.Header{{Name: ":path", Value: "/"}}}, "allowHeaders[0].name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -145,9 +149,11 @@ func TestParamsFromYAML(t *testing.T) {
 	src := `
 action: DENY
 validDuration: 30s
+allowHeaders: [{name: x-checked-by, value: rbac}]
 policies:
 - name: no-evil
   condition: source.namespace == "evil"
+  headers: [{name: x-denied-by, value: no-evil, append: true}]
 - name: admin-only
   condition: |
     request.path.startsWith("/admin/") && request.headers["x-role"] != "admin"
@@ -164,7 +170,11 @@ policies:
 		t.Fatal(err)
 	}
 	r, _ := h.Authorize(context.Background(), nil, attrs(t, map[string]any{"source.namespace": "evil"}))
-	if r.Allowed() || r.ValidDuration != 30*time.Second {
+	if r.Allowed() || r.ValidDuration != 30*time.Second || !slices.Equal(r.Headers, []authorization.Header{{Name: "x-denied-by", Value: "no-evil", Append: true}}) {
+		t.Errorf("result %+v", r)
+	}
+	r, _ = h.Authorize(context.Background(), nil, attrs(t, map[string]any{"source.namespace": "shop"}))
+	if !r.Allowed() || !slices.Equal(r.Headers, []authorization.Header{{Name: "x-checked-by", Value: "rbac"}}) {
 		t.Errorf("result %+v", r)
 	}
 }
@@ -409,5 +419,70 @@ func TestEvaluationFailureFailsClosed(t *testing.T) {
 		if rec.count() != 1 || r.Allowed() || r.ValidDuration != 0 {
 			t.Errorf("%s: counted %d, allowed %v, valid %v; want a counted, uncached denial", action, rec.count(), r.Allowed(), r.ValidDuration)
 		}
+	}
+}
+
+// TestHeaders: with action ALLOW, an allowed request carries the allowing policy's
+// headers and then the handler's allowHeaders, and a denied one none; with action
+// DENY, a denial carries the matching policy's headers and an allowed request the
+// allowHeaders. Every answer's headers are its own.
+func TestHeaders(t *testing.T) {
+	hdr := func(kv ...string) []authorization.Header {
+		var out []authorization.Header
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, authorization.Header{Name: kv[i], Value: kv[i+1]})
+		}
+		return out
+	}
+	policies := []Policy{
+		{Name: "admins", Condition: `request.headers["x-role"] == "admin"`, Headers: hdr("x-sluice-policy", "admins", "x-role-checked", "1")},
+		{Name: "internal", Condition: `cidr("10.0.0.0/8").containsIP(ip(source.ip))`},
+	}
+	admin := map[string]any{"request.headers": map[string]string{"x-role": "admin"}}
+	internal := map[string]any{"source.ip": "10.1.2.3"}
+	outside := map[string]any{"source.ip": "192.0.2.1"}
+	tests := []struct {
+		name    string
+		action  string
+		attrs   map[string]any
+		allowed bool
+		want    []authorization.Header
+	}{
+		{"ALLOW by a policy with headers", Allow, admin, true, hdr("x-sluice-policy", "admins", "x-role-checked", "1", "x-authz", "rbac")},
+		{"ALLOW by a policy without headers", Allow, internal, true, hdr("x-authz", "rbac")},
+		{"ALLOW action, denied", Allow, outside, false, nil},
+		{"DENY by a policy with headers", Deny, admin, false, hdr("x-sluice-policy", "admins", "x-role-checked", "1")},
+		{"DENY by a policy without headers", Deny, internal, false, nil},
+		{"DENY action, allowed", Deny, outside, true, hdr("x-authz", "rbac")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := defaults()
+			p.Action, p.Policies, p.AllowHeaders = tt.action, policies, hdr("x-authz", "rbac")
+			if err := p.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			h, err := New(adapters.Env{Compiler: compiler(t)}, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := h.Authorize(context.Background(), nil, attrs(t, tt.attrs))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Allowed() != tt.allowed {
+				t.Fatalf("allowed=%v (%q), want %v", r.Allowed(), r.Message, tt.allowed)
+			}
+			if !slices.Equal(r.Headers, tt.want) {
+				t.Fatalf("headers %v, want %v", r.Headers, tt.want)
+			}
+			if len(r.Headers) > 0 {
+				r.Headers[0].Value = "changed by the caller"
+				again, _ := h.Authorize(context.Background(), nil, attrs(t, tt.attrs))
+				if !slices.Equal(again.Headers, tt.want) {
+					t.Errorf("after the caller changed an answer, the next has headers %v", again.Headers)
+				}
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package check_test
 
 import (
 	"context"
+	"maps"
 	"strconv"
 	"strings"
 	"testing"
@@ -49,13 +50,16 @@ func TestExtAuthzPolicies(t *testing.T) {
 			code     codes.Code
 			http     int
 			bodyRule string
+			// added headers of an allowed request: every allowing handler's
+			headers map[string]string
 		}{
-			{"an allowed caller reads", call{frontend, "GET", "/items", nil}, codes.OK, 0, ""},
-			{"a legacy client is denied", call{frontend, "GET", "/items", map[string]string{"x-client": "legacy"}}, codes.PermissionDenied, 403, "shop/deny-legacy"},
-			{"a caller not on the list", call{stranger, "GET", "/items", nil}, codes.PermissionDenied, 403, "shop/callers-only"},
-			{"a write to /admin without the role", call{frontend, "POST", "/admin/users", nil}, codes.PermissionDenied, 403, "shop/admin-paths"},
-			{"a write to /admin by an admin", call{frontend, "POST", "/admin/users", map[string]string{"x-role": "admin"}}, codes.OK, 0, ""},
-			{"a read of /admin", call{frontend, "GET", "/admin/users", nil}, codes.OK, 0, ""},
+			{"an allowed caller reads", call{frontend, "GET", "/items", nil}, codes.OK, 0, "", map[string]string{"x-sluice-caller": "listed"}},
+			{"a legacy client is denied", call{frontend, "GET", "/items", map[string]string{"x-client": "legacy"}}, codes.PermissionDenied, 403, "shop/deny-legacy", nil},
+			{"a caller not on the list", call{stranger, "GET", "/items", nil}, codes.PermissionDenied, 403, "shop/callers-only", nil},
+			{"a write to /admin without the role", call{frontend, "POST", "/admin/users", nil}, codes.PermissionDenied, 403, "shop/admin-paths", nil},
+			{"a write to /admin by an admin", call{frontend, "POST", "/admin/users", map[string]string{"x-role": "admin"}}, codes.OK, 0, "",
+				map[string]string{"x-sluice-caller": "listed", "x-sluice-policy": "admins"}},
+			{"a read of /admin", call{frontend, "GET", "/admin/users", nil}, codes.OK, 0, "", map[string]string{"x-sluice-caller": "listed"}},
 		}
 		for round := 0; round < 2; round++ { // the second round is answered from the cache
 			for _, tt := range tests {
@@ -68,8 +72,17 @@ func TestExtAuthzPolicies(t *testing.T) {
 					continue
 				}
 				if tt.code == codes.OK {
-					if resp.GetOkResponse() == nil {
+					ok := resp.GetOkResponse()
+					if ok == nil {
 						t.Errorf("%s: no OK HTTP response", tt.name)
+						continue
+					}
+					got := map[string]string{}
+					for _, h := range ok.GetHeaders() {
+						got[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+					}
+					if !maps.Equal(got, tt.headers) {
+						t.Errorf("round %d, %s: headers added %v, want %v", round, tt.name, got, tt.headers)
 					}
 					continue
 				}

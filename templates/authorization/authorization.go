@@ -3,6 +3,9 @@
 package authorization
 
 import (
+	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -20,11 +23,61 @@ type Instance struct {
 }
 
 // Header is a header to add: to the upstream request when a check allows it, to the
-// response when it denies.
+// response when it denies. Handlers take it in their params as written here.
 type Header struct {
-	Name, Value string
+	Name  string `yaml:"name"`
+	Value string `yaml:"value"`
 	// Append adds the value to an existing header instead of replacing it.
-	Append bool
+	Append bool `yaml:"append"`
+}
+
+// CheckHeaders checks headers that a handler's params ask it to add: names that are
+// HTTP field names (RFC 9110 tokens) but not pseudo-headers, which a check cannot
+// set, and values without control characters, which would split or corrupt the
+// message (HTAB is allowed). It returns the first bad header's field relative to
+// the list, such as "[1].name", and what is wrong with it.
+func CheckHeaders(hs []Header) (field string, err error) {
+	for i, h := range hs {
+		if err := checkHeaderName(h.Name); err != nil {
+			return fmt.Sprintf("[%d].name", i), err
+		}
+		if err := checkHeaderValue(h.Value); err != nil {
+			return fmt.Sprintf("[%d].value", i), err
+		}
+	}
+	return "", nil
+}
+
+func checkHeaderName(s string) error {
+	if s == "" {
+		return errors.New("is required")
+	}
+	if s[0] == ':' {
+		return fmt.Errorf("%q is a pseudo-header, which a check cannot set", s)
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTokenChar(s[i]) {
+			return fmt.Errorf("%q is not a valid HTTP header name", s)
+		}
+	}
+	return nil
+}
+
+func isTokenChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+func checkHeaderValue(s string) error {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return fmt.Errorf("contains the control character %#02x", c)
+		}
+	}
+	return nil
 }
 
 // Result is a handler's answer.
@@ -35,7 +88,10 @@ type Result struct {
 	Message string
 	// HTTPStatus of a denial; 0 means derived from Code (403, 401, 429).
 	HTTPStatus int
-	Headers    []Header
+	// Headers go to the upstream request of an allowed check and to the response
+	// of a denied one. A handler returns a slice of its own with every answer, which
+	// the caller may change.
+	Headers []Header
 	// ValidDuration is how long the result holds for requests with the same
 	// attribute values; 0 means it must not be cached.
 	ValidDuration time.Duration
