@@ -31,6 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/sluicemesh/sluice/mixer/envoy"
+	"github.com/sluicemesh/sluice/mixer/sysmon"
 )
 
 //go:embed checkbench/*.yaml
@@ -366,6 +367,9 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 			return nil, err
 		}
 		srv.cmd = exec.CommandContext(ctx, self, "noop-server", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr, "--h2="+strconv.FormatBool(backend == "noop-h2"))
+		// The runtime setting `sluice serve` gives itself, so that the floor is
+		// measured alike (and, like it, left to a GODEBUG that sets schedtrace).
+		srv.cmd.Env, _ = sysmon.Environ(os.Environ())
 		srv.cmd.Stderr = os.Stderr
 		if err := srv.cmd.Start(); err != nil {
 			return nil, err

@@ -19,12 +19,20 @@ import (
 	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/config"
 	"github.com/sluicemesh/sluice/mixer/expr"
+	"github.com/sluicemesh/sluice/mixer/sysmon"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = ""
 
 func main() {
+	if servesFrom(os.Args) {
+		// Before anything starts: the process is replaced, and comes back here with
+		// the setting in its environment.
+		if err := sysmon.Reexec(os.Args); err != nil {
+			fmt.Fprintln(os.Stderr, "sluice: serving without the runtime setting:", err)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRoot().ExecuteContext(ctx); err != nil {
@@ -35,6 +43,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "sluice:", err)
 		os.Exit(1)
 	}
+}
+
+// servesFrom reports whether args run the server: its first argument that is not
+// a flag is serve. The server runs with the Go runtime's sysmon kept awake (package
+// sysmon); the CLI's other commands are short-lived and need not re-execute.
+func servesFrom(args []string) bool {
+	for _, a := range args[1:] {
+		if !strings.HasPrefix(a, "-") {
+			return a == "serve"
+		}
+	}
+	return false
 }
 
 // exitError ends the process with a status after the command printed its own output.

@@ -73,3 +73,21 @@ func TestServeRejectsHugeHeapFloor(t *testing.T) {
 		t.Errorf("serve with a floor of 2,000,000 MiB: %v, want a refusal naming the flag", err)
 	}
 }
+
+func TestServesFrom(t *testing.T) {
+	tests := []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"sluice", "serve", "--config", "d"}, true},
+		{[]string{"sluice", "--help", "serve"}, true},
+		{[]string{"sluice", "validate", "--config", "serve"}, false},
+		{[]string{"sluice", "version"}, false},
+		{[]string{"sluice"}, false},
+	}
+	for _, tt := range tests {
+		if got := servesFrom(tt.args); got != tt.want {
+			t.Errorf("servesFrom(%q) = %v, want %v", tt.args, got, tt.want)
+		}
+	}
+}

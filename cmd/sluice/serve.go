@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,6 +16,7 @@ import (
 	"github.com/sluicemesh/sluice/mixer"
 	"github.com/sluicemesh/sluice/mixer/config"
 	"github.com/sluicemesh/sluice/mixer/gcfloor"
+	"github.com/sluicemesh/sluice/mixer/sysmon"
 )
 
 // maxHeapFloorMiB bounds --gc-heap-floor-mib: beyond it the floor in bytes, times
@@ -55,6 +57,11 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 			}
 			ctx := cmd.Context()
 			go gcfloor.Tuner{Floor: heapFloorMiB << 20}.Run(ctx)
+			if sysmon.Awake() {
+				log.Debug("the Go runtime's sysmon is kept out of its deep sleep", "GODEBUG", os.Getenv("GODEBUG"))
+			} else {
+				log.Info("the Go runtime's sysmon may sleep deeply: each check after an idle spell wakes it (GODEBUG sets schedtrace, or re-executing failed)")
+			}
 			rc, err := newRouting(&opts, rf, log)
 			if err != nil {
 				log.Error("cannot start", "error", err.Error())
