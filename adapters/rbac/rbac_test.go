@@ -76,6 +76,26 @@ func newRecorder() *recorder { return &recorder{errors: map[string]int{}} }
 
 func defaults() *Params { return Factory().NewParams().(*Params) }
 
+// mustNew builds a handler from params that must be valid.
+func mustNew(t *testing.T, env adapters.Env, p *Params) *Handler {
+	t.Helper()
+	h, err := New(env, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// mustAuthorize asks h about a request with the core's attributes kv.
+func mustAuthorize(t *testing.T, h *Handler, kv map[string]any) authorization.Result {
+	t.Helper()
+	r, err := h.Authorize(context.Background(), nil, attrs(t, kv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func TestValidate(t *testing.T) {
 	ok := []Policy{{Name: "a", Condition: "true"}}
 	tests := []struct {
@@ -284,14 +304,8 @@ func TestDeny(t *testing.T) {
 			rec := newRecorder()
 			p := defaults()
 			p.Action, p.Policies = "DENY", policies
-			h, err := New(adapters.Env{Name: "ns/deny", Compiler: compiler(t), Stats: rec}, p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := h.Authorize(context.Background(), nil, attrs(t, tt.attrs))
-			if err != nil {
-				t.Fatal(err)
-			}
+			h := mustNew(t, adapters.Env{Name: "ns/deny", Compiler: compiler(t), Stats: rec}, p)
+			r := mustAuthorize(t, h, tt.attrs)
 			if r.Allowed() != tt.allowed {
 				t.Fatalf("allowed=%v (%q), want %v", r.Allowed(), r.Message, tt.allowed)
 			}
@@ -459,17 +473,8 @@ func TestHeaders(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := defaults()
 			p.Action, p.Policies, p.AllowHeaders = tt.action, policies, hdr("x-authz", "rbac")
-			if err := p.Validate(); err != nil {
-				t.Fatal(err)
-			}
-			h, err := New(adapters.Env{Compiler: compiler(t)}, p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := h.Authorize(context.Background(), nil, attrs(t, tt.attrs))
-			if err != nil {
-				t.Fatal(err)
-			}
+			h := mustNew(t, adapters.Env{Compiler: compiler(t)}, p)
+			r := mustAuthorize(t, h, tt.attrs)
 			if r.Allowed() != tt.allowed {
 				t.Fatalf("allowed=%v (%q), want %v", r.Allowed(), r.Message, tt.allowed)
 			}
@@ -478,8 +483,7 @@ func TestHeaders(t *testing.T) {
 			}
 			if len(r.Headers) > 0 {
 				r.Headers[0].Value = "changed by the caller"
-				again, _ := h.Authorize(context.Background(), nil, attrs(t, tt.attrs))
-				if !slices.Equal(again.Headers, tt.want) {
+				if again := mustAuthorize(t, h, tt.attrs); !slices.Equal(again.Headers, tt.want) {
 					t.Errorf("after the caller changed an answer, the next has headers %v", again.Headers)
 				}
 			}
