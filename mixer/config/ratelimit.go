@@ -84,6 +84,12 @@ func parseRateLimit(file string, root *yaml.Node) (*Object, error) {
 // own key, else the first found in the mappings that its merge key brings in, in order.
 // Only for a node that has decoded: it would loop on an alias cycle, which decoding rejects.
 func nodeField(n *yaml.Node, key string) *yaml.Node {
+	_, v := nodeEntry(n, key)
+	return v
+}
+
+// nodeEntry is nodeField with the key's own node too.
+func nodeEntry(n *yaml.Node, key string) (k, v *yaml.Node) {
 	n = resolveAlias(n)
 	var merge *yaml.Node
 	for _, kv := range mappingEntries(n) {
@@ -91,22 +97,22 @@ func nodeField(n *yaml.Node, key string) *yaml.Node {
 		case isMergeKey(kv[0]):
 			merge = kv[1] // yaml.v3 uses the last
 		case kv[0].Value == key:
-			return kv[1]
+			return kv[0], kv[1]
 		}
 	}
 	if merge == nil {
-		return nil
+		return nil, nil
 	}
 	maps := []*yaml.Node{merge}
 	if merge.Kind == yaml.SequenceNode {
 		maps = merge.Content
 	}
 	for _, m := range maps {
-		if v := nodeField(m, key); v != nil {
-			return v
+		if k, v := nodeEntry(m, key); v != nil {
+			return k, v
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // rateLimitUnit returns the unit that u names, matched case-insensitively as
@@ -138,29 +144,13 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 			pos.Line, listed.Line = n.Line, el.Line
 		}
 		d.Pos = pos
-		// at is where the field at keys is written within the descriptor, so that an
-		// error names the line of the mistake rather than the descriptor's first one;
-		// as far as the keys go when one is missing.
-		at := func(keys ...any) Position {
-			p, cur := pos, n
-			for _, k := range keys {
-				switch k := k.(type) {
-				case string:
-					cur = nodeField(cur, k)
-				case int:
-					cur = resolveAlias(cur)
-					if cur == nil || cur.Kind != yaml.SequenceNode || k >= len(cur.Content) {
-						cur = nil
-					} else {
-						cur = cur.Content[k]
-					}
-				}
-				if cur == nil {
-					break
-				}
-				p.Line = cur.Line
+		// at is where the field at fpath is written within the descriptor, so that
+		// an error names the line of the mistake rather than the descriptor's first.
+		at := func(fpath string) Position {
+			if f := lookupPath(n, fpath); f != nil {
+				return Position{File: file, Line: f.Line}
 			}
-			return p
+			return pos
 		}
 		p := fmt.Sprintf("%s[%d]", path, i)
 		if d.Key == "" {
@@ -182,25 +172,25 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 			// Upstream ignores requests_per_unit, and a unit it does not know, on an
 			// unlimited limit; only a real unit is taken for a mistake.
 			case r.Unlimited && validUnit:
-				c.add(at("rate_limit", "unit"), "%s: an unlimited rate_limit should not have a unit (it has %q)", p, r.Unit)
+				c.add(at("rate_limit.unit"), "%s: an unlimited rate_limit should not have a unit (it has %q)", p, r.Unit)
 			case !r.Unlimited && !validUnit:
-				c.add(at("rate_limit", "unit"), "%s: rate_limit unit %q is not one of %s", p, r.Unit, strings.Join(RateLimitUnits, ", "))
+				c.add(at("rate_limit.unit"), "%s: rate_limit unit %q is not one of %s", p, r.Unit, strings.Join(RateLimitUnits, ", "))
 			case !r.Unlimited:
 				// The unit's own spelling: mixer/check looks units up by it, which
 				// "ſecond" lower-cased would not reach.
 				r.Unit = unit
 			}
 			if r.Algorithm != "" && !contains(RateLimitAlgorithms, r.Algorithm) {
-				c.add(at("rate_limit", "algorithm"), "%s: rate_limit algorithm %q is not one of %s", p, r.Algorithm, strings.Join(RateLimitAlgorithms, ", "))
+				c.add(at("rate_limit.algorithm"), "%s: rate_limit algorithm %q is not one of %s", p, r.Algorithm, strings.Join(RateLimitAlgorithms, ", "))
 			}
 			// Names need not be unique: upstream replaces every limit of a name.
 			for j, rep := range r.Replaces {
 				switch rep.Name {
 				case "":
-					c.add(at("rate_limit", "replaces", j), "%s: rate_limit replaces[%d] has no name", p, j)
+					c.add(at(fmt.Sprintf("rate_limit.replaces[%d]", j)), "%s: rate_limit replaces[%d] has no name", p, j)
 				case r.Name:
 					// A limit that replaced itself would never apply.
-					c.add(at("rate_limit", "replaces", j), "%s: rate_limit replaces[%d] is the limit's own name %q", p, j, rep.Name)
+					c.add(at(fmt.Sprintf("rate_limit.replaces[%d]", j)), "%s: rate_limit replaces[%d] is the limit's own name %q", p, j, rep.Name)
 				}
 			}
 		}

@@ -248,7 +248,8 @@ func join(path, key string) string {
 }
 
 // lookupPath finds the node at a field path like "metrics[2].buckets" below node, for
-// positioning errors that adapters report by path. It returns the deepest node found.
+// positioning errors that adapters report by path, following aliases and merge keys as
+// decoding does. It returns the deepest node found.
 func lookupPath(node *yaml.Node, path string) *yaml.Node {
 	cur := node
 	for _, seg := range splitPath(path) {
@@ -258,19 +259,16 @@ func lookupPath(node *yaml.Node, path string) *yaml.Node {
 		if cur.Kind == yaml.DocumentNode && len(cur.Content) > 0 {
 			cur = cur.Content[0]
 		}
+		cur = resolveAlias(cur)
 		var next *yaml.Node
 		switch {
 		case seg.index >= 0 && cur.Kind == yaml.SequenceNode && seg.index < len(cur.Content):
 			next = cur.Content[seg.index]
 		case seg.index < 0 && cur.Kind == yaml.MappingNode:
-			for i := 0; i+1 < len(cur.Content); i += 2 {
-				if cur.Content[i].Value == seg.key {
-					next = cur.Content[i+1]
-					if next.Kind == yaml.ScalarNode {
-						next = cur.Content[i] // the key's line reads better for scalars
-					}
-					break
-				}
+			k, v := nodeEntry(cur, seg.key)
+			next = v
+			if v != nil && v.Kind == yaml.ScalarNode {
+				next = k // the key's line reads better for scalars
 			}
 		}
 		if next == nil {
