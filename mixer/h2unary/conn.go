@@ -58,7 +58,8 @@ const (
 // is closed (answered or reset) and its call, if one started, has returned: a
 // client that resets its calls cannot run more of them at once. Its request bytes
 // go back to the client's connection window only then, so a connection never holds
-// more than one window of requests.
+// more than one window of requests: a client that sends past its window is closed
+// with FLOW_CONTROL_ERROR.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -89,6 +90,11 @@ type conn struct {
 	lastID   uint32 // the highest stream the client opened
 	inflight int    // streams counted against the limit
 	unacked  uint32 // request bytes released since the last connection WINDOW_UPDATE
+	// recvWindow is what the client may still send on the connection: the
+	// window advertised less the DATA received, plus the WINDOW_UPDATEs sent. A
+	// client that sends past it would make the connection hold more requests
+	// than one window.
+	recvWindow int64
 	// Flow control of what we send.
 	sendWindow   int64 // connection
 	streamWindow int64 // the client's initial stream window
@@ -110,6 +116,7 @@ type stream struct {
 	data     []byte         // the request, gRPC prefix included
 	reply    []byte         // a goroutine call's answer buffer, taken at dispatch
 	received uint32         // DATA payload bytes received: window to give back at release
+	flowed   uint32         // DATA bytes received, padding included: the stream's window used
 	deadline time.Time      // from grpc-timeout; zero for none
 	err      *status.Status // set when the request is refused before any call
 	ctx      context.Context
@@ -127,6 +134,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		srv: s, nc: nc, in: bufio.NewReaderSize(nc, 32<<10), hdr: newHeaderReader(),
 		receives: map[uint32]*stream{}, open: map[uint32]*stream{},
 		sendWindow: 65535, streamWindow: 65535, maxFrame: 16384,
+		recvWindow: int64(s.connWindow),
 	}
 	c.cond = sync.NewCond(&c.mu)
 	c.ctx, c.end = context.WithCancel(context.Background())
@@ -137,8 +145,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 	_ = c.wr.WriteSettings(
 		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: s.opts.MaxConcurrentStreams},
 		// One window per stream that fits the largest request: a unary call never
-		// waits for a stream WINDOW_UPDATE.
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(s.opts.MaxRecvMsgSize + 5 + 16384)},
+		// waits for a stream WINDOW_UPDATE, and none is ever sent.
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: s.streamWindow},
 		http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1 << 20},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList},
 	)
@@ -370,6 +378,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	} else if st := c.open[f.StreamID]; st != nil {
 		st.window += int64(f.Increment)
 		if st.window > 1<<31-1 {
+			c.srv.count(ReasonStream)
 			c.resetLocked(st.id, http2.ErrCodeFlowControl)
 		}
 	}
@@ -402,6 +411,7 @@ func (c *conn) onHeaders(h *requestHead) error {
 	}
 	if id <= c.lastID {
 		// A stream that ended or was refused already.
+		c.srv.count(ReasonStream)
 		c.resetLocked(id, http2.ErrCodeStreamClosed)
 		return nil
 	}
@@ -466,18 +476,29 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		delete(c.receives, f.StreamID)
 		st = nil
 	}
+	if st == nil && f.StreamID > c.lastID {
+		return http2.ConnectionError(http2.ErrCodeProtocol) // DATA on an idle stream
+	}
+	if c.recvWindow -= int64(f.Length); c.recvWindow < 0 {
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
 	payload := uint32(len(f.Data()))
 	// Padding is never held: its window goes back at once; so does a payload for
 	// a stream that is not receiving.
 	if st == nil {
-		if f.StreamID > c.lastID {
-			return http2.ConnectionError(http2.ErrCodeProtocol) // DATA on an idle stream
-		}
 		c.creditLocked(f.Length)
 		return nil
 	}
 	c.creditLocked(f.Length - payload)
 	st.received += payload
+	if st.flowed += f.Length; st.flowed > c.srv.streamWindow {
+		// Past the stream's window (padding can take it there before the size
+		// limit below does): the stream is reset and its bytes go back on release.
+		delete(c.receives, f.StreamID)
+		c.srv.count(ReasonStream)
+		c.resetLocked(st.id, http2.ErrCodeFlowControl)
+		return nil
+	}
 	if st.err == nil {
 		if len(st.data)+len(f.Data()) > c.srv.opts.MaxRecvMsgSize+5 {
 			c.srv.count(ReasonTooLarge)
@@ -806,6 +827,7 @@ func (c *conn) creditLocked(n uint32) {
 	c.unacked += n
 	if c.unacked >= c.srv.connWindow/4 {
 		_ = c.wr.WriteWindowUpdate(0, c.unacked)
+		c.recvWindow += int64(c.unacked)
 		c.unacked = 0
 	}
 }

@@ -107,6 +107,7 @@ const (
 	ReasonBadRequest    = "bad_request"     // not a gRPC request, a compressed or malformed message
 	ReasonRefused       = "refused"         // over MaxConcurrentStreams, or after GOAWAY
 	ReasonReset         = "reset_by_client" // the client cancelled a call before its answer
+	ReasonStream        = "stream_error"    // a stream broke HTTP/2's rules (flow control, a reused ID); it was reset
 )
 
 // Server is a lean unary gRPC server.
@@ -121,8 +122,9 @@ type Server struct {
 	calls                *prometheus.CounterVec
 	inlineCalls, goCalls prometheus.Counter
 	// connWindow is each connection's receive window: the request bytes it may
-	// hold at once (two of the largest requests, 16 MiB at least).
-	connWindow uint32
+	// hold at once (two of the largest requests, 16 MiB at least). streamWindow is
+	// each stream's, which fits the largest request (see newConn).
+	connWindow, streamWindow uint32
 
 	// work hands goroutine calls to idle workers (see goCall); stop ends them.
 	work    chan callWork
@@ -165,8 +167,9 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts: opts, log: opts.Logger, methods: map[string]*Method{},
-		connWindow: uint32(min(max(16<<20, 2*(opts.MaxRecvMsgSize+5+16384)), 1<<31-1)),
-		lis:        map[net.Listener]struct{}{}, active: map[*conn]struct{}{},
+		connWindow:   uint32(min(max(16<<20, 2*(opts.MaxRecvMsgSize+5+16384)), 1<<31-1)),
+		streamWindow: uint32(opts.MaxRecvMsgSize + 5 + 16384),
+		lis:          map[net.Listener]struct{}{}, active: map[*conn]struct{}{},
 		work: make(chan callWork), stop: make(chan struct{}),
 		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_h2unary_errors_total",

@@ -500,6 +500,9 @@ func TestResetWhileUploading(t *testing.T) {
 	if n := testutil.ToFloat64(ts.goCalls); n != 1 {
 		t.Errorf("%v calls started, want 1: the reset streams' requests must start none", n)
 	}
+	if n := ts.errors(ReasonStream); n != 5 {
+		t.Errorf("stream_error counted %v times, want 5: one per reset", n)
+	}
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	for c := range ts.active {
@@ -508,5 +511,77 @@ func TestResetWhileUploading(t *testing.T) {
 			t.Errorf("%d streams counted against the limit after every one ended, want 0", c.inflight)
 		}
 		c.mu.Unlock()
+	}
+}
+
+// TestClientIgnoringConnectionWindow: a client that sends more request bytes than
+// the connection window it was given, on streams it never ends, is closed with a
+// FLOW_CONTROL_ERROR GOAWAY, counted, before the connection holds more than the
+// window.
+func TestClientIgnoringConnectionWindow(t *testing.T) {
+	ts := startServer(t, Options{}, false)
+	r := dialRaw(t, ts.addr)
+	chunk := make([]byte, 1<<20)
+	go func() {
+		// The server may close while this still writes: its errors end it.
+		for i := range 8 {
+			id := uint32(2*i + 1)
+			r.headers(id, waitPath, false)
+			for range 3 {
+				if r.fr.WriteData(id, false, chunk) != nil {
+					return
+				}
+			}
+		}
+	}()
+	_ = r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("the connection ended without GOAWAY: %v", err)
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeFlowControl {
+				t.Fatalf("GOAWAY %v, want FLOW_CONTROL_ERROR", ga.ErrCode)
+			}
+			break
+		}
+	}
+	if n := ts.errors(ReasonProtocol); n != 1 {
+		t.Errorf("protocol_error counted %v times, want 1", n)
+	}
+	if n := testutil.ToFloat64(ts.goCalls); n != 0 {
+		t.Errorf("%v calls started, want none: no request ended", n)
+	}
+}
+
+// TestStreamWindowAndReusedIDs: a stream whose DATA (padding included) goes past
+// its window, and HEADERS that reuse a finished stream's ID, are reset and counted
+// as stream errors; the connection goes on.
+func TestStreamWindowAndReusedIDs(t *testing.T) {
+	ts := startServer(t, Options{MaxRecvMsgSize: 1024}, false)
+	r := dialRaw(t, ts.addr)
+	r.headers(1, echoPath, false)
+	pad := make([]byte, 255)
+	for range 80 { // 80 × 257 bytes: past the 17,413-byte stream window
+		_ = r.fr.WriteDataPadded(1, false, []byte{0}, pad)
+	}
+	if got := r.answerOf(t, 1); got != "reset "+http2.ErrCodeFlowControl.String() {
+		t.Fatalf("stream 1 past its window: %q, want a FLOW_CONTROL_ERROR reset", got)
+	}
+	r.headers(3, echoPath, false)
+	_ = r.fr.WriteData(3, true, reqBody([]byte{0, 'x'}))
+	if got := r.answerOf(t, 3); got != "0" {
+		t.Fatalf("a call after the reset answered grpc-status %q, want 0", got)
+	}
+	r.headers(3, echoPath, false) // stream 3 has ended
+	if got := r.answerOf(t, 3); got != "reset "+http2.ErrCodeStreamClosed.String() {
+		t.Fatalf("HEADERS on an ended stream: %q, want a STREAM_CLOSED reset", got)
+	}
+	if n := ts.errors(ReasonStream); n != 2 {
+		t.Errorf("stream_error counted %v times, want 2", n)
+	}
+	if n := ts.errors(ReasonProtocol); n != 0 {
+		t.Errorf("protocol_error counted %v times, want 0: the connection goes on", n)
 	}
 }
