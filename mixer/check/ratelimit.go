@@ -37,8 +37,10 @@ type rlNode struct {
 	// domain is a root's domain name, the config's copy: a request's own is a
 	// view of bytes the listener reuses, unfit for a metric label that outlives it.
 	domain string
-	desc   *config.RateLimitDescriptor
-	rule   *rlRule
+	// keyPrefix starts a root's counting keys: its domain, escaped, and '|'.
+	keyPrefix string
+	desc      *config.RateLimitDescriptor
+	rule      *rlRule
 	// stat is the statistics name of the config path that ends here (key,
 	// key_value, or key_prefix* for each level, as envoyproxy/ratelimit names
 	// it), which names every request it matches unless the node has
@@ -93,13 +95,22 @@ func newNode() *rlNode {
 	return &rlNode{exact: map[string]*rlNode{}, keyOnly: map[string]*rlNode{}, wildcard: map[string][]*rlNode{}}
 }
 
+// newRoot is the root of a domain's descriptor tree.
+func newRoot(domain string) *rlNode {
+	root := newNode()
+	root.domain = domain
+	var b strings.Builder
+	writeKeyPart(&b, domain)
+	root.keyPrefix = b.String() + "|"
+	return root
+}
+
 // compileRateLimits builds the descriptor trees; the config loader has validated them.
 func compileRateLimits(snap *config.Snapshot) *rateLimits {
 	rl := &rateLimits{snap: snap, domains: map[string]*rlNode{}}
 	for domain, cfg := range snap.RateLimits() {
-		root := newNode()
+		root := newRoot(domain)
 		addDescriptors(root, cfg.Descriptors)
-		root.domain = domain
 		rl.domains[domain] = root
 	}
 	return rl
@@ -147,10 +158,17 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 
 // match walks the tree for a request descriptor: at each level the most specific
 // entry (key and value, then the first wildcard value that matches, then the key
-// alone). It returns the matched rule, the counting key, and the statistics name
-// of the descriptor (its config path's, or detailedStatName).
+// alone). It returns the matched rule, the counting key (the domain and every
+// entry's key and value, escaped), and the statistics name of the descriptor (its
+// config path's, or detailedStatName).
 func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat string) {
 	var kb strings.Builder
+	size := len(root.keyPrefix)
+	for _, e := range entries {
+		size += len(e.Key) + len(e.Value) + 2
+	}
+	kb.Grow(size) // one allocation unless a part needs escaping
+	kb.WriteString(root.keyPrefix)
 	var buf [8]*rlNode
 	path := buf[:0]
 	n = root
@@ -174,12 +192,15 @@ func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat 
 		if i > 0 {
 			kb.WriteByte('|')
 		}
-		kb.WriteString(k)
+		writeKeyPart(&kb, k)
 		kb.WriteByte('=')
 		if next.kind == byPrefix && next.desc.ShareThreshold {
-			kb.WriteString(next.desc.Value) // every matching value shares one count
+			// Every matching value shares one count. A raw "%*" marks the pattern:
+			// no escaped value contains it, so no request value can name this count.
+			writeKeyPart(&kb, next.pattern)
+			kb.WriteString("%*")
 		} else {
-			kb.WriteString(v)
+			writeKeyPart(&kb, v)
 		}
 		path = append(path, next)
 		n = next
@@ -341,7 +362,7 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 			if !ok {
 				return "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: limit override unit %v is not supported", i, typev3.RateLimitUnit(d.Unit))
 			}
-			key, pend[i].stat = "override|"+entriesKey(d.Entries), "override"
+			key, pend[i].stat = root.keyPrefix+"override|"+entriesKey(d.Entries), "override"
 			rule = &rlRule{rpu: d.RequestsPerUnit, unit: unit,
 				limit: quota.Limit{Requests: uint64(d.RequestsPerUnit), Window: w, Algorithm: quota.FixedWindow}}
 		}
@@ -361,7 +382,7 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 		// count at most one past the limit, so that no count overflows, and an
 		// absurd hits_addend is refused as OVER_LIMIT rather than with an error
 		// that Envoy, failing open by default, would let through.
-		batch = append(batch, quota.Request{Key: req.Domain + "|" + key, Limit: rule.limit, Hits: min(h, rule.limit.Requests+1)})
+		batch = append(batch, quota.Request{Key: key, Limit: rule.limit, Hits: min(h, rule.limit.Requests+1)})
 	}
 	// A limit replaced by another matched one neither counts nor answers.
 	if len(replaced) > 0 {
@@ -451,9 +472,29 @@ func entriesKey(es []envoy.RateLimitEntry) string {
 		if i > 0 {
 			b.WriteByte('|')
 		}
-		b.WriteString(e.Key)
+		writeKeyPart(&b, e.Key)
 		b.WriteByte('=')
-		b.WriteString(e.Value)
+		writeKeyPart(&b, e.Value)
 	}
 	return b.String()
+}
+
+// writeKeyPart writes a domain, key or value into a counting key with its
+// separators ('|', '=') and '%' percent-encoded, so that no value can forge a
+// key's structure: [user="bob|path=/x"] must not count as [user=bob, path=/x].
+func writeKeyPart(b *strings.Builder, s string) {
+	i := strings.IndexAny(s, "%|=")
+	if i < 0 {
+		b.WriteString(s)
+		return
+	}
+	const hex = "0123456789ABCDEF"
+	for ; i >= 0; i = strings.IndexAny(s, "%|=") {
+		b.WriteString(s[:i])
+		b.WriteByte('%')
+		b.WriteByte(hex[s[i]>>4])
+		b.WriteByte(hex[s[i]&15])
+		s = s[i+1:]
+	}
+	b.WriteString(s)
 }

@@ -69,3 +69,55 @@ func TestStatName(t *testing.T) {
 		}
 	}
 }
+
+// TestCountingKeys: requests that differ get different counting keys, however
+// their values spell separators, and every value a shared wildcard matches gets
+// that wildcard's one key.
+func TestCountingKeys(t *testing.T) {
+	limit := &config.RateLimitPolicy{Unit: "second", RequestsPerUnit: 1}
+	build := func(domain string) *rlNode {
+		root := newRoot(domain)
+		addDescriptors(root, []config.RateLimitDescriptor{
+			{Key: "user", RateLimit: limit, Descriptors: []config.RateLimitDescriptor{{Key: "path", RateLimit: limit}}},
+			{Key: "user=a", RateLimit: limit},
+			{Key: "files", Value: "/pub/*", ShareThreshold: true, RateLimit: limit},
+			{Key: "files", RateLimit: limit},
+		})
+		return root
+	}
+	a, ab := build("a"), build("a|user=b")
+	e := func(kv ...string) []envoy.RateLimitEntry {
+		var out []envoy.RateLimitEntry
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, envoy.RateLimitEntry{Key: kv[i], Value: kv[i+1]})
+		}
+		return out
+	}
+	type req struct {
+		root    *rlNode
+		entries []envoy.RateLimitEntry
+	}
+	for _, tc := range []struct {
+		name string
+		x, y req
+		same bool
+	}{
+		{"a value spelling a nested entry", req{a, e("user", "bob|path=/x")}, req{a, e("user", "bob", "path", "/x")}, false},
+		{"a key spelling a value", req{a, e("user=a", "b")}, req{a, e("user", "a=b")}, false},
+		{"a domain spelling an entry", req{ab, e("user", "c")}, req{a, e("user", "b|user=c")}, false},
+		{"a value spelling a shared pattern", req{a, e("files", "/pub/%*")}, req{a, e("files", "/pub/x")}, true},
+		{"a value spelling a shared key", req{a, e("files", "/pu%*")}, req{a, e("files", "/pub/x")}, false},
+		{"two values of one shared wildcard", req{a, e("files", "/pub/a")}, req{a, e("files", "/pub/b")}, true},
+		{"one request twice", req{a, e("user", "bob", "path", "/x")}, req{a, e("user", "bob", "path", "/x")}, true},
+	} {
+		nx, kx, _ := tc.x.root.match(tc.x.entries)
+		ny, ky, _ := tc.y.root.match(tc.y.entries)
+		if nx == nil || ny == nil {
+			t.Errorf("%s: no match", tc.name)
+			continue
+		}
+		if (kx == ky) != tc.same {
+			t.Errorf("%s: keys %q and %q, want them the same: %v", tc.name, kx, ky, tc.same)
+		}
+	}
+}

@@ -429,6 +429,12 @@ func TestRateLimitUpstreamParity(t *testing.T) {
 		}
 		// Overlapping wildcards: the first in the file wins.
 		checkResponse(t, "overlapping wildcards", ask("tenant", descriptor("tenant", "abc")), ok, []want{{ok, 10, minute, 9}})
+		// A value holding a counting key's separators is one value: it spends
+		// its own count, not that of the nested descriptor it spells.
+		for i, code := range []rlsv3.RateLimitResponse_Code{ok, ok, over} {
+			checkResponse(t, fmt.Sprintf("forged key, request %d", i), ask("forged", descriptor("user", "bob|path=/x")), code, []want{{code, 2, minute, int64(max(1-i, 0))}})
+		}
+		checkResponse(t, "the key it spells", ask("nested", descriptor("user", "bob", "path", "/x")), ok, []want{{ok, 100, minute, 99}})
 		// The RateLimit-* headers describe the descriptor over its limit, not an
 		// earlier one that merely has nothing left.
 		for range 10 {
