@@ -38,11 +38,12 @@ type denial struct {
 }
 
 // DenyKey identifies a limit in the cache: the backend's key for it (which holds
-// the algorithm, and the window for a fixed window) and its Requests, so that a
-// raised limit is not answered from an old denial.
+// the algorithm) with its Requests and Window, so that a limit raised or shortened
+// by a config change is not answered from an old denial.
 type DenyKey struct {
 	Key      string
 	Requests uint64
+	Window   time.Duration
 }
 
 // NewDenyCache returns a cache of about size keys, or nil when size is 0.

@@ -248,7 +248,7 @@ func TestSlidingQuantum(t *testing.T) {
 
 func TestDenyCache(t *testing.T) {
 	c := NewDenyCache(64)
-	k := DenyKey{Key: "sluice:sw:{k}", Requests: 5}
+	k := DenyKey{Key: "sluice:sw:{k}", Requests: 5, Window: time.Hour}
 	if _, ok := c.Lookup(k, 1, 100); ok {
 		t.Fatal("an empty cache answered")
 	}
@@ -263,7 +263,8 @@ func TestDenyCache(t *testing.T) {
 		{k, 1, 499, true},
 		{k, 0, 200, false}, // a query goes to the backend
 		{k, 2, 200, false}, // not exact for more hits
-		{DenyKey{Key: "sluice:sw:{k}", Requests: 6}, 1, 200, false}, // another limit
+		{DenyKey{Key: "sluice:sw:{k}", Requests: 6, Window: time.Hour}, 1, 200, false},   // a raised limit
+		{DenyKey{Key: "sluice:sw:{k}", Requests: 5, Window: time.Second}, 1, 200, false}, // a shorter window
 		{k, 1, 500, false}, // expired
 	} {
 		d, ok := c.Lookup(tc.key, tc.hits, tc.now)

@@ -355,7 +355,7 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 	if o.alg == "" {
 		o.alg = quota.FixedWindow
 	}
-	o.deny = quotakit.DenyKey{Key: o.keys[0], Requests: l.Requests}
+	o.deny = quotakit.DenyKey{Key: o.keys[0], Requests: l.Requests, Window: l.Window}
 	return nil
 }
 

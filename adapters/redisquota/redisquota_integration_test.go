@@ -268,6 +268,13 @@ func TestIntegrationLocalCache(t *testing.T) {
 			if got := s.calls("evalsha"); got != want || n != 5 {
 				t.Errorf("%s, localCacheSize %d: %d EVALSHA calls (want %d), %d allowed", tc.l.Algorithm, size, got, want, n)
 			}
+			// A config change that shortens the window is not answered from the
+			// denial of the old one: five seconds on, a one-second window allows.
+			shorter := tc.l
+			shorter.Window = time.Second
+			if d := allowOne(t, h, now.Add(5*time.Second), quota.Request{Key: key, Limit: shorter, Hits: 1}); !d.Allowed {
+				t.Errorf("%s, localCacheSize %d: a one-second window denied from the one-minute window's denial: %+v", tc.l.Algorithm, size, d)
+			}
 			// Once the key could allow again, the cache lets requests through.
 			later := now.Add(time.Minute)
 			if d := allowOne(t, h, later, quota.Request{Key: key, Limit: tc.l, Hits: 1}); !d.Allowed {
