@@ -268,8 +268,11 @@ func (s *Server) Serve(lis net.Listener) error {
 }
 
 // Shutdown stops accepting, tells every client to go away (GOAWAY), lets the calls
-// in flight finish and closes the connections; when ctx ends first, it closes them
-// at once.
+// in flight finish and closes the connections. When ctx ends first, it closes them
+// at once and cancels their calls, then still waits for the calls to return: a
+// method is bounded by its context (the check path's by its backends' timeouts),
+// and when Shutdown returns no call may still use what its caller closes next (a
+// Redis client, say).
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.shutdown {
