@@ -267,6 +267,12 @@ func (c *conn) connError(err error) {
 	c.mu.Lock()
 	_ = c.wr.WriteGoAway(c.lastID, code, []byte(err.Error()))
 	c.goneAway = true
+	// A call's answer may be being written: that writer takes the GOAWAY too, but
+	// the connection closes when this returns, so wait for it (writeTimeout
+	// bounds each of its writes) rather than cut the GOAWAY off.
+	for c.writing && !c.closed {
+		c.cond.Wait()
+	}
 	c.flushLocked()
 }
 

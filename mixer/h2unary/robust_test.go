@@ -585,3 +585,48 @@ func TestStreamWindowAndReusedIDs(t *testing.T) {
 		t.Errorf("protocol_error counted %v times, want 0: the connection goes on", n)
 	}
 }
+
+// TestGoAwayAfterAnswerInFlight: a connection error found while a call's answer
+// is still being written (here, to a client that reads slowly) is told to the
+// client: the GOAWAY follows the answer instead of being cut off by the close.
+func TestGoAwayAfterAnswerInFlight(t *testing.T) {
+	ts := startServer(t, Options{}, false)
+	nc, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A small receive buffer: the 8 MiB answer fills it and the server's send
+	// buffer, so the server is still writing when the bad frame arrives.
+	_ = nc.(*net.TCPConn).SetReadBuffer(16 << 10)
+	r, ready := newRaw(t, nc, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	<-ready
+	_ = r.fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	req := reqBody(append([]byte{7}, bytes.Repeat([]byte{'x'}, 1<<20)...)) // answered 8 times over
+	r.headers(1, echoPath, false)
+	for len(req) > 0 {
+		n := min(len(req), 16384)
+		_ = r.fr.WriteData(1, n == len(req), req[:n])
+		req = req[n:]
+	}
+	time.Sleep(200 * time.Millisecond) // the answer is being written
+	var hb bytes.Buffer
+	_ = hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":method", Value: "GET"})
+	_ = r.fr.WritePushPromise(http2.PushPromiseParam{StreamID: 1, PromiseID: 2, BlockFragment: hb.Bytes(), EndHeaders: true})
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	data := 0
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("the connection ended without GOAWAY, after %d bytes of answer: %v", data, err)
+		}
+		if d, ok := f.(*http2.DataFrame); ok {
+			data += len(d.Data())
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeProtocol {
+				t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", ga.ErrCode)
+			}
+			return
+		}
+	}
+}
