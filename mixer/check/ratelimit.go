@@ -68,24 +68,21 @@ type rlRule struct {
 	shadow    bool
 }
 
-var units = map[string]struct {
-	d time.Duration
-	u rlsv3.RateLimitResponse_RateLimit_Unit
-}{
-	"second": {time.Second, rlsv3.RateLimitResponse_RateLimit_SECOND},
-	"minute": {time.Minute, rlsv3.RateLimitResponse_RateLimit_MINUTE},
-	"hour":   {time.Hour, rlsv3.RateLimitResponse_RateLimit_HOUR},
-	"day":    {24 * time.Hour, rlsv3.RateLimitResponse_RateLimit_DAY},
-	// As envoyproxy/ratelimit counts them: a month is 30 days, a year 365.
-	"week":  {7 * 24 * time.Hour, rlsv3.RateLimitResponse_RateLimit_WEEK},
-	"month": {30 * 24 * time.Hour, rlsv3.RateLimitResponse_RateLimit_MONTH},
-	"year":  {365 * 24 * time.Hour, rlsv3.RateLimitResponse_RateLimit_YEAR},
+// units are the RLS enum values of config.RateLimitUnits.
+var units = map[string]rlsv3.RateLimitResponse_RateLimit_Unit{
+	"second": rlsv3.RateLimitResponse_RateLimit_SECOND,
+	"minute": rlsv3.RateLimitResponse_RateLimit_MINUTE,
+	"hour":   rlsv3.RateLimitResponse_RateLimit_HOUR,
+	"day":    rlsv3.RateLimitResponse_RateLimit_DAY,
+	"week":   rlsv3.RateLimitResponse_RateLimit_WEEK,
+	"month":  rlsv3.RateLimitResponse_RateLimit_MONTH,
+	"year":   rlsv3.RateLimitResponse_RateLimit_YEAR,
 }
 
 func unitOf(u rlsv3.RateLimitResponse_RateLimit_Unit) (time.Duration, bool) {
-	for _, x := range units {
-		if x.u == u {
-			return x.d, true
+	for name, x := range units {
+		if x == u {
+			return config.RateLimitWindow(name), true
 		}
 	}
 	return 0, false
@@ -127,10 +124,10 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 				rule.replaces = append(rule.replaces, rep.Name)
 			}
 			if !r.Unlimited {
-				u := units[strings.ToLower(r.Unit)]
+				unit := strings.ToLower(r.Unit)
 				alg, _ := quota.ParseAlgorithm(r.Algorithm)
-				rule.unit, rule.rpu = u.u, r.RequestsPerUnit
-				rule.limit = quota.Limit{Requests: uint64(r.RequestsPerUnit), Window: u.d, Algorithm: alg}
+				rule.unit, rule.rpu = units[unit], r.RequestsPerUnit
+				rule.limit = quota.Limit{Requests: uint64(r.RequestsPerUnit), Window: config.RateLimitWindow(unit), Algorithm: alg}
 			}
 			n.rule = rule
 		}

@@ -3,8 +3,12 @@ package config
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/sluicemesh/sluice/adapters/quotakit"
+	"github.com/sluicemesh/sluice/templates/quota"
 )
 
 // RateLimitConfig is an envoyproxy/ratelimit configuration file, accepted as-is.
@@ -47,6 +51,28 @@ var (
 	RateLimitUnits      = []string{"second", "minute", "hour", "day", "week", "month", "year"}
 	RateLimitAlgorithms = []string{"fixed_window", "sliding_window", "token_bucket"}
 )
+
+// RateLimitWindow is the length of a unit of RateLimitUnits, as envoyproxy/ratelimit
+// counts them (a month is 30 days, a year 365), or 0 for another string.
+func RateLimitWindow(unit string) time.Duration {
+	switch unit {
+	case "second":
+		return time.Second
+	case "minute":
+		return time.Minute
+	case "hour":
+		return time.Hour
+	case "day":
+		return 24 * time.Hour
+	case "week":
+		return 7 * 24 * time.Hour
+	case "month":
+		return 30 * 24 * time.Hour
+	case "year":
+		return 365 * 24 * time.Hour
+	}
+	return 0
+}
 
 func isRateLimitDoc(root *yaml.Node) bool {
 	for _, kv := range mappingEntries(root) {
@@ -180,8 +206,19 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 				// "ſecond" lower-cased would not reach.
 				r.Unit = unit
 			}
-			if r.Algorithm != "" && !contains(RateLimitAlgorithms, r.Algorithm) {
+			alg, algErr := quota.ParseAlgorithm(r.Algorithm)
+			validAlg := algErr == nil
+			if !validAlg {
 				c.add(at("rate_limit.algorithm"), "%s: rate_limit algorithm %q is not one of %s", p, r.Algorithm, strings.Join(RateLimitAlgorithms, ", "))
+			}
+			if !r.Unlimited && validUnit && validAlg {
+				// What the backends cannot count exactly (a token bucket whose rate
+				// needs more precision than they keep) is refused here, rather than
+				// failing every request that reaches it.
+				l := quota.Limit{Requests: uint64(r.RequestsPerUnit), Window: RateLimitWindow(unit), Algorithm: alg}
+				if err := quotakit.CheckLimit(l); err != nil {
+					c.add(at("rate_limit.requests_per_unit"), "%s: rate_limit of %d per %s cannot be counted: %v", p, r.RequestsPerUnit, unit, err)
+				}
 			}
 			// Names need not be unique: upstream replaces every limit of a name.
 			for j, rep := range r.Replaces {

@@ -59,6 +59,14 @@ descriptors:
     requests_per_unit: 1
     algorithm: leaky_bucket
 `, want: `7: descriptors[0]: rate_limit algorithm "leaky_bucket"`},
+		{name: "a token bucket the backends cannot count exactly, named at requests_per_unit", body: `domain: d
+descriptors:
+- key: a
+  rate_limit:
+    unit: year
+    algorithm: token_bucket
+    requests_per_unit: 200000003
+`, want: `7: descriptors[0]: rate_limit of 200000003 per year cannot be counted: token bucket`},
 		{name: "a replaces entry with no name, named at its own line", body: `domain: d
 descriptors:
 - key: a
