@@ -359,7 +359,9 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 			if !ok {
 				return "invalid", status.Errorf(codes.InvalidArgument, "descriptor %d: limit override unit %v is not supported", i, typev3.RateLimitUnit(d.Unit))
 			}
-			key, pend[i].stat = root.keyPrefix+"override|"+entriesKey(d.Entries), "override"
+			// Keyed by its unit too: overrides of one descriptor in two units are
+			// two limits, as they are in Redis, whose keys hold the window.
+			key, pend[i].stat = root.keyPrefix+"override|"+unit.String()+"|"+entriesKey(d.Entries), "override"
 			rule = &rlRule{rpu: d.RequestsPerUnit, unit: unit,
 				limit: quota.Limit{Requests: uint64(d.RequestsPerUnit), Window: w, Algorithm: quota.FixedWindow}}
 		}

@@ -427,6 +427,16 @@ func TestRateLimitUpstreamParity(t *testing.T) {
 			resp := ask("override of a replaced limit", override(descriptor("named", "x"), 1), descriptor("narrow", "x"))
 			checkResponse(t, fmt.Sprintf("override of a replaced limit, request %d", i), resp, code, []want{perSecond(code, 0), {ok, 100, minute, int64(99 - i)}})
 		}
+		// Overrides of one descriptor in two units are two limits, which do not
+		// reset each other's count.
+		for i, code := range []rlsv3.RateLimitResponse_Code{ok, ok, over, over} {
+			unit := []typev3.RateLimitUnit{typev3.RateLimitUnit_HOUR, typev3.RateLimitUnit_DAY}[i%2]
+			d := descriptor("remote", "1.2.3.4")
+			d.Limit = &rlcommon.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 1, Unit: unit}
+			if got := ask("overrides in two units", d).GetOverallCode(); got != code {
+				t.Errorf("override of 1 per %v, request %d: %v, want %v", unit, i, got, code)
+			}
+		}
 		// Overlapping wildcards: the first in the file wins.
 		checkResponse(t, "overlapping wildcards", ask("tenant", descriptor("tenant", "abc")), ok, []want{{ok, 10, minute, 9}})
 		// A value holding a counting key's separators is one value: it spends
