@@ -145,6 +145,13 @@ func (p *peerFields) address() peerAddr {
 	a := peerAddr{ip: p.ip, port: p.port}
 	if ip, err := netip.ParseAddr(a.ip); err == nil {
 		a.addr = ip
+		if ip.Is4In6() {
+			// An IPv4 peer on a dual-stack socket: the attribute is the IPv4
+			// address, as the list adapter and the registry take it, and as CEL's
+			// ip() parses it (it refuses the mapped form).
+			a.addr = ip.Unmap()
+			a.ip = a.addr.String()
+		}
 	}
 	return a
 }

@@ -265,3 +265,30 @@ func BenchmarkCheckDecode(b *testing.B) {
 		}
 	})
 }
+
+// TestCheckPeerIPUnmapped: an IPv4 peer seen on a dual-stack socket
+// (::ffff:10.0.0.1) is source.ip 10.0.0.1, which CEL's ip() parses; IPv6 stays.
+func TestCheckPeerIPUnmapped(t *testing.T) {
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	for _, tc := range []struct{ sent, want string }{
+		{"::ffff:10.0.0.1", "10.0.0.1"},
+		{"10.0.0.1", "10.0.0.1"},
+		{"2001:db8::1", "2001:db8::1"},
+	} {
+		req := sidecarCheck(1)
+		req.Attributes.Source.Address = envoy.Address(tc.sent, 40000)
+		data, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f envoy.CheckFields
+		if err := f.Unmarshal(data); err != nil {
+			t.Fatal(err)
+		}
+		var bag attribute.Bag
+		dec.Decode(&f, time.Unix(1764900000, 0), &bag)
+		if got, _ := bag.String(attribute.SourceIP); got != tc.want {
+			t.Errorf("source.ip for a peer at %s: %q, want %q", tc.sent, got, tc.want)
+		}
+	}
+}
