@@ -18,7 +18,10 @@ import (
 type ApplyFunc func(ctx context.Context, s *Snapshot) error
 
 // Watcher loads the config, applies it, and reloads it when the directory changes.
-// A bad reload is logged and counted, and the last good config keeps serving.
+// A bad reload is logged and counted, and the last good config keeps serving. While
+// the last load failed, every poll retries it even if the directory did not change:
+// the cause may lie outside it (a list file not synced yet, a Redis address not
+// resolvable yet), and fixing that must apply the config without another edit.
 type Watcher struct {
 	loader *Loader
 	apply  ApplyFunc
@@ -26,14 +29,18 @@ type Watcher struct {
 	// Debounce groups the events of one edit (editors write in several steps).
 	Debounce time.Duration
 	// Poll re-checks the directory's listing, sizes and times, for file systems
-	// that do not deliver events.
+	// that do not deliver events, and retries a rejected config (at most once per
+	// Poll after any load).
 	Poll time.Duration
 
 	mu      sync.Mutex
 	current *Snapshot
 	lastErr error
-	version uint64
-	stamp   uint64
+	// loggedErr is the text of the rejection last logged at error level; the same
+	// rejection again (a retry, an edit that fixes nothing) is logged at debug level.
+	loggedErr string
+	version   uint64
+	stamp     uint64
 
 	versionGauge prometheus.Gauge
 	reloads      *prometheus.CounterVec
@@ -50,7 +57,7 @@ func NewWatcher(l *Loader, apply ApplyFunc, log *slog.Logger, reg prometheus.Reg
 			Name: "sluice_config_version", Help: "Version of the running config; it increases by one per applied reload.",
 		}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_config_reloads_total", Help: "Config loads, by result (success, failure).",
+			Name: "sluice_config_reloads_total", Help: "Config loads, by result (success, failure); each retry of a rejected config counts.",
 		}, []string{"result"}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_config_last_reload_success_timestamp_seconds", Help: "When a config was last applied.",
@@ -93,6 +100,7 @@ func (w *Watcher) Reload(ctx context.Context) error {
 	s, err := w.loader.Load()
 	if err == nil && w.current != nil && s.Hash == w.current.Hash {
 		w.lastErr = nil // an event without a change, or a bad edit reverted
+		w.loggedErr = ""
 		w.lastErrors.Set(0)
 		return nil
 	}
@@ -105,14 +113,21 @@ func (w *Watcher) Reload(ctx context.Context) error {
 		w.reloads.WithLabelValues("failure").Inc()
 		w.lastErrors.Set(float64(n))
 		w.lastErr = err
+		level := slog.LevelError
+		if msg := err.Error(); msg == w.loggedErr {
+			level = slog.LevelDebug // the same rejection again: logged once at error level
+		} else {
+			w.loggedErr = msg
+		}
 		for _, e := range Errors(err) {
-			w.log.Error("config rejected; the last good config keeps serving", "error", e.Error())
+			w.log.Log(ctx, level, "config rejected; the last good config keeps serving", "error", e.Error())
 		}
 		return err
 	}
 	w.version = s.Version
 	w.current = s
 	w.lastErr = nil
+	w.loggedErr = ""
 	w.reloads.WithLabelValues("success").Inc()
 	w.versionGauge.Set(float64(s.Version))
 	w.lastSuccess.SetToCurrentTime()
@@ -158,13 +173,19 @@ func (w *Watcher) Run(ctx context.Context) error {
 		case <-poll.C:
 			w.mu.Lock()
 			changed := dirStamp(w.loader.Dir) != w.stamp
+			// A rejected config is retried even with the directory unchanged: what
+			// rejected it may have been outside the directory (a list file, a host).
+			retry := w.lastErr != nil
 			w.mu.Unlock()
-			if changed {
+			if changed || (retry && debounce == nil) {
 				debounce = time.After(0)
 			}
 		case <-debounce:
 			debounce = nil
 			_ = w.Reload(ctx) // logged and counted by Reload
+			// The next poll, and so the next retry of a rejected config, comes a full
+			// Poll after this load.
+			poll.Reset(w.Poll)
 		}
 	}
 }

@@ -1,0 +1,237 @@
+package config_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicemesh/sluice/mixer/attribute"
+	"github.com/sluicemesh/sluice/mixer/config"
+	"github.com/sluicemesh/sluice/mixer/dispatch"
+	"github.com/sluicemesh/sluice/mixer/expr"
+	"github.com/sluicemesh/sluice/mixer/registry"
+)
+
+// logRecords keeps every record logged through it, at every level.
+type logRecords struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (l *logRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecords) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = append(l.recs, r.Clone())
+	return nil
+}
+func (l *logRecords) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logRecords) WithGroup(string) slog.Handler      { return l }
+
+func (l *logRecords) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = nil
+}
+
+// rejections counts the "config rejected" records by level.
+func (l *logRecords) rejections() map[slog.Level]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := map[slog.Level]int{}
+	for _, r := range l.recs {
+		if strings.HasPrefix(r.Message, "config rejected") {
+			n[r.Level]++
+		}
+	}
+	return n
+}
+
+func failures(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != "sluice_config_reloads_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == "failure" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatal("no sluice_config_reloads_total{result=failure}")
+	return 0
+}
+
+// renameInto writes a file beside path and renames it into place, as config
+// management tools do.
+func renameInto(t *testing.T, path, body string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+const callersList = `apiVersion: sluice.dev/v1alpha1
+kind: Instance
+metadata: {name: caller, namespace: shop}
+spec: {template: authorization, params: {value: source.principal}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: callers, namespace: shop}
+spec:
+  adapter: list
+  params: {file: LISTFILE}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rule
+metadata: {name: callers-only, namespace: shop}
+spec:
+  match: destination.service.namespace == "shop"
+  actions: [{handler: callers, instances: [caller]}]
+`
+
+// TestWatchRetriesRejectedConfig: a config rejected for something outside the
+// directory (here a list file not written yet, as when it comes from another
+// ConfigMap) is retried on every poll, and applied once that thing is fixed, without
+// another edit of the directory. The repeated rejection is logged once at error level,
+// then at debug level, and every failed attempt is counted.
+func TestWatchRetriesRejectedConfig(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	comp, err := expr.NewCompiler(attribute.NewVocabulary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	disp, err := dispatch.New(dispatch.Options{Shards: 1, Registry: registry.New(""), Logger: slog.New(slog.DiscardHandler), Compiler: comp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = disp.Close(context.Background()) }()
+
+	dir := t.TempDir()
+	listFile := filepath.Join(t.TempDir(), "callers.txt")
+	logs := &logRecords{}
+	reg := prometheus.NewRegistry()
+	w, err := config.NewWatcher(loader(t, dir), disp.Apply, slog.New(logs), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Debounce = 5 * time.Millisecond
+	w.Poll = 20 * time.Millisecond
+	if err := w.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// A handler whose list file does not exist yet: rejected, retried on every poll.
+	renameInto(t, filepath.Join(dir, "callers.yaml"), strings.ReplaceAll(callersList, "LISTFILE", listFile))
+	waitFor(t, "the config to be rejected for the missing list file", func() bool {
+		err := w.LastError()
+		return err != nil && strings.Contains(err.Error(), "no such file")
+	})
+	waitFor(t, "the rejected config to be retried with the directory unchanged", func() bool { return failures(t, reg) >= 3 })
+	if v := w.Current().Version; v != 1 {
+		t.Fatalf("config version %d while the new config is rejected, want 1", v)
+	}
+
+	// The list file appears: the next poll applies the config.
+	renameInto(t, listFile, "spiffe://cluster.local/ns/shop/sa/frontend\n")
+	waitFor(t, "the config to be applied once its list file exists", func() bool {
+		return w.Current().Version == 2 && w.LastError() == nil
+	})
+	failed := failures(t, reg)
+	time.Sleep(5 * w.Poll) // a good config is not retried
+	if got := failures(t, reg); got != failed {
+		t.Errorf("%v more failed loads after the config was applied", got-failed)
+	}
+
+	byLevel := logs.rejections()
+	if byLevel[slog.LevelError] != 1 {
+		t.Errorf("the same rejection logged %d times at error level, want once", byLevel[slog.LevelError])
+	}
+	if got := float64(byLevel[slog.LevelError] + byLevel[slog.LevelDebug]); got != failed {
+		t.Errorf("%v rejections logged for %v failed loads counted", got, failed)
+	}
+}
+
+// TestReloadLogsEachNewRejection: a rejection is logged at error level when it
+// differs from the one logged before, or follows an applied config, and at debug
+// level when it repeats.
+func TestReloadLogsEachNewRejection(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	var next []error // what apply returns, in turn; nil applies
+	apply := func(context.Context, *config.Snapshot) error {
+		err := next[0]
+		next = next[1:]
+		return err
+	}
+	logs := &logRecords{}
+	w, err := config.NewWatcher(loader(t, dir), apply, slog.New(logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next = []error{nil}
+	if err := w.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A new object, so that every load below differs from the running config.
+	renameInto(t, filepath.Join(dir, "caller.yaml"), strings.SplitN(callersList, "---", 2)[0])
+
+	a, b := errors.New("redis: lookup redis.shop: no such host"), errors.New("list: open /etc/sluice/callers.txt: no such file or directory")
+	steps := []struct {
+		err  error
+		want slog.Level
+	}{{a, slog.LevelError}, {a, slog.LevelDebug}, {a, slog.LevelDebug}, {b, slog.LevelError}, {b, slog.LevelDebug}, {a, slog.LevelError},
+		{nil, 0}, {a, slog.LevelError}}
+	for i, s := range steps {
+		next = []error{s.err}
+		logs.reset()
+		err := w.Reload(ctx)
+		if (err != nil) != (s.err != nil) {
+			t.Fatalf("step %d: Reload = %v, want %v", i, err, s.err)
+		}
+		if s.err == nil {
+			// Rewrite the object so that the next load differs from the one just applied.
+			renameInto(t, filepath.Join(dir, "caller.yaml"), strings.ReplaceAll(strings.SplitN(callersList, "---", 2)[0], "caller", "caller2"))
+			continue
+		}
+		got := logs.rejections()
+		if len(got) != 1 || got[s.want] != 1 {
+			t.Errorf("step %d (%v): rejections logged by level %v, want one at %v", i, s.err, got, s.want)
+		}
+	}
+}
