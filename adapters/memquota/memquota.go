@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicemesh/sluice/adapters"
@@ -39,9 +40,11 @@ const sweepInterval = 10 * time.Second
 type Params struct {
 	// Quotas give the limits of the quota instances sent to the handler.
 	Quotas []quotakit.Quota `yaml:"quotas"`
-	// MaxKeys bounds the keys counted at once. Beyond it the least recently used key
-	// is forgotten (and counted as dropped, reason key_evicted), which lets that key
-	// start afresh. Default 100000.
+	// MaxKeys bounds the keys counted at once. No key is forgotten before it is
+	// reached; beyond it a new key makes the handler forget one of its least
+	// recently used keys (of a shard holding more than its share of MaxKeys),
+	// preferring one whose state has expired; a live one is counted as dropped,
+	// reason key_evicted, and starts afresh. Default 100000.
 	MaxKeys int `yaml:"maxKeys"`
 }
 
@@ -73,15 +76,25 @@ func Factory() *adapters.Factory {
 
 // Handler is a memquota handler. Its state is split into shards by a hash of the
 // key, each with its own lock, so that concurrent checks of different keys rarely
-// wait for each other.
+// wait for each other. MaxKeys bounds the keys of all shards together, counted in
+// one atomic counter that only a new or forgotten key touches: a shard may hold
+// any number of keys, and only a key that takes the handler past MaxKeys makes it
+// forget another, from a shard holding more than its share of MaxKeys (its own
+// first, which needs no other lock).
 type Handler struct {
 	env    adapters.Env
 	table  *quotakit.Table
 	seed   maphash.Seed
 	shards []shard
-	stop   chan struct{}
-	done   chan struct{}
-	once   sync.Once
+	// held counts the keys of all shards; maxKeys bounds it (see evictElsewhere
+	// for the moments it is passed).
+	held    atomic.Int64
+	maxKeys int64
+	// next spreads where evictElsewhere starts looking.
+	next atomic.Uint32
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
 }
 
 var _ adapters.QuotaHandler = (*Handler)(nil)
@@ -110,14 +123,15 @@ func New(env adapters.Env, p *Params, instances []string) (*Handler, error) {
 		n /= 2
 	}
 	h := &Handler{env: env, table: table, seed: maphash.MakeSeed(), shards: make([]shard, n),
-		stop: make(chan struct{}), done: make(chan struct{})}
+		maxKeys: int64(p.MaxKeys), stop: make(chan struct{}), done: make(chan struct{})}
 	for i := range h.shards {
-		// Spread MaxKeys exactly: the first MaxKeys%n shards hold one more.
-		capacity := p.MaxKeys / n
+		// Shares of MaxKeys, spread exactly: the first MaxKeys%n shards have one
+		// more. A share is no cap: it tells which shards give up a key.
+		share := p.MaxKeys / n
 		if i < p.MaxKeys%n {
-			capacity++
+			share++
 		}
-		h.shards[i].init(capacity)
+		h.shards[i].init(share, &h.held)
 	}
 	go h.sweepLoop()
 	return h, nil
@@ -190,7 +204,17 @@ func (h *Handler) decide(r *quota.Request, now int64) (quota.Decision, error) {
 	}
 	s := &h.shards[maphash.String(h.seed, r.Key)&uint64(len(h.shards)-1)]
 	s.mu.Lock()
-	e, evicted := s.get(stateKey{key: r.Key, alg: alg}, now)
+	e, held := s.get(stateKey{key: r.Key, alg: alg}, now)
+	evicted, elsewhere := false, false
+	if held > h.maxKeys {
+		// The new key took the handler past maxKeys: forget one, here when this
+		// shard holds more than its share, else in one that does.
+		if len(s.keys) > s.share {
+			evicted, _ = s.evict(now, e, h)
+		} else {
+			elsewhere = true
+		}
+	}
 	var d quota.Decision
 	var err error
 	switch alg {
@@ -202,10 +226,44 @@ func (h *Handler) decide(r *quota.Request, now int64) (quota.Decision, error) {
 		d, err = e.tokenBucket(l, r.Hits, now)
 	}
 	s.mu.Unlock()
+	if elsewhere {
+		evicted = h.evictElsewhere(now, e)
+	}
 	if evicted {
 		h.env.Stats.Dropped(1, "key_evicted")
 	}
 	return d, err
+}
+
+// evictElsewhere forgets a key of a shard holding more than its share, for a new
+// key (keep, whose shard holds no more than its share) that took the handler past
+// maxKeys; it reports whether the key was live. It runs after the new key's
+// shard is unlocked, so that no check holds two locks: meanwhile the handler
+// holds a key or so more than maxKeys (one per check in this function). Each key
+// over maxKeys forgets one, so the count returns to maxKeys; a check that finds it
+// there already, keys having been forgotten meanwhile, forgets none.
+func (h *Handler) evictElsewhere(now int64, keep *entry) bool {
+	n := len(h.shards)
+	start := int(h.next.Add(1))
+	// Shards over their share first; past that (keys moved meanwhile), any shard.
+	for _, overShare := range [...]bool{true, false} {
+		for i := range n {
+			s := &h.shards[(start+i)&(n-1)]
+			s.mu.Lock()
+			if h.held.Load() <= h.maxKeys {
+				s.mu.Unlock()
+				return false
+			}
+			if !overShare || len(s.keys) > s.share {
+				if evicted, ok := s.evict(now, keep, h); ok {
+					s.mu.Unlock()
+					return evicted
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+	return false
 }
 
 func (h *Handler) sweepLoop() {
@@ -242,10 +300,15 @@ func (h *Handler) sweep(now int64) int {
 
 // shard holds the state of some keys, most recently used first.
 type shard struct {
-	mu       sync.Mutex
-	keys     map[stateKey]*entry
-	lru      entry // sentinel of the recency list: lru.next is the most recent
-	capacity int
+	mu   sync.Mutex
+	keys map[stateKey]*entry
+	lru  entry // sentinel of the recency list: lru.next is the most recent
+	// share is the shard's share of maxKeys: when the handler holds more, a
+	// shard holding more than its share gives up a key.
+	share int
+	// held is the handler's count of keys, which the shard's new and forgotten
+	// keys change.
+	held *atomic.Int64
 	// spare holds entries of forgotten keys for new ones: when every check
 	// brings a new key (a new user, a new source address), the states turn over
 	// at the request rate, and reusing them spares an allocation of a couple of
@@ -256,35 +319,26 @@ type shard struct {
 // maxSpare bounds a shard's spare entries.
 const maxSpare = 256
 
-func (s *shard) init(capacity int) {
+func (s *shard) init(share int, held *atomic.Int64) {
 	s.keys = make(map[stateKey]*entry)
 	s.lru.next, s.lru.prev = &s.lru, &s.lru
-	s.capacity = capacity
+	s.share = share
+	s.held = held
 }
 
-// get returns the state of k, made most recent, creating it when absent. A full
-// shard first forgets an expired key among its least recent ones, else the least
-// recent key, which is reported as evicted; any other forgets the least recent
-// key if it has expired.
-func (s *shard) get(k stateKey, now int64) (e *entry, evicted bool) {
+// get returns the state of k, made most recent, creating it when absent; then it
+// returns the handler's count of keys with the new one (else 0), which the caller
+// brings back to maxKeys. A new key first forgets the least recent key if it has
+// expired.
+func (s *shard) get(k stateKey, now int64) (e *entry, held int64) {
 	if e = s.keys[k]; e != nil {
 		if s.lru.next != e {
 			e.unlink()
 			s.pushFront(e)
 		}
-		return e, false
+		return e, 0
 	}
-	if len(s.keys) >= s.capacity {
-		victim := s.lru.prev
-		for i, c := 0, victim; i < 8 && c != &s.lru; i, c = i+1, c.prev {
-			if c.expires <= now {
-				victim = c
-				break
-			}
-		}
-		evicted = victim.expires > now
-		s.remove(victim.k, victim)
-	} else if tail := s.lru.prev; tail != &s.lru && tail.expires <= now {
+	if tail := s.lru.prev; tail != &s.lru && tail.expires <= now {
 		// A new key forgets the least recent one if its state has expired, as the
 		// sweeper would later: the shard then holds live keys alone, and when
 		// every check brings a new key the states are reused at the rate they
@@ -301,7 +355,31 @@ func (s *shard) get(k stateKey, now int64) (e *entry, evicted bool) {
 	}
 	s.keys[k] = e
 	s.pushFront(e)
-	return e, evicted
+	return e, s.held.Add(1)
+}
+
+// evict forgets a key other than keep, for a new key that took the handler h past
+// its maxKeys: an expired key among the shard's least recent ones, else its least
+// recent key. evicted reports that the key was live; ok false that the shard
+// holds no other key, or that the handler is back within maxKeys (keys were
+// forgotten meanwhile), and forgot none.
+func (s *shard) evict(now int64, keep *entry, h *Handler) (evicted, ok bool) {
+	victim := s.lru.prev
+	if victim == keep {
+		victim = victim.prev
+	}
+	if victim == &s.lru || h.held.Load() <= h.maxKeys {
+		return false, false
+	}
+	for i, c := 0, victim; i < 8 && c != &s.lru; i, c = i+1, c.prev {
+		if c != keep && c.expires <= now {
+			victim = c
+			break
+		}
+	}
+	evicted = victim.expires > now
+	s.remove(victim.k, victim)
+	return evicted, true
 }
 
 func (s *shard) pushFront(e *entry) {
@@ -313,6 +391,7 @@ func (s *shard) pushFront(e *entry) {
 func (s *shard) remove(k stateKey, e *entry) {
 	e.unlink()
 	delete(s.keys, k)
+	s.held.Add(-1)
 	if len(s.spare) < maxSpare {
 		*e = entry{} // holds no key or log while spare
 		s.spare = append(s.spare, e)

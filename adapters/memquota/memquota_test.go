@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,17 +69,33 @@ func TestBatch(t *testing.T) {
 // count of every round must be the reference model's, and each algorithm's
 // guarantee must hold.
 func TestConcurrent(t *testing.T) {
-	for i, l := range []quota.Limit{
-		{Requests: 20, Window: time.Second, Algorithm: quota.FixedWindow},
-		{Requests: 20, Window: time.Second, Algorithm: quota.SlidingWindow},
-		{Requests: 20, Window: time.Second, Algorithm: quota.TokenBucket},
+	for i, c := range []quotatest.Concurrent{
+		{Limit: quota.Limit{Requests: 20, Window: time.Second, Algorithm: quota.FixedWindow}},
+		{Limit: quota.Limit{Requests: 20, Window: time.Second, Algorithm: quota.SlidingWindow}},
+		{Limit: quota.Limit{Requests: 20, Window: time.Second, Algorithm: quota.TokenBucket}},
+		coarseBucket,
 	} {
-		t.Run(string(l.Algorithm), func(t *testing.T) {
+		t.Run(fmt.Sprint(c.Limit.Algorithm, "/", c.Limit.Requests, "/", c.Limit.Window), func(t *testing.T) {
 			h, _ := newHandler(t, &Params{})
-			c := quotatest.Concurrent{Limit: l, Rounds: 60, Workers: 8, PerWorker: 3, MaxStep: 250 * time.Millisecond, Seed: uint64(i + 1)}
+			c.Rounds, c.Workers, c.PerWorker, c.Seed = 60, 8, 3, uint64(i+1)
+			if c.MaxStep == 0 {
+				c.MaxStep = 250 * time.Millisecond
+			}
 			c.Run(t, []quota.RateLimiter{h, h}, "concurrent")
 		})
 	}
+}
+
+// coarseBucket is a token bucket counted in units of a second (1157.4 tokens
+// each): drained at .999999 of a second, then asked for 400 hits a request more
+// often than it refills.
+var coarseBucket = quotatest.Concurrent{
+	Limit:     quota.Limit{Requests: 100000007, Window: 24 * time.Hour, Algorithm: quota.TokenBucket},
+	Unit:      time.Second,
+	Start:     999999 * time.Microsecond,
+	FirstHits: 5000000,
+	Hits:      400,
+	MaxStep:   2 * time.Second,
 }
 
 func TestQuotaOverrides(t *testing.T) {
@@ -184,6 +202,95 @@ func TestMaxKeysEvictsLeastRecent(t *testing.T) {
 	}
 }
 
+// TestMaxKeysHoldsLiveKeys: no live key is forgotten while the handler holds fewer
+// than maxKeys keys, however the keys fall into its shards; so every user's count
+// holds and an over-limit request is denied. At maxKeys, each new key forgets one
+// other, counted as evicted.
+func TestMaxKeysHoldsLiveKeys(t *testing.T) {
+	ctx := context.Background()
+	l := quota.Limit{Requests: 2, Window: time.Minute}
+	for _, tc := range []struct{ maxKeys, users int }{
+		{100, 10},
+		{1000, 600},
+		{100, 100},
+		{1000, 1000},
+		{64, 64},
+		{65, 65},
+		{3, 3},
+		{1, 1},
+	} {
+		t.Run(fmt.Sprintf("maxKeys=%d/users=%d", tc.maxKeys, tc.users), func(t *testing.T) {
+			for trial := range 5 { // each handler hashes with a seed of its own
+				h, st := newHandler(t, &Params{MaxKeys: tc.maxKeys})
+				now := quotatest.Base()
+				take := func(key string) bool {
+					var out [1]quota.Decision
+					if err := h.Allow(ctx, now, []quota.Request{{Key: key, Limit: l, Hits: 1}}, out[:]); err != nil {
+						t.Fatal(err)
+					}
+					return out[0].Allowed
+				}
+				for round := range 3 {
+					for u := range tc.users {
+						if got, want := take(fmt.Sprint("user-", u)), round < 2; got != want {
+							t.Fatalf("trial %d: user-%d's hit %d: allowed=%v, want %v", trial, u, round+1, got, want)
+						}
+					}
+				}
+				if n := st.Drops("key_evicted"); n != 0 {
+					t.Fatalf("trial %d: %d keys evicted, %d held of at most %d", trial, n, h.Len(), tc.maxKeys)
+				}
+				if n := h.Len(); n != tc.users {
+					t.Fatalf("trial %d: %d keys held, want %d", trial, n, tc.users)
+				}
+				if tc.users < tc.maxKeys {
+					continue
+				}
+				// Full: a new key forgets one, and the bound holds.
+				for i := range 10 {
+					take(fmt.Sprint("new-", i))
+					if n := h.Len(); n != tc.maxKeys {
+						t.Fatalf("trial %d: %d keys held after new-%d, want %d", trial, n, i, tc.maxKeys)
+					}
+					if n := st.Drops("key_evicted"); n != i+1 {
+						t.Fatalf("trial %d: %d evictions counted after %d new keys", trial, n, i+1)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestMaxKeysConcurrent: goroutines bringing new keys at once into every shard
+// leave the handler holding exactly maxKeys, every forgotten (live) key counted.
+func TestMaxKeysConcurrent(t *testing.T) {
+	const maxKeys, workers, perWorker = 200, 8, 500
+	h, st := newHandler(t, &Params{MaxKeys: maxKeys})
+	l := quota.Limit{Requests: 1, Window: time.Minute, Algorithm: quota.TokenBucket}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var out [1]quota.Decision
+			for i := range perWorker {
+				req := []quota.Request{{Key: fmt.Sprint("w", w, "-", i), Limit: l, Hits: 1}}
+				if err := h.Allow(context.Background(), quotatest.Base(), req, out[:]); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := h.Len(); n != maxKeys {
+		t.Errorf("%d keys held, want %d", n, maxKeys)
+	}
+	if n, want := st.Drops("key_evicted"), workers*perWorker-maxKeys; n != want {
+		t.Errorf("%d evictions counted, want %d", n, want)
+	}
+}
+
 // TestForgottenStatesReused: the state of a forgotten key serves a new key, which
 // starts afresh under every algorithm; a new fixed-window key then allocates
 // nothing.
@@ -221,7 +328,8 @@ func TestForgottenStatesReused(t *testing.T) {
 	// key once that has expired, so that a shard holds hardly more than its live
 	// keys and a new key allocates nothing.
 	var sh shard
-	sh.init(1000)
+	var held atomic.Int64
+	sh.init(1000, &held)
 	at := int64(0)
 	newKey := func(k string) {
 		e, _ := sh.get(stateKey{key: k}, at)

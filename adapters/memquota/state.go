@@ -38,7 +38,8 @@ type entry struct {
 	start, prevStart int64
 	count, prevCount uint64
 
-	// Token bucket: the tokens at last (in scale units).
+	// Token bucket: the tokens at last, the time (µs) up to which refills have
+	// been credited (see quotakit.TokenScale).
 	scale  quotakit.TokenScale
 	tokens uint64
 	last   int64
@@ -109,8 +110,8 @@ func (e *entry) sliding(l quota.Limit, hits uint64, callerNow int64) quota.Decis
 	return quotakit.SlidingDecision(l, allowed, lg.sum, resetAt, callerNow)
 }
 
-// tokenBucket takes hits from a bucket of Requests tokens refilled continuously
-// at Requests per window.
+// tokenBucket takes hits from a bucket of Requests tokens refilled at Requests per
+// window, in whole units of its scale (quotakit.TokenScale).
 func (e *entry) tokenBucket(l quota.Limit, hits uint64, now int64) (quota.Decision, error) {
 	w := l.Window.Microseconds()
 	if e.requests != l.Requests || e.window != w || e.scale.Unit == 0 {
@@ -119,23 +120,19 @@ func (e *entry) tokenBucket(l quota.Limit, hits uint64, now int64) (quota.Decisi
 			return quota.Decision{}, err
 		}
 		e.scale, e.requests, e.window = s, l.Requests, w
-		e.tokens, e.last = s.Capacity, s.Now(now)
+		e.tokens, e.last = s.Capacity, now
 	}
 	s := &e.scale
-	unit := s.Now(now)
-	if e.tokens >= s.Capacity {
-		// A full bucket has no time of its own (Redis deletes it): it is full now.
-		e.last = unit
-	}
-	tokens := s.Refill(e.tokens, e.last, unit)
-	e.last = max(e.last, unit)
+	// Refill credits whole units since the bucket's time and carries the rest; a
+	// full bucket has no time of its own (Redis deletes it): it is full now.
+	tokens, last := s.Refill(e.tokens, e.last, now)
 	cost := s.Cost(hits)
 	allowed := cost <= tokens
 	if allowed {
 		tokens -= cost
 	}
-	e.tokens = tokens
-	e.expires = now + s.FullAfter(tokens, now)
+	e.tokens, e.last = tokens, last
+	e.expires = now + s.FullAfter(tokens, last, now)
 	d, _ := s.Decision(allowed, tokens, e.last, hits, now, l.Window)
 	return d, nil
 }

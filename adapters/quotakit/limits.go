@@ -126,10 +126,17 @@ func SlidingNeed(l quota.Limit, sum, hits uint64) (need uint64, ok bool) {
 	return sum + hits - l.Requests, true
 }
 
-// TokenScale holds a token bucket's limit in exact integers. Time advances in units
-// of Unit microseconds; a token is PerToken scaled amounts and every unit of time
-// refills PerUnit of them, so that Requests per Window is exactly PerUnit/PerToken
-// tokens per unit, with no rounding (the ratio is reduced by its gcd).
+// TokenScale holds a token bucket's limit in exact integers. Refills come in whole
+// units of Unit microseconds; a token is PerToken scaled amounts and every unit of
+// time refills PerUnit of them, so that Requests per Window is exactly
+// PerUnit/PerToken tokens per unit, with no rounding (the ratio is reduced by its gcd).
+//
+// A bucket is its tokens and its time (µs), the time up to which its refills have
+// been credited: a refill credits only the whole units elapsed since then and
+// advances the time by those units, so that the part of a unit that has elapsed is
+// carried to the next refill, never rounded up. A full bucket has no time of its
+// own: it is full now. So over any interval T a bucket refills at most rate × T, and
+// allows at most burst + rate × T, whatever its unit.
 type TokenScale struct {
 	Unit     int64  // µs per time unit
 	Window   int64  // the window in units
@@ -163,23 +170,27 @@ func NewTokenScale(l quota.Limit) (TokenScale, error) {
 	return TokenScale{}, fmt.Errorf("token bucket of %d per %v cannot be counted exactly; use a window of whole seconds or a smaller limit", l.Requests, l.Window)
 }
 
-// Now is now (µs) in the scale's units, rounded down.
-func (s TokenScale) Now(nowMicros int64) int64 { return floorDiv(nowMicros, s.Unit) }
-
-// Refill returns the bucket's tokens at now (units) given tokens at last; a clock
-// that went backwards refills nothing. A missing bucket is a full one.
-func (s TokenScale) Refill(tokens uint64, last, now int64) uint64 {
+// Refill returns the bucket's tokens and time at now (µs), given tokens at last
+// (µs): the whole units elapsed since last are credited and last advances by them,
+// keeping the rest of a unit for the next refill. A full bucket's time is now; a
+// clock that went backwards refills nothing and keeps the bucket's time. A missing
+// bucket is a full one.
+func (s TokenScale) Refill(tokens uint64, last, now int64) (uint64, int64) {
+	if tokens >= s.Capacity {
+		return s.Capacity, now
+	}
 	if now <= last {
-		return tokens
+		return tokens, last
 	}
-	if now-last >= s.Window {
-		return s.Capacity
+	units := (now - last) / s.Unit
+	if units >= s.Window {
+		return s.Capacity, now
 	}
-	add := uint64(now-last) * s.PerUnit // < Window × PerUnit = Capacity
+	add := uint64(units) * s.PerUnit // < Window × PerUnit = Capacity
 	if missing := s.Capacity - tokens; add >= missing {
-		return s.Capacity
+		return s.Capacity, now
 	}
-	return tokens + add
+	return tokens + add, last + units*s.Unit
 }
 
 // Cost is what hits take from the bucket; above Requests it is more than the
@@ -191,42 +202,45 @@ func (s TokenScale) Cost(hits uint64) uint64 {
 	return hits * s.PerToken
 }
 
+// at is when (µs) a bucket holding tokens at last (µs) holds need: its first
+// refill is a whole unit after last.
+func (s TokenScale) at(tokens, need uint64, last, nowMicros int64) int64 {
+	if tokens >= need {
+		return nowMicros
+	}
+	units := (need - tokens + s.PerUnit - 1) / s.PerUnit
+	return last + int64(units)*s.Unit
+}
+
 // Decision answers a token-bucket request from the tokens left after it (taken or
-// not) at last, the bucket's time in units (now, or later when a request decided
-// at a later time reached the bucket first). denyUntil (µs) is when a one-hit
-// request could next be allowed, 0 when now.
+// not) at last, the bucket's time (µs) as Refill leaves it: at most now, and less
+// than a unit before it, unless a request decided at a later time reached the
+// bucket first. denyUntil (µs) is when a one-hit request could next be allowed, 0
+// when now.
 func (s TokenScale) Decision(allowed bool, tokens uint64, last int64, hits uint64, nowMicros int64, window time.Duration) (d quota.Decision, denyUntil int64) {
 	d.Allowed = allowed
 	d.Remaining = tokens / s.PerToken
-	at := func(need uint64) int64 { // µs at which the bucket holds need
-		if tokens >= need {
-			return nowMicros
-		}
-		units := (need - tokens + s.PerUnit - 1) / s.PerUnit
-		return (last + int64(units)) * s.Unit
-	}
 	if hits > s.Requests {
 		d.ResetAfter = window
-	} else if t := at(s.Cost(hits)); t > nowMicros {
+	} else if t := s.at(tokens, s.Cost(hits), last, nowMicros); t > nowMicros {
 		d.ResetAfter = time.Duration(t-nowMicros) * time.Microsecond
 	}
 	switch {
 	case s.Requests == 0:
 		denyUntil = nowMicros + window.Microseconds()
 	case tokens < s.PerToken:
-		denyUntil = at(s.PerToken)
+		denyUntil = s.at(tokens, s.PerToken, last, nowMicros)
 	}
 	return d, denyUntil
 }
 
-// FullAfter is how long (µs) until a bucket holding tokens is full again, from
-// now (µs); after it, forgetting the bucket changes nothing.
-func (s TokenScale) FullAfter(tokens uint64, nowMicros int64) int64 {
+// FullAfter is how long (µs) after now (µs) a bucket holding tokens at last (µs)
+// is full again; after it, forgetting the bucket changes nothing.
+func (s TokenScale) FullAfter(tokens uint64, last, nowMicros int64) int64 {
 	if tokens >= s.Capacity {
 		return 0
 	}
-	units := (s.Capacity - tokens + s.PerUnit - 1) / s.PerUnit
-	return (s.Now(nowMicros)+int64(units))*s.Unit - nowMicros
+	return max(0, s.at(tokens, s.Capacity, last, nowMicros)-nowMicros)
 }
 
 func gcd(a, b uint64) uint64 {
@@ -242,8 +256,4 @@ func floorMod(a, b int64) int64 {
 		m += b
 	}
 	return m
-}
-
-func floorDiv(a, b int64) int64 {
-	return (a - floorMod(a, b)) / b
 }

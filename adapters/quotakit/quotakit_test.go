@@ -212,6 +212,68 @@ func TestTokenScale(t *testing.T) {
 	}
 }
 
+// TestTokenScaleRefill: a refill credits the whole units elapsed since the
+// bucket's time and carries the rest of a unit; it never credits a unit for a turn
+// of the clock's second alone.
+func TestTokenScaleRefill(t *testing.T) {
+	day, err := NewTokenScale(quota.Limit{Requests: 100000007, Window: 24 * time.Hour})
+	if err != nil || day.Unit != 1e6 {
+		t.Fatalf("%+v, %v: want units of a second", day, err)
+	}
+	fine, err := NewTokenScale(quota.Limit{Requests: 4, Window: time.Second})
+	if err != nil || fine.Unit != 1 {
+		t.Fatalf("%+v, %v: want units of a µs", fine, err)
+	}
+	const sec = 1000000
+	for _, tc := range []struct {
+		name       string
+		s          TokenScale
+		tokens     uint64
+		last, now  int64
+		wantTokens uint64
+		wantLast   int64
+	}{
+		{"a µs after a drain at .999999", day, 0, sec - 1, sec, 0, sec - 1},
+		{"a unit after", day, 0, sec - 1, 2*sec - 1, day.PerUnit, 2*sec - 1},
+		{"a unit and a half after: half a unit carried", day, 0, sec - 1, 5*sec/2 - 1, day.PerUnit, 2*sec - 1},
+		{"two units and a µs after", day, 5, sec - 1, 3 * sec, 5 + 2*day.PerUnit, 3*sec - 1},
+		{"the clock went back", day, 7, 2 * sec, sec, 7, 2 * sec},
+		{"refilled to full: full now", day, day.Capacity - 1, 0, sec + 1, day.Capacity, sec + 1},
+		{"a window later", day, 0, 0, 86400 * sec, day.Capacity, 86400 * sec},
+		{"a full bucket is full now, even before its time", day, day.Capacity, 5 * sec, 3 * sec, day.Capacity, 3 * sec},
+		{"µs units: every µs counts", fine, 0, 10, 11, 1, 11},
+	} {
+		tokens, last := tc.s.Refill(tc.tokens, tc.last, tc.now)
+		if tokens != tc.wantTokens || last != tc.wantLast {
+			t.Errorf("%s: Refill(%d, %d, %d) = %d, %d; want %d, %d", tc.name, tc.tokens, tc.last, tc.now, tokens, last, tc.wantTokens, tc.wantLast)
+		}
+	}
+
+	// Answers after a drain at .999999: a request of 1157 hits (a second's
+	// refill) waits a second from the drain, not to the clock's next second.
+	cost := day.Cost(1157)
+	for _, tc := range []struct {
+		now           int64
+		wantReset     time.Duration
+		wantDenyUntil int64
+		wantFull      int64
+	}{
+		{sec, 999999 * time.Microsecond, 2*sec - 1, 86400*sec - 1},
+		{2*sec - 2, time.Microsecond, 2*sec - 1, 86400*sec - 1 - (sec - 2)},
+	} {
+		d, denyUntil := day.Decision(false, 0, sec-1, 1157, tc.now, 24*time.Hour)
+		if want := (quota.Decision{ResetAfter: tc.wantReset}); d != want || denyUntil != tc.wantDenyUntil {
+			t.Errorf("at %d: Decision = %+v, %d; want %+v, %d", tc.now, d, denyUntil, want, tc.wantDenyUntil)
+		}
+		if got := day.FullAfter(0, sec-1, tc.now); got != tc.wantFull {
+			t.Errorf("at %d: FullAfter = %d, want %d", tc.now, got, tc.wantFull)
+		}
+	}
+	if tokens, _ := day.Refill(0, sec-1, 2*sec-1); tokens < cost {
+		t.Errorf("a unit after the drain, %d < %d: the request would still wait", tokens, cost)
+	}
+}
+
 func TestFixedWindowStart(t *testing.T) {
 	for _, tc := range []struct{ now, w, want int64 }{
 		{1_000_000, 1_000_000, 1_000_000},

@@ -16,11 +16,14 @@ import (
 )
 
 // Key prefixes, one per algorithm: the same limit key counted by two algorithms
-// has two states, of different Redis types.
+// has two states, of different Redis types. A bucket's time is in µs under
+// sluice:tb2:; the buckets of earlier versions, under sluice:tb:, kept it in the
+// scale's units, and are left to expire rather than misread (see
+// tokenBucketScript).
 const (
 	fixedPrefix   = "sluice:fw:"
 	slidingPrefix = "sluice:sw:"
-	bucketPrefix  = "sluice:tb:"
+	bucketPrefix  = "sluice:tb2:"
 )
 
 // op is one request planned as a script call.
@@ -347,7 +350,7 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 		o.script = h.bucket
 		o.keys = append(o.keyBuf[:0], string(b))
 		o.command()
-		for _, v := range [...]int64{s.Now(now), int64(s.Capacity), int64(s.PerUnit), s.Window, int64(s.Cost(r.Hits)), s.Unit, slack} {
+		for _, v := range [...]int64{now, int64(s.Capacity), int64(s.PerUnit), s.Window, int64(s.Cost(r.Hits)), s.Unit, slack} {
 			o.arg(v)
 		}
 	}

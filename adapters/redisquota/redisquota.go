@@ -190,7 +190,7 @@ func Factory() *adapters.Factory {
 //
 //	sluice:fw:{KEY}:WINDOW:START      fixed window: the count of the window (µs)
 //	sluice:sw:{KEY}:log, …:hits        sliding window: the log and its sums
-//	sluice:tb:{KEY}:REQUESTS:WINDOW   token bucket: tokens and time
+//	sluice:tb2:{KEY}:REQUESTS:WINDOW  token bucket: tokens and time (µs)
 //
 // Every key expires a second (keySlack) after its state stops mattering; a fixed
 // window's counter up to min(window, maxExpiryJitter) later still. A Handler is

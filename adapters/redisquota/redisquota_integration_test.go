@@ -110,16 +110,23 @@ func TestIntegrationSequences(t *testing.T) {
 // the reference model's, and each algorithm's guarantee must hold.
 func TestIntegrationReplicas(t *testing.T) {
 	s := startRedis(t)
-	for i, l := range []quota.Limit{
-		{Requests: 20, Window: time.Second, Algorithm: quota.FixedWindow},
-		{Requests: 20, Window: time.Second, Algorithm: quota.SlidingWindow},
-		{Requests: 20, Window: time.Second, Algorithm: quota.TokenBucket},
+	for i, c := range []quotatest.Concurrent{
+		{Limit: quota.Limit{Requests: 20, Window: time.Second, Algorithm: quota.FixedWindow}},
+		{Limit: quota.Limit{Requests: 20, Window: time.Second, Algorithm: quota.SlidingWindow}},
+		{Limit: quota.Limit{Requests: 20, Window: time.Second, Algorithm: quota.TokenBucket}},
+		// Counted in units of a second (1157.4 tokens each): drained at .999999
+		// of a second, then asked for more than it refills.
+		{Limit: quota.Limit{Requests: 100000007, Window: 24 * time.Hour, Algorithm: quota.TokenBucket},
+			Unit: time.Second, Start: 999999 * time.Microsecond, FirstHits: 5000000, Hits: 400, MaxStep: 2 * time.Second},
 	} {
-		t.Run(string(l.Algorithm), func(t *testing.T) {
+		t.Run(fmt.Sprint(c.Limit.Algorithm, "/", c.Limit.Requests, "/", c.Limit.Window), func(t *testing.T) {
 			a := newTestHandler(t, s.addr, nil)
 			b := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = 0 }) // one replica without the cache
-			c := quotatest.Concurrent{Limit: l, Rounds: 40, Workers: 16, PerWorker: 2, MaxStep: 250 * time.Millisecond, Seed: uint64(10 + i)}
-			c.Run(t, []quota.RateLimiter{a, b}, "replicas")
+			c.Rounds, c.Workers, c.PerWorker, c.Seed = 40, 16, 2, uint64(10+i)
+			if c.MaxStep == 0 {
+				c.MaxStep = 250 * time.Millisecond
+			}
+			c.Run(t, []quota.RateLimiter{a, b}, fmt.Sprint("replicas", i))
 			if n := a.stats.Drops(quotakit.ReasonFailOpen) + b.stats.Drops(quotakit.ReasonFailOpen); n > 0 {
 				t.Errorf("%d decisions failed open", n)
 			}
@@ -541,6 +548,35 @@ func TestIntegrationKeysExpire(t *testing.T) {
 	}
 }
 
+// TestIntegrationOldBucketIgnored: a bucket an earlier version wrote (its time in
+// the scale's units, under sluice:tb:) is not read as a time in µs: the bucket of
+// the same limit lives under a key of its own, and the old key is left to expire.
+func TestIntegrationOldBucketIgnored(t *testing.T) {
+	s := startRedis(t)
+	h := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = 0 })
+	ctx := context.Background()
+	l := quota.Limit{Requests: 100000007, Window: 24 * time.Hour, Algorithm: quota.TokenBucket}
+	now := quotatest.Base()
+	old := "sluice:tb:{old}:100000007:86400000000"
+	// Empty, at the current second (in units of a second).
+	if err := s.client.HSet(ctx, old, "k", "0", "l", fmt.Sprint(now.Unix())).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.client.PExpire(ctx, old, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := quota.Decision{Allowed: true, Remaining: 100000007 - 1157}
+	if d := allowOne(t, h, now, quota.Request{Key: "old", Limit: l, Hits: 1157}); d != want {
+		t.Errorf("got %+v, want %+v (a full bucket)", d, want)
+	}
+	if d := allowOne(t, h, now.Add(time.Microsecond), quota.Request{Key: "old", Limit: l, Hits: 1}); !d.Allowed || d.Remaining != want.Remaining-1 {
+		t.Errorf("a µs later: %+v", d)
+	}
+	if v, err := s.client.HGet(ctx, old, "l").Result(); err != nil || v != fmt.Sprint(now.Unix()) {
+		t.Errorf("the old bucket's time is %q, %v: it was written over", v, err)
+	}
+}
+
 // TestIntegrationQuotaInstances: quota instances resolve to their quota and override,
 // and count per dimension set.
 func TestIntegrationQuotaInstances(t *testing.T) {
@@ -648,19 +684,34 @@ func TestIntegrationSameAsMemquota(t *testing.T) {
 	}
 	defer mem.Close(context.Background())
 	rng := rand.New(rand.NewPCG(42, 7))
-	var limits []quota.Limit
+	// Each limit with the longest step between batches (3/40 of which a step may
+	// go back), the most hits of a request of many, and whether its first batch
+	// drains both keys' buckets.
+	type limit struct {
+		quota.Limit
+		step  time.Duration
+		hits  uint64
+		drain bool
+	}
+	var limits []limit
 	for _, alg := range []quota.Algorithm{quota.FixedWindow, quota.SlidingWindow, quota.TokenBucket} {
 		for _, n := range []uint64{1, 3, 7, 5000} {
 			for _, w := range []time.Duration{time.Second, 1500 * time.Millisecond, 7 * time.Second} {
-				limits = append(limits, quota.Limit{Requests: n, Window: w, Algorithm: alg})
+				limits = append(limits, limit{quota.Limit{Requests: n, Window: w, Algorithm: alg}, w / 3, n, false})
 			}
 		}
 	}
+	// Token buckets counted in coarse units (quotakit.TokenScale): 1s (1157.4
+	// tokens a unit) and 1ms (4.5 tokens), drained first, then with steps of a
+	// few units, mostly between units' turns, and hits of a few units' refills.
+	limits = append(limits,
+		limit{quota.Limit{Requests: 100000007, Window: 24 * time.Hour, Algorithm: quota.TokenBucket}, 3 * time.Second, 4000, true},
+		limit{quota.Limit{Requests: 4503607, Window: 1000 * time.Second, Algorithm: quota.TokenBucket}, 3 * time.Millisecond, 16, true})
 	for li, l := range limits {
 		now := quotatest.Base()
 		keys := []string{fmt.Sprint("diff", li, "a"), fmt.Sprint("diff", li, "b")}
 		for step := range 150 {
-			now = now.Add(time.Duration(rng.Int64N(int64(l.Window/time.Microsecond)/3)-int64(l.Window/time.Microsecond)/40) * time.Microsecond)
+			now = now.Add(time.Duration(rng.Int64N(int64(l.step/time.Microsecond))-int64(l.step/time.Microsecond)*3/40) * time.Microsecond)
 			reqs := make([]quota.Request, 1+rng.IntN(3))
 			for i := range reqs {
 				hits := uint64(1)
@@ -670,9 +721,12 @@ func TestIntegrationSameAsMemquota(t *testing.T) {
 				case 1:
 					hits = l.Requests + 1
 				case 2, 3:
-					hits = 1 + rng.Uint64N(l.Requests)
+					hits = 1 + rng.Uint64N(l.hits)
 				}
-				reqs[i] = quota.Request{Key: keys[rng.IntN(2)], Limit: l, Hits: hits}
+				reqs[i] = quota.Request{Key: keys[rng.IntN(2)], Limit: l.Limit, Hits: hits}
+			}
+			if step == 0 && l.drain {
+				reqs = []quota.Request{{Key: keys[0], Limit: l.Limit, Hits: l.Requests}, {Key: keys[1], Limit: l.Limit, Hits: l.Requests}}
 			}
 			a, b := make([]quota.Decision, len(reqs)), make([]quota.Decision, len(reqs))
 			if err := mem.Allow(context.Background(), now, reqs, a); err != nil {
@@ -684,7 +738,7 @@ func TestIntegrationSameAsMemquota(t *testing.T) {
 			for i := range reqs {
 				if a[i] != b[i] {
 					t.Fatalf("%+v step %d request %d (%d hits at +%v): memquota %+v, redisquota %+v",
-						l, step, i, reqs[i].Hits, now.Sub(quotatest.Base()), a[i], b[i])
+						l.Limit, step, i, reqs[i].Hits, now.Sub(quotatest.Base()), a[i], b[i])
 				}
 			}
 		}

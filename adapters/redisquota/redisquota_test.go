@@ -136,8 +136,12 @@ func TestPlanKeys(t *testing.T) {
 			"1 sluice:fw:{ns/rq;a=1}:1000000:1893456001000000 1"},
 		{quota.Limit{Requests: 5, Window: time.Second, Algorithm: quota.SlidingWindow}, []string{"sluice:sw:{ns/rq;a=1}:log", "sluice:sw:{ns/rq;a=1}:hits"},
 			"2 sluice:sw:{ns/rq;a=1}:log sluice:sw:{ns/rq;a=1}:hits 1893456001500000 1000000 5 1 1 1000"},
-		{quota.Limit{Requests: 5, Window: time.Minute, Algorithm: quota.TokenBucket}, []string{"sluice:tb:{ns/rq;a=1}:5:60000000"},
-			"1 sluice:tb:{ns/rq;a=1}:5:60000000 1893456001500000 60000000 1 60000000 12000000 1 1000"},
+		// A bucket's time is in µs, under a prefix of its own (buckets of the
+		// sluice:tb: prefix kept theirs in the scale's units): now is sent in µs.
+		{quota.Limit{Requests: 5, Window: time.Minute, Algorithm: quota.TokenBucket}, []string{"sluice:tb2:{ns/rq;a=1}:5:60000000"},
+			"1 sluice:tb2:{ns/rq;a=1}:5:60000000 1893456001500000 60000000 1 60000000 12000000 1 1000"},
+		{quota.Limit{Requests: 100000007, Window: 24 * time.Hour, Algorithm: quota.TokenBucket}, []string{"sluice:tb2:{ns/rq;a=1}:100000007:86400000000"},
+			"1 sluice:tb2:{ns/rq;a=1}:100000007:86400000000 1893456001500000 8640000604800 100000007 86400 86400 1000000 1000"},
 	} {
 		var o op
 		r := quota.Request{Key: "ns/rq;a=1", Limit: tc.l, Hits: 1}

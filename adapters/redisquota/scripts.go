@@ -122,27 +122,39 @@ return {allowed, sum, resetAt, denyUntil}
 `
 
 // tokenBucketScript keeps a bucket in exact scaled integers (see
-// quotakit.TokenScale): KEYS[1] is a hash of the tokens (k) at time l, in scale
-// units. A full bucket is the same as none, so it is deleted.
+// quotakit.TokenScale, whose Refill this is, answer for answer): KEYS[1] is a hash
+// of the tokens (k) and the bucket's time (l, µs), up to which refills have been
+// credited. A refill credits the whole units elapsed since l and advances l by
+// them, carrying the rest of a unit; a full bucket is the same as none (full now),
+// so it is deleted. Times stay below 2^53 µs, where doubles are exact, and the
+// whole units are counted with math.fmod, which is exact, not a rounded division.
 //
-// ARGV: now (units), capacity, refill per unit, window (units), cost, unit (µs),
-// slack (ms). Returns {allowed, tokens left, the bucket's time}.
+// Scripts before this one kept l in units, under keys of the prefix sluice:tb:;
+// this one's keys have their own prefix (see bucketPrefix), so an old bucket is
+// never read as µs: it is simply left to expire.
+//
+// ARGV: now (µs), capacity, refill per unit, window (units), cost, unit (µs),
+// slack (ms). Returns {allowed, tokens left, the bucket's time (µs)}.
 const tokenBucketScript = `
 local now, cap, perUnit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local window, cost, unit, slack = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local state = redis.call('HMGET', KEYS[1], 'k', 'l')
 local tokens, last = tonumber(state[1]), tonumber(state[2])
-if tokens == nil or last == nil then
+if tokens == nil or last == nil or tokens >= cap then
 	tokens, last = cap, now
-end
-if now > last then
-	if now - last >= window then
-		tokens = cap
+elseif now > last then
+	local elapsed = now - last
+	local units = (elapsed - math.fmod(elapsed, unit)) / unit
+	if units >= window then
+		tokens, last = cap, now
 	else
-		local add = (now - last) * perUnit
-		if add >= cap - tokens then tokens = cap else tokens = tokens + add end
+		local add = units * perUnit
+		if add >= cap - tokens then
+			tokens, last = cap, now
+		else
+			tokens, last = tokens + add, last + units * unit
+		end
 	end
-	last = now
 end
 local allowed = 0
 if cost <= tokens then
@@ -153,8 +165,11 @@ if tokens >= cap then
 	redis.call('DEL', KEYS[1])
 else
 	redis.call('HSET', KEYS[1], 'k', string.format('%.0f', tokens), 'l', string.format('%.0f', last))
-	local units = math.ceil((cap - tokens) / perUnit)
-	redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.ceil(units * unit / 1000) + slack))
+	-- Full again a whole number of units after its time.
+	local full = last + math.ceil((cap - tokens) / perUnit) * unit
+	local ttl = 0
+	if full > now then ttl = math.ceil((full - now) / 1000) end
+	redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ttl + slack))
 end
 return {allowed, tokens, last}
 `

@@ -115,6 +115,22 @@ func Sequences() []Sequence {
 			{333334 * time.Microsecond, 1, allow(0, 333333*time.Microsecond)},
 			{2 * time.Second, 2, allow(1, 333334*time.Microsecond)},
 		}},
+		// 100000007 per day is counted in units of a second (quotakit.TokenScale):
+		// 1157.4 tokens a second, refilled a whole second after the bucket's time,
+		// never at a second's turn on the clock (which would refill a whole
+		// second's tokens a microsecond after a drain at .999999).
+		{"token bucket with a coarse unit refills whole units since its time", quota.Limit{Requests: 100000007, Window: 24 * time.Hour, Algorithm: quota.TokenBucket}, []Step{
+			{999999 * time.Microsecond, 100000007, allow(0, 24*time.Hour)},
+			{time.Second, 1157, deny(999999 * time.Microsecond)}, // 1µs later: 0.001 tokens, not 1157
+			{1999998 * time.Microsecond, 1, deny(time.Microsecond)},
+			{1999999 * time.Microsecond, 1157, allow(0, time.Second)}, // a second after the drain: 1157.4 tokens
+			{1999999 * time.Microsecond, 1, deny(time.Second)},
+			{2999999 * time.Microsecond, 1158, quota.Decision{Remaining: 1157, ResetAfter: time.Second}},     // 1157.8 tokens
+			{1500 * ms, 1, allow(1156, 0)},                                                                   // late: the bucket is at 2999999µs
+			{24*time.Hour + 10*time.Second, 1, allow(100000006, 0)},                                          // full again
+			{24*time.Hour + 10500*ms, 100000007, quota.Decision{Remaining: 100000006, ResetAfter: 500 * ms}}, // the bucket's time is 24h+10s
+			{24*time.Hour + 10999999*time.Microsecond, 2, allow(100000004, 0)},
+		}},
 		{"a zero limit denies every hit", quota.Limit{Requests: 0, Window: time.Second, Algorithm: quota.SlidingWindow}, []Step{
 			{0, 1, deny(time.Second)},
 			{0, 0, allow(0, 0)},
@@ -169,12 +185,14 @@ func RunBatch(t *testing.T, lim quota.RateLimiter, keyPrefix string) {
 	}
 }
 
-// Concurrent describes a concurrent run: Rounds rounds, each at a time a random
-// step (up to MaxStep) after the last, in which Workers goroutines, spread over the
-// replicas, send PerWorker batches of one or two one-hit requests for one key, all
-// at the round's time. Demand exceeds what the limit allows, so the allowed count of
-// every round is determined by the algorithm, whatever the interleaving: the run
-// checks it against a reference model, and checks the algorithm's guarantee.
+// Concurrent describes a concurrent run: Rounds rounds, the first at Base+Start,
+// each other at a time a random step (up to MaxStep) after the last, in which
+// Workers goroutines, spread over the replicas, send PerWorker batches of one or two
+// requests for one key, all at the round's time, and all of the round's hits: the
+// first round's FirstHits, the others' Hits (one when zero). Demand exceeds what the
+// limit allows, so the allowed count of every round is determined by the
+// algorithm, whatever the interleaving: the run checks it against a reference
+// model, and checks the algorithm's guarantee.
 type Concurrent struct {
 	Limit     quota.Limit
 	Rounds    int
@@ -182,13 +200,34 @@ type Concurrent struct {
 	PerWorker int
 	MaxStep   time.Duration
 	Seed      uint64
+
+	// Token buckets only (the other models count one-hit requests).
+	Start     time.Duration
+	FirstHits uint64
+	Hits      uint64
+	// Unit is the time unit of a token bucket's refills (see quotakit.TokenScale),
+	// one microsecond when zero: the model credits the whole units elapsed since
+	// the bucket's time.
+	Unit time.Duration
+}
+
+// hits is the hits of each request of round k.
+func (c Concurrent) hits(k int) uint64 {
+	h := c.Hits
+	if k == 0 && c.FirstHits != 0 {
+		h = c.FirstHits
+	}
+	return max(h, 1)
 }
 
 // Run runs c against replicas sharing one count, under key.
 func (c Concurrent) Run(t *testing.T, replicas []quota.RateLimiter, key string) {
 	t.Helper()
+	if c.Limit.Algorithm != quota.TokenBucket && (c.hits(0) != 1 || c.hits(1) != 1) {
+		t.Fatalf("%s: only token buckets are modelled with more than one hit a request", c.Limit.Algorithm)
+	}
 	rng := rand.New(rand.NewPCG(c.Seed, 1))
-	now := Base()
+	now := Base().Add(c.Start)
 	times := make([]time.Time, c.Rounds)
 	allowed := make([]int, c.Rounds)
 	demand := make([]int, c.Rounds)
@@ -213,7 +252,7 @@ func (c Concurrent) Run(t *testing.T, replicas []quota.RateLimiter, key string) 
 					n := sizes[w*c.PerWorker+i]
 					reqs := make([]quota.Request, n)
 					for j := range reqs {
-						reqs[j] = quota.Request{Key: key, Limit: c.Limit, Hits: 1}
+						reqs[j] = quota.Request{Key: key, Limit: c.Limit, Hits: c.hits(k)}
 					}
 					out := make([]quota.Decision, n)
 					if err := lim.Allow(context.Background(), now, reqs, out); err != nil {
@@ -265,20 +304,27 @@ func (c Concurrent) model(times []time.Time, demand []int) []int {
 			out[k] = max(0, min(demand[k], n-inWindow))
 		}
 	case quota.TokenBucket:
+		// Refills come in whole units: a bucket's time (last) advances by the
+		// units credited, and a full bucket's time is now.
+		unit := max(c.Unit.Microseconds(), 1)
 		tokens := new(big.Rat).SetInt64(int64(n))
 		capacity := new(big.Rat).SetInt64(int64(n))
+		last := times[0].UnixMicro()
 		for k, t := range times {
-			if k > 0 {
-				dt := t.Sub(times[k-1])
-				refill := new(big.Rat).SetFrac64(int64(n)*int64(dt/time.Microsecond), w.Microseconds())
-				tokens.Add(tokens, refill)
-				if tokens.Cmp(capacity) > 0 {
-					tokens.Set(capacity)
-				}
+			now := t.UnixMicro()
+			units := (now - last) / unit
+			refill := new(big.Rat).SetFrac(new(big.Int).Mul(big.NewInt(int64(n)), big.NewInt(units*unit)), big.NewInt(w.Microseconds()))
+			tokens.Add(tokens, refill)
+			last += units * unit
+			if tokens.Cmp(capacity) >= 0 {
+				tokens.Set(capacity)
+				last = now
 			}
-			whole := new(big.Int).Quo(tokens.Num(), tokens.Denom())
-			out[k] = min(demand[k], int(whole.Int64()))
-			tokens.Sub(tokens, new(big.Rat).SetInt64(int64(out[k])))
+			h := new(big.Rat).SetInt64(int64(c.hits(k)))
+			q := new(big.Rat).Quo(tokens, h)
+			whole := new(big.Int).Quo(q.Num(), q.Denom())
+			out[k] = int(min(int64(demand[k]), whole.Int64()))
+			tokens.Sub(tokens, new(big.Rat).Mul(h, new(big.Rat).SetInt64(int64(out[k]))))
 		}
 	}
 	return out
@@ -326,16 +372,16 @@ func (c Concurrent) checkGuarantee(t *testing.T, times []time.Time, allowed []in
 			}
 		}
 	case quota.TokenBucket:
-		// Over any interval T, never more than burst + rate × T.
+		// Over any interval T, never more than burst + rate × T (in hits).
 		for i := range times {
-			sum := 0
+			sum := new(big.Int)
 			for j := i; j < len(times); j++ {
-				sum += allowed[j]
+				sum.Add(sum, new(big.Int).Mul(big.NewInt(int64(allowed[j])), new(big.Int).SetUint64(c.hits(j))))
 				span := times[j].Sub(times[i])
-				bound := new(big.Rat).SetFrac64(int64(n)*int64(span/time.Microsecond), w.Microseconds())
+				bound := new(big.Rat).SetFrac(new(big.Int).Mul(big.NewInt(int64(n)), big.NewInt(span.Microseconds())), big.NewInt(w.Microseconds()))
 				bound.Add(bound, new(big.Rat).SetInt64(int64(n)))
-				if new(big.Rat).SetInt64(int64(sum)).Cmp(bound) > 0 {
-					t.Errorf("token bucket: %d allowed over %v, more than %d + %d/%v × T", sum, span, n, n, w)
+				if new(big.Rat).SetInt(sum).Cmp(bound) > 0 {
+					t.Errorf("token bucket: %v hits allowed over %v from +%v, more than %d + %d/%v × T", sum, span, times[i].Sub(Base()), n, n, w)
 				}
 			}
 		}
