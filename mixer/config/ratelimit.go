@@ -234,12 +234,3 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 		validateDescriptors(c, file, nodeField(n, "descriptors"), d.Descriptors, p+".descriptors")
 	}
 }
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
