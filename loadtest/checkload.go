@@ -222,13 +222,13 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 	return rows, nil
 }
 
-// medianRun returns the run with the median p99 (the lower of the two middle ones
-// for an even count), its Runs, P99Low and P99High describing all of runs, and
+// medianRun returns the run with the median p99 (the higher of the two middle ones
+// for an even count: never the flattering one), its Runs, P99Low and P99High describing all of runs, and
 // its Errors theirs summed: a run with errors fails the target however good the
 // median.
 func medianRun(runs []CheckRow) CheckRow {
 	byP99 := slices.SortedStableFunc(slices.Values(runs), func(a, b CheckRow) int { return cmp.Compare(a.P99, b.P99) })
-	row := byP99[(len(byP99)-1)/2]
+	row := byP99[len(byP99)/2]
 	row.Runs, row.P99Low, row.P99High, row.Errors = len(runs), byP99[0].P99, byP99[len(byP99)-1].P99, 0
 	for _, r := range runs {
 		row.Errors += r.Errors
@@ -332,6 +332,15 @@ type checkServer struct {
 	target              string // the address loaded: the gRPC port or the check listener
 	cmd, redis          *exec.Cmd
 	dir                 string
+	// seq numbers the requests of all runs on this server, which each reserve
+	// theirs, so that no run repeats another's users: a cache-miss run must not
+	// find the users of the run before it in the server's check cache.
+	seq atomic.Int64
+}
+
+// reserve returns the first of n request numbers no other run on c uses.
+func (c *checkServer) reserve(n int) int64 {
+	return c.seq.Add(int64(n)) - int64(n) + 1<<20 // past the warm-up's numbers
 }
 
 // redisCPU is the CPU redis-server has used so far: zero without one, an error
@@ -647,12 +656,13 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	}
 	total := int(float64(rate) * o.Duration.Seconds())
 	r := &run{lat: make([]time.Duration, total), lag: make([]time.Duration, total),
-		start: time.Now().Add(50 * time.Millisecond), interval: time.Second / time.Duration(rate)}
+		interval: time.Second / time.Duration(rate), timeout: sc.timeout}
+	seq := srv.reserve(total)
 	var client loadClient
 	if o.Client == "grpc" {
-		client, err = newGRPCClient(ctx, o, srv.target, sc, r)
+		client, err = newGRPCClient(ctx, o, srv.target, sc, r, seq)
 	} else {
-		client, err = newH2Client(o, srv.target, sc, r)
+		client, err = newH2Client(o, srv.target, sc, r, seq)
 	}
 	if err != nil {
 		return row, err
@@ -691,6 +701,9 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		}()
 
 	}
+	// The schedule starts now, after the setup above, so that no request falls
+	// due while the connections warm up.
+	r.start = time.Now()
 	r.pace(total, client.release)
 	client.wait()
 	wg.Wait()
@@ -760,6 +773,9 @@ func percentiles(ds []time.Duration) (p50, p99, p999, top time.Duration) {
 type run struct {
 	start    time.Time
 	interval time.Duration
+	// timeout is the deadline Envoy would give each request: an answer later than
+	// that, from its due time, is a timeout.
+	timeout  time.Duration
 	lat, lag []time.Duration // per request: latency from its due time; release lag
 	errs     atomic.Int64
 	firstErr atomic.Value
@@ -768,9 +784,20 @@ type run struct {
 func (r *run) due(i int) time.Time { return r.start.Add(time.Duration(i) * r.interval) }
 
 // done records request i's outcome; warm-up requests (negative i) count only errors.
+// An answer later than the timeout is counted as the timeout Envoy would have seen
+// (the lean listener runs in-memory checks with no deadline of their own), and a
+// failed request enters the percentiles at the timeout at least, so that fast
+// failures (a connection refused) never make the tail look better.
 func (r *run) done(i int, err error) {
 	if i >= 0 {
-		r.lat[i] = time.Since(r.due(i))
+		lat := time.Since(r.due(i))
+		if err == nil && r.timeout > 0 && lat > r.timeout {
+			err = fmt.Errorf("answered %v after it was due, past its %v deadline: %w", lat.Round(time.Microsecond), r.timeout, context.DeadlineExceeded)
+		}
+		if err != nil {
+			lat = max(lat, r.timeout)
+		}
+		r.lat[i] = lat
 	}
 	if err != nil && r.errs.Add(1) == 1 {
 		r.firstErr.Store(err.Error())
@@ -820,7 +847,7 @@ type grpcClient struct {
 	seq   atomic.Int64
 }
 
-func newGRPCClient(ctx context.Context, o CheckLoadOptions, addr string, sc *scenario, r *run) (*grpcClient, error) {
+func newGRPCClient(ctx context.Context, o CheckLoadOptions, addr string, sc *scenario, r *run, seq int64) (*grpcClient, error) {
 	c := &grpcClient{ctx: ctx, sc: sc, slots: make(chan int, len(r.lat))}
 	for range o.Conns {
 		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -830,7 +857,7 @@ func newGRPCClient(ctx context.Context, o CheckLoadOptions, addr string, sc *sce
 		}
 		c.conns = append(c.conns, cc)
 	}
-	c.seq.Store(1 << 20) // past the warm-up's keys
+	c.seq.Store(seq - 1) // Add(1) gives seq first
 	for range o.Workers {
 		c.wg.Add(1)
 		go func() {
@@ -879,8 +906,8 @@ type h2Client struct {
 	seq   int64
 }
 
-func newH2Client(o CheckLoadOptions, addr string, sc *scenario, r *run) (*h2Client, error) {
-	c := &h2Client{sc: sc, run: r, seq: 1 << 20}
+func newH2Client(o CheckLoadOptions, addr string, sc *scenario, r *run, seq int64) (*h2Client, error) {
+	c := &h2Client{sc: sc, run: r, seq: seq - 1} // incremented before each use
 	for range o.Conns {
 		hc, err := dialH2(addr, sc.method, sc.timeout, sc.check, r.done, sc.stamp)
 		if err != nil {

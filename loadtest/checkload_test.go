@@ -51,8 +51,8 @@ func TestMedianRun(t *testing.T) {
 		{"one run", []CheckRow{run(2*ms, 0, 1)}, CheckRow{P99: 2 * ms, Achieved: 1, Runs: 1, P99Low: 2 * ms, P99High: 2 * ms}},
 		{"the middle of three, its own columns", []CheckRow{run(5*ms, 0, 1), run(ms, 0, 2), run(3*ms, 0, 3)},
 			CheckRow{P99: 3 * ms, Achieved: 3, Runs: 3, P99Low: ms, P99High: 5 * ms}},
-		{"the lower middle of two", []CheckRow{run(4*ms, 0, 1), run(2*ms, 0, 2)},
-			CheckRow{P99: 2 * ms, Achieved: 2, Runs: 2, P99Low: 2 * ms, P99High: 4 * ms}},
+		{"the higher middle of two: never the flattering one", []CheckRow{run(4*ms, 0, 1), run(2*ms, 0, 2)},
+			CheckRow{P99: 4 * ms, Achieved: 1, Runs: 2, P99Low: 2 * ms, P99High: 4 * ms}},
 		{"errors of every run", []CheckRow{run(ms, 2, 1), run(2*ms, 0, 2), run(3*ms, 5, 3)},
 			CheckRow{P99: 2 * ms, Errors: 7, Achieved: 2, Runs: 3, P99Low: ms, P99High: 3 * ms}},
 		{"equal p99s keep their order", []CheckRow{run(ms, 0, 1), run(ms, 0, 2), run(ms, 0, 3)},
@@ -63,6 +63,55 @@ func TestMedianRun(t *testing.T) {
 				t.Errorf("medianRun = %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestRunDone: a request is timed from its due time; an answer past the
+// scenario's timeout is counted as a timeout, and a failed request enters the
+// percentiles at the timeout at least, so that fast failures do not flatter them.
+func TestRunDone(t *testing.T) {
+	const timeout = 20 * time.Millisecond
+	for _, tc := range []struct {
+		name     string
+		age      time.Duration // how long ago the request was due
+		err      error
+		wantErr  bool
+		atLeast  time.Duration
+		lessThan time.Duration
+	}{
+		{"in time", 5 * time.Millisecond, nil, false, 5 * time.Millisecond, timeout},
+		{"late", 30 * time.Millisecond, nil, true, 30 * time.Millisecond, time.Second},
+		{"a fast failure", time.Millisecond, errors.New("connection refused"), true, timeout, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &run{start: time.Now().Add(-tc.age), interval: time.Millisecond, timeout: timeout, lat: make([]time.Duration, 1)}
+			r.done(0, tc.err)
+			if got := r.errs.Load() == 1; got != tc.wantErr {
+				t.Errorf("counted as an error: %v, want %v", got, tc.wantErr)
+			}
+			if r.lat[0] < tc.atLeast || r.lat[0] >= tc.lessThan {
+				t.Errorf("latency %v, want in [%v, %v)", r.lat[0], tc.atLeast, tc.lessThan)
+			}
+		})
+	}
+}
+
+// TestRunsUseTheirOwnUsers: runs on one server reserve request numbers no other
+// run uses, so that a cache-miss run never asks for a user another run asked for.
+func TestRunsUseTheirOwnUsers(t *testing.T) {
+	srv := &checkServer{}
+	seen := map[int64]bool{}
+	for run, n := range []int{100, 1, 60000} {
+		first := srv.reserve(n)
+		if first < 1<<20 {
+			t.Fatalf("run %d starts at %d, among the warm-up's numbers", run, first)
+		}
+		for i := first; i < first+int64(n); i++ {
+			if seen[i] {
+				t.Fatalf("run %d reuses request number %d", run, i)
+			}
+			seen[i] = true
+		}
 	}
 }
 
