@@ -9,6 +9,7 @@ import (
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/cost"
 	"cel.dev/cel-go/common/operators"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/ext"
@@ -117,7 +118,15 @@ func (c *Compiler) compile(src string, fast bool) (*Expression, error) {
 	e.refs = c.references(native)
 	e.keyRefs = c.keyReferences(native)
 	if !fast || !c.fastPath(e, native) {
-		prg, err := c.env.Program(checked, cel.EvalOptions(cel.OptOptimize))
+		opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
+		// An expression whose worst case, with values as large as a request can
+		// bring, stays within MaxCost needs no tracking, which doubles the time of
+		// a small evaluation; any other is stopped at MaxCost as it runs.
+		if est, err := c.env.EstimateCost(checked, valueBounds{}); err != nil || est.Max > MaxCost {
+			opts = append(opts, cel.CostLimit(MaxCost))
+			e.costTracked = true
+		}
+		prg, err := c.env.Program(checked, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("plan %q: %w", src, err)
 		}
@@ -450,4 +459,31 @@ func sameKind(o operand, v any) bool {
 		return ok
 	}
 	return false
+}
+
+// Bounds on the values of attributes, for estimating an expression's worst cost:
+// Envoy takes request headers of 60 KiB by default (96 KiB at most), and the check
+// path refuses more than 1,024 headers.
+const (
+	maxValueSize = 96 << 10
+	maxEntries   = 1024
+)
+
+// valueBounds sizes attribute values for cost estimates: strings and
+// bytes up to maxValueSize, maps and lists up to maxEntries; calls cost as CEL
+// reckons them.
+type valueBounds struct{}
+
+func (valueBounds) EstimateCallCost(string, string, *cost.AstNode, []cost.AstNode) *cost.CallEstimate {
+	return nil
+}
+
+func (valueBounds) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
+	switch n.Type().Kind() {
+	case types.StringKind, types.BytesKind:
+		return &cost.SizeEstimate{Min: 0, Max: maxValueSize}
+	case types.ListKind, types.MapKind:
+		return &cost.SizeEstimate{Min: 0, Max: maxEntries}
+	}
+	return nil
 }

@@ -243,3 +243,68 @@ func TestKeyReferences(t *testing.T) {
 		}
 	}
 }
+
+// TestCostLimit: an expression whose work a request's values drive stops at
+// MaxCost with an error (not an absence), however large the value, and answers on
+// ordinary values; an expression whose worst case stays within MaxCost is not
+// tracked at all.
+func TestCostLimit(t *testing.T) {
+	c := compiler(t)
+	nested := c.MustCompile(`request.headers["x-ids"].split(",").exists(a, request.headers["x-ids"].split(",").exists(b, a + b == "zz"))`)
+	if !nested.costTracked {
+		t.Fatal("a nested comprehension over a header is not cost-tracked")
+	}
+	for _, src := range []string{
+		`source.principal == "spiffe://x" && request.method == "GET"`,
+		`request.path.startsWith("/api/") && request.method in ["GET", "HEAD"]`,
+		`cidr("10.0.0.0/8").containsIP(ip(source.ip))`,
+		`request.path.matches("^/api/v[0-9]+/items$")`,
+	} {
+		if c.MustCompile(src).costTracked {
+			t.Errorf("%s: cost-tracked, though its worst case is within MaxCost", src)
+		}
+	}
+	a := NewActivation(attribute.NewVocabulary())
+	for _, tc := range []struct {
+		name, value string
+		want        bool
+		fails       bool
+	}{
+		{"a few values", "a,b,z", true, false},
+		{"eight thousand values", strings.Repeat("a,", 4000), false, true},
+	} {
+		var bag attribute.Bag
+		bag.AddHeader(attribute.RequestHeaders, "x-ids", tc.value)
+		a.Reset(&bag)
+		start := time.Now()
+		got, err := nested.EvalBool(a)
+		if tc.fails != (err != nil) || (err == nil && got != tc.want) {
+			t.Errorf("%s: %v, %v; want %v, failing: %v", tc.name, got, err, tc.want, tc.fails)
+		}
+		if errors.Is(err, ErrMissing) {
+			t.Errorf("%s: over the cost limit reads as an absent attribute: %v", tc.name, err)
+		}
+		if el := time.Since(start); el > 500*time.Millisecond {
+			t.Errorf("%s: took %v", tc.name, el)
+		}
+	}
+}
+
+// TestTypeErrorIsNotMissing: a value of a type no overload takes is an error of
+// the expression, which a rule treats as a failure, not an absent attribute, which
+// it treats as no match.
+func TestTypeErrorIsNotMissing(t *testing.T) {
+	c := compiler(t)
+	e := c.MustCompile(`dyn(request.headers["x-n"]) > 5`)
+	a := NewActivation(attribute.NewVocabulary())
+	var present, absent attribute.Bag
+	present.AddHeader(attribute.RequestHeaders, "x-n", "7")
+	a.Reset(&present)
+	if _, err := e.EvalBool(a); err == nil || errors.Is(err, ErrMissing) {
+		t.Errorf("a string compared with an int: %v, want an error that is not ErrMissing", err)
+	}
+	a.Reset(&absent)
+	if _, err := e.EvalBool(a); !errors.Is(err, ErrMissing) {
+		t.Errorf("an absent header: %v, want ErrMissing", err)
+	}
+}

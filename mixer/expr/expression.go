@@ -49,6 +49,8 @@ type Expression struct {
 	prog     cel.Program
 	refs     []attribute.ID
 	keyRefs  []Ref
+	// costTracked: the program stops at MaxCost (its worst case may pass it).
+	costTracked bool
 }
 
 // References returns the attributes the expression reads.
@@ -248,8 +250,20 @@ func (e *Expression) Eval(a *Activation) (any, error) {
 	return native(out)
 }
 
+// MaxCost bounds the work of one evaluation, in CEL's cost units (about one per
+// operation, more for operations on long strings and lists): the values an
+// expression reads come from the peer, and a comprehension over a header split
+// into many parts costs what its size makes it. A policy as written in this
+// project's examples costs under a hundred; 100,000 is some milliseconds. An
+// evaluation over it fails, as any evaluation error does: a rule that cannot be
+// evaluated denies.
+const MaxCost = 100_000
+
+// celError is err, wrapping ErrMissing when the expression read an attribute or a
+// map key that is absent. Other errors, a value of a type no overload takes
+// included ("no such overload"), are errors of the expression, not absences.
 func celError(err error) error {
-	if strings.HasPrefix(err.Error(), "no such") {
+	if msg := err.Error(); strings.HasPrefix(msg, "no such attribute") || strings.HasPrefix(msg, "no such key") {
 		return fmt.Errorf("%w: %v", ErrMissing, err)
 	}
 	return err
