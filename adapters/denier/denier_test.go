@@ -136,6 +136,21 @@ func TestHeadersAreNotShared(t *testing.T) {
 	}
 }
 
+// TestAddsNothingUpstream: a denier's headers go to the client with the denial, never
+// upstream, so it lists none for the core to guard (authorization.UpstreamHeaders):
+// a client may send x-a upstream where another handler allows its request.
+func TestAddsNothingUpstream(t *testing.T) {
+	p := defaults()
+	p.Headers = []Header{{Name: "x-a", Value: "1"}}
+	h, err := New(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := any(h).(authorization.UpstreamHeaders); ok {
+		t.Error("a denier lists headers it adds upstream; it adds none")
+	}
+}
+
 func TestNewRejectsInvalidParams(t *testing.T) {
 	p := defaults()
 	p.Status.Code = "OK"

@@ -123,7 +123,9 @@ type Handler struct {
 	blacklist     bool
 	validDuration time.Duration
 	allowHeaders  []authorization.Header
-	overrides     []string
+	// upstream are the names of allowHeaders.
+	upstream  []string
+	overrides []string
 	// file is the absolute path of the list file, "" without one.
 	file string
 
@@ -154,6 +156,7 @@ func New(_ context.Context, env adapters.Env, p *Params) (*Handler, error) {
 		blacklist:     p.Blacklist,
 		validDuration: p.ValidDuration,
 		allowHeaders:  slices.Clone(p.AllowHeaders),
+		upstream:      authorization.HeaderNames(p.AllowHeaders),
 		overrides:     append([]string(nil), p.Overrides...),
 	}
 	if p.File == "" {
@@ -226,6 +229,10 @@ func (h *Handler) Authorize(_ context.Context, inst *authorization.Instance, _ a
 	}
 	return h.deny(quote(s) + " is not an IP address"), nil
 }
+
+// UpstreamHeaderNames implements authorization.UpstreamHeaders: the names of
+// allowHeaders, which the requests the list allows get.
+func (h *Handler) UpstreamHeaderNames() []string { return slices.Clone(h.upstream) }
 
 // allow allows a request, adding the handler's allowHeaders; the caller gets a copy
 // of its own.
@@ -302,4 +309,7 @@ type noStats struct{}
 func (noStats) Error(string)        {}
 func (noStats) Dropped(int, string) {}
 
-var _ adapters.AuthorizationHandler = (*Handler)(nil)
+var (
+	_ adapters.AuthorizationHandler = (*Handler)(nil)
+	_ authorization.UpstreamHeaders = (*Handler)(nil)
+)

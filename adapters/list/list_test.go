@@ -379,5 +379,12 @@ func TestAllowHeaders(t *testing.T) {
 		if r := check(t, h, deniedValue); r.Allowed() || len(r.Headers) != 0 {
 			t.Errorf("blacklist=%v: denial %+v, want no headers", blacklist, r)
 		}
+		// The names go to the core, which removes a client's forged copies.
+		if got := h.UpstreamHeaderNames(); !slices.Equal(got, []string{"x-listed-by", "x-trace"}) {
+			t.Errorf("blacklist=%v: UpstreamHeaderNames() = %q", blacklist, got)
+		}
+	}
+	if got := newList(t, "STRINGS", false, "a").UpstreamHeaderNames(); len(got) != 0 {
+		t.Errorf("a list without allowHeaders: UpstreamHeaderNames() = %q", got)
 	}
 }

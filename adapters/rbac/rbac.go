@@ -176,6 +176,8 @@ type Handler struct {
 	// allowHeaders go with an answer that no policy decided and that allows (action
 	// DENY, nothing matched).
 	allowHeaders []authorization.Header
+	// upstream are the names of the headers an allowed request may get.
+	upstream []string
 }
 
 type policy struct {
@@ -217,6 +219,15 @@ func New(env adapters.Env, p *Params) (*Handler, error) {
 		}
 		h.reads = append(h.reads, pred.Attributes()...)
 	}
+	// Under ALLOW a policy's headers go upstream with the requests it allows; under
+	// DENY only allowHeaders do.
+	upstream := [][]authorization.Header{p.AllowHeaders}
+	if !deny {
+		for _, pol := range p.Policies {
+			upstream = append(upstream, pol.Headers)
+		}
+	}
+	h.upstream = authorization.HeaderNames(upstream...)
 	slices.Sort(h.reads)
 	h.reads = slices.Compact(h.reads)
 	return h, nil
@@ -226,6 +237,10 @@ func New(env adapters.Env, p *Params) (*Handler, error) {
 // policies read, so that the check cache never reuses an answer for a request that
 // differs in one of them.
 func (h *Handler) ReadsAttributes() []string { return slices.Clone(h.reads) }
+
+// UpstreamHeaderNames implements authorization.UpstreamHeaders: the headers of the
+// policies (under ALLOW) and allowHeaders, the headers an allowed request may get.
+func (h *Handler) UpstreamHeaderNames() []string { return slices.Clone(h.upstream) }
 
 // Authorize implements adapters.AuthorizationHandler.
 func (h *Handler) Authorize(_ context.Context, _ *authorization.Instance, attrs adapters.Attributes) (authorization.Result, error) {
@@ -302,4 +317,5 @@ func (noStats) Dropped(int, string) {}
 var (
 	_ adapters.AuthorizationHandler = (*Handler)(nil)
 	_ adapters.AttributeReader      = (*Handler)(nil)
+	_ authorization.UpstreamHeaders = (*Handler)(nil)
 )

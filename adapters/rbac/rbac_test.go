@@ -490,3 +490,44 @@ func TestHeaders(t *testing.T) {
 		})
 	}
 }
+
+// TestUpstreamHeaderNames: the names of every header an allowed request may get,
+// for the core to remove a client's forged copies of: under ALLOW the policies'
+// headers and allowHeaders, under DENY only allowHeaders (the policies' headers go
+// to denials). Lower-cased, sorted, each once, in a slice of the caller's own.
+func TestUpstreamHeaderNames(t *testing.T) {
+	policies := []Policy{
+		{Name: "admins", Condition: `request.headers["x-role"] == "admin"`, Headers: []authorization.Header{{Name: "X-Sluice-Policy", Value: "admins"}, {Name: "x-trace", Value: "a", Append: true}}},
+		{Name: "readers", Condition: `request.method == "GET"`, Headers: []authorization.Header{{Name: "x-sluice-policy", Value: "readers"}}},
+		{Name: "internal", Condition: `cidr("10.0.0.0/8").containsIP(ip(source.ip))`},
+	}
+	allowHeaders := []authorization.Header{{Name: "X-Authz", Value: "rbac"}, {Name: "x-trace", Value: "b", Append: true}}
+	tests := []struct {
+		name         string
+		action       string
+		allowHeaders []authorization.Header
+		want         []string
+	}{
+		{"ALLOW", Allow, allowHeaders, []string{"x-authz", "x-sluice-policy", "x-trace"}},
+		{"ALLOW without allowHeaders", Allow, nil, []string{"x-sluice-policy", "x-trace"}},
+		{"DENY", Deny, allowHeaders, []string{"x-authz", "x-trace"}},
+		{"DENY without allowHeaders", Deny, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := defaults()
+			p.Action, p.Policies, p.AllowHeaders = tt.action, policies, tt.allowHeaders
+			var h authorization.UpstreamHeaders = mustNew(t, adapters.Env{Compiler: compiler(t)}, p)
+			got := h.UpstreamHeaderNames()
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("UpstreamHeaderNames() = %q, want %q", got, tt.want)
+			}
+			if len(got) > 0 {
+				got[0] = "changed by the caller"
+				if again := h.UpstreamHeaderNames(); !slices.Equal(again, tt.want) {
+					t.Errorf("after the caller changed the names, they are %q", again)
+				}
+			}
+		})
+	}
+}

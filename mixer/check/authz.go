@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -13,6 +15,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/mixer/expr"
@@ -30,7 +33,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	st := s.scratch.Get().(*requestState)
 	defer s.scratch.Put(st)
 	st.fields.SetRequest(req)
-	resp, outcome, err := s.check(ctx, st)
+	resp, _, outcome, err := s.check(ctx, st)
 	s.metrics.observe("ext_authz", outcome, time.Since(start))
 	return resp, err
 }
@@ -42,29 +45,32 @@ func (s *Server) checkEncoded(ctx context.Context, msg, dst []byte) ([]byte, err
 	return s.answerEncoded(ctx, "ext_authz", "CheckRequest", msg, dst,
 		func(st *requestState, b []byte) error { return st.fields.Unmarshal(b) },
 		func(ctx context.Context, st *requestState, dst []byte) ([]byte, string, error) {
-			resp, outcome, err := s.check(ctx, st)
+			resp, wire, outcome, err := s.check(ctx, st)
 			switch {
 			case err != nil:
 				return nil, outcome, err
-			case resp == s.okPlain:
-				return append(dst, s.okPlainWire...), outcome, nil
+			case wire != nil:
+				return append(dst, wire...), outcome, nil
 			}
 			out, err := h2unary.AppendMessage(dst, resp)
 			return out, outcome, err
 		})
 }
 
-// check answers the request in st.fields.
-func (s *Server) check(ctx context.Context, st *requestState) (*authv3.CheckResponse, string, error) {
+// check answers the request in st.fields. An answer shared by many requests comes
+// with its encoding (wire, nil for the others); neither may be changed.
+func (s *Server) check(ctx context.Context, st *requestState) (resp *authv3.CheckResponse, wire []byte, outcome string, err error) {
 	if !st.fields.HasAttributes() {
-		return nil, "invalid", status.Error(codes.InvalidArgument, "CheckRequest has no attributes")
+		return nil, nil, "invalid", status.Error(codes.InvalidArgument, "CheckRequest has no attributes")
 	}
+	// Headers in header_map count too (every entry, a repeated header as often as
+	// it came), though Decode reads them only below.
 	if n := st.fields.NumHeaders(); n > maxHeaders {
-		return nil, "invalid", status.Errorf(codes.InvalidArgument, "CheckRequest has %d headers, more than %d", n, maxHeaders)
+		return nil, nil, "invalid", status.Errorf(codes.InvalidArgument, "CheckRequest has %d headers, more than %d", n, maxHeaders)
 	}
 	lease := s.opts.Dispatcher.Lease()
 	if lease == nil {
-		return nil, "unavailable", status.Error(codes.Unavailable, "no config applied yet")
+		return nil, nil, "unavailable", status.Error(codes.Unavailable, "no config applied yet")
 	}
 	defer lease.Release()
 	p := s.planFor(lease)
@@ -87,7 +93,7 @@ func (s *Server) check(ctx context.Context, st *requestState) (*authv3.CheckResp
 			var err error
 			allowed, rule, err = s.authorize(ctx, lease, p, st)
 			if err != nil {
-				return nil, "error", err
+				return nil, nil, "error", err
 			}
 			if allowed.ValidDuration > 0 && !p.uncached {
 				p.cache.put(st.key, allowed, rule, now.Add(allowed.ValidDuration))
@@ -95,23 +101,26 @@ func (s *Server) check(ctx context.Context, st *requestState) (*authv3.CheckResp
 		}
 	}
 	if !allowed.Allowed() {
-		return denied(allowed, rule), "denied", nil
+		return denied(allowed, rule), nil, "denied", nil
 	}
 	// Quota is charged on every request and never cached.
 	q, qrule, err := s.chargeQuotas(ctx, lease, p, st, now)
 	if err != nil {
-		return nil, "error", err
+		return nil, nil, "error", err
 	}
 	if q != nil && !q.Allowed() {
 		if q.Code != codes.ResourceExhausted {
-			return denied(*q, qrule), "denied", nil
+			return denied(*q, qrule), nil, "denied", nil
 		}
-		return denied(*q, qrule), "quota_exceeded", nil
+		return denied(*q, qrule), nil, "quota_exceeded", nil
 	}
+	// The answer sets the headers of the handlers that allowed it and removes the
+	// client's copies of those other handlers may set: a cached answer too.
+	answers := p.allowed
 	if len(allowed.Headers) == 0 {
-		return s.okPlain, "allowed", nil
+		return answers.plain, answers.plainWire, "allowed", nil
 	}
-	return okResponse(allowed), "allowed", nil
+	return okAnswer(allowed, answers.guarded), nil, "allowed", nil
 }
 
 // authorize runs every matching rule's policy handlers. The first denial wins; the
@@ -302,22 +311,109 @@ func headerOptions(hs []authorization.Header) []*corev3.HeaderValueOption {
 	}
 	out := make([]*corev3.HeaderValueOption, len(hs))
 	for i, h := range hs {
-		action := corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-		if h.Append {
-			action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
-		}
-		out[i] = &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: h.Name, Value: h.Value}, AppendAction: action}
+		out[i] = headerOption(h, h.Append)
 	}
 	return out
 }
 
-func okResponse(r authorization.Result) *authv3.CheckResponse {
+func headerOption(h authorization.Header, appendValue bool) *corev3.HeaderValueOption {
+	action := corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	if appendValue {
+		action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+	}
+	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: h.Name, Value: h.Value}, AppendAction: action}
+}
+
+// allowedAnswers are what the allowed answers of one plan share.
+type allowedAnswers struct {
+	// guarded are the names, lower-cased and sorted, of the headers that some
+	// handler of the config may add to a request it allows
+	// (authorization.UpstreamHeaders): every allowed answer removes those it does
+	// not set, so that a client's copy never reaches the service as if a policy
+	// had set it.
+	guarded []string
+	// plain is the answer of an allowed check that adds no headers, most answers,
+	// and plainWire its encoding: shared, so never changed once built.
+	plain     *authv3.CheckResponse
+	plainWire []byte
+}
+
+// newAllowedAnswers collects the header names that the handlers of p's config may
+// add to an allowed request, from every handler of the config, so that a name
+// stays guarded while a rule that sends to its handler is switched off.
+func (s *Server) newAllowedAnswers(lease leaseView, p *plan) *allowedAnswers {
+	a := &allowedAnswers{plain: s.okPlain, plainWire: s.okPlainWire}
+	var names []string
+	for _, hc := range p.snap.Handlers {
+		h, ok := lease.Handler(hc.Name)
+		if !ok {
+			continue
+		}
+		if uh, ok := h.(authorization.UpstreamHeaders); ok {
+			names = append(names, uh.UpstreamHeaderNames()...)
+		}
+	}
+	if len(names) == 0 {
+		return a
+	}
+	for i := range names {
+		names[i] = strings.ToLower(names[i])
+	}
+	slices.Sort(names)
+	a.guarded = slices.Compact(names)
+	a.plain = okAnswer(authorization.Result{Code: codes.OK}, a.guarded)
+	wire, err := proto.Marshal(a.plain)
+	if err != nil {
+		s.log.Error("encode the OK answer; encoding it per check instead", "err", err)
+		return a
+	}
+	a.plainWire = wire
+	return a
+}
+
+// okResponse answers an allowed check that guards no header names.
+func okResponse(r authorization.Result) *authv3.CheckResponse { return okAnswer(r, nil) }
+
+// okAnswer answers an allowed check. The headers r adds go upstream, the first of
+// each name replacing the client's copies whatever its Append (a later one of the
+// same name may append to it); the guarded names r does not set are removed, so
+// that no client's copy of them reaches the service. Nothing of the answer is
+// shared with another: r may be a cached result, and guarded a plan's.
+func okAnswer(r authorization.Result, guarded []string) *authv3.CheckResponse {
+	var set []*corev3.HeaderValueOption
+	if len(r.Headers) > 0 {
+		set = make([]*corev3.HeaderValueOption, len(r.Headers))
+		for i, h := range r.Headers {
+			set[i] = headerOption(h, h.Append && setsHeader(r.Headers[:i], h.Name))
+		}
+	}
+	var remove []string
+	for _, name := range guarded {
+		if setsHeader(r.Headers, name) {
+			continue
+		}
+		if remove == nil {
+			remove = make([]string, 0, len(guarded))
+		}
+		remove = append(remove, name)
+	}
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			Headers: headerOptions(r.Headers),
+			Headers:         set,
+			HeadersToRemove: remove,
 		}},
 	}
+}
+
+// setsHeader reports whether hs has a header named name, in any case.
+func setsHeader(hs []authorization.Header, name string) bool {
+	for _, h := range hs {
+		if strings.EqualFold(h.Name, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // denied answers a denial: the gRPC status Envoy acts on and the HTTP response it sends

@@ -3,16 +3,22 @@ package check_test
 import (
 	"context"
 	"maps"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/sluicemesh/sluice/loadtest"
+	"github.com/sluicemesh/sluice/mixer"
 	"github.com/sluicemesh/sluice/mixer/envoy"
 )
 
@@ -35,6 +41,38 @@ func (c call) request() *authv3.CheckRequest {
 	}}
 }
 
+// headerMapRequest is c's request with its headers in header_map, as Envoy sends
+// them with encode_raw_headers: each value an entry of its own, in raw_value. more
+// are further headers as name, value pairs, a name possibly repeated.
+func (c call) headerMapRequest(more ...string) *authv3.CheckRequest {
+	req := c.request()
+	h := req.Attributes.Request.Http
+	var hvs []*corev3.HeaderValue
+	for _, k := range slices.Sorted(maps.Keys(h.Headers)) {
+		hvs = append(hvs, &corev3.HeaderValue{Key: k, RawValue: []byte(h.Headers[k])})
+	}
+	for i := 0; i+1 < len(more); i += 2 {
+		hvs = append(hvs, &corev3.HeaderValue{Key: more[i], RawValue: []byte(more[i+1])})
+	}
+	h.Headers, h.HeaderMap = nil, &corev3.HeaderMap{Headers: hvs}
+	return req
+}
+
+// upstream describes what an allowed answer does to the upstream request: the
+// headers it sets, in order, as name=value, or name+=value for one appended to a
+// value (not replacing it); and the names it removes.
+func upstream(resp *authv3.CheckResponse) (set, removed []string) {
+	ok := resp.GetOkResponse()
+	for _, h := range ok.GetHeaders() {
+		op := "="
+		if h.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+			op = "+="
+		}
+		set = append(set, h.GetHeader().GetKey()+op+h.GetHeader().GetValue())
+	}
+	return set, ok.GetHeadersToRemove()
+}
+
 const (
 	frontend = "spiffe://cluster.local/ns/shop/sa/frontend"
 	stranger = "spiffe://cluster.local/ns/other/sa/robot"
@@ -52,14 +90,17 @@ func TestExtAuthzPolicies(t *testing.T) {
 			bodyRule string
 			// added headers of an allowed request: every allowing handler's
 			headers map[string]string
+			// headers the allowed request loses: the client's copies of those some
+			// handler of the config may add and the answer does not
+			removed []string
 		}{
-			{"an allowed caller reads", call{frontend, "GET", "/items", nil}, codes.OK, 0, "", map[string]string{"x-sluice-caller": "listed"}},
-			{"a legacy client is denied", call{frontend, "GET", "/items", map[string]string{"x-client": "legacy"}}, codes.PermissionDenied, 403, "shop/deny-legacy", nil},
-			{"a caller not on the list", call{stranger, "GET", "/items", nil}, codes.PermissionDenied, 403, "shop/callers-only", nil},
-			{"a write to /admin without the role", call{frontend, "POST", "/admin/users", nil}, codes.PermissionDenied, 403, "shop/admin-paths", nil},
+			{"an allowed caller reads", call{frontend, "GET", "/items", nil}, codes.OK, 0, "", map[string]string{"x-sluice-caller": "listed"}, []string{"x-sluice-policy"}},
+			{"a legacy client is denied", call{frontend, "GET", "/items", map[string]string{"x-client": "legacy"}}, codes.PermissionDenied, 403, "shop/deny-legacy", nil, nil},
+			{"a caller not on the list", call{stranger, "GET", "/items", nil}, codes.PermissionDenied, 403, "shop/callers-only", nil, nil},
+			{"a write to /admin without the role", call{frontend, "POST", "/admin/users", nil}, codes.PermissionDenied, 403, "shop/admin-paths", nil, nil},
 			{"a write to /admin by an admin", call{frontend, "POST", "/admin/users", map[string]string{"x-role": "admin"}}, codes.OK, 0, "",
-				map[string]string{"x-sluice-caller": "listed", "x-sluice-policy": "admins"}},
-			{"a read of /admin", call{frontend, "GET", "/admin/users", nil}, codes.OK, 0, "", map[string]string{"x-sluice-caller": "listed"}},
+				map[string]string{"x-sluice-caller": "listed", "x-sluice-policy": "admins"}, nil},
+			{"a read of /admin", call{frontend, "GET", "/admin/users", nil}, codes.OK, 0, "", map[string]string{"x-sluice-caller": "listed"}, []string{"x-sluice-policy"}},
 		}
 		for round := 0; round < 2; round++ { // the second round is answered from the cache
 			for _, tt := range tests {
@@ -80,9 +121,15 @@ func TestExtAuthzPolicies(t *testing.T) {
 					got := map[string]string{}
 					for _, h := range ok.GetHeaders() {
 						got[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+						if h.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+							t.Errorf("round %d, %s: header %s is appended to the client's", round, tt.name, h.GetHeader().GetKey())
+						}
 					}
 					if !maps.Equal(got, tt.headers) {
 						t.Errorf("round %d, %s: headers added %v, want %v", round, tt.name, got, tt.headers)
+					}
+					if removed := ok.GetHeadersToRemove(); !slices.Equal(removed, tt.removed) {
+						t.Errorf("round %d, %s: headers removed %q, want %q", round, tt.name, removed, tt.removed)
 					}
 					continue
 				}
@@ -152,6 +199,10 @@ func TestExtAuthzRuleErrors(t *testing.T) {
 					failures++
 				}
 				if tt.code == codes.OK {
+					// No handler of this config adds headers: nothing to remove.
+					if set, removed := upstream(resp); len(set)+len(removed) > 0 {
+						t.Errorf("round %d, %s: headers set %q, removed %q, want none", round, tt.name, set, removed)
+					}
 					continue
 				}
 				d := resp.GetDeniedResponse()
@@ -203,6 +254,197 @@ func TestExtAuthzBadInput(t *testing.T) {
 			t.Errorf("undecodable request: %v", err)
 		}
 	})
+}
+
+// TestExtAuthzHeaderBound: the bound on a request's headers holds wherever Envoy
+// puts them, in the headers map or in header_map (encode_raw_headers), where every
+// entry counts, a repeated header's too; a request over it is refused as invalid.
+func TestExtAuthzHeaderBound(t *testing.T) {
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, nil, "testdata/policy.yaml")
+		client := authv3.NewAuthorizationClient(s.via(listener))
+		c := call{frontend, "GET", "/items", nil}
+		// call.request adds x-request-id and :path.
+		distinct := func(n int) []string {
+			var hs []string
+			for i := range n - 2 {
+				hs = append(hs, "x-h"+strconv.Itoa(i), "v")
+			}
+			return hs
+		}
+		repeated := func(n int) []string {
+			var hs []string
+			for range n - 2 {
+				hs = append(hs, "x-h", "v")
+			}
+			return hs
+		}
+		asMap := func(hs []string) map[string]string {
+			m := map[string]string{}
+			for i := 0; i+1 < len(hs); i += 2 {
+				m[hs[i]] = hs[i+1]
+			}
+			return m
+		}
+		tests := []struct {
+			name string
+			req  *authv3.CheckRequest
+			code codes.Code
+		}{
+			{"1024 headers", call{frontend, "GET", "/items", asMap(distinct(1024))}.request(), codes.OK},
+			{"2002 headers", call{frontend, "GET", "/items", asMap(distinct(2002))}.request(), codes.InvalidArgument},
+			{"1024 in header_map", c.headerMapRequest(distinct(1024)...), codes.OK},
+			{"1025 in header_map", c.headerMapRequest(distinct(1025)...), codes.InvalidArgument},
+			{"2002 in header_map", c.headerMapRequest(distinct(2002)...), codes.InvalidArgument},
+			{"one header 2000 times in header_map", c.headerMapRequest(repeated(2002)...), codes.InvalidArgument},
+		}
+		invalid := 0
+		for _, tt := range tests {
+			resp, err := client.Check(context.Background(), tt.req)
+			got := status.Code(err)
+			if err == nil {
+				got = codes.Code(resp.GetStatus().GetCode())
+			}
+			if got != tt.code {
+				t.Errorf("%s: %v %v, want %v", tt.name, got, err, tt.code)
+			}
+			if tt.code == codes.InvalidArgument {
+				invalid++
+				if err == nil || !strings.Contains(err.Error(), "more than 1024") {
+					t.Errorf("%s: %v", tt.name, err)
+				}
+			}
+		}
+		f, err := loadtest.Scrape(context.Background(), s.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f.Sum("sluice_check_requests_total", map[string]string{"service": "ext_authz", "outcome": "invalid"}); got != float64(invalid) {
+			t.Errorf("invalid outcomes = %v, want %d", got, invalid)
+		}
+	})
+}
+
+// TestExtAuthzForgedHeaders: a client cannot forge the headers a policy adds to
+// tell the service behind why it let the request in. Every allowed answer sets its
+// own headers over the client's (a header appends only to one the same answer set)
+// and removes the client's copies of the others that any handler of the config may
+// add upstream, a handler no rule sends to included; a denial's headers go to the
+// client and guard nothing. Cached answers do the same, on both listeners. The
+// headers come in header_map, where a repeated header is seen whole.
+func TestExtAuthzForgedHeaders(t *testing.T) {
+	// Every request forges each header some handler may add upstream, and one that
+	// only a denial gets.
+	forged := []string{"x-sluice-policy", "admins", "X-Sluice-Caller", "forged", "x-sluice-trace", "forged",
+		"x-sluice-debug", "off", "x-sluice-unused", "1", "x-debug-refused", "false"}
+	guarded := []string{"x-sluice-caller", "x-sluice-debug", "x-sluice-policy", "x-sluice-trace", "x-sluice-unused"}
+	tests := []struct {
+		name    string
+		c       call
+		headers []string // further request headers: name, value pairs
+		code    codes.Code
+		set     []string // see upstream
+		removed []string
+	}{
+		{"an admin", call{frontend, "POST", "/admin/users", nil}, []string{"x-role", "admin"}, codes.OK,
+			[]string{"X-Sluice-Caller=listed", "x-sluice-trace=list", "x-sluice-policy=admins", "x-sluice-trace+=rbac"},
+			[]string{"x-sluice-debug", "x-sluice-unused"}},
+		{"a reader", call{frontend, "GET", "/items", nil}, nil, codes.OK,
+			[]string{"X-Sluice-Caller=listed", "x-sluice-trace=list", "x-sluice-policy=readers"},
+			[]string{"x-sluice-debug", "x-sluice-unused"}},
+		{"a health check: no header set", call{stranger, "POST", "/healthz", nil}, nil, codes.OK, nil, guarded},
+		{"a debug request", call{stranger, "GET", "/debug/vars", nil}, []string{"x-debug", "0"}, codes.OK,
+			[]string{"x-sluice-debug=off", "x-sluice-policy=readers"},
+			[]string{"x-sluice-caller", "x-sluice-trace", "x-sluice-unused"}},
+		{"x-debug: 1", call{stranger, "GET", "/debug/vars", nil}, []string{"x-debug", "1"}, codes.PermissionDenied, nil, nil},
+		{"x-debug: 1 then x-debug: 0", call{stranger, "GET", "/debug/vars", nil}, []string{"x-debug", "1", "x-debug", "0"}, codes.PermissionDenied, nil, nil},
+		{"x-debug: 0 then X-Debug: 1", call{stranger, "GET", "/debug/vars", nil}, []string{"x-debug", "0", "X-Debug", "1"}, codes.PermissionDenied, nil, nil},
+	}
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, nil, "testdata/upstream-headers.yaml")
+		client := authv3.NewAuthorizationClient(s.via(listener))
+		for round := 0; round < 2; round++ { // the second round is answered from the cache
+			for _, tt := range tests {
+				resp, err := client.Check(context.Background(), tt.c.headerMapRequest(append(slices.Clone(forged), tt.headers...)...))
+				if err != nil {
+					t.Fatalf("%s: %v", tt.name, err)
+				}
+				if got := codes.Code(resp.GetStatus().GetCode()); got != tt.code {
+					t.Errorf("round %d, %s: %v %q, want %v", round, tt.name, got, resp.GetStatus().GetMessage(), tt.code)
+					continue
+				}
+				if tt.code != codes.OK {
+					d := resp.GetDeniedResponse()
+					if !strings.Contains(d.GetBody(), "rule shop/b-debug:") || len(d.GetHeaders()) != 2 || d.GetHeaders()[1].GetHeader().GetKey() != "x-debug-refused" {
+						t.Errorf("round %d, %s: denied with %q and headers %v, want rule shop/b-debug and x-debug-refused", round, tt.name, d.GetBody(), d.GetHeaders())
+					}
+					continue
+				}
+				set, removed := upstream(resp)
+				if !slices.Equal(set, tt.set) || !slices.Equal(removed, tt.removed) {
+					t.Errorf("round %d, %s: sets %q and removes %q, want %q and %q", round, tt.name, set, removed, tt.set, tt.removed)
+				}
+			}
+		}
+		f, err := loadtest.Scrape(context.Background(), s.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hits := f.Sum("sluice_check_cache_hits_total", nil); hits != float64(len(tests)) {
+			t.Errorf("%v cache hits, want %d (each request once more)", hits, len(tests))
+		}
+	})
+}
+
+// TestExtAuthzGuardFollowsConfig: the names an allowed answer removes are those of
+// the running config: a reload that drops the only handler adding a header stops
+// removing it, on both listeners.
+func TestExtAuthzGuardFollowsConfig(t *testing.T) {
+	data, err := os.ReadFile("testdata/upstream-headers.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := strings.Index(string(data), "---\napiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: unused,")
+	if cut < 0 {
+		t.Fatal("testdata/upstream-headers.yaml no longer ends with the handler unused")
+	}
+	var dir string
+	s := startServer(t, func(o *mixer.Options) { dir = o.ConfigDir }, "testdata/upstream-headers.yaml")
+	health := call{stranger, "POST", "/healthz", nil}.headerMapRequest("x-sluice-unused", "1")
+	removes := func(want ...string) {
+		t.Helper()
+		for _, listener := range []string{"grpc", "check"} {
+			resp, err := authv3.NewAuthorizationClient(s.via(listener)).Check(context.Background(), health)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, removed := upstream(resp); !slices.Equal(removed, want) {
+				t.Errorf("%s: removes %q, want %q", listener, removed, want)
+			}
+		}
+	}
+	removes("x-sluice-caller", "x-sluice-debug", "x-sluice-policy", "x-sluice-trace", "x-sluice-unused")
+
+	tmp := filepath.Join(dir, ".upstream-headers.yaml.tmp")
+	if err := os.WriteFile(tmp, data[:cut], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "upstream-headers.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		f, err := loadtest.Scrape(context.Background(), s.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Sum("sluice_config_version", nil) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the edited config was not applied within 20s")
+		}
+	}
+	removes("x-sluice-caller", "x-sluice-debug", "x-sluice-policy", "x-sluice-trace")
 }
 
 // rawCodec sends and receives messages as the bytes given.

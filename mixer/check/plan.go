@@ -27,6 +27,8 @@ type plan struct {
 	// inProcess: every handler a check can reach decides in memory (see
 	// adapters.Factory.InProcess), so checks may run inline on the lean listener.
 	inProcess bool
+	// allowed is what the config's allowed answers share.
+	allowed *allowedAnswers
 }
 
 type rulePlan struct {
@@ -128,6 +130,7 @@ func (s *Server) buildPlan(l *dispatch.Lease) *plan {
 		p.refs = append(p.refs, r)
 	}
 	sort.Slice(p.refs, func(i, j int) bool { return p.refs[i].String() < p.refs[j].String() })
+	p.allowed = s.newAllowedAnswers(l, p)
 	return p
 }
 

@@ -41,6 +41,8 @@ type CheckFields struct {
 	headers                                 pairs
 	hasHeaderMap                            bool
 	headerMap                               []headerValue
+	// mapped: headers were filled from headerMap (headersFromMap).
+	mapped bool
 }
 
 type peerFields struct {
@@ -56,6 +58,17 @@ type peerFields struct {
 type headerValue struct {
 	key, value string
 	raw        []byte
+	// slot is the header's place in the headers, once headersFromMap has run.
+	slot int
+}
+
+// text is the header's value: raw_value stands in for an empty value, as Envoy
+// sends it with encode_raw_headers.
+func (hv *headerValue) text() string {
+	if hv.value == "" {
+		return str(hv.raw)
+	}
+	return hv.value
 }
 
 // Reset empties f for reuse, keeping its storage.
@@ -74,8 +87,16 @@ func (f *CheckFields) Reset() {
 // HasAttributes reports whether the request carried its AttributeContext.
 func (f *CheckFields) HasAttributes() bool { return f.hasAttributes }
 
-// NumHeaders is the number of distinct keys in the request's headers map.
-func (f *CheckFields) NumHeaders() int { return len(f.headers.kv) }
+// NumHeaders is the number of headers the request carries: the distinct keys of its
+// headers map and every entry of its header_map, where a header sent twice is two
+// entries. It is the same before and after Decode.
+func (f *CheckFields) NumHeaders() int {
+	n := len(f.headerMap)
+	if !f.mapped {
+		n += len(f.headers.kv)
+	}
+	return n
+}
 
 // SetRequest fills f from a decoded request; f's strings are req's.
 func (f *CheckFields) SetRequest(req *authv3.CheckRequest) {
@@ -382,43 +403,49 @@ type pairs struct {
 
 const pairsScanned = 32
 
+// set sets the value of k, replacing the one it has.
 func (p *pairs) set(k, v string) {
-	if p.index != nil {
-		if i, ok := p.index[k]; ok {
-			p.kv[i].Value = v
-			return
-		}
-		p.index[k] = len(p.kv)
-		p.kv = append(p.kv, attribute.KV{Key: k, Value: v})
+	if i, ok := p.find(k); ok {
+		p.kv[i].Value = v
 		return
+	}
+	p.add(k, v)
+}
+
+// find returns the place of k in kv.
+func (p *pairs) find(k string) (int, bool) {
+	if p.index != nil {
+		i, ok := p.index[k]
+		return i, ok
 	}
 	for i := range p.kv {
 		if p.kv[i].Key == k {
-			p.kv[i].Value = v
-			return
+			return i, true
 		}
 	}
+	return 0, false
+}
+
+// add appends k, which p does not hold, and returns its place in kv.
+func (p *pairs) add(k, v string) int {
+	i := len(p.kv)
 	p.kv = append(p.kv, attribute.KV{Key: k, Value: v})
-	if len(p.kv) > pairsScanned {
+	switch {
+	case p.index != nil:
+		p.index[k] = i
+	case len(p.kv) > pairsScanned:
 		p.index = make(map[string]int, 2*len(p.kv))
-		for i, kv := range p.kv {
-			p.index[kv.Key] = i
+		for j, kv := range p.kv {
+			p.index[kv.Key] = j
 		}
 	}
+	return i
 }
 
 // get returns the value of k.
 func (p *pairs) get(k string) string {
-	if p.index != nil {
-		if i, ok := p.index[k]; ok {
-			return p.kv[i].Value
-		}
-		return ""
-	}
-	for i := range p.kv {
-		if p.kv[i].Key == k {
-			return p.kv[i].Value
-		}
+	if i, ok := p.find(k); ok {
+		return p.kv[i].Value
 	}
 	return ""
 }
@@ -462,13 +489,72 @@ func (p *pairs) goMap() map[string]string {
 }
 
 // headersFromMap fills the empty headers from header_map, as Envoy sends them when
-// configured to: keys lower-cased, and raw_value standing in for an empty value.
+// configured to: keys lower-cased, raw_value standing in for an empty value, and a
+// header that came more than once (with encode_raw_headers each of its values is an
+// entry of its own) holding all its values joined with "," in arrival order, as
+// Envoy joins them for the headers map. Keeping only one of them would let a client
+// pass a policy on a header by sending it twice.
 func (f *CheckFields) headersFromMap() {
-	for _, hv := range f.headerMap {
-		v := hv.value
-		if v == "" {
-			v = str(hv.raw)
+	f.mapped = true
+	repeated := false
+	for j := range f.headerMap {
+		hv := &f.headerMap[j]
+		k := strings.ToLower(hv.key)
+		i, found := f.headers.find(k)
+		if found {
+			repeated = true
+		} else {
+			i = f.headers.add(k, hv.text())
 		}
-		f.headers.set(strings.ToLower(hv.key), v)
+		hv.slot = i
+	}
+	if repeated {
+		f.joinRepeated()
+	}
+}
+
+// joinRepeated gives every header that header_map holds more than once all its
+// values joined with ",", in arrival order. Headers sent once keep the string they
+// have; the joined values share one allocation, and the work is linear however
+// often a header repeats.
+func (f *CheckFields) joinRepeated() {
+	kv := f.headers.kv
+	// next[i] is first header i's joined length plus one, then where its next
+	// value goes (-1 for a header sent once); end[i] is where its value ends.
+	work := make([]int, 2*len(kv))
+	next, end := work[:len(kv)], work[len(kv):]
+	for j := range f.headerMap {
+		hv := &f.headerMap[j]
+		next[hv.slot] += len(hv.text()) + 1
+	}
+	total := 0
+	for i := range kv {
+		n := next[i] - 1
+		if n == len(kv[i].Value) { // one value: more would add a comma at least
+			next[i], end[i] = -1, -1
+			continue
+		}
+		next[i], end[i] = total, total+n
+		total += n
+	}
+	buf := make([]byte, total)
+	for j := range f.headerMap {
+		hv := &f.headerMap[j]
+		i := hv.slot
+		if next[i] < 0 {
+			continue
+		}
+		next[i] += copy(buf[next[i]:], hv.text())
+		if next[i] < end[i] { // a value follows
+			buf[next[i]] = ','
+			next[i]++
+		}
+	}
+	joined, from := str(buf), 0
+	for i := range kv {
+		if end[i] >= 0 {
+			kv[i].Value = joined[from:end[i]]
+			from = end[i]
+		}
 	}
 }

@@ -77,8 +77,12 @@ func checkCases(t testing.TB) map[string][]byte {
 	headerMap.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
 		{Key: "Content-Type", Value: "application/grpc+proto"},
 		{Key: "X-Token", RawValue: []byte("raw-token")},
-		{Key: "x-token", Value: "lower wins, being last"},
+		{Key: "x-token", Value: "joined after the first, as Envoy joins a repeated header"},
 		{Key: "User-Agent", Value: "grpc-go/1.80"},
+		{Key: "x-debug", Value: "1"},
+		{Key: "x-empty"},
+		{Key: "x-debug"},
+		{Key: "X-Debug", RawValue: []byte("0")},
 	}}
 	manyHeaders := sidecarCheck(3)
 	for i := range 60 {
@@ -290,5 +294,130 @@ func TestCheckPeerIPUnmapped(t *testing.T) {
 		if got, _ := bag.String(attribute.SourceIP); got != tc.want {
 			t.Errorf("source.ip for a peer at %s: %q, want %q", tc.sent, got, tc.want)
 		}
+	}
+}
+
+// headerMapRequest is a check whose headers come in header_map, as Envoy sends them
+// with encode_raw_headers: a header sent n times is n entries.
+func headerMapRequest(hvs ...*corev3.HeaderValue) *authv3.CheckRequest {
+	req := sidecarCheck(5)
+	req.Attributes.Request.Http.Headers = nil
+	req.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: hvs}
+	return req
+}
+
+// decodeBothWays decodes req from the message (SetRequest) and from its encoding
+// (Unmarshal), and returns the request.headers of each and the number of headers
+// counted before and after decoding.
+func decodeBothWays(t *testing.T, req *authv3.CheckRequest) (headers [2]map[string]string, counts [2][2]int) {
+	t.Helper()
+	data, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	var fields [2]envoy.CheckFields
+	fields[0].SetRequest(req)
+	if err := fields[1].Unmarshal(data); err != nil {
+		t.Fatal(err)
+	}
+	for i := range fields {
+		counts[i][0] = fields[i].NumHeaders()
+		var bag attribute.Bag
+		dec.Decode(&fields[i], time.Unix(1764900000, 0), &bag)
+		counts[i][1] = fields[i].NumHeaders()
+		m, _ := bag.Map(attribute.RequestHeaders)
+		headers[i] = m.Clone()
+	}
+	return headers, counts
+}
+
+// TestHeaderMapRepeatedHeaders: a header that header_map holds more than once
+// has all its values joined with "," in arrival order, as Envoy joins them for
+// the headers map, whichever way the request is read: keeping only one of them
+// would let a client pass a policy on the header (a DENY of x-debug == "1") by
+// sending it twice.
+func TestHeaderMapRepeatedHeaders(t *testing.T) {
+	hv := func(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, Value: v} }
+	raw := func(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
+	many := []*corev3.HeaderValue{hv("x-debug", "1")}
+	manyWant := map[string]string{}
+	for i := range 40 { // past the pairs searched in place: the indexed path
+		k := fmt.Sprintf("x-h%02d", i)
+		many = append(many, hv(k, "a"), raw(strings.ToUpper(k), strconv.Itoa(i)))
+		manyWant[k] = "a," + strconv.Itoa(i)
+	}
+	many = append(many, hv("x-debug", "0"))
+	manyWant["x-debug"] = "1,0"
+	for _, tc := range []struct {
+		name string
+		hvs  []*corev3.HeaderValue
+		want map[string]string
+	}{
+		{"sent once", []*corev3.HeaderValue{hv("x-debug", "1"), raw("X-Token", "t")},
+			map[string]string{"x-debug": "1", "x-token": "t"}},
+		{"sent twice", []*corev3.HeaderValue{hv("x-debug", "1"), hv("x-debug", "0")},
+			map[string]string{"x-debug": "1,0"}},
+		{"raw values and cases", []*corev3.HeaderValue{raw("X-Debug", "1"), hv("x-debug", "0"), raw("x-DEBUG", "2")},
+			map[string]string{"x-debug": "1,0,2"}},
+		{"interleaved", []*corev3.HeaderValue{hv("a", "1"), hv("b", "2"), hv("a", "3"), hv("c", "4"), hv("b", "5"), hv("a", "6")},
+			map[string]string{"a": "1,3,6", "b": "2,5", "c": "4"}},
+		{"empty values", []*corev3.HeaderValue{hv("x-e", ""), hv("x-e", ""), hv("x-f", "1"), hv("x-f", ""), hv("x-g", ""), hv("x-g", "1")},
+			map[string]string{"x-e": ",", "x-f": "1,", "x-g": ",1"}},
+		{"many headers", many, manyWant},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, counts := decodeBothWays(t, headerMapRequest(tc.hvs...))
+			for i, way := range []string{"message", "wire"} {
+				if !reflect.DeepEqual(got[i], tc.want) {
+					t.Errorf("from the %s: request.headers %v, want %v", way, got[i], tc.want)
+				}
+				if counts[i] != [2]int{len(tc.hvs), len(tc.hvs)} {
+					t.Errorf("from the %s: %v headers before and after decoding, want %d", way, counts[i], len(tc.hvs))
+				}
+			}
+		})
+	}
+}
+
+// TestNumHeadersCountsHeaderMap: the header bound counts every entry of
+// header_map, repeated ones too, as well as the keys of the headers map.
+func TestNumHeadersCountsHeaderMap(t *testing.T) {
+	req := headerMapRequest(&corev3.HeaderValue{Key: "a", Value: "1"}, &corev3.HeaderValue{Key: "a", Value: "2"}, &corev3.HeaderValue{Key: "b", Value: "3"})
+	_, counts := decodeBothWays(t, req)
+	if want := [2][2]int{{3, 3}, {3, 3}}; counts != want {
+		t.Errorf("header_map of 3 entries: %v headers (message, wire; before, after decoding), want %v", counts, want)
+	}
+	req.Attributes.Request.Http.Headers = map[string]string{"c": "4", "d": "5"}
+	_, counts = decodeBothWays(t, req)
+	if want := [2][2]int{{5, 5}, {5, 5}}; counts != want {
+		t.Errorf("headers of 2 and header_map of 3: %v headers, want %v", counts, want)
+	}
+}
+
+// TestHeaderMapJoinAllocations: joining costs an allocation or two, only where a
+// header repeats.
+func TestHeaderMapJoinAllocations(t *testing.T) {
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	allocs := func(hvs ...*corev3.HeaderValue) float64 {
+		data, err := proto.Marshal(headerMapRequest(hvs...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f envoy.CheckFields
+		var bag attribute.Bag
+		now := time.Unix(1764900000, 0)
+		return testing.AllocsPerRun(100, func() {
+			if err := f.Unmarshal(data); err != nil {
+				t.Fatal(err)
+			}
+			bag.Reset()
+			dec.Decode(&f, now, &bag)
+		})
+	}
+	once := allocs(&corev3.HeaderValue{Key: "x-a", Value: "1"}, &corev3.HeaderValue{Key: "x-b", Value: "2"}, &corev3.HeaderValue{Key: "x-c", Value: "3"})
+	twice := allocs(&corev3.HeaderValue{Key: "x-a", Value: "1"}, &corev3.HeaderValue{Key: "x-b", Value: "2"}, &corev3.HeaderValue{Key: "x-a", Value: "3"})
+	if twice > once+2 {
+		t.Errorf("a repeated header costs %v allocations, %v without one", twice, once)
 	}
 }

@@ -5,6 +5,7 @@ package authorization
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,8 +28,37 @@ type Instance struct {
 type Header struct {
 	Name  string `yaml:"name"`
 	Value string `yaml:"value"`
-	// Append adds the value to an existing header instead of replacing it.
+	// Append adds the value to an existing header instead of replacing it. On an
+	// allowed request it appends only to a value another header of the same answer
+	// set: the first header of a name always replaces the client's, so that a
+	// client cannot slip a value of its own in beside it.
 	Append bool `yaml:"append"`
+}
+
+// UpstreamHeaders is implemented by policy handlers that add headers to the
+// requests they allow (list and rbac allowHeaders, rbac policy headers). Every
+// allowed answer removes the client's own copies of the headers that any handler
+// of the running config lists and the answer does not set, so that the service
+// behind can trust them: a client that sends x-sluice-policy: admins does not
+// reach it with that header unless the admins policy let it in.
+type UpstreamHeaders interface {
+	// UpstreamHeaderNames returns the name of every header the handler may add to
+	// a request it allows, lower-cased, each once (see HeaderNames), in a slice of
+	// the caller's own. The core reads it once per config, not per request.
+	UpstreamHeaderNames() []string
+}
+
+// HeaderNames returns the names of the headers of lists, lower-cased (HTTP header
+// names are case-insensitive), sorted, each once; nil for none.
+func HeaderNames(lists ...[]Header) []string {
+	var out []string
+	for _, hs := range lists {
+		for _, h := range hs {
+			out = append(out, strings.ToLower(h.Name))
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // CheckHeaders checks headers that a handler's params ask it to add: names that are
