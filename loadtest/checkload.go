@@ -89,8 +89,10 @@ type CheckRow struct {
 	Offered             int
 	Achieved            float64
 	P50, P99, P999, Max time.Duration
-	Errors              int64
-	ServerCPUPerReq     time.Duration
+	// Errors are the requests that failed, Late among them those answered after
+	// the deadline Envoy would have given them (a timeout to Envoy).
+	Errors, Late    int64
+	ServerCPUPerReq time.Duration
 	// RedisCPUPerReq is redis-server's CPU during the run, for the redis backend
 	// (zero for the others, negative when it could not be read): Redis shares the
 	// cores too. Deleting a run's keys falls after their window, partly in the
@@ -229,9 +231,10 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 func medianRun(runs []CheckRow) CheckRow {
 	byP99 := slices.SortedStableFunc(slices.Values(runs), func(a, b CheckRow) int { return cmp.Compare(a.P99, b.P99) })
 	row := byP99[len(byP99)/2]
-	row.Runs, row.P99Low, row.P99High, row.Errors = len(runs), byP99[0].P99, byP99[len(byP99)-1].P99, 0
+	row.Runs, row.P99Low, row.P99High, row.Errors, row.Late = len(runs), byP99[0].P99, byP99[len(byP99)-1].P99, 0, 0
 	for _, r := range runs {
 		row.Errors += r.Errors
+		row.Late += r.Late
 	}
 	return row
 }
@@ -728,10 +731,10 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	row.P50, row.P99, row.P999, row.Max = percentiles(r.lat)
 	_, row.PacerLagP99, _, _ = percentiles(r.lag)
 	row.Achieved = float64(total) / elapsed.Seconds()
-	row.Errors = r.errs.Load()
+	row.Errors, row.Late = r.errs.Load(), r.late.Load()
 	row.ServerCPUPerReq = (cpu1 - cpu0) / time.Duration(total)
 	if row.Errors > 0 {
-		fmt.Fprintf(o.Out, "(first error: %v) ", r.firstErr.Load())
+		fmt.Fprintf(o.Out, "(%d errors, %d of them answers past the %v deadline; first: %v) ", row.Errors, row.Late, r.timeout, r.firstErr.Load())
 	}
 	return row, nil
 }
@@ -778,6 +781,7 @@ type run struct {
 	timeout  time.Duration
 	lat, lag []time.Duration // per request: latency from its due time; release lag
 	errs     atomic.Int64
+	late     atomic.Int64 // of errs, the answers past timeout
 	firstErr atomic.Value
 }
 
@@ -792,6 +796,7 @@ func (r *run) done(i int, err error) {
 	if i >= 0 {
 		lat := time.Since(r.due(i))
 		if err == nil && r.timeout > 0 && lat > r.timeout {
+			r.late.Add(1)
 			err = fmt.Errorf("answered %v after it was due, past its %v deadline: %w", lat.Round(time.Microsecond), r.timeout, context.DeadlineExceeded)
 		}
 		if err != nil {

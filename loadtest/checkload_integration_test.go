@@ -14,8 +14,10 @@ import (
 
 // TestIntegrationCheckLoad runs the check benchmark end to end, briefly, on a
 // freshly built sluice with memquota and with the Debian redis-server: every row
-// is measured without errors, the server's counters are read, and only the Redis
-// rows have Redis pipelines.
+// is measured without failures, the server's counters are read, and only the Redis
+// rows have Redis pipelines. Answers later than Envoy's deadline count as errors in
+// the tool; here, where the rest of `make test` shares the two cores, a few are
+// tolerated (a 20 ms stall at 500/s makes ten), failures of any other kind not.
 func TestIntegrationCheckLoad(t *testing.T) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server is not installed (%v): run `make deps`", err)
@@ -42,8 +44,8 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	}
 	for _, r := range rows {
 		name := r.Service + "/" + r.Backend
-		if r.Errors != 0 || r.Achieved < 400 {
-			t.Errorf("%s: %d errors, %.0f/s achieved of 500", name, r.Errors, r.Achieved)
+		if r.Errors != r.Late || r.Late > 50 || r.Achieved < 400 {
+			t.Errorf("%s: %d errors (%d of them late answers), %.0f/s achieved of 500", name, r.Errors, r.Late, r.Achieved)
 		}
 		if r.ServerBytesPerReq <= 0 || r.ServerCPUPerReq <= 0 {
 			t.Errorf("%s: server counters not read: %.0f B/req, %v CPU/req", name, r.ServerBytesPerReq, r.ServerCPUPerReq)

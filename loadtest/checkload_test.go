@@ -89,6 +89,9 @@ func TestRunDone(t *testing.T) {
 			if got := r.errs.Load() == 1; got != tc.wantErr {
 				t.Errorf("counted as an error: %v, want %v", got, tc.wantErr)
 			}
+			if late := r.late.Load() == 1; late != (tc.wantErr && tc.err == nil) {
+				t.Errorf("counted as late: %v", late)
+			}
 			if r.lat[0] < tc.atLeast || r.lat[0] >= tc.lessThan {
 				t.Errorf("latency %v, want in [%v, %v)", r.lat[0], tc.atLeast, tc.lessThan)
 			}
