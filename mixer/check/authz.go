@@ -18,14 +18,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/mixer/envoy"
 	"github.com/sluicemesh/sluice/mixer/expr"
 	"github.com/sluicemesh/sluice/mixer/h2unary"
 	"github.com/sluicemesh/sluice/templates/authorization"
 )
 
-// maxHeaders bounds the request headers a check accepts; Envoy's own default limit
-// is 100, so a request above this was not built by an Envoy.
-const maxHeaders = 1024
 
 // Check implements envoy.service.auth.v3.Authorization.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
@@ -65,8 +63,8 @@ func (s *Server) check(ctx context.Context, st *requestState) (resp *authv3.Chec
 	}
 	// Headers in header_map count too (every entry, a repeated header as often as
 	// it came), though Decode reads them only below.
-	if n := st.fields.NumHeaders(); n > maxHeaders {
-		return nil, nil, "invalid", status.Errorf(codes.InvalidArgument, "CheckRequest has %d headers, more than %d", n, maxHeaders)
+	if st.fields.NumHeaders() > envoy.MaxHeaders {
+		return nil, nil, "invalid", status.Errorf(codes.InvalidArgument, "CheckRequest has more than %d headers", envoy.MaxHeaders)
 	}
 	lease := s.opts.Dispatcher.Lease()
 	if lease == nil {
@@ -365,6 +363,7 @@ func (s *Server) newAllowedAnswers(lease leaseView, p *plan) *allowedAnswers {
 	wire, err := proto.Marshal(a.plain)
 	if err != nil {
 		s.log.Error("encode the OK answer; encoding it per check instead", "err", err)
+		a.plainWire = nil // the unguarded answer's encoding must not stand in for it
 		return a
 	}
 	a.plainWire = wire

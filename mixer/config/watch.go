@@ -20,8 +20,8 @@ type ApplyFunc func(ctx context.Context, s *Snapshot) error
 // Watcher loads the config, applies it, and reloads it when the directory changes.
 // A bad reload is logged and counted, and the last good config keeps serving. While
 // the last load failed, every poll retries it even if the directory did not change:
-// the cause may lie outside it (a list file not synced yet, a Redis address not
-// resolvable yet), and fixing that must apply the config without another edit.
+// the cause may lie outside it (a list file not synced yet), and fixing that must
+// apply the config without another edit.
 type Watcher struct {
 	loader *Loader
 	apply  ApplyFunc
@@ -174,7 +174,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.mu.Lock()
 			changed := dirStamp(w.loader.Dir) != w.stamp
 			// A rejected config is retried even with the directory unchanged: what
-			// rejected it may have been outside the directory (a list file, a host).
+			// rejected it may have been outside the directory (a list file).
 			retry := w.lastErr != nil
 			w.mu.Unlock()
 			if changed || (retry && debounce == nil) {

@@ -79,6 +79,9 @@ func (f *CheckFields) Reset() {
 	f.destination.labels.reset()
 	clear(f.headerMap)
 	ext, hdr, hm := f.extensions, f.headers, f.headerMap[:0]
+	if cap(hm) > MaxHeaders+1 {
+		hm = nil // a proto-built request's: not kept for the next
+	}
 	src, dst := f.source.labels, f.destination.labels
 	*f = CheckFields{extensions: ext, headers: hdr, headerMap: hm}
 	f.source.labels, f.destination.labels = src, dst
@@ -87,15 +90,21 @@ func (f *CheckFields) Reset() {
 // HasAttributes reports whether the request carried its AttributeContext.
 func (f *CheckFields) HasAttributes() bool { return f.hasAttributes }
 
-// NumHeaders is the number of headers the request carries: the distinct keys of its
-// headers map and every entry of its header_map, where a header sent twice is two
-// entries. It is the same before and after Decode.
+// MaxHeaders bounds the headers a check may carry; Envoy's own default limit is
+// 100, so a request above it was not built by an Envoy. The decoder keeps at most
+// one more of each kind, so that a message of many tiny headers cannot make it
+// hold many times its size.
+const MaxHeaders = 1024
+
+// NumHeaders is the number of headers the request carries, up to MaxHeaders+1: the
+// distinct keys of its headers map and every entry of its header_map, where a
+// header sent twice is two entries. It is the same before and after Decode.
 func (f *CheckFields) NumHeaders() int {
 	n := len(f.headerMap)
 	if !f.mapped {
 		n += len(f.headers.kv)
 	}
-	return n
+	return min(n, MaxHeaders+1)
 }
 
 // SetRequest fills f from a decoded request; f's strings are req's.
@@ -315,7 +324,9 @@ func (f *CheckFields) http(b []byte) error {
 		case it.num == httpMethod:
 			f.method, err = utf8String(it.bytes)
 		case it.num == httpHeaders:
-			err = f.headers.entry(it.bytes)
+			if len(f.headers.kv) <= MaxHeaders { // past it the request is refused: hold no more
+				err = f.headers.entry(it.bytes)
+			}
 		case it.num == httpPath:
 			f.path, err = utf8String(it.bytes)
 		case it.num == httpHost:
@@ -340,7 +351,7 @@ func (f *CheckFields) http(b []byte) error {
 func (f *CheckFields) headerValues(b []byte) error {
 	it := fieldIter{b: b}
 	for it.next() {
-		if !it.isBytes(1) {
+		if !it.isBytes(1) || len(f.headerMap) > MaxHeaders {
 			continue
 		}
 		var hv headerValue

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -419,5 +420,43 @@ func TestHeaderMapJoinAllocations(t *testing.T) {
 	twice := allocs(&corev3.HeaderValue{Key: "x-a", Value: "1"}, &corev3.HeaderValue{Key: "x-b", Value: "2"}, &corev3.HeaderValue{Key: "x-a", Value: "3"})
 	if twice > once+2 {
 		t.Errorf("a repeated header costs %v allocations, %v without one", twice, once)
+	}
+}
+
+// TestManyHeadersHeldBounded: a message of very many tiny headers is refused
+// (NumHeaders passes MaxHeaders) without the decoder holding them all: on the wire
+// each is a few bytes, decoded some tens.
+func TestManyHeadersHeldBounded(t *testing.T) {
+	const n = 100_000
+	hvs := make([]*corev3.HeaderValue, n)
+	headers := make(map[string]string, n)
+	for i := range hvs {
+		hvs[i] = &corev3.HeaderValue{Key: "a", Value: "b"}
+		headers["h"+strconv.Itoa(i)] = "v"
+	}
+	for name, req := range map[string]*authv3.CheckRequest{
+		"header_map": headerMapRequest(hvs...),
+		"headers":    sidecarCheck(1),
+	} {
+		if name == "headers" {
+			req.Attributes.Request.Http.Headers = headers
+		}
+		data, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f envoy.CheckFields
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		if err := f.Unmarshal(data); err != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&after)
+		if got := f.NumHeaders(); got <= envoy.MaxHeaders {
+			t.Errorf("%s of %d: NumHeaders %d, want more than %d", name, n, got, envoy.MaxHeaders)
+		}
+		if held := after.TotalAlloc - before.TotalAlloc; held > 1<<20 {
+			t.Errorf("%s of %d entries (%d bytes on the wire): decoding allocated %d bytes", name, n, len(data), held)
+		}
 	}
 }
