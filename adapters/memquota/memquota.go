@@ -368,8 +368,20 @@ func (s *shard) evict(now int64, keep *entry, h *Handler) (evicted, ok bool) {
 	if victim == keep {
 		victim = victim.prev
 	}
-	if victim == &s.lru || h.held.Load() <= h.maxKeys {
+	if victim == &s.lru {
 		return false, false
+	}
+	// The count is the handler's, and other shards' evictions run beside this
+	// one: the key is forgotten only if this takes the count down from above
+	// maxKeys, so that two evictions for one key too many cannot both happen.
+	for {
+		n := h.held.Load()
+		if n <= h.maxKeys {
+			return false, false
+		}
+		if h.held.CompareAndSwap(n, n-1) {
+			break
+		}
 	}
 	for i, c := 0, victim; i < 8 && c != &s.lru; i, c = i+1, c.prev {
 		if c != keep && c.expires <= now {
@@ -378,7 +390,7 @@ func (s *shard) evict(now int64, keep *entry, h *Handler) (evicted, ok bool) {
 		}
 	}
 	evicted = victim.expires > now
-	s.remove(victim.k, victim)
+	s.forget(victim.k, victim)
 	return evicted, true
 }
 
@@ -389,9 +401,14 @@ func (s *shard) pushFront(e *entry) {
 }
 
 func (s *shard) remove(k stateKey, e *entry) {
+	s.held.Add(-1)
+	s.forget(k, e)
+}
+
+// forget removes k's entry e without changing the handler's count of keys.
+func (s *shard) forget(k stateKey, e *entry) {
 	e.unlink()
 	delete(s.keys, k)
-	s.held.Add(-1)
 	if len(s.spare) < maxSpare {
 		*e = entry{} // holds no key or log while spare
 		s.spare = append(s.spare, e)
