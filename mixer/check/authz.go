@@ -24,7 +24,6 @@ import (
 	"github.com/sluicemesh/sluice/templates/authorization"
 )
 
-
 // Check implements envoy.service.auth.v3.Authorization.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
