@@ -139,6 +139,11 @@ func (g *Guard) Fail(parent context.Context, err error, reqs []quota.Request, ou
 }
 
 func (g *Guard) decide(r quota.Request) quota.Decision {
+	if r.Hits > r.Limit.Requests {
+		// Over the limit whatever the count (hits_addend past it, a limit of 0):
+		// denied as the backend would have denied it, fail policy or not.
+		return quota.Decision{Allowed: false, ResetAfter: r.Limit.Window}
+	}
 	if g.policy == FailClosed {
 		return quota.Decision{Allowed: false, ResetAfter: min(FailRetryAfter, r.Limit.Window)}
 	}

@@ -392,8 +392,10 @@ func TestGuard(t *testing.T) {
 		reason string
 		want   []quota.Decision
 	}{
-		{FailOpen, errors.New("connection refused"), ReasonError, []quota.Decision{{Allowed: true, Remaining: 7}, {Allowed: true}}},
-		{FailOpen, fmt.Errorf("pipeline: %w", context.DeadlineExceeded), ReasonTimeout, []quota.Decision{{Allowed: true, Remaining: 7}, {Allowed: true}}},
+		// b asks for more hits than its limit: denied whatever the count, and so
+		// whatever the policy.
+		{FailOpen, errors.New("connection refused"), ReasonError, []quota.Decision{{Allowed: true, Remaining: 7}, {ResetAfter: 100 * time.Millisecond}}},
+		{FailOpen, fmt.Errorf("pipeline: %w", context.DeadlineExceeded), ReasonTimeout, []quota.Decision{{Allowed: true, Remaining: 7}, {ResetAfter: 100 * time.Millisecond}}},
 		{FailClosed, netTimeout{}, ReasonTimeout, []quota.Decision{{ResetAfter: time.Second}, {ResetAfter: 100 * time.Millisecond}}},
 	} {
 		st := &recStats{errors: map[string]int{}, dropped: map[string]int{}}
