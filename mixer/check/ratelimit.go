@@ -388,7 +388,9 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 		kept := batch[:0]
 		idx := map[int]int{}
 		for i := range pend {
-			if pend[i].rule != nil && pend[i].rule.name != "" && replaced[pend[i].rule.name] {
+			// An unlimited limit answers as unlimited even when replaced, as
+			// upstream marks it before it replaces anything.
+			if r := pend[i].rule; r != nil && !r.unlimited && r.name != "" && replaced[r.name] {
 				pend[i].rule = nil
 				pend[i].req = -1
 				continue
@@ -439,7 +441,10 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 			dec := decisions[p.req]
 			ds.rule = p.rule
 			ds.remaining = uint32(min(dec.Remaining, math.MaxUint32))
-			ds.hasReset, ds.reset = true, dec.ResetAfter
+			// Whole seconds, rounded up, as upstream answers: Envoy reads only the
+			// seconds (x-ratelimit-reset), and a retry after a rounded-down wait
+			// would come too soon.
+			ds.hasReset, ds.reset = true, ceilSecond(dec.ResetAfter)
 			result = "ok"
 			if !dec.Allowed {
 				if p.rule.shadow {
@@ -496,4 +501,12 @@ func writeKeyPart(b *strings.Builder, s string) {
 		s = s[i+1:]
 	}
 	b.WriteString(s)
+}
+
+// ceilSecond rounds a positive wait up to whole seconds.
+func ceilSecond(d time.Duration) time.Duration {
+	if r := d % time.Second; r > 0 {
+		d += time.Second - r
+	}
+	return d
 }

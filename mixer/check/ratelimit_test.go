@@ -437,6 +437,12 @@ func TestRateLimitUpstreamParity(t *testing.T) {
 				t.Errorf("override of 1 per %v, request %d: %v, want %v", unit, i, got, code)
 			}
 		}
+		// An unlimited limit stays unlimited when a matched limit replaces its name,
+		// as upstream marks it unlimited before replacing anything.
+		if st := ask("replaced unlimited", descriptor("unl", "x"), descriptor("repl", "x")).GetStatuses(); len(st) != 2 ||
+			st[0].GetCode() != ok || st[0].GetLimitRemaining() != math.MaxUint32 || st[0].GetCurrentLimit() != nil {
+			t.Errorf("a replaced unlimited limit answered %v, want OK, unlimited", st)
+		}
 		// Overlapping wildcards: the first in the file wins.
 		checkResponse(t, "overlapping wildcards", ask("tenant", descriptor("tenant", "abc")), ok, []want{{ok, 10, minute, 9}})
 		// A value holding a counting key's separators is one value: it spends
@@ -458,6 +464,14 @@ func TestRateLimitUpstreamParity(t *testing.T) {
 		}
 		if hdrs["RateLimit-Limit"] != "10" || hdrs["RateLimit-Remaining"] != "0" || hdrs["RateLimit-Reset"] != "1" {
 			t.Errorf("RateLimit headers %v, want the per-second limit's: 10, 0, 1", hdrs)
+		}
+		// duration_until_reset is whole seconds, rounded up, as upstream answers it:
+		// Envoy reads only its seconds.
+		s.clock.Advance(300 * time.Millisecond)
+		for _, st := range ask("whole seconds", descriptor("burst", "y"), descriptor("daily", "y"), descriptor("tenant", "abz")).GetStatuses() {
+			if d := st.GetDurationUntilReset(); d == nil || d.GetNanos() != 0 || d.GetSeconds() < 1 {
+				t.Errorf("duration_until_reset %v, want whole seconds, at least one", d)
+			}
 		}
 	})
 }
