@@ -339,7 +339,6 @@ type allowedAnswers struct {
 // add to an allowed request, from every handler of the config, so that a name
 // stays guarded while a rule that sends to its handler is switched off.
 func (s *Server) newAllowedAnswers(lease leaseView, p *plan) *allowedAnswers {
-	a := &allowedAnswers{plain: s.okPlain, plainWire: s.okPlainWire}
 	var names []string
 	for _, hc := range p.snap.Handlers {
 		h, ok := lease.Handler(hc.Name)
@@ -350,27 +349,22 @@ func (s *Server) newAllowedAnswers(lease leaseView, p *plan) *allowedAnswers {
 			names = append(names, uh.UpstreamHeaderNames()...)
 		}
 	}
-	if len(names) == 0 {
-		return a
-	}
 	for i := range names {
 		names[i] = strings.ToLower(names[i])
 	}
 	slices.Sort(names)
-	a.guarded = slices.Compact(names)
+	a := &allowedAnswers{guarded: slices.Compact(names)}
 	a.plain = okAnswer(authorization.Result{Code: codes.OK}, a.guarded)
 	wire, err := proto.Marshal(a.plain)
 	if err != nil {
+		// Not with valid header names; an answer without its encoding is
+		// encoded per check.
 		s.log.Error("encode the OK answer; encoding it per check instead", "err", err)
-		a.plainWire = nil // the unguarded answer's encoding must not stand in for it
 		return a
 	}
 	a.plainWire = wire
 	return a
 }
-
-// okResponse answers an allowed check that guards no header names.
-func okResponse(r authorization.Result) *authv3.CheckResponse { return okAnswer(r, nil) }
 
 // okAnswer answers an allowed check. The headers r adds go upstream, the first of
 // each name replacing the client's copies whatever its Append (a later one of the

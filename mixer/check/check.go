@@ -4,7 +4,6 @@ package check
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -16,7 +15,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/dispatch"
@@ -24,7 +22,6 @@ import (
 	"github.com/sluicemesh/sluice/mixer/expr"
 	"github.com/sluicemesh/sluice/mixer/h2unary"
 	"github.com/sluicemesh/sluice/mixer/registry"
-	"github.com/sluicemesh/sluice/templates/authorization"
 	"github.com/sluicemesh/sluice/templates/quota"
 )
 
@@ -71,12 +68,6 @@ type Server struct {
 	rl     atomic.Pointer[rateLimits]
 
 	scratch sync.Pool // *requestState
-
-	// okPlain is the answer of an allowed check that adds no headers, most
-	// answers: shared, so never changed once built, and sent on the lean
-	// listener as okPlainWire without being encoded again.
-	okPlain     *authv3.CheckResponse
-	okPlainWire []byte
 }
 
 // requestState is one request's reusable working memory.
@@ -121,10 +112,6 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.scratch.New = func() any { return &requestState{act: expr.NewActivation(s.vocab)} }
-	s.okPlain = okResponse(authorization.Result{Code: codes.OK})
-	if s.okPlainWire, err = proto.Marshal(s.okPlain); err != nil {
-		return nil, fmt.Errorf("encode the OK answer: %w", err)
-	}
 	return s, nil
 }
 
