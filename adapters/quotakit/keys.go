@@ -10,7 +10,7 @@ func InstanceKey(name string, dims map[string]string) string {
 	// Built on the stack when it fits, so that the key costs one allocation (the
 	// string) rather than two: it is computed for every quota check.
 	var buf [256]byte
-	b := appendEscaped(buf[:0], name, false)
+	b := AppendEscaped(buf[:0], name, &instanceSpecial)
 	b = appendDims(b, dims)
 	return string(b)
 }
@@ -27,20 +27,41 @@ func appendDims(b []byte, dims map[string]string) []byte {
 	slices.Sort(names)
 	for _, k := range names {
 		b = append(b, ';')
-		b = appendEscaped(b, k, false)
+		b = AppendEscaped(b, k, &instanceSpecial)
 		b = append(b, '=')
-		b = appendEscaped(b, dims[k], false)
+		b = AppendEscaped(b, dims[k], &instanceSpecial)
 	}
 	return b
 }
 
-// appendEscaped writes s with some bytes percent-encoded: in instance keys the
-// separators and braces (so that values cannot forge a key's structure or a Redis
-// hash tag), in the hash tag of a Redis key (tag) the braces. '%' itself is always
-// encoded, which keeps the encoding one-to-one.
-func appendEscaped(b []byte, s string, tag bool) []byte {
+// EscapeSet is the set of bytes AppendEscaped percent-encodes; '%' is always in it,
+// which keeps the encoding one-to-one.
+type EscapeSet [4]uint64
+
+// NewEscapeSet is the set of chars and '%'.
+func NewEscapeSet(chars string) EscapeSet {
+	var s EscapeSet
+	for _, c := range []byte("%" + chars) {
+		s[c>>6] |= 1 << (c & 63)
+	}
+	return s
+}
+
+func (s *EscapeSet) has(c byte) bool { return s[c>>6]&(1<<(c&63)) != 0 }
+
+// The sets of instance keys (their separators and braces, so that values cannot
+// forge a key's structure or a Redis hash tag) and of a Redis key's hash tag (its
+// braces). Never changed.
+var (
+	instanceSpecial = NewEscapeSet("{};=")
+	tagSpecial      = NewEscapeSet("{}")
+)
+
+// AppendEscaped appends s with the bytes of set percent-encoded. Callers that build
+// keys of their own (the rate-limit service's) choose their separators.
+func AppendEscaped(b []byte, s string, set *EscapeSet) []byte {
 	i := 0
-	for i < len(s) && !special(s[i], tag) {
+	for i < len(s) && !set.has(s[i]) {
 		i++
 	}
 	if i == len(s) {
@@ -48,7 +69,7 @@ func appendEscaped(b []byte, s string, tag bool) []byte {
 	}
 	b = append(b, s[:i]...)
 	for ; i < len(s); i++ {
-		if c := s[i]; special(c, tag) {
+		if c := s[i]; set.has(c) {
 			const hex = "0123456789ABCDEF"
 			b = append(b, '%', hex[c>>4], hex[c&15])
 		} else {
@@ -56,16 +77,6 @@ func appendEscaped(b []byte, s string, tag bool) []byte {
 		}
 	}
 	return b
-}
-
-func special(c byte, tag bool) bool {
-	switch c {
-	case '%', '{', '}':
-		return true
-	case ';', '=':
-		return !tag
-	}
-	return false
 }
 
 // AppendClusterKey appends a Redis key for the limit identified by id: prefix, then
@@ -76,6 +87,6 @@ func special(c byte, tag bool) bool {
 func AppendClusterKey(b []byte, prefix, id string) []byte {
 	b = append(b, prefix...)
 	b = append(b, '{')
-	b = appendEscaped(b, id, true)
+	b = AppendEscaped(b, id, &tagSpecial)
 	return append(b, '}')
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sluicemesh/sluice/adapters/quotakit"
 	"github.com/sluicemesh/sluice/mixer/config"
 	"github.com/sluicemesh/sluice/mixer/dispatch"
 	"github.com/sluicemesh/sluice/mixer/envoy"
@@ -96,9 +97,7 @@ func newNode() *rlNode {
 func newRoot(domain string) *rlNode {
 	root := newNode()
 	root.domain = domain
-	var b strings.Builder
-	writeKeyPart(&b, domain)
-	root.keyPrefix = b.String() + "|"
+	root.keyPrefix = string(append(quotakit.AppendEscaped(nil, domain, &keySpecial), '|'))
 	return root
 }
 
@@ -159,13 +158,9 @@ func addDescriptors(parent *rlNode, ds []config.RateLimitDescriptor) {
 // entry's key and value, escaped), and the statistics name of the descriptor (its
 // config path's, or detailedStatName).
 func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat string) {
-	var kb strings.Builder
-	size := len(root.keyPrefix)
-	for _, e := range entries {
-		size += len(e.Key) + len(e.Value) + 2
-	}
-	kb.Grow(size) // one allocation unless a part needs escaping
-	kb.WriteString(root.keyPrefix)
+	// Built on the stack when it fits: the key costs one allocation, its string.
+	var kbuf [256]byte
+	kb := append(kbuf[:0], root.keyPrefix...)
 	var buf [8]*rlNode
 	path := buf[:0]
 	n = root
@@ -187,25 +182,23 @@ func (root *rlNode) match(entries []envoy.RateLimitEntry) (n *rlNode, key, stat 
 			return nil, "", ""
 		}
 		if i > 0 {
-			kb.WriteByte('|')
+			kb = append(kb, '|')
 		}
-		writeKeyPart(&kb, k)
-		kb.WriteByte('=')
+		kb = append(quotakit.AppendEscaped(kb, k, &keySpecial), '=')
 		if next.kind == byPrefix && next.desc.ShareThreshold {
 			// Every matching value shares one count. A raw "%*" marks the pattern:
 			// no escaped value contains it, so no request value can name this count.
-			writeKeyPart(&kb, next.pattern)
-			kb.WriteString("%*")
+			kb = append(quotakit.AppendEscaped(kb, next.pattern, &keySpecial), "%*"...)
 		} else {
-			writeKeyPart(&kb, v)
+			kb = quotakit.AppendEscaped(kb, v, &keySpecial)
 		}
 		path = append(path, next)
 		n = next
 	}
 	if n.desc.DetailedMetric {
-		return n, kb.String(), detailedStatName(entries, path)
+		return n, string(kb), detailedStatName(entries, path)
 	}
-	return n, kb.String(), n.stat
+	return n, string(kb), n.stat
 }
 
 // detailedStatName names a matched descriptor whose leaf has detailed_metric, as
@@ -471,37 +464,21 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 }
 
 func entriesKey(es []envoy.RateLimitEntry) string {
-	var b strings.Builder
+	var b []byte
 	for i, e := range es {
 		if i > 0 {
-			b.WriteByte('|')
+			b = append(b, '|')
 		}
-		writeKeyPart(&b, e.Key)
-		b.WriteByte('=')
-		writeKeyPart(&b, e.Value)
+		b = append(quotakit.AppendEscaped(b, e.Key, &keySpecial), '=')
+		b = quotakit.AppendEscaped(b, e.Value, &keySpecial)
 	}
-	return b.String()
+	return string(b)
 }
 
-// writeKeyPart writes a domain, key or value into a counting key with its
-// separators ('|', '=') and '%' percent-encoded, so that no value can forge a
-// key's structure: [user="bob|path=/x"] must not count as [user=bob, path=/x].
-func writeKeyPart(b *strings.Builder, s string) {
-	i := strings.IndexAny(s, "%|=")
-	if i < 0 {
-		b.WriteString(s)
-		return
-	}
-	const hex = "0123456789ABCDEF"
-	for ; i >= 0; i = strings.IndexAny(s, "%|=") {
-		b.WriteString(s[:i])
-		b.WriteByte('%')
-		b.WriteByte(hex[s[i]>>4])
-		b.WriteByte(hex[s[i]&15])
-		s = s[i+1:]
-	}
-	b.WriteString(s)
-}
+// keySpecial are the bytes escaped in a counting key's domain, keys and values: its
+// separators, and '%', so that no value can forge a key's structure
+// ([user="bob|path=/x"] must not count as [user=bob, path=/x]).
+var keySpecial = quotakit.NewEscapeSet("|=") // never changed
 
 // ceilSecond rounds a positive wait up to whole seconds.
 func ceilSecond(d time.Duration) time.Duration {
