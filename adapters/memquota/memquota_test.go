@@ -169,15 +169,10 @@ func TestMaxKeysEvictsLeastRecent(t *testing.T) {
 	if len(h.shards) != 2 {
 		t.Fatalf("%d shards for 3 keys, want 2", len(h.shards))
 	}
-	ctx := context.Background()
 	now := quotatest.Base()
 	l := quota.Limit{Requests: 1, Window: time.Minute}
 	take := func(key string) bool {
-		var out [1]quota.Decision
-		if err := h.Allow(ctx, now, []quota.Request{{Key: key, Limit: l, Hits: 1}}, out[:]); err != nil {
-			t.Fatal(err)
-		}
-		return out[0].Allowed
+		return quotatest.AllowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}).Allowed
 	}
 	for i := range 50 {
 		take(fmt.Sprint("k", i))
@@ -207,7 +202,6 @@ func TestMaxKeysEvictsLeastRecent(t *testing.T) {
 // holds and an over-limit request is denied. At maxKeys, each new key forgets one
 // other, counted as evicted.
 func TestMaxKeysHoldsLiveKeys(t *testing.T) {
-	ctx := context.Background()
 	l := quota.Limit{Requests: 2, Window: time.Minute}
 	for _, tc := range []struct{ maxKeys, users int }{
 		{100, 10},
@@ -224,11 +218,7 @@ func TestMaxKeysHoldsLiveKeys(t *testing.T) {
 				h, st := newHandler(t, &Params{MaxKeys: tc.maxKeys})
 				now := quotatest.Base()
 				take := func(key string) bool {
-					var out [1]quota.Decision
-					if err := h.Allow(ctx, now, []quota.Request{{Key: key, Limit: l, Hits: 1}}, out[:]); err != nil {
-						t.Fatal(err)
-					}
-					return out[0].Allowed
+					return quotatest.AllowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}).Allowed
 				}
 				for round := range 3 {
 					for u := range tc.users {

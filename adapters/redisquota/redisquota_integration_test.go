@@ -83,15 +83,6 @@ func newClockedHandler(t *testing.T, addr string, now func() time.Time, mod func
 	return th
 }
 
-func allowOne(t *testing.T, h quota.RateLimiter, now time.Time, r quota.Request) quota.Decision {
-	t.Helper()
-	var out [1]quota.Decision
-	if err := h.Allow(context.Background(), now, []quota.Request{r}, out[:]); err != nil {
-		t.Fatal(err)
-	}
-	return out[0]
-}
-
 // TestIntegrationSequences: Redis answers the scripted sequences exactly as memquota
 // does, with the local cache of denied keys and without it.
 func TestIntegrationSequences(t *testing.T) {
@@ -264,7 +255,7 @@ func TestIntegrationLocalCache(t *testing.T) {
 			s.resetStats()
 			n := 0
 			for range 100 {
-				if allowOne(t, h, now, quota.Request{Key: key, Limit: tc.l, Hits: 1}).Allowed {
+				if quotatest.AllowOne(t, h, now, quota.Request{Key: key, Limit: tc.l, Hits: 1}).Allowed {
 					n++
 				}
 			}
@@ -279,12 +270,12 @@ func TestIntegrationLocalCache(t *testing.T) {
 			// denial of the old one: five seconds on, a one-second window allows.
 			shorter := tc.l
 			shorter.Window = time.Second
-			if d := allowOne(t, h, now.Add(5*time.Second), quota.Request{Key: key, Limit: shorter, Hits: 1}); !d.Allowed {
+			if d := quotatest.AllowOne(t, h, now.Add(5*time.Second), quota.Request{Key: key, Limit: shorter, Hits: 1}); !d.Allowed {
 				t.Errorf("%s, localCacheSize %d: a one-second window denied from the one-minute window's denial: %+v", tc.l.Algorithm, size, d)
 			}
 			// Once the key could allow again, the cache lets requests through.
 			later := now.Add(time.Minute)
-			if d := allowOne(t, h, later, quota.Request{Key: key, Limit: tc.l, Hits: 1}); !d.Allowed {
+			if d := quotatest.AllowOne(t, h, later, quota.Request{Key: key, Limit: tc.l, Hits: 1}); !d.Allowed {
 				t.Errorf("%s, localCacheSize %d: denied after the reset: %+v", tc.l.Algorithm, size, d)
 			}
 		}
@@ -298,7 +289,7 @@ func TestIntegrationScriptCacheFlushed(t *testing.T) {
 	h := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = 0 })
 	l := quota.Limit{Requests: 2, Window: time.Minute, Algorithm: quota.SlidingWindow}
 	now := quotatest.Base()
-	if !allowOne(t, h, now, quota.Request{Key: "flush", Limit: l, Hits: 1}).Allowed {
+	if !quotatest.AllowOne(t, h, now, quota.Request{Key: "flush", Limit: l, Hits: 1}).Allowed {
 		t.Fatal("denied")
 	}
 	if err := s.client.ScriptFlush(context.Background()).Err(); err != nil {
@@ -330,21 +321,21 @@ func TestIntegrationRedisDown(t *testing.T) {
 	l := quota.Limit{Requests: 1, Window: time.Hour}
 	key := func(i int) quota.Request { return quota.Request{Key: fmt.Sprint("down", i), Limit: l, Hits: 1} }
 	now := quotatest.Base()
-	if !allowOne(t, open, now, key(0)).Allowed || allowOne(t, closed, now, key(0)).Allowed {
+	if !quotatest.AllowOne(t, open, now, key(0)).Allowed || quotatest.AllowOne(t, closed, now, key(0)).Allowed {
 		t.Fatal("Redis did not decide")
 	}
 	// A key denied before the outage stays denied from the local cache, even
 	// failing open: the denial is known.
-	if d := allowOne(t, open, now, key(0)); d.Allowed {
+	if d := quotatest.AllowOne(t, open, now, key(0)); d.Allowed {
 		t.Errorf("a cached denial was forgotten: %+v", d)
 	}
 	s.stop()
 	start := time.Now()
 	for i := range 50 {
-		if d := allowOne(t, open, now, key(i+1)); !d.Allowed {
+		if d := quotatest.AllowOne(t, open, now, key(i+1)); !d.Allowed {
 			t.Fatalf("fail open denied: %+v", d)
 		}
-		if d := allowOne(t, closed, now, key(i+1)); d.Allowed {
+		if d := quotatest.AllowOne(t, closed, now, key(i+1)); d.Allowed {
 			t.Fatalf("fail closed allowed: %+v", d)
 		}
 	}
@@ -369,7 +360,7 @@ func TestIntegrationRedisDown(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		before := closed.stats.Drops(quotakit.ReasonFailClosed)
-		d := allowOne(t, closed, now, key(1000))
+		d := quotatest.AllowOne(t, closed, now, key(1000))
 		if closed.stats.Drops(quotakit.ReasonFailClosed) == before {
 			if !d.Allowed {
 				t.Errorf("Redis back, a fresh key denied: %+v", d)
@@ -385,7 +376,7 @@ func TestIntegrationRedisDown(t *testing.T) {
 		t.Errorf("recovery logged before a quiet time without failures:\n%s", closed.log.String())
 	}
 	offset.Add(int64(quotakit.BurstQuiet))
-	allowOne(t, closed, now, key(1001))
+	quotatest.AllowOne(t, closed, now, key(1001))
 	if !strings.Contains(closed.log.String(), "quota backend recovered") {
 		t.Errorf("recovery not logged:\n%s", closed.log.String())
 	}
@@ -410,12 +401,12 @@ func TestIntegrationConnectionKilled(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if !allowOne(t, h, now, req("warm")).Allowed {
+	if !quotatest.AllowOne(t, h, now, req("warm")).Allowed {
 		t.Fatal("Redis did not decide")
 	}
 	kill()
 	time.Sleep(slotIdle + 100*time.Millisecond)
-	if d := allowOne(t, h, now, req("after-idle")); !d.Allowed || d.Remaining != 99 {
+	if d := quotatest.AllowOne(t, h, now, req("after-idle")); !d.Allowed || d.Remaining != 99 {
 		t.Errorf("after an idle connection was killed: %+v", d)
 	}
 	if n := h.stats.Drops(quotakit.ReasonFailClosed); n != 0 {
@@ -424,7 +415,7 @@ func TestIntegrationConnectionKilled(t *testing.T) {
 	kill()
 	failed := 0
 	for i := range DefaultMaxInFlight + 1 {
-		if d := allowOne(t, h, now, req(fmt.Sprint("after-kill", i))); !d.Allowed {
+		if d := quotatest.AllowOne(t, h, now, req(fmt.Sprint("after-kill", i))); !d.Allowed {
 			failed++
 		}
 	}
@@ -432,7 +423,7 @@ func TestIntegrationConnectionKilled(t *testing.T) {
 		t.Errorf("%d of %d decisions failed after a connection in use was killed, %d counted",
 			failed, DefaultMaxInFlight+1, h.stats.Drops(quotakit.ReasonFailClosed))
 	}
-	if d := allowOne(t, h, now, req("after-kill")); !d.Allowed || d.Remaining != 99 {
+	if d := quotatest.AllowOne(t, h, now, req("after-kill")); !d.Allowed || d.Remaining != 99 {
 		t.Errorf("Redis did not decide again: %+v", d)
 	}
 }
@@ -444,7 +435,7 @@ func TestIntegrationLateCall(t *testing.T) {
 	h := newTestHandler(t, s.addr, nil)
 	l := quota.Limit{Requests: 10, Window: time.Hour}
 	now := quotatest.Base()
-	allowOne(t, h, now, quota.Request{Key: "warm", Limit: l, Hits: 1})
+	quotatest.AllowOne(t, h, now, quota.Request{Key: "warm", Limit: l, Hits: 1})
 	conns := func() []*redis.Conn { // every slot is free between calls
 		h.pipes.mu.Lock()
 		defer h.pipes.mu.Unlock()
@@ -467,7 +458,7 @@ func TestIntegrationLateCall(t *testing.T) {
 	if n := s.calls("evalsha") - sent; n != 0 {
 		t.Errorf("%d scripts sent for a call past its deadline", n)
 	}
-	if d := allowOne(t, h, now, quota.Request{Key: "warm", Limit: l, Hits: 1}); !d.Allowed || d.Remaining != 8 {
+	if d := quotatest.AllowOne(t, h, now, quota.Request{Key: "warm", Limit: l, Hits: 1}); !d.Allowed || d.Remaining != 8 {
 		t.Errorf("the next call: %+v", d)
 	}
 }
@@ -481,12 +472,12 @@ func TestIntegrationSlowRedis(t *testing.T) {
 		h := newTestHandler(t, s.addr, func(p *Params) { p.FailPolicy = policy; p.Timeout = 50 * time.Millisecond })
 		l := quota.Limit{Requests: 10, Window: time.Hour, Algorithm: quota.TokenBucket}
 		now := quotatest.Base()
-		allowOne(t, h, now, quota.Request{Key: "slow-warm-" + policy, Limit: l, Hits: 1})
+		quotatest.AllowOne(t, h, now, quota.Request{Key: "slow-warm-" + policy, Limit: l, Hits: 1})
 		if err := s.client.Do(context.Background(), "CLIENT", "PAUSE", "600", "ALL").Err(); err != nil {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		d := allowOne(t, h, now, quota.Request{Key: "slow-" + policy, Limit: l, Hits: 1})
+		d := quotatest.AllowOne(t, h, now, quota.Request{Key: "slow-" + policy, Limit: l, Hits: 1})
 		el := time.Since(start)
 		if d.Allowed != (policy == "open") {
 			t.Errorf("%s: %+v", policy, d)
@@ -500,7 +491,7 @@ func TestIntegrationSlowRedis(t *testing.T) {
 		if err := s.client.Do(context.Background(), "CLIENT", "UNPAUSE").Err(); err != nil {
 			t.Fatal(err)
 		}
-		if d := allowOne(t, h, now, quota.Request{Key: "slow-after-" + policy, Limit: l, Hits: 1}); !d.Allowed || d.Remaining != 9 {
+		if d := quotatest.AllowOne(t, h, now, quota.Request{Key: "slow-after-" + policy, Limit: l, Hits: 1}); !d.Allowed || d.Remaining != 9 {
 			t.Errorf("%s: after the pause: %+v", policy, d)
 		}
 	}
@@ -515,7 +506,7 @@ func TestIntegrationKeysExpire(t *testing.T) {
 	for i, alg := range []quota.Algorithm{quota.FixedWindow, quota.SlidingWindow, quota.TokenBucket} {
 		l := quota.Limit{Requests: 3, Window: 200 * time.Millisecond, Algorithm: alg}
 		for range 5 {
-			allowOne(t, h, now, quota.Request{Key: fmt.Sprint("ttl", i), Limit: l, Hits: 1})
+			quotatest.AllowOne(t, h, now, quota.Request{Key: fmt.Sprint("ttl", i), Limit: l, Hits: 1})
 		}
 	}
 	ctx := context.Background()
@@ -566,10 +557,10 @@ func TestIntegrationOldBucketIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := quota.Decision{Allowed: true, Remaining: 100000007 - 1157}
-	if d := allowOne(t, h, now, quota.Request{Key: "old", Limit: l, Hits: 1157}); d != want {
+	if d := quotatest.AllowOne(t, h, now, quota.Request{Key: "old", Limit: l, Hits: 1157}); d != want {
 		t.Errorf("got %+v, want %+v (a full bucket)", d, want)
 	}
-	if d := allowOne(t, h, now.Add(time.Microsecond), quota.Request{Key: "old", Limit: l, Hits: 1}); !d.Allowed || d.Remaining != want.Remaining-1 {
+	if d := quotatest.AllowOne(t, h, now.Add(time.Microsecond), quota.Request{Key: "old", Limit: l, Hits: 1}); !d.Allowed || d.Remaining != want.Remaining-1 {
 		t.Errorf("a µs later: %+v", d)
 	}
 	if v, err := s.client.HGet(ctx, old, "l").Result(); err != nil || v != fmt.Sprint(now.Unix()) {
@@ -760,10 +751,10 @@ func TestIntegrationPasswordAndDB(t *testing.T) {
 	} {
 		h := newTestHandler(t, s.addr, mod)
 		key := fmt.Sprint("auth", i)
-		if d := allowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}); !d.Allowed {
+		if d := quotatest.AllowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}); !d.Allowed {
 			t.Errorf("case %d: %+v", i, d)
 		}
-		if d := allowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}); d.Allowed {
+		if d := quotatest.AllowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}); d.Allowed {
 			t.Errorf("case %d: the second hit was allowed: %+v", i, d)
 		}
 		if n := h.stats.Drops(quotakit.ReasonFailOpen); n != 0 {
@@ -776,7 +767,7 @@ func TestIntegrationPasswordAndDB(t *testing.T) {
 		t.Errorf("db 2 holds %d keys (%v), want 2", n, err)
 	}
 	wrong := newTestHandler(t, s.addr, func(p *Params) { p.Password = "guess"; p.FailPolicy = "closed" })
-	if d := allowOne(t, wrong, now, quota.Request{Key: "auth-wrong", Limit: l, Hits: 1}); d.Allowed {
+	if d := quotatest.AllowOne(t, wrong, now, quota.Request{Key: "auth-wrong", Limit: l, Hits: 1}); d.Allowed {
 		t.Errorf("a wrong password allowed: %+v", d)
 	}
 	if wrong.stats.Drops(quotakit.ReasonFailClosed) != 1 {

@@ -142,6 +142,16 @@ func Sequences() []Sequence {
 	}
 }
 
+// AllowOne decides r alone at now, failing the test on an error.
+func AllowOne(t testing.TB, lim quota.RateLimiter, now time.Time, r quota.Request) quota.Decision {
+	t.Helper()
+	var out [1]quota.Decision
+	if err := lim.Allow(context.Background(), now, []quota.Request{r}, out[:]); err != nil {
+		t.Fatal(err)
+	}
+	return out[0]
+}
+
 // RunSequences checks lim against every sequence, each under its own key: keyPrefix
 // and the sequence's index.
 func RunSequences(t *testing.T, lim quota.RateLimiter, keyPrefix string) {
