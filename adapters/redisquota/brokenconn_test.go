@@ -122,7 +122,8 @@ func readCommand(r *bufio.Reader) ([]string, error) {
 // TestBrokenConnectionNotKept: a pipeline whose first call Redis answers with an
 // error (NOSCRIPT here) and whose second it never answers leaves its connection
 // with a reply owed. Only that pipeline's decisions fail: the next ones go over a
-// new connection (go-redis replaces the slot's broken one), not the old.
+// new connection, not the old (a slot that never gave up its connection fails
+// this test).
 func TestBrokenConnectionNotKept(t *testing.T) {
 	redis := startScriptedRedis(t, func(conn, call int) (string, bool) {
 		if conn != 0 {
