@@ -224,6 +224,63 @@ func TestExtAuthzRuleErrors(t *testing.T) {
 	})
 }
 
+// TestExtAuthzCacheKeys: requests that a policy answers differently never share a
+// cached answer, whatever in an expression tells them apart: has() on a map
+// present without the key (a map absent altogether does not match), or attributes
+// read inside a message literal, by a rule's match or an rbac policy. Each case's
+// requests go in order, the first priming the cache for the next.
+func TestExtAuthzCacheKeys(t *testing.T) {
+	type ask struct {
+		path       string
+		headers    map[string]string
+		extensions map[string]string
+		code       codes.Code
+	}
+	public := map[string]string{"route": "public"}
+	tests := []struct {
+		name string
+		asks []ask
+	}{
+		{"no extensions, then extensions without the tenant", []ask{
+			{"/tenants/a", nil, nil, codes.OK},
+			{"/tenants/a", nil, public, codes.PermissionDenied},
+		}},
+		{"extensions without the tenant, then none", []ask{
+			{"/tenants/b", nil, public, codes.PermissionDenied},
+			{"/tenants/b", nil, nil, codes.OK},
+		}},
+		{"the tenant, then extensions without it", []ask{
+			{"/tenants/c", nil, map[string]string{"tenant": "acme"}, codes.OK},
+			{"/tenants/c", nil, public, codes.PermissionDenied},
+		}},
+		{"a header inside a wrapper literal", []ask{
+			{"/wrapped", map[string]string{"x-client": "modern"}, nil, codes.OK},
+			{"/wrapped", map[string]string{"x-client": "legacy"}, nil, codes.PermissionDenied},
+		}},
+		{"a header inside a Struct literal, in an rbac policy", []ask{
+			{"/struct", map[string]string{"x-client": "modern"}, nil, codes.OK},
+			{"/struct", map[string]string{"x-client": "legacy"}, nil, codes.PermissionDenied},
+		}},
+	}
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, nil, "testdata/cache-keys.yaml")
+		client := authv3.NewAuthorizationClient(s.via(listener))
+		for _, tt := range tests {
+			for i, a := range tt.asks {
+				req := call{frontend, "GET", a.path, a.headers}.request()
+				req.Attributes.ContextExtensions = a.extensions
+				resp, err := client.Check(context.Background(), req)
+				if err != nil {
+					t.Fatalf("%s, request %d: %v", tt.name, i, err)
+				}
+				if got := codes.Code(resp.GetStatus().GetCode()); got != a.code {
+					t.Errorf("%s, request %d: %v %q, want %v", tt.name, i, got, resp.GetStatus().GetMessage(), a.code)
+				}
+			}
+		}
+	})
+}
+
 func TestExtAuthzBadInput(t *testing.T) {
 	forListeners(t, func(t *testing.T, listener string) {
 		s := startServer(t, nil, "testdata/policy.yaml")

@@ -158,8 +158,9 @@ func (s *Server) addHandlerRefs(l *dispatch.Lease, name string, refs map[string]
 }
 
 // cacheKey appends the values of the plan's attributes: every value, or its absence,
-// followed by its length, so that distinct value lists never share a key. Values are
-// read by kind, never boxed: the key is built on every check.
+// followed by its length, so that distinct value lists never share a key. A key of
+// a map that is there tells its absence apart from the map's (has() does). Values
+// are read by kind, never boxed: the key is built on every check.
 func (p *plan) cacheKey(dst []byte, bag *attribute.Bag) []byte {
 	for _, r := range p.refs {
 		start := len(dst)
@@ -171,7 +172,7 @@ func (p *plan) cacheKey(dst []byte, bag *attribute.Bag) []byte {
 				dst = append(dst, 1)
 				dst = append(dst, s...)
 			} else {
-				dst = append(dst, 0)
+				dst = append(dst, 2)
 			}
 		} else {
 			dst = append(dst, 1)

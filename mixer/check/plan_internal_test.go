@@ -129,4 +129,11 @@ func TestCacheKey(t *testing.T) {
 	if ka, kb := whole.cacheKey(nil, &a), whole.cacheKey(nil, &b); string(ka) == string(kb) {
 		t.Errorf("maps {a\\0b: c} and {a: b\\0c} share the key %q", ka)
 	}
+	// A keyed map absent altogether is not the map without the key: has() tells
+	// them apart.
+	var absent, keyless attribute.Bag
+	keyless.SetMap(attribute.RequestHeaders, attribute.MapOf(map[string]string{"x-request-id": "1"}))
+	if ka, kb := p.cacheKey(nil, &absent), p.cacheKey(nil, &keyless); string(ka) == string(kb) {
+		t.Errorf("no headers and headers without x-user share the key %q", ka)
+	}
 }

@@ -227,6 +227,9 @@ func TestKeyReferences(t *testing.T) {
 		{`source.principal.startsWith("spiffe://") && response.code > 1`, `[source.principal response.code]`},
 		{`request.headers.exists(k, k.startsWith("x-"))`, `[request.headers]`},
 		{`[source.ip, destination.ip].exists(x, x == "1.2.3.4")`, `[source.ip destination.ip]`},
+		// Message literals read what their fields' values read.
+		{`google.protobuf.StringValue{value: request.headers["x-client"]} == "legacy"`, `[request.headers["x-client"]]`},
+		{`google.protobuf.Struct{fields: {"p": source.principal}}.p == "x"`, `[source.principal]`},
 	}
 	for _, tt := range tests {
 		var got []string
