@@ -78,7 +78,10 @@ type CheckLoadOptions struct {
 	// (go tool pprof -sample_index=alloc_space -base F.heap0 F.heap1). The file
 	// names get the scenario appended.
 	Profile string
-	Out     io.Writer
+	// HostProbe is how long host stalls are probed before each run (0: not at
+	// all); see HostStalls.
+	HostProbe time.Duration
+	Out       io.Writer
 }
 
 // CheckRow is one measured scenario at one offered rate.
@@ -118,6 +121,9 @@ type CheckRow struct {
 	// the lowest and highest p99 among them. Errors are those of all the runs.
 	Runs            int
 	P99Low, P99High time.Duration
+	// Host is what the host-stall probe saw just before the run, the server
+	// started and idle (zero when not probed).
+	Host HostStalls
 }
 
 // RunCheckLoad runs every scenario at every rate, open loop: requests are sent at
@@ -286,7 +292,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if repeated {
 		header += "p99 of runs\t"
 	}
-	fmt.Fprintln(w, header+"p99.9\tmax\terrors\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\t")
+	fmt.Fprintln(w, header+"p99.9\tmax\terrors\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
 		if repeated {
@@ -299,8 +305,12 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		if r.CallsPerPipeline > 0 {
 			batch = fmt.Sprintf("%.2f", r.CallsPerPipeline)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99))
+		host := "-"
+		if r.Host.Duration > 0 {
+			host = fmt.Sprintf("%.1f (worst %.1fms)", r.Host.PerSecond(), float64(r.Host.Worst)/1e6)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
 	}
 	w.Flush()
 	if repeated {
@@ -324,6 +334,11 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	}
 	fmt.Fprintf(o.Out, "\nGenerator: the %s client. It shares the machine's cores with the server; its own CPU is not counted in server CPU/req.\n"+
 		"Latency runs from each request's due time, so it includes the pacer's lag.\n", o.Client)
+	if o.HostProbe > 0 {
+		fmt.Fprintf(o.Out, "Host stalls/s: before each run, for %s with the server idle, how many %s sleeps a second woke %s or more late\n"+
+			"(the host had descheduled the VM's CPU), and the latest; a run on a host stalling more often has a worse tail, whatever the server does.\n",
+			o.HostProbe, stallProbeSleep, stallThreshold)
+	}
 	fmt.Fprintln(o.Out, ""+
 		"Reference (DEPENDENCIES.md, measured there): envoyproxy/ratelimit with Redis p99 14–25 ms at 10k/s, ~340 µs CPU/request;\n"+
 		"OPA-Envoy publishes p99 3.5 ms at 2k/s.")
@@ -685,6 +700,9 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		if err := fetch(ctx, "http://"+srv.adminAddr+"/debug/pprof/heap?gc=1", name); err != nil {
 			fmt.Fprintln(os.Stderr, "allocation profile:", err)
 		}
+	}
+	if o.HostProbe > 0 {
+		row.Host = probeHostStalls(o.HostProbe)
 	}
 	heapProfile("heap0")
 	cpu0, _ := procCPU(srv.cmd.Process.Pid)

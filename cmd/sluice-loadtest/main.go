@@ -96,6 +96,7 @@ the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 	f.IntVar(&o.Repeat, "repeat", 1, "offer each rate this many times; a row is then the run with the median p99, and a column shows the spread of p99 over the runs")
 	f.StringVar(&o.Profile, "profile", "", "write a CPU profile of the server per run to FILE.SCENARIO, and heap profiles before and after it to FILE.SCENARIO.heap0 and .heap1\n(the run's allocations: go tool pprof -sample_index=alloc_space -base FILE.SCENARIO.heap0 FILE.SCENARIO.heap1)")
 	f.StringVar(&selfProfile, "generator-profile", "", "write a CPU profile of the load generator itself to this file")
+	f.DurationVar(&o.HostProbe, "host-probe", time.Second, "before each run, how long to count the host's stalls: sleeps of 100µs that wake 1ms or more late, as a VM whose CPU the host descheduled does (0: no probe)")
 	return cmd
 }
 
