@@ -20,6 +20,7 @@ import (
 	"github.com/sluicemesh/sluice/loadtest"
 	"github.com/sluicemesh/sluice/mixer"
 	"github.com/sluicemesh/sluice/mixer/envoy"
+	"github.com/sluicemesh/sluice/mixer/registry"
 )
 
 type call struct {
@@ -545,6 +546,39 @@ func TestExtAuthzQuota(t *testing.T) {
 		s.clock.Advance(60_000_000_000)
 		if r, _ := ask("alice"); r.GetStatus().GetCode() != 0 {
 			t.Error("the quota did not reset after its window")
+		}
+	})
+}
+
+// TestExtAuthzSourceNamespaceFromCertificate: an allow-list of source namespaces
+// admits a caller whose certificate names an allowed namespace, and refuses one
+// whose certificate names another, though it sends an x-envoy-peer-metadata header
+// (which any client can write) claiming an allowed namespace.
+func TestExtAuthzSourceNamespaceFromCertificate(t *testing.T) {
+	claim, err := envoy.EncodePeerMetadata(&registry.Workload{Name: "frontend", Namespace: "shop", Instance: "frontend-x", ServiceAccount: "frontend"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		c    call
+		code codes.Code
+	}{
+		{"a caller certified in shop", call{frontend, "GET", "/items", nil}, codes.OK},
+		{"a caller certified elsewhere", call{stranger, "GET", "/items", nil}, codes.PermissionDenied},
+		{"a caller certified elsewhere claiming shop in the peer header", call{stranger, "GET", "/items", map[string]string{"x-envoy-peer-metadata": claim}}, codes.PermissionDenied},
+	}
+	forListeners(t, func(t *testing.T, listener string) {
+		s := startServer(t, nil, "testdata/source-namespace.yaml")
+		client := authv3.NewAuthorizationClient(s.via(listener))
+		for _, tt := range tests {
+			resp, err := client.Check(context.Background(), tt.c.request())
+			if err != nil {
+				t.Fatalf("%s: %v", tt.name, err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != tt.code {
+				t.Errorf("%s: %v %q, want %v", tt.name, got, resp.GetStatus().GetMessage(), tt.code)
+			}
 		}
 	})
 }

@@ -21,6 +21,8 @@ type CheckDecoder struct {
 
 	mu    sync.RWMutex
 	peers map[string]*registry.Workload
+	// principals are the workloads of peers known only by their certificates.
+	principals map[string]*registry.Workload
 }
 
 // NewCheckDecoder returns a decoder that looks peers up in reg.
@@ -28,7 +30,7 @@ func NewCheckDecoder(reg *registry.Registry) *CheckDecoder {
 	unknown := &registry.Workload{Name: registry.Unknown, Namespace: registry.Unknown, Instance: registry.Unknown}
 	unknown.Derive(reg.TrustDomain())
 	unknown.CanonicalService, unknown.CanonicalRevision = registry.Unknown, registry.Unknown
-	return &CheckDecoder{trustDomain: reg.TrustDomain(), reg: reg, unknown: unknown, peers: map[string]*registry.Workload{}}
+	return &CheckDecoder{trustDomain: reg.TrustDomain(), reg: reg, unknown: unknown, peers: map[string]*registry.Workload{}, principals: map[string]*registry.Workload{}}
 }
 
 // Decode fills bag from the fields of a check. ext_authz runs at the server side of
@@ -89,17 +91,31 @@ func (d *CheckDecoder) Decode(f *CheckFields, now time.Time, bag *attribute.Bag)
 	if h := headers.get(headerPeerMetadata); h != "" {
 		sw = d.peer(h)
 	}
+	// A peer certificate's Istio identity is authenticated; the header is a request
+	// header the client can write, and a registry entry can be stale. A workload the
+	// certificate contradicts is not the caller.
+	srcNS, srcSA, certified := spiffeIdentity(src.principal)
+	if certified && sw != nil && !ofIdentity(sw, srcNS, srcSA) {
+		sw = nil
+	}
 	snap := d.reg.Snapshot()
 	if sw == nil {
 		sw = d.lookup(snap, srcAddr.addr)
+	}
+	onlyCert := certified && !ofIdentity(sw, srcNS, srcSA)
+	if onlyCert {
+		sw = d.certified(src.principal, srcNS, srcSA)
 	}
 	dw = d.lookup(snap, dstAddr.addr)
 	if dw == d.unknown && len(dst.labels.kv) > 0 {
 		dw = d.fromLabels(dst.labels.goMap())
 	}
 	setWorkload(bag, sw, true)
+	if certified && sw.ServiceAccount == "" {
+		bag.SetString(attribute.SourceServiceAccount, srcSA)
+	}
 	setWorkload(bag, dw, false)
-	if len(src.labels.kv) > 0 && sw == d.unknown {
+	if len(src.labels.kv) > 0 && (sw == d.unknown || onlyCert) {
 		bag.SetMap(attribute.SourceLabels, attribute.PairsOf(src.labels.kv))
 	}
 	setAddr(bag, attribute.SourceIP, attribute.SourcePort, srcAddr)
@@ -200,6 +216,56 @@ func first(vals ...string) string {
 		}
 	}
 	return ""
+}
+
+// spiffeIdentity returns the namespace and service account of an Istio identity,
+// spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT, as Istio's policies read
+// a namespace from it whatever the trust domain.
+func spiffeIdentity(principal string) (ns, sa string, ok bool) {
+	rest, ok := strings.CutPrefix(principal, "spiffe://")
+	if !ok {
+		return "", "", false
+	}
+	td, path, ok := strings.Cut(rest, "/")
+	if !ok || td == "" {
+		return "", "", false
+	}
+	if path, ok = strings.CutPrefix(path, "ns/"); !ok {
+		return "", "", false
+	}
+	ns, sa, ok = strings.Cut(path, "/sa/")
+	if !ok || ns == "" || sa == "" || strings.IndexByte(ns, '/') >= 0 || strings.IndexByte(sa, '/') >= 0 {
+		return "", "", false
+	}
+	return ns, sa, true
+}
+
+// ofIdentity reports whether w can be the workload of namespace ns and service
+// account sa: its namespace is ns, and its service account, where known, is sa.
+func ofIdentity(w *registry.Workload, ns, sa string) bool {
+	return w.Namespace == ns && (w.ServiceAccount == "" || w.ServiceAccount == sa)
+}
+
+// certified is the workload of a peer known only by its certificate's identity,
+// through a bounded cache shared by all requests.
+func (d *CheckDecoder) certified(principal, ns, sa string) *registry.Workload {
+	d.mu.RLock()
+	w, ok := d.principals[principal]
+	d.mu.RUnlock()
+	if ok {
+		return w
+	}
+	w = &registry.Workload{Name: registry.Unknown, Namespace: strings.Clone(ns), Instance: registry.Unknown, ServiceAccount: strings.Clone(sa)}
+	w.Derive(d.trustDomain)
+	w.CanonicalService, w.CanonicalRevision = registry.Unknown, registry.Unknown
+	d.mu.Lock()
+	if len(d.principals) >= maxPeerCache {
+		clear(d.principals)
+	}
+	// The principal may view a request's buffer: the cache keeps a copy.
+	d.principals[strings.Clone(principal)] = w
+	d.mu.Unlock()
+	return w
 }
 
 // peer decodes x-envoy-peer-metadata through a bounded cache shared by all requests.

@@ -460,3 +460,78 @@ func TestManyHeadersHeldBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckSourceFollowsPrincipal: a peer with an Istio SPIFFE certificate
+// (spiffe://TD/ns/NS/sa/SA) is in namespace NS with service account SA, whatever an
+// x-envoy-peer-metadata header (a request header the client can write) or a stale
+// registry entry claims: otherwise a caller from any namespace passes a policy on
+// source.namespace or source.service_account by sending the header. A claim that
+// agrees with the certificate, or a peer without one, keeps the header's or the
+// registry's workload.
+func TestCheckSourceFollowsPrincipal(t *testing.T) {
+	claim := func(w *registry.Workload) string {
+		h, err := envoy.EncodePeerMetadata(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	opsAdmin := claim(&registry.Workload{Name: "admin-tool", Namespace: "ops", Instance: "admin-tool-x", ServiceAccount: "admin"})
+	shopFrontend := claim(&registry.Workload{Name: "frontend", Namespace: "shop", Instance: "frontend-x", ServiceAccount: "frontend"})
+	tests := []struct {
+		name       string
+		ip         string // source address; 10.0.0.1 is productpage-v1 of shop in the registry
+		principal  string
+		peerHeader string
+		// source.namespace, source.workload.namespace, source.workload.name, source.service_account ("" for none)
+		ns, workload, sa string
+	}{
+		{"a header claiming another namespace than the certificate's", "10.9.9.9", "spiffe://cluster.local/ns/evil/sa/attacker", opsAdmin,
+			"evil", "unknown", "attacker"},
+		{"a header claiming the certificate's namespace but another account", "10.9.9.9", "spiffe://cluster.local/ns/shop/sa/guest", shopFrontend,
+			"shop", "unknown", "guest"},
+		{"a registry entry the certificate contradicts", "10.0.0.1", "spiffe://cluster.local/ns/evil/sa/attacker", "",
+			"evil", "unknown", "attacker"},
+		{"a header the certificate contradicts, over a registry entry it agrees with", "10.0.0.1", "spiffe://cluster.local/ns/shop/sa/productpage", opsAdmin,
+			"shop", "productpage-v1", "productpage"},
+		{"an unknown peer with a certificate", "10.9.9.9", "spiffe://other.domain/ns/shop/sa/frontend", "",
+			"shop", "unknown", "frontend"},
+		{"a header that agrees with the certificate", "10.9.9.9", "spiffe://cluster.local/ns/shop/sa/frontend", shopFrontend,
+			"shop", "frontend", "frontend"},
+		{"a registry entry that agrees with the certificate", "10.0.0.1", "spiffe://cluster.local/ns/shop/sa/productpage", "",
+			"shop", "productpage-v1", "productpage"},
+		{"no certificate: the header", "10.9.9.9", "", opsAdmin, "ops", "admin-tool", "admin"},
+		{"no certificate: the registry", "10.0.0.1", "", "", "shop", "productpage-v1", ""},
+		{"a principal that is no Istio identity", "10.0.0.1", "spiffe://cluster.local/workload/x", "", "shop", "productpage-v1", ""},
+	}
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	for _, tt := range tests {
+		req := sidecarCheck(1)
+		req.Attributes.Source.Address = envoy.Address(tt.ip, 40000)
+		req.Attributes.Source.Principal = tt.principal
+		if tt.peerHeader != "" {
+			req.Attributes.Request.Http.Headers["x-envoy-peer-metadata"] = tt.peerHeader
+		}
+		data, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fields [2]envoy.CheckFields
+		fields[0].SetRequest(req)
+		if err := fields[1].Unmarshal(data); err != nil {
+			t.Fatal(err)
+		}
+		for i := range fields {
+			var bag attribute.Bag
+			dec.Decode(&fields[i], time.Unix(1764900000, 0), &bag)
+			ns, _ := bag.String(attribute.SourceNamespace)
+			wns, _ := bag.String(attribute.SourceWorkloadNamespace)
+			w, _ := bag.String(attribute.SourceWorkloadName)
+			sa, _ := bag.String(attribute.SourceServiceAccount)
+			if ns != tt.ns || wns != tt.ns || w != tt.workload || sa != tt.sa {
+				t.Errorf("%s: source.namespace %q, source.workload.namespace %q, source.workload.name %q, source.service_account %q; want %q, %q, %q, %q",
+					tt.name, ns, wns, w, sa, tt.ns, tt.ns, tt.workload, tt.sa)
+			}
+		}
+	}
+}
