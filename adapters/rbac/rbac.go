@@ -6,8 +6,9 @@
 // and allowed otherwise.
 //
 // A condition that reads a missing attribute (an absent header, a request without a
-// principal) is simply false, as in Istio: a DENY policy on a missing value does not
-// match. A condition whose evaluation fails for another reason (ip() of a malformed
+// principal) is simply false: a DENY policy on a missing value does not match, so a
+// DENY condition that must catch a missing value tests for it (the README shows
+// how; Istio's notValues would match there). A condition whose evaluation fails for another reason (ip() of a malformed
 // address, a runtime type error) is counted as an error and fails closed whatever
 // the action: under ALLOW the failed policy grants nothing (another policy may still
 // allow), under DENY the failed policy denies, as if it had matched. An answer that

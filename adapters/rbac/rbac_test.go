@@ -322,6 +322,35 @@ func TestDeny(t *testing.T) {
 	}
 }
 
+// TestDenyMissingValue holds the README's advice on DENY conditions: a condition
+// on a header the request lacks is false, so a DENY policy written as "not admin"
+// lets a request without the header through, and one that tests for the header
+// first does not.
+func TestDenyMissingValue(t *testing.T) {
+	tests := []struct {
+		name      string
+		condition string
+		headers   map[string]string
+		allowed   bool
+	}{
+		{"naive, no header", `request.headers["x-role"] != "admin"`, map[string]string{"x-other": "1"}, true},
+		{"naive, a guest", `request.headers["x-role"] != "admin"`, map[string]string{"x-role": "guest"}, false},
+		{"guarded, no header", `!("x-role" in request.headers) || request.headers["x-role"] != "admin"`, map[string]string{"x-other": "1"}, false},
+		{"guarded, a guest", `!("x-role" in request.headers) || request.headers["x-role"] != "admin"`, map[string]string{"x-role": "guest"}, false},
+		{"guarded, an admin", `!("x-role" in request.headers) || request.headers["x-role"] != "admin"`, map[string]string{"x-role": "admin"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := defaults()
+			p.Action, p.Policies = "DENY", []Policy{{Name: "not-admin", Condition: tt.condition}}
+			h := mustNew(t, adapters.Env{Name: "ns/deny", Compiler: compiler(t), Stats: newRecorder()}, p)
+			if r := mustAuthorize(t, h, map[string]any{"request.headers": tt.headers}); r.Allowed() != tt.allowed {
+				t.Errorf("allowed=%v (%q), want %v", r.Allowed(), r.Message, tt.allowed)
+			}
+		})
+	}
+}
+
 func TestReadsAttributes(t *testing.T) {
 	p := defaults()
 	p.Policies = shop

@@ -19,8 +19,7 @@ type CheckDecoder struct {
 	reg         *registry.Registry
 	unknown     *registry.Workload
 
-	mu    sync.RWMutex
-	peers map[string]*registry.Workload
+	mu sync.RWMutex
 	// principals are the workloads of peers known only by their certificates.
 	principals map[string]*registry.Workload
 }
@@ -30,13 +29,17 @@ func NewCheckDecoder(reg *registry.Registry) *CheckDecoder {
 	unknown := &registry.Workload{Name: registry.Unknown, Namespace: registry.Unknown, Instance: registry.Unknown}
 	unknown.Derive(reg.TrustDomain())
 	unknown.CanonicalService, unknown.CanonicalRevision = registry.Unknown, registry.Unknown
-	return &CheckDecoder{trustDomain: reg.TrustDomain(), reg: reg, unknown: unknown, peers: map[string]*registry.Workload{}, principals: map[string]*registry.Workload{}}
+	return &CheckDecoder{trustDomain: reg.TrustDomain(), reg: reg, unknown: unknown, principals: map[string]*registry.Workload{}}
 }
 
 // Decode fills bag from the fields of a check. ext_authz runs at the server side of
-// a request, so the proxy is the destination: the source comes from
-// x-envoy-peer-metadata or the registry, the destination from the registry or the
-// peer labels Envoy sends. The bag's strings are f's.
+// a request, so the proxy is the destination: the source comes from the peer's
+// certificate and the registry, the destination from the registry or the peer
+// labels Envoy sends. The bag's strings are f's.
+//
+// Unlike an access log's, a check's source is never taken from an
+// x-envoy-peer-metadata header: a policy decides on it, and any client can write
+// a request header (Istio's own proxies consume the header before ext_authz runs).
 func (d *CheckDecoder) Decode(f *CheckFields, now time.Time, bag *attribute.Bag) {
 	if len(f.headers.kv) == 0 && f.hasHeaderMap {
 		f.headersFromMap()
@@ -87,28 +90,22 @@ func (d *CheckDecoder) Decode(f *CheckFields, now time.Time, bag *attribute.Bag)
 
 	src, dst := &f.source, &f.destination
 	srcAddr, dstAddr := src.address(), dst.address()
-	var sw, dw *registry.Workload
-	if h := headers.get(headerPeerMetadata); h != "" {
-		sw = d.peer(h)
-	}
-	// A peer certificate's Istio identity is authenticated; the header is a request
-	// header the client can write, and a registry entry can be stale. A workload the
-	// certificate contradicts is not the caller.
+	// A peer certificate's Istio identity is authenticated; a registry entry can be
+	// stale. A workload the certificate contradicts is not the caller.
 	srcNS, srcSA, certified := spiffeIdentity(src.principal)
-	if certified && sw != nil && !ofIdentity(sw, srcNS, srcSA) {
-		sw = nil
-	}
 	snap := d.reg.Snapshot()
-	if sw == nil {
-		sw = d.lookup(snap, srcAddr.addr)
-	}
+	sw := d.lookup(snap, srcAddr.addr)
 	onlyCert := certified && !ofIdentity(sw, srcNS, srcSA)
 	if onlyCert {
 		sw = d.certified(src.principal, srcNS, srcSA)
 	}
-	dw = d.lookup(snap, dstAddr.addr)
+	dw := d.lookup(snap, dstAddr.addr)
 	if dw == d.unknown && len(dst.labels.kv) > 0 {
 		dw = d.fromLabels(dst.labels.goMap())
+	}
+	// The destination principal is the proxy's own certificate, as Envoy knows it.
+	if ns, sa, ok := spiffeIdentity(dst.principal); ok && !ofIdentity(dw, ns, sa) {
+		dw = d.certified(dst.principal, ns, sa)
 	}
 	setWorkload(bag, sw, true)
 	if certified && sw.ServiceAccount == "" {
@@ -134,7 +131,9 @@ func (d *CheckDecoder) Decode(f *CheckFields, now time.Time, bag *attribute.Bag)
 		bag.SetString(attribute.ConnectionRequestedServerName, f.sni)
 	}
 
-	host := authorityHost(f.host)
+	// DNS names do not depend on case or on a final dot; a client could otherwise
+	// step past a rule on the service by writing API.shop.svc.cluster.local.
+	host := strings.ToLower(strings.TrimSuffix(authorityHost(f.host), "."))
 	switch {
 	case host == "":
 		host = registry.Unknown
@@ -142,6 +141,13 @@ func (d *CheckDecoder) Decode(f *CheckFields, now time.Time, bag *attribute.Bag)
 		host = host + "." + dw.Namespace + ".svc.cluster.local"
 	}
 	name, ns := splitServiceHost(host)
+	if dw.Namespace != registry.Unknown && ns != dw.Namespace {
+		// The request reached a workload of dw's namespace, whatever its Host says:
+		// an inbound route takes any Host, so a Host naming another namespace, or
+		// none, names no service of this workload, and must not move the request
+		// out of the scope of rules on the destination's namespace.
+		host, name, ns = registry.Unknown, registry.Unknown, dw.Namespace
+	}
 	bag.SetString(attribute.DestinationServiceHost, host)
 	bag.SetString(attribute.DestinationServiceName, name)
 	bag.SetString(attribute.DestinationServiceNamespace, ns)
@@ -264,28 +270,6 @@ func (d *CheckDecoder) certified(principal, ns, sa string) *registry.Workload {
 	}
 	// The principal may view a request's buffer: the cache keeps a copy.
 	d.principals[strings.Clone(principal)] = w
-	d.mu.Unlock()
-	return w
-}
-
-// peer decodes x-envoy-peer-metadata through a bounded cache shared by all requests.
-func (d *CheckDecoder) peer(h string) *registry.Workload {
-	d.mu.RLock()
-	w, ok := d.peers[h]
-	d.mu.RUnlock()
-	if ok {
-		return w
-	}
-	w, err := DecodePeerMetadata(h, d.trustDomain)
-	if err != nil {
-		w = nil
-	}
-	d.mu.Lock()
-	if len(d.peers) >= maxPeerCache {
-		clear(d.peers)
-	}
-	// The header may view a request's buffer: the cache keeps a copy.
-	d.peers[strings.Clone(h)] = w
 	d.mu.Unlock()
 	return w
 }

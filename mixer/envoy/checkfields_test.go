@@ -462,12 +462,12 @@ func TestManyHeadersHeldBounded(t *testing.T) {
 }
 
 // TestCheckSourceFollowsPrincipal: a peer with an Istio SPIFFE certificate
-// (spiffe://TD/ns/NS/sa/SA) is in namespace NS with service account SA, whatever an
-// x-envoy-peer-metadata header (a request header the client can write) or a stale
-// registry entry claims: otherwise a caller from any namespace passes a policy on
-// source.namespace or source.service_account by sending the header. A claim that
-// agrees with the certificate, or a peer without one, keeps the header's or the
-// registry's workload.
+// (spiffe://TD/ns/NS/sa/SA) is in namespace NS with service account SA, whatever a
+// stale registry entry claims, and an x-envoy-peer-metadata header (a request
+// header the client can write) is never the source of a check: otherwise a caller
+// from any namespace passes a policy on source.namespace or
+// source.service_account by sending the header. A registry entry that agrees with
+// the certificate, or a peer without one, keeps the registry's workload.
 func TestCheckSourceFollowsPrincipal(t *testing.T) {
 	claim := func(w *registry.Workload) string {
 		h, err := envoy.EncodePeerMetadata(w)
@@ -497,10 +497,11 @@ func TestCheckSourceFollowsPrincipal(t *testing.T) {
 		{"an unknown peer with a certificate", "10.9.9.9", "spiffe://other.domain/ns/shop/sa/frontend", "",
 			"shop", "unknown", "frontend"},
 		{"a header that agrees with the certificate", "10.9.9.9", "spiffe://cluster.local/ns/shop/sa/frontend", shopFrontend,
-			"shop", "frontend", "frontend"},
+			"shop", "unknown", "frontend"},
 		{"a registry entry that agrees with the certificate", "10.0.0.1", "spiffe://cluster.local/ns/shop/sa/productpage", "",
 			"shop", "productpage-v1", "productpage"},
-		{"no certificate: the header", "10.9.9.9", "", opsAdmin, "ops", "admin-tool", "admin"},
+		{"no certificate: a header is ignored", "10.9.9.9", "", opsAdmin, "unknown", "unknown", ""},
+		{"no certificate: a header is ignored for the registry", "10.0.0.1", "", opsAdmin, "shop", "productpage-v1", ""},
 		{"no certificate: the registry", "10.0.0.1", "", "", "shop", "productpage-v1", ""},
 		{"a principal that is no Istio identity", "10.0.0.1", "spiffe://cluster.local/workload/x", "", "shop", "productpage-v1", ""},
 	}
@@ -532,6 +533,49 @@ func TestCheckSourceFollowsPrincipal(t *testing.T) {
 				t.Errorf("%s: source.namespace %q, source.workload.namespace %q, source.workload.name %q, source.service_account %q; want %q, %q, %q, %q",
 					tt.name, ns, wns, w, sa, tt.ns, tt.ns, tt.workload, tt.sa)
 			}
+		}
+	}
+}
+
+// TestCheckDestinationService: a check's destination service comes from its Host,
+// but only within the namespace of the workload the request reached (by the
+// registry, or by the proxy's own certificate): inbound routes take any Host, so a
+// client that could name another namespace, or none, would step out of the scope
+// of every rule on destination.service.namespace. Case and a final dot do not make
+// another name.
+func TestCheckDestinationService(t *testing.T) {
+	const ratings = "10.0.0.3" // ratings-v1 of shop in the registry
+	tests := []struct {
+		name, host, ip, principal string
+		// destination.service.host, .name, .namespace
+		svcHost, svcName, svcNS string
+	}{
+		{"a short name, qualified", "ratings:9080", ratings, "", "ratings.shop.svc.cluster.local", "ratings", "shop"},
+		{"a full name", "ratings.shop.svc.cluster.local", ratings, "", "ratings.shop.svc.cluster.local", "ratings", "shop"},
+		{"upper case", "Ratings.SHOP.svc.cluster.local:9080", ratings, "", "ratings.shop.svc.cluster.local", "ratings", "shop"},
+		{"a final dot", "ratings.shop.svc.cluster.local.", ratings, "", "ratings.shop.svc.cluster.local", "ratings", "shop"},
+		{"another namespace", "ratings.other.svc.cluster.local", ratings, "", "unknown", "unknown", "shop"},
+		{"no namespace", "x.y", ratings, "", "unknown", "unknown", "shop"},
+		{"no Host", "", ratings, "", "unknown", "unknown", "shop"},
+		{"an unknown workload with a certificate", "ratings", "10.9.9.9", "spiffe://cluster.local/ns/shop/sa/ratings", "ratings.shop.svc.cluster.local", "ratings", "shop"},
+		{"an unknown workload with a certificate, another namespace", "admin.ops.svc.cluster.local", "10.9.9.9", "spiffe://cluster.local/ns/shop/sa/ratings", "unknown", "unknown", "shop"},
+		{"nothing known of the destination: the Host as it is", "ratings", "10.9.9.9", "", "ratings", "ratings", "unknown"},
+	}
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	for _, tt := range tests {
+		req := sidecarCheck(1)
+		req.Attributes.Destination.Address = envoy.Address(tt.ip, 9080)
+		req.Attributes.Destination.Principal = tt.principal
+		req.Attributes.Request.Http.Host = tt.host
+		var f envoy.CheckFields
+		f.SetRequest(req)
+		var bag attribute.Bag
+		dec.Decode(&f, time.Unix(1764900000, 0), &bag)
+		host, _ := bag.String(attribute.DestinationServiceHost)
+		name, _ := bag.String(attribute.DestinationServiceName)
+		ns, _ := bag.String(attribute.DestinationServiceNamespace)
+		if host != tt.svcHost || name != tt.svcName || ns != tt.svcNS {
+			t.Errorf("%s (Host %q): service %q, name %q, namespace %q; want %q, %q, %q", tt.name, tt.host, host, name, ns, tt.svcHost, tt.svcName, tt.svcNS)
 		}
 	}
 }

@@ -21,6 +21,12 @@ func (r *Resources) sidecarHCM(statPrefix string, rs *hcm.HttpConnectionManager)
 	rs.HttpFilters = r.sidecarHTTPFilters()
 	rs.AccessLog = r.httpAccessLog()
 	rs.GenerateRequestId = wrapperspb.Bool(true)
+	// Routes and the ext_authz filter see the path normalized (RFC 3986 dot
+	// segments and percent-encoded unreserved characters, then adjacent slashes
+	// merged), as the upstream does: otherwise //admin, /./admin or /%61dmin
+	// would step past a policy on /admin that the application still serves.
+	rs.NormalizePath = wrapperspb.Bool(true)
+	rs.MergeSlashes = true
 	return networkFilter(wellknown.HTTPConnectionManager, toAny(rs))
 }
 
