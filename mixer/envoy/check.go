@@ -100,12 +100,20 @@ func (d *CheckDecoder) Decode(f *CheckFields, now time.Time, bag *attribute.Bag)
 		sw = d.certified(src.principal, srcNS, srcSA)
 	}
 	dw := d.lookup(snap, dstAddr.addr)
-	if dw == d.unknown && len(dst.labels.kv) > 0 {
+	labelled := dw == d.unknown && len(dst.labels.kv) > 0
+	if labelled {
 		dw = d.fromLabels(dst.labels.goMap())
 	}
 	// The destination principal is the proxy's own certificate, as Envoy knows it.
 	if ns, sa, ok := spiffeIdentity(dst.principal); ok && !ofIdentity(dw, ns, sa) {
-		dw = d.certified(dst.principal, ns, sa)
+		if labelled {
+			// The proxy's labels name the workload (dw is this check's own), its
+			// certificate the namespace and service account.
+			dw.Namespace, dw.ServiceAccount = ns, sa
+			dw.Derive(d.trustDomain)
+		} else {
+			dw = d.certified(dst.principal, ns, sa)
+		}
 	}
 	setWorkload(bag, sw, true)
 	if certified && sw.ServiceAccount == "" {
@@ -137,7 +145,8 @@ func (d *CheckDecoder) Decode(f *CheckFields, now time.Time, bag *attribute.Bag)
 	switch {
 	case host == "":
 		host = registry.Unknown
-	case strings.IndexByte(host, '.') < 0 && dw.Namespace != registry.Unknown:
+	case strings.IndexByte(host, '.') < 0 && strings.IndexByte(host, ':') < 0 && dw.Namespace != registry.Unknown:
+		// A short name, qualified; an IPv6 address (like an IPv4 one) is none.
 		host = host + "." + dw.Namespace + ".svc.cluster.local"
 	}
 	name, ns := splitServiceHost(host)

@@ -560,6 +560,11 @@ func TestCheckDestinationService(t *testing.T) {
 		{"an unknown workload with a certificate", "ratings", "10.9.9.9", "spiffe://cluster.local/ns/shop/sa/ratings", "ratings.shop.svc.cluster.local", "ratings", "shop"},
 		{"an unknown workload with a certificate, another namespace", "admin.ops.svc.cluster.local", "10.9.9.9", "spiffe://cluster.local/ns/shop/sa/ratings", "unknown", "unknown", "shop"},
 		{"nothing known of the destination: the Host as it is", "ratings", "10.9.9.9", "", "ratings", "ratings", "unknown"},
+		// An address names no service, IPv6 as IPv4: it is not a short name to qualify.
+		{"an IPv4 address", "10.0.0.3:9080", ratings, "", "unknown", "unknown", "shop"},
+		{"an IPv6 address with a port", "[fd00::3]:9080", ratings, "", "unknown", "unknown", "shop"},
+		{"an IPv6 address", "fd00::3", ratings, "", "unknown", "unknown", "shop"},
+		{"an IPv6 address, an unknown workload with a certificate", "[fd00::3]", "10.9.9.9", "spiffe://cluster.local/ns/shop/sa/ratings", "unknown", "unknown", "shop"},
 	}
 	dec := envoy.NewCheckDecoder(checkRegistry())
 	for _, tt := range tests {
@@ -576,6 +581,56 @@ func TestCheckDestinationService(t *testing.T) {
 		ns, _ := bag.String(attribute.DestinationServiceNamespace)
 		if host != tt.svcHost || name != tt.svcName || ns != tt.svcNS {
 			t.Errorf("%s (Host %q): service %q, name %q, namespace %q; want %q, %q, %q", tt.name, tt.host, host, name, ns, tt.svcHost, tt.svcName, tt.svcNS)
+		}
+	}
+}
+
+// TestCheckDestinationLabelsAndPrincipal: a destination the registry does not
+// know is described by the labels Envoy sends for its proxy and by the proxy's own
+// certificate together: the certificate gives the namespace and service account,
+// and does not take away the workload, app and labels the labels give.
+func TestCheckDestinationLabelsAndPrincipal(t *testing.T) {
+	labels := map[string]string{"app": "billing", "version": "v3"}
+	tests := []struct {
+		name, ip, principal string
+		labels              map[string]string
+		// destination.workload.name, .namespace, .app, .service_account ("" for none), number of labels
+		workload, ns, app, sa string
+		nlabels               int
+	}{
+		{"labels only", "10.9.9.9", "", labels, "billing", "unknown", "billing", "", 2},
+		{"labels and a certificate", "10.9.9.9", "spiffe://cluster.local/ns/pay/sa/billing", labels, "billing", "pay", "billing", "billing", 2},
+		{"a certificate only", "10.9.9.9", "spiffe://cluster.local/ns/pay/sa/billing", nil, "unknown", "pay", "unknown", "billing", 0},
+		{"a registry entry the certificate contradicts, with labels", "10.0.0.3", "spiffe://cluster.local/ns/pay/sa/billing", labels, "unknown", "pay", "unknown", "billing", 0},
+		{"a registry entry the certificate agrees with", "10.0.0.3", "spiffe://cluster.local/ns/shop/sa/ratings", labels, "ratings-v1", "shop", "ratings", "ratings", 3},
+	}
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	for _, tt := range tests {
+		req := sidecarCheck(1)
+		req.Attributes.Destination.Address = envoy.Address(tt.ip, 9080)
+		req.Attributes.Destination.Principal = tt.principal
+		req.Attributes.Destination.Labels = tt.labels
+		data, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fields [2]envoy.CheckFields
+		fields[0].SetRequest(req)
+		if err := fields[1].Unmarshal(data); err != nil {
+			t.Fatal(err)
+		}
+		for i := range fields {
+			var bag attribute.Bag
+			dec.Decode(&fields[i], time.Unix(1764900000, 0), &bag)
+			w, _ := bag.String(attribute.DestinationWorkloadName)
+			ns, _ := bag.String(attribute.DestinationWorkloadNamespace)
+			app, _ := bag.String(attribute.DestinationApp)
+			sa, _ := bag.String(attribute.DestinationServiceAccount)
+			m, _ := bag.Map(attribute.DestinationLabels)
+			if w != tt.workload || ns != tt.ns || app != tt.app || sa != tt.sa || m.Len() != tt.nlabels {
+				t.Errorf("%s: destination.workload.name %q, .namespace %q, .app %q, .service_account %q, %d labels; want %q, %q, %q, %q, %d",
+					tt.name, w, ns, app, sa, m.Len(), tt.workload, tt.ns, tt.app, tt.sa, tt.nlabels)
+			}
 		}
 	}
 }
