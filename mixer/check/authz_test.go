@@ -254,6 +254,11 @@ func TestExtAuthzCacheKeys(t *testing.T) {
 			{"/tenants/c", nil, map[string]string{"tenant": "acme"}, codes.OK},
 			{"/tenants/c", nil, public, codes.PermissionDenied},
 		}},
+		{"a header, then none, tested with in", []ask{
+			{"/in", map[string]string{"x-role": "guest"}, nil, codes.OK},
+			{"/in", map[string]string{"x-other": "1"}, nil, codes.PermissionDenied},
+			{"/in", map[string]string{"x-role": "admin"}, nil, codes.OK},
+		}},
 		{"a header inside a wrapper literal", []ask{
 			{"/wrapped", map[string]string{"x-client": "modern"}, nil, codes.OK},
 			{"/wrapped", map[string]string{"x-client": "legacy"}, nil, codes.PermissionDenied},

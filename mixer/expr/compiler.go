@@ -205,7 +205,11 @@ func (c *Compiler) keyReferences(a *ast.AST) []Ref {
 			}
 		case ast.CallKind:
 			call := e.AsCall()
-			if id, key, ok := c.mapIndex(a, e); ok {
+			id, key, ok := c.mapIndex(a, e)
+			if !ok {
+				id, key, ok = c.mapMembership(a, e)
+			}
+			if ok {
 				if keys[id] == nil {
 					keys[id] = map[string]bool{}
 				}
@@ -345,6 +349,29 @@ func (c *Compiler) mapIndex(a *ast.AST, e ast.Expr) (attribute.ID, string, bool)
 		return 0, "", false
 	}
 	k, ok := literal(call.Args()[1])
+	ks, isStr := k.(string)
+	if !ok || !isStr {
+		return 0, "", false
+	}
+	return id, ks, true
+}
+
+// mapMembership recognises "KEY" in ATTR for a map attribute and a constant key:
+// like an index, it depends on that one key (and on whether the map is there),
+// which the check cache's key tells apart.
+func (c *Compiler) mapMembership(a *ast.AST, e ast.Expr) (attribute.ID, string, bool) {
+	if e.Kind() != ast.CallKind {
+		return 0, "", false
+	}
+	call := e.AsCall()
+	if call.FunctionName() != operators.In || len(call.Args()) != 2 {
+		return 0, "", false
+	}
+	id, ok := c.attrRef(a, call.Args()[1])
+	if !ok || id.Kind() != attribute.Map {
+		return 0, "", false
+	}
+	k, ok := literal(call.Args()[0])
 	ks, isStr := k.(string)
 	if !ok || !isStr {
 		return 0, "", false

@@ -222,7 +222,9 @@ func TestKeyReferences(t *testing.T) {
 	}{
 		{`request.headers["x-role"] == "admin"`, `[request.headers["x-role"]]`},
 		{`request.headers["a"] == "1" && has(request.headers.b)`, `[request.headers["a"] request.headers["b"]]`},
-		{`"a" in request.headers`, `[request.headers]`},
+		{`"a" in request.headers`, `[request.headers["a"]]`},
+		{`!("x-role" in request.headers) || request.headers["x-role"] != "admin"`, `[request.headers["x-role"]]`},
+		{`source.principal in request.headers`, `[source.principal request.headers]`},
 		{`request.headers["a"] == "1" && size(request.headers) > 2`, `[request.headers]`},
 		{`source.principal.startsWith("spiffe://") && response.code > 1`, `[source.principal response.code]`},
 		{`request.headers.exists(k, k.startsWith("x-"))`, `[request.headers]`},
