@@ -283,6 +283,10 @@ func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st 
 					Headers: []authorization.Header{
 						{Name: "RateLimit-Remaining", Value: "0"},
 						{Name: "Retry-After", Value: strconv.FormatInt(ceilSeconds(dec.ResetAfter), 10)},
+						// A 429 reaches a gRPC caller as UNAVAILABLE, which the
+						// caller's sidecar retries by default, charging the quota
+						// again each time; Envoy never retries a response marked so.
+						{Name: "x-envoy-ratelimited", Value: "true"},
 					},
 				}
 				return res, r.name, nil

@@ -542,6 +542,13 @@ func TestExtAuthzQuota(t *testing.T) {
 		if !strings.Contains(r.GetDeniedResponse().GetBody(), "rule shop/user-quotas") {
 			t.Errorf("quota denial body %q", r.GetDeniedResponse().GetBody())
 		}
+		marked := false
+		for _, h := range r.GetDeniedResponse().GetHeaders() {
+			marked = marked || (h.GetHeader().GetKey() == "x-envoy-ratelimited" && h.GetHeader().GetValue() == "true")
+		}
+		if !marked {
+			t.Errorf("quota denial headers %v: no x-envoy-ratelimited, so the caller's sidecar retries it", r.GetDeniedResponse().GetHeaders())
+		}
 		for i := 0; i < 10; i++ {
 			if r, _ := ask("vip"); r.GetStatus().GetCode() != 0 {
 				t.Fatalf("the vip override did not apply at request %d", i)
