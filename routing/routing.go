@@ -34,6 +34,9 @@ type Options struct {
 	// CheckAdvertise, when set, is the HOST:PORT at which proxies reach Sluice's
 	// lean check listener; generated ext_authz and rate-limit filters use it.
 	CheckAdvertise string
+	// CheckFailOpen lets requests through ext_authz when Sluice cannot answer
+	// (translate.Options.CheckFailOpen).
+	CheckFailOpen bool
 	// Registry is the workload registry shared with the mixer; endpoints come from it.
 	Registry *registry.Registry
 	Metrics  prometheus.Registerer
@@ -100,7 +103,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.xds = x
-	s.advertise = translate.Options{Advertise: opts.Advertise, CheckAdvertise: opts.CheckAdvertise}
+	s.advertise = translate.Options{Advertise: opts.Advertise, CheckAdvertise: opts.CheckAdvertise, CheckFailOpen: opts.CheckFailOpen}
 	return s, nil
 }
 
@@ -109,7 +112,7 @@ func New(opts Options) (*Server, error) {
 // only once the ports are bound. Clients get them with the next push.
 func (s *Server) SetAdvertise(grpc, check string) {
 	s.mu.Lock()
-	s.advertise = translate.Options{Advertise: grpc, CheckAdvertise: check}
+	s.advertise.Advertise, s.advertise.CheckAdvertise = grpc, check
 	s.lastCfg = nil // rebuild everything
 	s.mu.Unlock()
 	s.signal()

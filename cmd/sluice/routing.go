@@ -24,6 +24,7 @@ type routingFlags struct {
 	xdsAddr        string
 	advertise      string
 	checkAdvertise string
+	checkFailOpen  bool
 	kubeconfig     string
 }
 
@@ -31,6 +32,7 @@ func (r *routingFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&r.xdsAddr, "xds-addr", ":15010", "xDS listen address (ADS, state of the world and delta, for Envoy and proxyless gRPC)")
 	f.StringVar(&r.advertise, "advertise-addr", "", "HOST:PORT at which proxies reach Sluice's gRPC port (access logs, ext_authz, rate limits); default: the --grpc-addr host if specific, else $POD_IP, else this machine's first non-loopback address, with the bound gRPC port")
 	f.StringVar(&r.checkAdvertise, "check-advertise-addr", "", "HOST:PORT at which proxies reach the --check-addr listener; generated ext_authz and rate-limit filters use it when --check-addr is set (default: the --advertise-addr host, or the address chosen for the gRPC port, with the bound check port)")
+	f.BoolVar(&r.checkFailOpen, "check-fail-open", false, "let requests through the generated ext_authz filters when Sluice cannot answer (marked x-envoy-auth-failure-mode-allowed); by default they get 503")
 	f.StringVar(&r.kubeconfig, "kubeconfig", "", "kubeconfig of a cluster whose Pods and EndpointSlices feed the workload registry (default: the in-cluster config when running in a cluster)")
 }
 
@@ -56,7 +58,7 @@ func newRouting(opts *mixer.Options, rf routingFlags, log *slog.Logger) (*routin
 		opts.Metrics = prometheus.NewRegistry()
 	}
 	srv, err := routing.New(routing.Options{
-		Addr: rf.xdsAddr, Advertise: rf.advertise, CheckAdvertise: rf.checkAdvertise,
+		Addr: rf.xdsAddr, Advertise: rf.advertise, CheckAdvertise: rf.checkAdvertise, CheckFailOpen: rf.checkFailOpen,
 		Registry: opts.Registry, Metrics: opts.Metrics, Logger: log,
 	})
 	if err != nil {

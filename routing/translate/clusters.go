@@ -204,6 +204,12 @@ func sluiceCluster(name, addr string) *cluster.Cluster {
 		Name:           name,
 		ConnectTimeout: durationpb.New(time.Second),
 		LbPolicy:       cluster.Cluster_ROUND_ROBIN,
+		// Not Envoy's default of 1,024 calls at once: past it the ext_authz and
+		// rate-limit calls fail in Envoy, and the requests pass unchecked.
+		CircuitBreakers: &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+			MaxConnections: wrapperspb.UInt32(math.MaxUint32), MaxPendingRequests: wrapperspb.UInt32(math.MaxUint32),
+			MaxRequests: wrapperspb.UInt32(math.MaxUint32), MaxRetries: wrapperspb.UInt32(math.MaxUint32),
+		}}},
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
 			httpProtocolOptionsKey: httpProtocolOptions(true, 0),
 		},

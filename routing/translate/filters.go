@@ -1,6 +1,7 @@
 package translate
 
 import (
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"time"
 
 	accesslog "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -95,11 +96,11 @@ func (r *Resources) sidecarHTTPFilters() []*hcm.HttpFilter {
 		httpFilter(wellknown.HTTPExternalAuthorization, &extauthz.ExtAuthz{
 			Services:            &extauthz.ExtAuthz_GrpcService{GrpcService: sluiceService(r.checkCluster(), extAuthzTimeout)},
 			TransportApiVersion: core.ApiVersion_V3,
-			// A mesh must keep working when Sluice is unreachable (Mixer's policy
-			// checks failed open too); Envoy marks such requests with
-			// x-envoy-auth-failure-mode-allowed.
-			FailureModeAllow:          true,
-			FailureModeAllowHeaderAdd: true,
+			// Closed unless asked (see Options.CheckFailOpen); a 503 tells an
+			// outage from a denial (Envoy's default is 403).
+			FailureModeAllow:          r.opts.CheckFailOpen,
+			FailureModeAllowHeaderAdd: r.opts.CheckFailOpen,
+			StatusOnError:             &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
 			IncludePeerCertificate:    true,
 		}),
 		httpFilter(wellknown.HTTPRateLimit, &ratelimit.RateLimit{

@@ -29,6 +29,12 @@ type Options struct {
 	CheckAdvertise string
 	// RateLimitDomain is the domain of the rate-limit requests sidecars send.
 	RateLimitDomain string
+	// CheckFailOpen lets requests through ext_authz when Sluice cannot answer
+	// (Envoy marks them x-envoy-auth-failure-mode-allowed); by default they are
+	// refused with 503, as Mixer's policy checks were (policyCheckFailOpen false):
+	// a request let through unchecked skips every policy, and carries whatever
+	// headers the client wrote that an allowed answer would have removed.
+	CheckFailOpen bool
 }
 
 // DefaultRateLimitDomain is the rate-limit domain generated sidecars use.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -404,6 +405,83 @@ func TestCheckCluster(t *testing.T) {
 			}
 			if c := logCfg.GetCommonConfig().GetGrpcService().GetEnvoyGrpc().GetClusterName(); c != "sluice-grpc" {
 				t.Errorf("access logs go to %s, want sluice-grpc", c)
+			}
+		})
+	}
+}
+
+// TestCheckFailureMode: the generated ext_authz filter refuses a request Sluice
+// cannot answer, with a 503 rather than Envoy's 403, unless told to fail open;
+// then Envoy marks what it let through.
+func TestCheckFailureMode(t *testing.T) {
+	m, reg := load(t, "../testdata/mesh")
+	node := translate.ParseNode(&core.Node{Id: "sidecar~10.0.0.11~reviews-v1.default~default.svc.cluster.local"})
+	for _, open := range []bool{false, true} {
+		r := translate.Build(m, reg, translate.Options{Advertise: "10.9.0.1:9091", CheckFailOpen: open})
+		lis, _ := r.SidecarListeners(node)
+		h := &hcm.HttpConnectionManager{}
+		if err := lis["virtualInbound"].(*listener.Listener).GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, hf := range h.GetHttpFilters() {
+			if hf.GetName() != "envoy.filters.http.ext_authz" {
+				continue
+			}
+			found = true
+			a := &extauthz.ExtAuthz{}
+			if err := hf.GetTypedConfig().UnmarshalTo(a); err != nil {
+				t.Fatal(err)
+			}
+			if a.GetFailureModeAllow() != open || a.GetFailureModeAllowHeaderAdd() != open {
+				t.Errorf("CheckFailOpen %v: failure_mode_allow %v, header %v", open, a.GetFailureModeAllow(), a.GetFailureModeAllowHeaderAdd())
+			}
+			if got := a.GetStatusOnError().GetCode(); got != 503 {
+				t.Errorf("CheckFailOpen %v: status on error %v, want 503", open, got)
+			}
+		}
+		if !found {
+			t.Fatalf("no ext_authz filter on the inbound listener")
+		}
+	}
+}
+
+// TestSluiceClusterLimits checks that the clusters reaching Sluice do not keep
+// Envoy's default circuit breakers (1,024 requests, pending requests and
+// connections per cluster): past them Envoy fails the ext_authz and rate-limit
+// calls locally, and the filters let the requests through unchecked (rate
+// limits, and ext_authz with --check-fail-open) or refuse them all. The service clusters lift these limits as Istio does; so must
+// Sluice's.
+func TestSluiceClusterLimits(t *testing.T) {
+	m, reg := load(t, "../testdata/mesh")
+	for _, tc := range []struct {
+		name     string
+		opts     translate.Options
+		clusters []string
+	}{
+		{"grpc port", translate.Options{Advertise: "10.9.0.1:9091"}, []string{"sluice-grpc"}},
+		{"check listener", translate.Options{Advertise: "sluice.ns:9091", CheckAdvertise: "sluice.ns:9095"}, []string{"sluice-grpc", "sluice-check"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := translate.Build(m, reg, tc.opts)
+			for _, name := range tc.clusters {
+				c, ok := r.Envoy.Clusters[name].(*cluster.Cluster)
+				if !ok {
+					t.Fatalf("cluster %s missing", name)
+				}
+				th := c.GetCircuitBreakers().GetThresholds()
+				if len(th) == 0 {
+					t.Errorf("%s: no circuit breaker thresholds: Envoy's default of 1,024 applies", name)
+					continue
+				}
+				for field, v := range map[string]interface{ GetValue() uint32 }{
+					"max_connections": th[0].GetMaxConnections(), "max_pending_requests": th[0].GetMaxPendingRequests(),
+					"max_requests": th[0].GetMaxRequests(),
+				} {
+					if v.GetValue() != math.MaxUint32 {
+						t.Errorf("%s: %s = %v, want %d", name, field, v, uint32(math.MaxUint32))
+					}
+				}
 			}
 		})
 	}
