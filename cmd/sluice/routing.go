@@ -51,6 +51,11 @@ func newRouting(opts *mixer.Options, rf routingFlags, log *slog.Logger) (*routin
 	if rf.checkAdvertise != "" && opts.CheckAddr == "" {
 		return nil, errors.New("--check-advertise-addr needs --check-addr: there is no check listener to advertise")
 	}
+	if opts.GRPCTLS.Cert != "" {
+		// The generated clusters to Sluice carry no TLS settings (proxies would
+		// need a CA, and client certificates, that the routing core does not know).
+		log.Warn("the gRPC port serves TLS, but the sidecars the routing core configures reach Sluice in plaintext: their access logs and checks will fail (and checks refuse requests unless --check-fail-open); configure such proxies by hand, or serve Sluice without TLS inside the mesh")
+	}
 	if opts.Registry == nil {
 		opts.Registry = registry.New(opts.TrustDomain)
 	}
