@@ -594,3 +594,75 @@ func TestExtAuthzSourceNamespaceFromCertificate(t *testing.T) {
 		}
 	})
 }
+
+// TestUnreadRequestsCounted: a request refused while it is read, before a check
+// sees it (over the message bound, or bytes that are not the request), is counted
+// on both listeners: grpc-go reads the gRPC port's itself, so without the port's
+// own count such a refusal left no trace.
+func TestUnreadRequestsCounted(t *testing.T) {
+	const bound = 64 << 10
+	tests := []struct {
+		name, path, service string
+		msg                 []byte
+		code                codes.Code
+		// metric and labels are where the refusal is counted, per listener.
+		metric map[string]string
+		labels map[string]map[string]string
+	}{
+		{
+			name: "ext_authz undecodable", path: "/envoy.service.auth.v3.Authorization/Check",
+			msg: []byte{0x0a, 0x40, 0x01}, code: codes.Internal,
+			metric: map[string]string{"grpc": "sluice_check_requests_total", "check": "sluice_check_requests_total"},
+			labels: map[string]map[string]string{
+				"grpc":  {"service": "ext_authz", "outcome": "invalid"},
+				"check": {"service": "ext_authz", "outcome": "invalid"},
+			},
+		},
+		{
+			name: "ratelimit undecodable", path: "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+			msg: []byte{0x0a, 0x01, 0xff}, code: codes.Internal,
+			metric: map[string]string{"grpc": "sluice_check_requests_total", "check": "sluice_check_requests_total"},
+			labels: map[string]map[string]string{
+				"grpc":  {"service": "ratelimit", "outcome": "invalid"},
+				"check": {"service": "ratelimit", "outcome": "invalid"},
+			},
+		},
+		{
+			name: "ext_authz too large", path: "/envoy.service.auth.v3.Authorization/Check",
+			msg: make([]byte, bound+1), code: codes.ResourceExhausted,
+			metric: map[string]string{"grpc": "sluice_check_requests_total", "check": "sluice_h2unary_errors_total"},
+			labels: map[string]map[string]string{
+				"grpc":  {"service": "ext_authz", "outcome": "too_large"},
+				"check": {"reason": "too_large"},
+			},
+		},
+		{
+			name: "ratelimit too large", path: "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+			msg: make([]byte, bound+1), code: codes.ResourceExhausted,
+			metric: map[string]string{"grpc": "sluice_check_requests_total", "check": "sluice_h2unary_errors_total"},
+			labels: map[string]map[string]string{
+				"grpc":  {"service": "ratelimit", "outcome": "too_large"},
+				"check": {"reason": "too_large"},
+			},
+		},
+	}
+	forListeners(t, func(t *testing.T, listener string) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				s := startServer(t, func(o *mixer.Options) { o.MaxRecvMsgSize = bound }, "testdata/policy.yaml")
+				var out []byte
+				err := s.via(listener).Invoke(context.Background(), tt.path, tt.msg, &out, grpc.ForceCodec(rawCodec{}))
+				if status.Code(err) != tt.code {
+					t.Fatalf("answer %v, want %v", err, tt.code)
+				}
+				f, err := loadtest.Scrape(context.Background(), s.url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := f.Sum(tt.metric[listener], tt.labels[listener]); got != 1 {
+					t.Errorf("%s %v = %v, want 1", tt.metric[listener], tt.labels[listener], got)
+				}
+			})
+		}
+	})
+}

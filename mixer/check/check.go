@@ -5,6 +5,7 @@ package check
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,8 +118,38 @@ func New(opts Options) (*Server, error) {
 
 // Register adds the services to a gRPC server.
 func (s *Server) Register(g *grpc.Server) {
-	authv3.RegisterAuthorizationServer(g, s)
-	rlsv3.RegisterRateLimitServiceServer(g, s)
+	authz, rls := authv3.Authorization_ServiceDesc, rlsv3.RateLimitService_ServiceDesc
+	authz.Methods = s.countUnread("ext_authz", authz.Methods)
+	rls.Methods = s.countUnread("ratelimit", rls.Methods)
+	g.RegisterService(&authz, s)
+	g.RegisterService(&rls, s)
+}
+
+// countUnread wraps the generated handlers of a service's methods so that a
+// request grpc-go refuses while reading it, before Check or ShouldRateLimit is
+// called, is counted as the lean listener counts it: over the message bound
+// (RESOURCE_EXHAUSTED) as too_large, any other (bytes that are not the request,
+// an upload that broke off) as invalid. The answers are grpc-go's, unchanged.
+func (s *Server) countUnread(service string, methods []grpc.MethodDesc) []grpc.MethodDesc {
+	out := slices.Clone(methods)
+	for i := range out {
+		handler := out[i].Handler
+		out[i].Handler = func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			start := time.Now()
+			return handler(srv, ctx, func(m any) error {
+				err := dec(m)
+				if err != nil {
+					outcome := "invalid"
+					if status.Code(err) == codes.ResourceExhausted {
+						outcome = "too_large"
+					}
+					s.metrics.observe(service, outcome, time.Since(start))
+				}
+				return err
+			}, icpt)
+		}
+	}
+	return out
 }
 
 // Methods are the two check methods for the lean HTTP/2 listener (h2unary).

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -167,6 +169,13 @@ func (c *conn) appendOut(p []byte) (int, error) {
 // serve reads frames until the connection ends, then waits for its calls.
 func (c *conn) serve() {
 	defer c.finish()
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		if err := handshake(tc); err != nil {
+			c.srv.count(ReasonTLS)
+			c.srv.log.Debug("h2unary: TLS handshake failed", "remote", c.nc.RemoteAddr(), "error", err)
+			return
+		}
+	}
 	if err := readPreface(c.nc, c.in); err != nil {
 		c.srv.count(ReasonProtocol)
 		c.srv.log.Debug("h2unary: connection refused", "remote", c.nc.RemoteAddr(), "error", err)
@@ -233,6 +242,11 @@ func (c *conn) finish() {
 	if !c.closed {
 		c.closed = true
 		c.nc.Close()
+	}
+	if n := len(c.open); n > 0 {
+		// Calls accepted and not answered: their answers are lost with the
+		// connection.
+		c.srv.errs.WithLabelValues(ReasonConnClosed).Add(float64(n))
 	}
 	for _, st := range c.open {
 		c.closeStreamLocked(st)
@@ -557,6 +571,7 @@ func (c *conn) dispatchLocked(st *stream) {
 	}
 	if !st.deadline.IsZero() && !time.Now().Before(st.deadline) {
 		// The client has given up already: no work is done for it.
+		c.srv.count(ReasonDeadline)
 		c.answerLocked(st, nil, status.New(codes.DeadlineExceeded, "deadline exceeded before the call started"))
 		return
 	}
@@ -859,11 +874,14 @@ func (c *conn) flushLocked() {
 		buf := c.out
 		c.out, c.spare = c.spare[:0], nil
 		c.mu.Unlock()
-		_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout))
 		_, err := c.nc.Write(buf)
 		c.mu.Lock()
 		c.spare = buf[:0]
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				c.srv.count(ReasonWriteTimeout)
+			}
 			c.closed = true
 			c.out = c.out[:0]
 			c.nc.Close()

@@ -110,6 +110,26 @@ const (
 	ReasonStream        = "stream_error"    // a stream broke HTTP/2's rules (flow control, a reused ID); it was reset
 )
 
+// More reasons of sluice_h2unary_errors_total: calls accepted and not answered,
+// and connections not served.
+const (
+	// ReasonDeadline: a call whose grpc-timeout ran out before it could start,
+	// answered DEADLINE_EXCEEDED.
+	ReasonDeadline = "deadline_exceeded"
+	// ReasonConnClosed: a call not answered yet (running, uploading, or its answer
+	// waiting for window) when its connection closed: the client left or broke
+	// HTTP/2's rules, a write failed, or Shutdown's wait ran out.
+	ReasonConnClosed = "connection_closed"
+	// ReasonWriteTimeout: a client that took nothing written to it for
+	// writeTimeout; its connection was closed with the answers queued for it.
+	ReasonWriteTimeout = "write_timeout"
+	// ReasonTLS: a connection whose TLS handshake failed; it was closed.
+	ReasonTLS = "tls_handshake"
+	// ReasonAccept: accepting a connection failed (out of file descriptors and
+	// the like): the listener pauses before it accepts again.
+	ReasonAccept = "accept_error"
+)
+
 // Server is a lean unary gRPC server.
 type Server struct {
 	opts    Options
@@ -121,6 +141,9 @@ type Server struct {
 	// connection's reader, goCalls on goroutines of their own.
 	calls                *prometheus.CounterVec
 	inlineCalls, goCalls prometheus.Counter
+	// writeTimeout bounds one write to a client (writeTimeout, the constant;
+	// shorter in tests).
+	writeTimeout time.Duration
 	// connWindow is each connection's receive window: the request bytes it may
 	// hold at once (two of the largest requests, 16 MiB at least). streamWindow is
 	// each stream's, which fits the largest request (see newConn).
@@ -166,7 +189,7 @@ func New(opts Options) (*Server, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Server{
-		opts: opts, log: opts.Logger, methods: map[string]*Method{},
+		opts: opts, log: opts.Logger, methods: map[string]*Method{}, writeTimeout: writeTimeout,
 		connWindow:   uint32(min(max(16<<20, 2*(opts.MaxRecvMsgSize+5+16384)), 1<<31-1)),
 		streamWindow: uint32(opts.MaxRecvMsgSize + 5 + 16384),
 		lis:          map[net.Listener]struct{}{}, active: map[*conn]struct{}{},
@@ -184,7 +207,8 @@ func New(opts Options) (*Server, error) {
 		}, []string{"mode"}),
 	}
 	s.inlineCalls, s.goCalls = s.calls.WithLabelValues("inline"), s.calls.WithLabelValues("goroutine")
-	for _, r := range []string{ReasonProtocol, ReasonTooLarge, ReasonUnknownMethod, ReasonBadRequest, ReasonRefused, ReasonReset} {
+	for _, r := range []string{ReasonProtocol, ReasonTooLarge, ReasonUnknownMethod, ReasonBadRequest, ReasonRefused, ReasonReset,
+		ReasonStream, ReasonDeadline, ReasonConnClosed, ReasonWriteTimeout, ReasonTLS, ReasonAccept} {
 		s.errs.WithLabelValues(r)
 	}
 	for i := range opts.Methods {
@@ -238,6 +262,7 @@ func (s *Server) Serve(lis net.Listener) error {
 				// Out of file descriptors and the like: back off and retry, as
 				// net/http and grpc-go do, instead of giving up the listener.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.count(ReasonAccept)
 				s.log.Warn("h2unary: accept failed; retrying", "error", err, "delay", delay)
 				time.Sleep(delay)
 				continue
@@ -401,10 +426,23 @@ func statusFields(st *status.Status) []hpack.HeaderField {
 	return f
 }
 
+// prefaceTimeout bounds how long a new connection may take to speak: its TLS
+// handshake, then its HTTP/2 preface.
+const prefaceTimeout = 10 * time.Second
+
+// handshake runs a connection's TLS handshake, with readPreface's deadline, so
+// that a failed one is told apart from a client that does not speak HTTP/2
+// (readPreface would run it on its first read).
+func handshake(tc *tls.Conn) error {
+	_ = tc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+	defer tc.SetReadDeadline(time.Time{})
+	return tc.Handshake()
+}
+
 // readPreface reads the client's connection preface, with a deadline so that a
 // connection that never speaks does not hold a goroutine forever.
 func readPreface(nc net.Conn, r *bufio.Reader) error {
-	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
 	defer nc.SetReadDeadline(time.Time{})
 	buf := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(r, buf); err != nil {

@@ -3,9 +3,16 @@ package h2unary
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"strings"
@@ -17,6 +24,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -272,6 +281,9 @@ func TestAcceptRetriesWhenOutOfFiles(t *testing.T) {
 	if _, err := echo(ctx, ts.dial(t), []byte{0, 'x'}); err != nil {
 		t.Fatalf("after EMFILE: %v", err)
 	}
+	if got := ts.errors(ReasonAccept); got != 3 {
+		t.Errorf("%s = %v, want 3", ReasonAccept, got)
+	}
 }
 
 // TestResetCallsStayCounted: a client that resets each call as it opens it cannot
@@ -366,6 +378,9 @@ func TestExpiredDeadlineNotRun(t *testing.T) {
 			_ = r.fr.WriteData(1, true, reqBody([]byte{0, 'x'}))
 			if got := r.answerOf(t, 1); got != "4" {
 				t.Errorf("expired call: grpc-status %q, want 4 (DEADLINE_EXCEEDED)", got)
+			}
+			if got := ts.errors(ReasonDeadline); got != 1 {
+				t.Errorf("%s = %v, want 1", ReasonDeadline, got)
 			}
 			// A deadline still ahead runs as usual.
 			r.headers(3, echoPath, false, "grpc-timeout", "10S")
@@ -628,5 +643,108 @@ func TestGoAwayAfterAnswerInFlight(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// TestUnansweredCallsCounted: calls a connection accepted and never answered,
+// because the connection closed under them or its client stopped reading, are
+// counted, as a call its client reset is.
+func TestUnansweredCallsCounted(t *testing.T) {
+	t.Run("client left", func(t *testing.T) {
+		ts := startServer(t, Options{}, false)
+		r := dialRaw(t, ts.addr)
+		r.headers(1, waitPath, false) // running
+		_ = r.fr.WriteData(1, true, reqBody(nil))
+		<-ts.waiting
+		r.headers(3, echoPath, false) // still uploading
+		// The server answers a PING after the frames before it.
+		_ = r.fr.WritePing(false, [8]byte{3})
+		_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			f, err := r.fr.ReadFrame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
+				break
+			}
+		}
+		r.c.Close()
+		waitFor(t, func() bool { return ts.errors(ReasonConnClosed) == 2 }, "2 calls counted connection_closed")
+		select {
+		case <-ts.exited:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the running call was not cancelled")
+		}
+		if got := ts.errors(ReasonReset); got != 0 {
+			t.Errorf("%s = %v, want 0", ReasonReset, got)
+		}
+	})
+	t.Run("client stopped reading", func(t *testing.T) {
+		ts := &testServer{waiting: make(chan struct{}, 100), exited: make(chan error, 100), release: make(chan struct{})}
+		s, err := New(Options{Methods: testMethods(ts)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts.Server = s
+		s.writeTimeout = 100 * time.Millisecond
+		client, server := net.Pipe()
+		c := newConn(s, server)
+		done := make(chan struct{})
+		go func() { c.serve(); close(done) }()
+		r, ready := newRaw(t, client)
+		for range 3 { // the server's SETTINGS, WINDOW_UPDATE and SETTINGS ack; then stop reading
+			if _, err := r.fr.ReadFrame(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		<-ready
+		r.headers(1, waitPath, false)
+		_ = r.fr.WriteData(1, true, reqBody(nil))
+		<-ts.waiting
+		close(ts.release) // the answer's write now waits for a reader that never comes
+		waitFor(t, func() bool { return ts.errors(ReasonWriteTimeout) == 1 }, "write_timeout counted")
+		client.Close()
+		<-done
+	})
+}
+
+// TestTLSHandshakeCounted: on a TLS listener a client that fails the handshake
+// (here, one speaking plaintext HTTP/2) is counted as tls_handshake, not as a
+// client breaking HTTP/2's rules; a TLS client is served.
+func TestTLSHandshakeCounted(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sluice"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, Options{TLS: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}, false)
+
+	plain := ts.dial(t)
+	if _, err := echo(context.Background(), plain, []byte{0, 'x'}); err == nil {
+		t.Fatal("a plaintext client was served by a TLS listener")
+	}
+	waitFor(t, func() bool { return ts.errors(ReasonTLS) >= 1 }, "tls_handshake counted")
+	if got := ts.errors(ReasonProtocol); got != 0 {
+		t.Errorf("%s = %v, want 0", ReasonProtocol, got)
+	}
+
+	conn, err := grpc.NewClient(ts.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	before := ts.errors(ReasonTLS)
+	if got, err := echo(context.Background(), conn, []byte{0, 'x'}); err != nil || string(got) != "\x00x" {
+		t.Errorf("TLS client: %q %v", got, err)
+	}
+	if got := ts.errors(ReasonTLS); got != before {
+		t.Errorf("%s = %v after a good handshake, want %v", ReasonTLS, got, before)
 	}
 }
