@@ -10,6 +10,33 @@ import (
 	"github.com/sluicemesh/sluice/templates/authorization"
 )
 
+func testCacheMetrics() *metrics {
+	return &metrics{cacheHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "h"}),
+		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{Name: "m"}), cacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: "e"}),
+		cacheSkips: prometheus.NewCounter(prometheus.CounterOpts{Name: "s"})}
+}
+
+// TestCacheKeyBound: an answer whose key is longer than maxKeyBytes is not kept
+// (the client chooses the values a key is made of), and is counted.
+func TestCacheKeyBound(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)
+	m := testCacheMetrics()
+	c := newCache(100, m)
+	for _, n := range []int{maxKeyBytes, maxKeyBytes + 1, 60 << 10} {
+		c.put(make([]byte, n), authorization.Result{}, "r", t0.Add(time.Minute))
+		_, _, hit := c.get(make([]byte, n), t0)
+		if want := n <= maxKeyBytes; hit != want {
+			t.Errorf("a key of %d bytes: cached %v, want %v", n, hit, want)
+		}
+	}
+	if got := testutil.ToFloat64(m.cacheSkips); got != 2 {
+		t.Errorf("%v answers counted as not cached, want 2", got)
+	}
+	if n := c.len(); n != 1 {
+		t.Errorf("%d entries, want 1", n)
+	}
+}
+
 // TestCacheLRU: a full shard evicts its least recently used entry, a hit makes an
 // entry recent, an expired entry is not served, and a put of a present key updates it.
 func TestCacheLRU(t *testing.T) {
@@ -66,8 +93,7 @@ func TestCacheLRU(t *testing.T) {
 		}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := &metrics{cacheHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "h"}),
-				cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{Name: "m"}), cacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: "e"})}
+			m := testCacheMetrics()
 			c := newCache(16*tc.perCap, m)
 			// One shard for every key, so that the shard's capacity is what is tested.
 			c.shards = c.shards[:1]

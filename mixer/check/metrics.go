@@ -17,6 +17,7 @@ type metrics struct {
 	cacheHits      prometheus.Counter
 	cacheMisses    prometheus.Counter
 	cacheEvictions prometheus.Counter
+	cacheSkips     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -47,6 +48,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		cacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_check_cache_evictions_total", Help: "Check-cache entries evicted to make room.",
 		}),
+		cacheSkips: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_check_cache_skipped_total", Help: "Policy answers not cached because their key, the values of the attributes the rules read, exceeds 4 KiB.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
@@ -59,7 +63,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		}
 		return 0
 	})
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.handlerErrors, m.ruleErrors, m.rateLimit, m.cacheHits, m.cacheMisses, m.cacheEvictions, size} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.handlerErrors, m.ruleErrors, m.rateLimit, m.cacheHits, m.cacheMisses, m.cacheEvictions, m.cacheSkips, size} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register check metrics: %w", err)
 		}
