@@ -45,6 +45,9 @@ type Instances struct {
 	// Authorizations and Quotas are the qualified names of the check instances.
 	Authorizations []string
 	Quotas         []string
+	// QuotaDimensions are the dimension names of each quota instance of Quotas, by
+	// qualified name, for params that name dimensions (quota overrides).
+	QuotaDimensions map[string][]string
 }
 
 // Attributes gives a check handler the request's attributes by name (string, int64,

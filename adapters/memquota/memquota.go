@@ -65,8 +65,11 @@ func Factory() *adapters.Factory {
 		InProcess: true,
 		NewParams: func() adapters.Params { return &Params{MaxKeys: DefaultMaxKeys} },
 		Bind: func(b adapters.Binding) (map[string]metric.Aggregation, error) {
-			_, err := quotakit.NewTable(b.Params.(*Params).Quotas, b.Instances.Quotas)
-			return nil, err
+			qs := b.Params.(*Params).Quotas
+			if _, err := quotakit.NewTable(qs, b.Instances.Quotas); err != nil {
+				return nil, err
+			}
+			return nil, quotakit.CheckOverrideDimensions(qs, b.Instances.QuotaDimensions)
 		},
 		New: func(_ context.Context, env adapters.Env, p adapters.Params, inst adapters.Instances) (adapters.Handler, error) {
 			return New(env, p.(*Params), inst.Quotas)

@@ -4,6 +4,7 @@ package quotakit
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -165,6 +166,43 @@ func instanceMatches(ref, qualified string) bool {
 	}
 	_, name, _ := strings.Cut(qualified, "/")
 	return ref == name
+}
+
+// CheckOverrideDimensions reports an override that names a dimension which a
+// quota instance it applies to does not have: the override could never match, and
+// the instance would keep the quota's limit without a word. dims are the dimension
+// names of the bound quota instances (adapters.Instances.QuotaDimensions).
+func CheckOverrideDimensions(qs []Quota, dims map[string][]string) error {
+	insts := make([]string, 0, len(dims))
+	for inst := range dims {
+		insts = append(insts, inst)
+	}
+	sort.Strings(insts)
+	for i := range qs {
+		for j, o := range qs[i].Overrides {
+			names := make([]string, 0, len(o.Dimensions))
+			for k := range o.Dimensions {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			for _, inst := range insts {
+				if !instanceMatches(qs[i].Name, inst) {
+					continue
+				}
+				for _, k := range names {
+					if !slices.Contains(dims[inst], k) {
+						has := "no dimensions"
+						if len(dims[inst]) > 0 {
+							has = strings.Join(dims[inst], ", ")
+						}
+						return adapters.Errorf(fmt.Sprintf("quotas[%d].overrides[%d].dimensions.%s", i, j, k),
+							"quota instance %s has no dimension %q (it has %s): the override would never apply", inst, k, has)
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // Table resolves quota instances to limits and keys. It is immutable once built.

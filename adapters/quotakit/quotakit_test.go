@@ -515,3 +515,41 @@ func TestParseFailPolicy(t *testing.T) {
 		t.Error("ajar was accepted")
 	}
 }
+
+// TestCheckOverrideDimensions: an override naming a dimension that a quota instance
+// it applies to does not have could never match, and is refused at its name.
+func TestCheckOverrideDimensions(t *testing.T) {
+	qs := []Quota{
+		{Name: "a", MaxAmount: 5, ValidDuration: time.Second, Overrides: []Override{
+			{Dimensions: map[string]string{"user": "batch"}, MaxAmount: i64(1)},
+			{Dimensions: map[string]string{"user": "x", "path": "/y"}, MaxAmount: i64(1)},
+		}},
+		{Name: "ns/b", MaxAmount: 5, ValidDuration: time.Second, Overrides: []Override{
+			{Dimensions: map[string]string{"usr": "batch"}, MaxAmount: i64(1)},
+		}},
+	}
+	for _, tc := range []struct {
+		name string
+		dims map[string][]string
+		path string
+	}{
+		{"no instances bound", nil, ""},
+		{"every override dimension is there", map[string][]string{"x/a": {"path", "user"}}, ""},
+		{"a quota no instance uses is not checked", map[string][]string{"x/a": {"path", "user"}, "other/b": {}}, ""},
+		{"one of two dimensions missing", map[string][]string{"x/a": {"user"}}, "quotas[0].overrides[1].dimensions.path"},
+		{"a misspelt dimension", map[string][]string{"x/a": {"path", "user"}, "ns/b": {"user"}}, "quotas[1].overrides[0].dimensions.usr"},
+		{"an instance without dimensions", map[string][]string{"y/a": {}}, "quotas[0].overrides[0].dimensions.user"},
+		{"every instance a quota serves", map[string][]string{"x/a": {"path", "user"}, "y/a": {"user"}}, "quotas[0].overrides[1].dimensions.path"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckOverrideDimensions(qs, tc.dims)
+			var fe *adapters.FieldError
+			switch {
+			case tc.path == "" && err != nil:
+				t.Errorf("%v", err)
+			case tc.path != "" && (!errors.As(err, &fe) || fe.Path != tc.path):
+				t.Errorf("error %v, want one at %s", err, tc.path)
+			}
+		})
+	}
+}

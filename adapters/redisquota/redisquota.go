@@ -139,8 +139,16 @@ func (p *Params) addresses() (addrs []string, cluster bool, err error) {
 	case p.RedisServerURL == "":
 		return nil, false, adapters.Errorf("redisServerUrl", "is required (host:port of the Redis server), or clusterAddresses")
 	case strings.Contains(p.RedisServerURL, "://"):
-		if _, err := redis.ParseURL(p.RedisServerURL); err != nil {
+		opt, err := redis.ParseURL(p.RedisServerURL)
+		if err != nil {
 			return nil, false, adapters.Errorf("redisServerUrl", "%v", err)
+		}
+		// ParseURL takes any number for the port (redis://h:99999), which would
+		// only fail when dialed, request by request, decided by failPolicy.
+		if opt.Network != "unix" {
+			if err := checkHostPort(opt.Addr); err != nil {
+				return nil, false, adapters.Errorf("redisServerUrl", "%v", err)
+			}
 		}
 		return []string{p.RedisServerURL}, false, nil
 	}
@@ -175,8 +183,11 @@ func Factory() *adapters.Factory {
 			return &Params{Timeout: DefaultTimeout, FailPolicy: string(quotakit.FailOpen), LocalCacheSize: DefaultLocalCacheSize, MaxInFlight: DefaultMaxInFlight}
 		},
 		Bind: func(b adapters.Binding) (map[string]metric.Aggregation, error) {
-			_, err := quotakit.NewTable(b.Params.(*Params).Quotas, b.Instances.Quotas)
-			return nil, err
+			qs := b.Params.(*Params).Quotas
+			if _, err := quotakit.NewTable(qs, b.Instances.Quotas); err != nil {
+				return nil, err
+			}
+			return nil, quotakit.CheckOverrideDimensions(qs, b.Instances.QuotaDimensions)
 		},
 		New: func(ctx context.Context, env adapters.Env, p adapters.Params, inst adapters.Instances) (adapters.Handler, error) {
 			return New(ctx, env, p.(*Params), inst.Quotas)

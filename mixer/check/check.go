@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sluicemesh/sluice/mixer/attribute"
+	"github.com/sluicemesh/sluice/mixer/config"
 	"github.com/sluicemesh/sluice/mixer/dispatch"
 	"github.com/sluicemesh/sluice/mixer/envoy"
 	"github.com/sluicemesh/sluice/mixer/expr"
@@ -29,7 +30,7 @@ import (
 // DefaultQuotaHandler is the handler the rate-limit service counts with: memquota in
 // the embedded defaults, replaced by a redisquota handler of the same name for
 // counts shared across replicas.
-const DefaultQuotaHandler = "sluice-system/quota"
+const DefaultQuotaHandler = config.RateLimitHandler
 
 // Options configure a Server.
 type Options struct {

@@ -102,11 +102,11 @@ func (l *Loader) Load() (*Snapshot, error) {
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	merged, err := layer(objs)
+	merged, disabled, err := layer(objs)
 	if err != nil {
 		return nil, err
 	}
-	s := &Snapshot{Objects: merged, Hash: contentHash(raw.Bytes())}
+	s := &Snapshot{Objects: merged, Hash: contentHash(raw.Bytes()), disabled: disabled}
 	if err := compile(s, l.Adapters, l.Compiler); err != nil {
 		return nil, err
 	}
@@ -227,7 +227,8 @@ func ParseFile(file string, data []byte) ([]*Object, error) {
 // layer applies replacement and disabling: a user object with a default's key replaces
 // it, or removes it when annotated sluice.dev/disabled: "true"; a default of a later
 // layer replaces one of an earlier layer (as --redis-addr replaces the quota backend).
-func layer(objs []*Object) ([]*Object, error) {
+// It also returns the objects that disabled one.
+func layer(objs []*Object) (out, disabled []*Object, err error) {
 	var c collector
 	byKey := map[Key]*Object{}
 	domains := map[string]*Object{}
@@ -250,11 +251,12 @@ func layer(objs []*Object) ([]*Object, error) {
 		}
 	}
 	if err := c.err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make([]*Object, 0, len(byKey))
+	out = make([]*Object, 0, len(byKey))
 	for _, o := range byKey {
 		if o.Disabled() {
+			disabled = append(disabled, o)
 			continue
 		}
 		out = append(out, o)
@@ -269,5 +271,5 @@ func layer(objs []*Object) ([]*Object, error) {
 		}
 		return a.Name < b.Name
 	})
-	return out, nil
+	return out, disabled, nil
 }

@@ -46,6 +46,10 @@ type RateLimitReplacement struct {
 	Name string `yaml:"name" json:"name"`
 }
 
+// RateLimitHandler is the handler the rate-limit service counts with: the default
+// quota handler (memquota), or one that replaces it (redisquota).
+const RateLimitHandler = SystemNamespace + "/quota"
+
 // Rate-limit units and algorithms.
 var (
 	RateLimitUnits      = []string{"second", "minute", "hour", "day", "week", "month", "year"}

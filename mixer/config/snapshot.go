@@ -29,6 +29,9 @@ type Snapshot struct {
 	Instances []*Instance `json:"-"`
 	Handlers  []*Handler  `json:"-"`
 	Rules     []*Rule     `json:"-"`
+
+	// disabled are the objects that disabled a default.
+	disabled []*Object
 }
 
 // ByKind returns the objects of one kind, sorted by namespace and name.
@@ -117,6 +120,14 @@ func (h *Handler) Bound() adapters.Instances {
 			out.Authorizations = append(out.Authorizations, i.Name)
 		case templates.Quota:
 			out.Quotas = append(out.Quotas, i.Name)
+			if out.QuotaDimensions == nil {
+				out.QuotaDimensions = map[string][]string{}
+			}
+			dims := []string{}
+			for _, d := range i.Maps["dimensions"] {
+				dims = append(dims, d.Name)
+			}
+			out.QuotaDimensions[i.Name] = dims
 		}
 	}
 	return out
@@ -179,6 +190,7 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 		handlers[h.Name] = h
 		s.Handlers = append(s.Handlers, h)
 	}
+	checkRateLimitHandler(&c, s, handlers, reg)
 	bound := map[*Handler]map[*Instance]bool{}
 	for _, o := range s.ByKind(KindRule) {
 		spec := o.Spec.(*RuleSpec)
@@ -245,6 +257,40 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 		}
 	}
 	return c.err()
+}
+
+// checkRateLimitHandler refuses rate-limit configs that nothing would count: with
+// RateLimitHandler disabled, or replaced by an adapter that counts no quotas,
+// every request of their domains would fail.
+func checkRateLimitHandler(c *collector, s *Snapshot, handlers map[string]*Handler, reg *adapters.Registry) {
+	domains := s.ByKind(KindRateLimit)
+	if len(domains) == 0 {
+		return
+	}
+	var quotaAdapters []string
+	for _, n := range reg.Names() {
+		if f, _ := reg.Get(n); f.Accepts(templates.Quota) {
+			quotaAdapters = append(quotaAdapters, n)
+		}
+	}
+	uses := fmt.Sprintf("the rate-limit service counts domain %q (%s)", domains[0].Name, domains[0].Pos)
+	if len(domains) > 1 {
+		uses += fmt.Sprintf(" and %d more", len(domains)-1)
+	}
+	uses += " with it"
+	if h := handlers[RateLimitHandler]; h != nil {
+		if !h.Factory.Accepts(templates.Quota) {
+			c.add(h.Object.PosOf("adapter"), "handler %s has adapter %s, but %s: it must be a quota adapter (%s)",
+				RateLimitHandler, h.Factory.Name, uses, strings.Join(quotaAdapters, ", "))
+		}
+		return
+	}
+	for _, o := range s.disabled {
+		if o.Kind == KindHandler && qualified(o.Namespace, o.Name) == RateLimitHandler {
+			c.add(o.Pos, "handler %s is disabled, but %s: replace it with a %s handler instead",
+				RateLimitHandler, uses, strings.Join(quotaAdapters, " or "))
+		}
+	}
 }
 
 func lookedIn(ns, ref string) string {

@@ -48,9 +48,111 @@ func yamlError(file string, node *yaml.Node, err error) error {
 		} else if node != nil {
 			line = node.Line
 		}
+		if line > 0 && node != nil {
+			m = typeErrorText(node, line, m)
+		}
 		c.add(Position{File: file, Line: line}, "%s", m)
 	}
 	return c.err()
+}
+
+// yamlTypeError is yaml.v3's text for a value of the wrong type (its line removed),
+// which names Go types: "cannot unmarshal !!str `ten` into uint32".
+var yamlTypeError = regexp.MustCompile("^cannot unmarshal (!![a-z]+)(?: `(.*)`)? into (\\S+)$")
+
+// typeErrorText rewrites a yaml.v3 type error at line below node in the terms of
+// the config: the field's path, the value as written and what the field takes
+// ("requests_per_unit: \"ten\" is not a whole number from 0 to 4294967295").
+// Other messages are returned as they are.
+func typeErrorText(node *yaml.Node, line int, m string) string {
+	sm := yamlTypeError.FindStringSubmatch(m)
+	if sm == nil {
+		return m
+	}
+	tag, value, goType := sm[1], sm[2], sm[3]
+	kind := yaml.ScalarNode
+	switch tag {
+	case "!!seq":
+		kind = yaml.SequenceNode
+	case "!!map":
+		kind = yaml.MappingNode
+	}
+	// yaml.v3 cuts a value longer than 10 bytes to its first 7 and "...".
+	prefix, cut := strings.CutSuffix(value, "...")
+	cut = cut && len(prefix) == 7
+	var path string
+	var found *yaml.Node
+	var walk func(n *yaml.Node, p string) bool
+	walk = func(n *yaml.Node, p string) bool {
+		if n == nil {
+			return false
+		}
+		if n.Line == line && n.Kind == kind && (kind != yaml.ScalarNode || n.Value == value || cut && strings.HasPrefix(n.Value, prefix)) {
+			path, found = p, n
+			return true
+		}
+		switch n.Kind {
+		case yaml.MappingNode:
+			for _, kv := range mappingEntries(n) {
+				if walk(kv[1], join(p, kv[0].Value)) {
+					return true
+				}
+			}
+		case yaml.SequenceNode:
+			for i, el := range n.Content {
+				if walk(el, fmt.Sprintf("%s[%d]", p, i)) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if !walk(node, "") {
+		return m
+	}
+	var got string
+	switch kind {
+	case yaml.SequenceNode:
+		got = "a list"
+	case yaml.MappingNode:
+		got = "a mapping"
+	default:
+		got = found.Value
+		if tag == "!!str" {
+			got = strconv.Quote(found.Value)
+		}
+	}
+	out := got + " is not " + goTypeText(goType)
+	if path != "" {
+		out = path + ": " + out
+	}
+	return out
+}
+
+// goTypeText says what a value of a Go type is written as.
+func goTypeText(t string) string {
+	t = strings.TrimLeft(t, "*")
+	switch {
+	case t == "time.Duration":
+		return "a duration (a number and a unit: 500ms, 30s, 1m, 1h)"
+	case t == "bool":
+		return "true or false"
+	case t == "string":
+		return "a string"
+	case strings.HasPrefix(t, "float"):
+		return "a number"
+	case strings.HasPrefix(t, "uint"):
+		bits, err := strconv.Atoi(strings.TrimPrefix(t, "uint"))
+		if err != nil {
+			bits = 64
+		}
+		return fmt.Sprintf("a whole number from 0 to %d", uint64(1)<<bits-1)
+	case strings.HasPrefix(t, "int"):
+		return "a whole number"
+	case strings.HasPrefix(t, "[]"):
+		return "a list"
+	}
+	return "a mapping" // a map or a struct
 }
 
 func asTypeError(err error, out **yaml.TypeError) bool {
