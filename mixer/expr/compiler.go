@@ -117,6 +117,16 @@ func (c *Compiler) compile(src string, fast bool) (*Expression, error) {
 	e := &Expression{Source: src, Type: typeOf(checked.OutputType())}
 	e.refs = c.references(native)
 	e.keyRefs = c.keyReferences(native)
+	for _, r := range e.keyRefs {
+		switch r.ID {
+		case attribute.RequestHeaders, attribute.ResponseHeaders, attribute.ResponseTrailers:
+			// Envoy lower-cases header names, so such a key never matches: a DENY
+			// policy or a rule written with it would never apply.
+			if lower := strings.ToLower(r.Key); r.Keyed && lower != r.Key {
+				return nil, fmt.Errorf("header names arrive lower-cased, so %s[%q] never matches: write %q", r.ID.Name(), r.Key, lower)
+			}
+		}
+	}
 	if !fast || !c.fastPath(e, native) {
 		opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
 		// An expression whose worst case, with values as large as a request can

@@ -175,9 +175,17 @@ func TestAppendStringAndFloat(t *testing.T) {
 
 func TestCompileErrors(t *testing.T) {
 	c := compiler(t)
-	for _, src := range []string{``, `request.pth`, `request.path +`, `response.code == "x"`, `foo(1)`} {
+	for _, src := range []string{``, `request.pth`, `request.path +`, `response.code == "x"`, `foo(1)`,
+		// Header names arrive lower-cased: these could never match.
+		`request.headers["X-Block"] == "1"`, `has(response.headers.Location)`, `"X-Role" in request.headers`} {
 		if _, err := c.Compile(src); err == nil {
 			t.Errorf("Compile(%q) succeeded", src)
+		}
+	}
+	// Other maps keep their keys' case, and a header value may have any.
+	for _, src := range []string{`source.labels["App"] == "x"`, `request.headers["x-block"] == "YES"`} {
+		if _, err := c.Compile(src); err != nil {
+			t.Errorf("Compile(%q): %v", src, err)
 		}
 	}
 }
