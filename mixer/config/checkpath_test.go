@@ -99,6 +99,13 @@ func TestCheckPathMistakes(t *testing.T) {
 			`a.yaml:17: quotas[0].maxAmount: "lots" is not a whole number`},
 		{"instances not a list", map[string]string{"a.yaml": rep(quotaConfig, "instances: [per-user]", "instances: per-user")},
 			`a.yaml:27: actions[0].instances: "per-user" is not a list`},
+		// Written inline, the value and the mappings around it share a line: the
+		// line cannot tell which is wrong, and no field is named rather than the
+		// wrong one (actions[0], which is a mapping as it should be).
+		{"instances a mapping, written inline", map[string]string{"a.yaml": rep(quotaConfig, "instances: [per-user]", "instances: {a: per-user}")},
+			`a.yaml:27: a mapping is not a list`},
+		{"a rate limit's field a mapping, written inline", map[string]string{"rl.yaml": "domain: api\ndescriptors:\n- key: user\n  rate_limit: {unit: minute, requests_per_unit: 5, name: {a: b}}\n"},
+			`rl.yaml:4: a mapping is not a string`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -80,35 +80,36 @@ func typeErrorText(node *yaml.Node, line int, m string) string {
 	// yaml.v3 cuts a value longer than 10 bytes to its first 7 and "...".
 	prefix, cut := strings.CutSuffix(value, "...")
 	cut = cut && len(prefix) == 7
-	var path string
+	// Every node that fits: written inline, several may share the line (a mapping
+	// inside a mapping), and the line cannot tell which one the error is about.
+	var paths []string
 	var found *yaml.Node
-	var walk func(n *yaml.Node, p string) bool
-	walk = func(n *yaml.Node, p string) bool {
+	var walk func(n *yaml.Node, p string)
+	walk = func(n *yaml.Node, p string) {
 		if n == nil {
-			return false
+			return
 		}
 		if n.Line == line && n.Kind == kind && (kind != yaml.ScalarNode || n.Value == value || cut && strings.HasPrefix(n.Value, prefix)) {
-			path, found = p, n
-			return true
+			paths, found = append(paths, p), n
 		}
 		switch n.Kind {
 		case yaml.MappingNode:
 			for _, kv := range mappingEntries(n) {
-				if walk(kv[1], join(p, kv[0].Value)) {
-					return true
-				}
+				walk(kv[1], join(p, kv[0].Value))
 			}
 		case yaml.SequenceNode:
 			for i, el := range n.Content {
-				if walk(el, fmt.Sprintf("%s[%d]", p, i)) {
-					return true
-				}
+				walk(el, fmt.Sprintf("%s[%d]", p, i))
 			}
 		}
-		return false
 	}
-	if !walk(node, "") {
+	walk(node, "")
+	if len(paths) == 0 {
 		return m
+	}
+	path := paths[0]
+	if len(paths) > 1 {
+		path = "" // no field rather than the wrong one
 	}
 	var got string
 	switch kind {

@@ -4,6 +4,8 @@ package expr
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -116,16 +118,9 @@ func (c *Compiler) compile(src string, fast bool) (*Expression, error) {
 	native := checked.NativeRep()
 	e := &Expression{Source: src, Type: typeOf(checked.OutputType())}
 	e.refs = c.references(native)
-	e.keyRefs = c.keyReferences(native)
-	for _, r := range e.keyRefs {
-		switch r.ID {
-		case attribute.RequestHeaders, attribute.ResponseHeaders, attribute.ResponseTrailers:
-			// Envoy lower-cases header names, so such a key never matches: a DENY
-			// policy or a rule written with it would never apply.
-			if lower := strings.ToLower(r.Key); r.Keyed && lower != r.Key {
-				return nil, fmt.Errorf("header names arrive lower-cased, so %s[%q] never matches: write %q", r.ID.Name(), r.Key, lower)
-			}
-		}
+	var err error
+	if e.keyRefs, err = c.keyReferences(native); err != nil {
+		return nil, err
 	}
 	if !fast || !c.fastPath(e, native) {
 		opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
@@ -185,8 +180,11 @@ type Ref struct {
 
 // keyReferences lists the attributes read, narrowing map attributes to the constant
 // keys they are indexed by, so that the check cache keys on one header rather than
-// on every header (x-request-id differs for every request).
-func (c *Compiler) keyReferences(a *ast.AST) []Ref {
+// on every header (x-request-id differs for every request). A header map read by a
+// key with capitals is an error, even where the whole map is read too: Envoy
+// lower-cases header names, so such a key never matches, and a DENY policy or a
+// rule written with it would never apply.
+func (c *Compiler) keyReferences(a *ast.AST) ([]Ref, error) {
 	keys := map[attribute.ID]map[string]bool{}
 	whole := map[attribute.ID]bool{}
 	var visit func(e ast.Expr)
@@ -266,6 +264,13 @@ func (c *Compiler) keyReferences(a *ast.AST) []Ref {
 			whole[id] = true
 		}
 	}
+	for _, id := range []attribute.ID{attribute.RequestHeaders, attribute.ResponseHeaders, attribute.ResponseTrailers} {
+		for _, k := range slices.Sorted(maps.Keys(keys[id])) {
+			if lower := strings.ToLower(k); lower != k {
+				return nil, fmt.Errorf("header names arrive lower-cased, so %s[%q] never matches: write %q", id.Name(), k, lower)
+			}
+		}
+	}
 	var out []Ref
 	for id, ks := range keys {
 		if whole[id] {
@@ -288,7 +293,7 @@ func (c *Compiler) keyReferences(a *ast.AST) []Ref {
 		}
 		return out[i].Key < out[j].Key
 	})
-	return out
+	return out, nil
 }
 
 // attrRef returns the attribute an expression node names, if it is a plain reference.

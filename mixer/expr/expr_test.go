@@ -177,7 +177,10 @@ func TestCompileErrors(t *testing.T) {
 	c := compiler(t)
 	for _, src := range []string{``, `request.pth`, `request.path +`, `response.code == "x"`, `foo(1)`,
 		// Header names arrive lower-cased: these could never match.
-		`request.headers["X-Block"] == "1"`, `has(response.headers.Location)`, `"X-Role" in request.headers`} {
+		`request.headers["X-Block"] == "1"`, `has(response.headers.Location)`, `"X-Role" in request.headers`,
+		// ... also where the expression reads the whole map besides.
+		`request.headers["X-Block"] == "1" && size(request.headers) > 0`,
+		`response.headers.exists(k, k == "x") || has(response.headers.Location)`} {
 		if _, err := c.Compile(src); err == nil {
 			t.Errorf("Compile(%q) succeeded", src)
 		}

@@ -243,10 +243,17 @@ func (c *conn) finish() {
 		c.closed = true
 		c.nc.Close()
 	}
-	if n := len(c.open); n > 0 {
-		// Calls accepted and not answered: their answers are lost with the
-		// connection.
-		c.srv.errs.WithLabelValues(ReasonConnClosed).Add(float64(n))
+	// Calls accepted and not answered: their answers are lost with the
+	// connection. A call refused at its headers (st.err, counted then) and still
+	// uploading was never accepted.
+	lost := 0
+	for _, st := range c.open {
+		if st.err == nil {
+			lost++
+		}
+	}
+	if lost > 0 {
+		c.srv.errs.WithLabelValues(ReasonConnClosed).Add(float64(lost))
 	}
 	for _, st := range c.open {
 		c.closeStreamLocked(st)

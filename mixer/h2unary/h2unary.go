@@ -426,7 +426,7 @@ func statusFields(st *status.Status) []hpack.HeaderField {
 	return f
 }
 
-// prefaceTimeout bounds how long a new connection may take to speak: its TLS
+// prefaceTimeout bounds each of the first two steps of a new connection: its TLS
 // handshake, then its HTTP/2 preface.
 const prefaceTimeout = 10 * time.Second
 

@@ -748,3 +748,45 @@ func TestTLSHandshakeCounted(t *testing.T) {
 		t.Errorf("%s = %v after a good handshake, want %v", ReasonTLS, got, before)
 	}
 }
+
+// TestRefusedCallsNotCountedAgainOnClose: a call refused at its headers (and
+// counted for it) that is still uploading when its client leaves was never
+// accepted: it is not counted connection_closed as well.
+func TestRefusedCallsNotCountedAgainOnClose(t *testing.T) {
+	tests := []struct {
+		name, path string
+		extra      []string
+		reason     string
+	}{
+		{"unknown method", "/no.Such/Method", nil, ReasonUnknownMethod},
+		{"compressed", echoPath, []string{"grpc-encoding", "gzip"}, ReasonBadRequest},
+		{"malformed grpc-timeout", echoPath, []string{"grpc-timeout", "soon"}, ReasonBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := startServer(t, Options{}, false)
+			r := dialRaw(t, ts.addr)
+			r.headers(1, tt.path, false, tt.extra...) // refused, still uploading
+			// The server answers a PING after the frames before it.
+			_ = r.fr.WritePing(false, [8]byte{1})
+			_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			for {
+				f, err := r.fr.ReadFrame()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
+					break
+				}
+			}
+			r.c.Close()
+			waitFor(t, func() bool { return testutil.ToFloat64(ts.conns) == 0 }, "the connection closed")
+			if got := ts.errors(tt.reason); got != 1 {
+				t.Errorf("%s = %v, want 1", tt.reason, got)
+			}
+			if got := ts.errors(ReasonConnClosed); got != 0 {
+				t.Errorf("%s = %v, want 0: the call was counted when it was refused", ReasonConnClosed, got)
+			}
+		})
+	}
+}
