@@ -76,6 +76,12 @@ type Options struct {
 	// address with a lean HTTP/2 transport (mixer/h2unary: less CPU per check and a
 	// shorter tail than grpc-go); the gRPC port serves them as well.
 	CheckAddr string
+	// MaxConcurrentStreams bounds the calls and streams of one connection to the
+	// gRPC port or the check listener; 0 means 1024.
+	MaxConcurrentStreams int
+	// MaxDetailedDescriptors bounds the descriptor names detailed_metric adds to
+	// sluice_ratelimit_descriptors_total; 0 means 10000 (see check.Options).
+	MaxDetailedDescriptors int
 }
 
 // redisLayer replaces the default quota handler with one backed by Redis at addr.
@@ -160,6 +166,7 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 	checks, err := check.New(check.Options{
 		Dispatcher: m.disp, Registry: m.registry, Compiler: compiler, Logger: opts.Logger, Metrics: m.metrics,
 		Now: opts.Now, CacheSize: opts.CheckCacheSize, RateLimitHeaders: opts.RateLimitHeaders,
+		MaxDetailedDescriptors: opts.MaxDetailedDescriptors,
 	})
 	if err != nil {
 		_ = m.disp.Close(ctx)
@@ -172,7 +179,7 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 		Gatherer: prometheus.Gatherers{m.metrics, m.disp}, Metrics: m.metrics, Logger: opts.Logger,
 		Config: m.configView, Routes: opts.AdminRoutes,
 		Register:  append([]func(*grpc.Server){checks.Register}, opts.GRPCServices...),
-		CheckAddr: opts.CheckAddr, CheckMethods: checks.Methods(),
+		CheckAddr: opts.CheckAddr, CheckMethods: checks.Methods(), MaxConcurrentStreams: opts.MaxConcurrentStreams,
 	}
 	if grpcTLS.Enabled() {
 		if sopts.GRPCTLS, err = grpcTLS.TLSConfig(); err != nil {

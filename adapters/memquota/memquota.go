@@ -205,9 +205,10 @@ func (h *Handler) decide(r *quota.Request, now int64) (quota.Decision, error) {
 	default:
 		return quota.Decision{}, fmt.Errorf("unknown rate-limit algorithm %q", l.Algorithm)
 	}
-	s := &h.shards[maphash.String(h.seed, r.Key)&uint64(len(h.shards)-1)]
+	key := quotakit.BoundKey(r.Key) // the state keeps it
+	s := &h.shards[maphash.String(h.seed, key)&uint64(len(h.shards)-1)]
 	s.mu.Lock()
-	e, held := s.get(stateKey{key: r.Key, alg: alg}, now)
+	e, held := s.get(stateKey{key: key, alg: alg}, now)
 	evicted, elsewhere := false, false
 	if held > h.maxKeys {
 		// The new key took the handler past maxKeys: forget one, here when this

@@ -197,6 +197,35 @@ func TestMaxKeysEvictsLeastRecent(t *testing.T) {
 	}
 }
 
+// TestLongKeysBounded: maxKeys bounds the keys held, and MaxKeyBytes what each
+// holds: keys made of long values (a client's 64 KiB header as a dimension) are
+// kept as their bounded form, and each still has its own count.
+func TestLongKeysBounded(t *testing.T) {
+	h, _ := newHandler(t, &Params{})
+	now := quotatest.Base()
+	l := quota.Limit{Requests: 1, Window: time.Minute}
+	long := strings.Repeat("v", 64<<10)
+	const n = 100
+	for i := range n {
+		key := fmt.Sprint("api|user=", long, i)
+		if !quotatest.AllowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}).Allowed {
+			t.Fatalf("key %d: the first hit was denied", i)
+		}
+		if quotatest.AllowOne(t, h, now, quota.Request{Key: key, Limit: l, Hits: 1}).Allowed {
+			t.Fatalf("key %d: the second hit was allowed", i)
+		}
+	}
+	held := 0
+	for i := range h.shards {
+		for k := range h.shards[i].keys {
+			held += len(k.key)
+		}
+	}
+	if held > n*quotakit.MaxKeyBytes {
+		t.Errorf("%d keys hold %d bytes of key, want at most %d", h.Len(), held, n*quotakit.MaxKeyBytes)
+	}
+}
+
 // TestMaxKeysHoldsLiveKeys: no live key is forgotten while the handler holds fewer
 // than maxKeys keys, however the keys fall into its shards; so every user's count
 // holds and an over-limit request is denied. At maxKeys, each new key forgets one

@@ -1,6 +1,11 @@
 package quotakit
 
-import "slices"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"slices"
+)
 
 // InstanceKey is the rate-limit key of a quota instance: its qualified name and every
 // dimension, sorted by name, as name;k1=v1;k2=v2. Each distinct set of dimension
@@ -32,6 +37,30 @@ func appendDims(b []byte, dims map[string]string) []byte {
 		b = AppendEscaped(b, dims[k], &instanceSpecial)
 	}
 	return b
+}
+
+// MaxKeyBytes bounds the counting keys a backend keeps (memquota's states, Redis
+// keys, the local deny cache). A key holds the values of a request's dimensions or
+// descriptors, which a client sends up to the message bound: 100,000 memquota keys
+// of 60 KiB values would hold 6 GiB. A longer key is counted under BoundKey's
+// digest of it.
+const MaxKeyBytes = 512
+
+// BoundKey returns key when it has at most MaxKeyBytes, else a key of MaxKeyBytes
+// that stands for it: its start, "%#", and the hex SHA-256 of the whole key. Keys
+// built with AppendEscaped never hold a raw "%#", so no such key equals a
+// digest's, and two long keys share one only if their SHA-256 collides.
+func BoundKey(key string) string {
+	if len(key) <= MaxKeyBytes {
+		return key
+	}
+	d := sha256.New()
+	_, _ = io.WriteString(d, key)
+	b := make([]byte, 0, MaxKeyBytes)
+	b = append(b, key[:MaxKeyBytes-2-hex.EncodedLen(sha256.Size)]...)
+	b = append(b, "%#"...)
+	b = hex.AppendEncode(b, d.Sum(nil))
+	return string(b)
 }
 
 // EscapeSet is the set of bytes AppendEscaped percent-encodes; '%' is always in it,

@@ -169,6 +169,31 @@ func TestInstanceKey(t *testing.T) {
 	}
 }
 
+// TestBoundKey: a key up to MaxKeyBytes is itself; a longer one, which a client
+// sending long values makes, is kept as MaxKeyBytes, and still tells keys apart.
+func TestBoundKey(t *testing.T) {
+	short := InstanceKey("ns/rq", map[string]string{"user": strings.Repeat("u", 400)})
+	if got := BoundKey(short); got != short {
+		t.Errorf("a key of %d bytes changed", len(short))
+	}
+	long := func(v string) string {
+		return InstanceKey("ns/rq", map[string]string{"user": strings.Repeat("u", 64<<10) + v})
+	}
+	a, b := BoundKey(long("a")), BoundKey(long("b"))
+	if len(a) != MaxKeyBytes || len(b) != MaxKeyBytes {
+		t.Errorf("bounded keys of %d and %d bytes, want %d", len(a), len(b), MaxKeyBytes)
+	}
+	if a == b {
+		t.Error("two long keys differing at their end share a bounded key")
+	}
+	if BoundKey(long("a")) != a {
+		t.Error("a bounded key is not stable")
+	}
+	if !strings.HasPrefix(a, "ns/rq;user=uuu") {
+		t.Errorf("a bounded key %.20q… does not start as its key", a)
+	}
+}
+
 func TestClusterKey(t *testing.T) {
 	for _, tc := range []struct{ prefix, id, want string }{
 		{"sluice:fw:", "ns/rq;a=1", "sluice:fw:{ns/rq;a=1}"},

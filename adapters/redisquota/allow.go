@@ -315,10 +315,11 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 	w := l.Window.Microseconds()
 	slack := keySlack.Milliseconds()
 	var buf [128]byte
+	id := quotakit.BoundKey(r.Key) // Redis and the deny cache keep it
 	switch l.Algorithm {
 	case "", quota.FixedWindow:
 		o.start = quotakit.FixedWindowStart(now, w)
-		b := quotakit.AppendClusterKey(buf[:0], fixedPrefix, r.Key)
+		b := quotakit.AppendClusterKey(buf[:0], fixedPrefix, id)
 		b = strconv.AppendInt(append(b, ':'), w, 10)
 		b = strconv.AppendInt(append(b, ':'), o.start, 10)
 		ttl := (o.start+w-now+999)/1000 + slack + h.expiryJitter(b, w)
@@ -328,7 +329,7 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 		o.arg(int64(quotakit.FixedIncrement(l, r.Hits)))
 		o.arg(ttl)
 	case quota.SlidingWindow:
-		b := quotakit.AppendClusterKey(buf[:0], slidingPrefix, r.Key)
+		b := quotakit.AppendClusterKey(buf[:0], slidingPrefix, id)
 		n := len(b)
 		log := string(append(b, ":log"...))
 		hits := string(append(b[:n], ":hits"...))
@@ -344,7 +345,7 @@ func (h *Handler) plan(o *op, r *quota.Request, now int64) error {
 			return err
 		}
 		o.scale = s
-		b := quotakit.AppendClusterKey(buf[:0], bucketPrefix, r.Key)
+		b := quotakit.AppendClusterKey(buf[:0], bucketPrefix, id)
 		b = strconv.AppendUint(append(b, ':'), l.Requests, 10)
 		b = strconv.AppendInt(append(b, ':'), w, 10)
 		o.script = h.bucket

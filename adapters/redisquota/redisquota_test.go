@@ -167,6 +167,20 @@ func TestPlanKeys(t *testing.T) {
 	if err := h.plan(&o, &quota.Request{Key: "k", Limit: quota.Limit{Requests: 1}}, now); err == nil {
 		t.Error("a zero window was planned")
 	}
+	// A key of a client's long values is sent, and denied locally, in its bounded
+	// form: Redis and the deny cache keep at most MaxKeyBytes of it.
+	for _, alg := range []quota.Algorithm{quota.FixedWindow, quota.SlidingWindow, quota.TokenBucket} {
+		var o op
+		r := quota.Request{Key: "ns/rq;a=" + strings.Repeat("v", 1<<20), Limit: quota.Limit{Requests: 5, Window: time.Second, Algorithm: alg}, Hits: 1}
+		if err := h.plan(&o, &r, now); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range append(o.keys, o.deny.Key) {
+			if len(k) > quotakit.MaxKeyBytes+64 {
+				t.Errorf("%s: a key of %d bytes", alg, len(k))
+			}
+		}
+	}
 }
 
 // sent renders o's command after the script as the Redis client writes it: the

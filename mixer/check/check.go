@@ -49,7 +49,16 @@ type Options struct {
 	// QuotaHandler is the handler the rate-limit service uses; empty means
 	// DefaultQuotaHandler.
 	QuotaHandler string
+	// MaxDetailedDescriptors bounds the descriptor names that detailed_metric,
+	// which names a descriptor by the request's values, adds to
+	// sluice_ratelimit_descriptors_total over the life of the server; past it
+	// (and for a name longer than 1 KiB) a descriptor is counted as "overflow".
+	// 0 means DefaultMaxDetailedDescriptors.
+	MaxDetailedDescriptors int
 }
+
+// DefaultMaxDetailedDescriptors is the default of Options.MaxDetailedDescriptors.
+const DefaultMaxDetailedDescriptors = 10000
 
 // Server implements envoy.service.auth.v3.Authorization and
 // envoy.service.ratelimit.v3.RateLimitService.
@@ -104,6 +113,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.QuotaHandler == "" {
 		opts.QuotaHandler = DefaultQuotaHandler
+	}
+	if opts.MaxDetailedDescriptors <= 0 {
+		opts.MaxDetailedDescriptors = DefaultMaxDetailedDescriptors
 	}
 	s := &Server{
 		opts: opts, log: opts.Logger, compiler: opts.Compiler, vocab: attribute.NewVocabulary(),

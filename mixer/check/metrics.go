@@ -2,6 +2,8 @@ package check
 
 import (
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,10 +20,67 @@ type metrics struct {
 	cacheMisses    prometheus.Counter
 	cacheEvictions prometheus.Counter
 	cacheSkips     prometheus.Counter
+	// detailed bounds the descriptor label values made of request values.
+	detailed detailedNames
+}
+
+// rateLimitMetric is the metric whose descriptor label detailedNames bounds.
+const rateLimitMetric = "sluice_ratelimit_descriptors_total"
+
+// overflowLabel is the descriptor label of what detailedNames folds, as the
+// report path names its overflow series.
+const overflowLabel = "overflow"
+
+// maxDetailedName bounds the length of a detailed descriptor name: it holds the
+// request's values, which a client sends up to the message bound.
+const maxDetailedName = 1 << 10
+
+// detailedNames bounds the descriptor names of sluice_ratelimit_descriptors_total
+// that come from requests (detailed_metric, as envoyproxy/ratelimit names such
+// stats: the request's key_value at every level). Each name is a series kept for
+// the life of the process, and a client choosing the values could otherwise add
+// them without end. The first max names, each up to maxDetailedName bytes, are
+// kept; any other is counted under overflowLabel, and in folded, which
+// sluice_series_overflow_total{metric="sluice_ratelimit_descriptors_total"} reports.
+type detailedNames struct {
+	max    int
+	mu     sync.RWMutex
+	names  map[string]struct{}
+	folded *atomic.Uint64
+}
+
+// label is the descriptor label of the detailed name, which the caller does not
+// change afterwards.
+func (d *detailedNames) label(name string) string {
+	if len(name) <= maxDetailedName {
+		d.mu.RLock()
+		_, ok := d.names[name]
+		full := len(d.names) >= d.max
+		d.mu.RUnlock()
+		if ok {
+			return name
+		}
+		if !full {
+			d.mu.Lock()
+			if _, ok := d.names[name]; ok || len(d.names) < d.max {
+				d.names[name] = struct{}{}
+				d.mu.Unlock()
+				return name
+			}
+			d.mu.Unlock()
+		}
+	}
+	d.folded.Add(1)
+	return overflowLabel
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
+	folded := &atomic.Uint64{}
+	if s.opts.Dispatcher != nil {
+		folded = s.opts.Dispatcher.SeriesOverflow(rateLimitMetric)
+	}
 	m := &metrics{
+		detailed: detailedNames{max: s.opts.MaxDetailedDescriptors, names: map[string]struct{}{}, folded: folded},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_check_requests_total", Help: "Check requests answered, by service (ext_authz, ratelimit) and outcome.",
 		}, []string{"service", "outcome"}),
@@ -36,8 +95,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "sluice_check_rule_errors_total", Help: "Checks denied because a rule's match or instance failed with an error other than a missing attribute, by rule.",
 		}, []string{"rule"}),
 		rateLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_ratelimit_descriptors_total",
-			Help: "Rate-limit descriptors decided, by domain, descriptor (key_value path as envoyproxy/ratelimit names its stats) and result.",
+			Name: rateLimitMetric,
+			Help: "Rate-limit descriptors decided, by domain, descriptor (key_value path as envoyproxy/ratelimit names its stats; overflow past the bound on detailed_metric names) and result.",
 		}, []string{"domain", "descriptor", "result"}),
 		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_check_cache_hits_total", Help: "Policy checks answered from the check cache.",

@@ -283,6 +283,8 @@ type pending struct {
 	stat  string
 	limit quota.Limit
 	req   int // index into the backend batch, -1 when not counted
+	// detailed says that stat holds the request's values (detailed_metric).
+	detailed bool
 }
 
 // shouldRateLimit decides the request in st.rl into st.answer.
@@ -336,6 +338,7 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 		var key string
 		if known && len(d.Entries) > 0 {
 			n, key, pend[i].stat = root.match(d.Entries)
+			pend[i].detailed = n != nil && n.desc.DetailedMetric
 		}
 		var rule *rlRule
 		if n != nil {
@@ -355,6 +358,7 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 			// Keyed by its unit too: overrides of one descriptor in two units are
 			// two limits, as they are in Redis, whose keys hold the window.
 			key, pend[i].stat = root.keyPrefix+"override|"+unit.String()+"|"+entriesKey(d.Entries), "override"
+			pend[i].detailed = false
 			rule = &rlRule{rpu: d.RequestsPerUnit, unit: unit,
 				limit: quota.Limit{Requests: uint64(d.RequestsPerUnit), Window: w, Algorithm: quota.FixedWindow}}
 		}
@@ -455,7 +459,11 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 				ans.tightest = i
 			}
 		}
-		s.metrics.rateLimit.WithLabelValues(domain, p.stat, result).Inc()
+		stat := p.stat
+		if p.detailed {
+			stat = s.metrics.detailed.label(stat)
+		}
+		s.metrics.rateLimit.WithLabelValues(domain, stat, result).Inc()
 	}
 	if ans.over {
 		return "over_limit", nil

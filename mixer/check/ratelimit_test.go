@@ -525,3 +525,53 @@ func TestRateLimitHeadersAndAlgorithms(t *testing.T) {
 		}
 	})
 }
+
+// TestRateLimitDetailedMetricBound: detailed_metric names a descriptor by the
+// request's values, so a client choosing them could add series to
+// sluice_ratelimit_descriptors_total without end. The first names are kept, as
+// upstream names them; later ones, and names too long, are counted as
+// descriptor="overflow" and in sluice_series_overflow_total, and no decision goes
+// uncounted.
+func TestRateLimitDetailedMetricBound(t *testing.T) {
+	forListeners(t, func(t *testing.T, listener string) {
+		const bound, sent = 50, 200
+		s := startServer(t, func(o *mixer.Options) { o.MaxDetailedDescriptors = bound }, "testdata/ratelimit-readme/example8.yaml")
+		client := rlsv3.NewRateLimitServiceClient(s.via(listener))
+		var descs []*rlcommon.RateLimitDescriptor
+		for i := range sent {
+			descs = append(descs, descriptor("key1", fmt.Sprintf("user-%d", i)))
+		}
+		if _, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "example8", Descriptors: descs}); err != nil {
+			t.Fatal(err)
+		}
+		// A long name folds even while there is room; a kept name stays kept.
+		for _, v := range []string{strings.Repeat("x", 2<<10), "user-0"} {
+			if _, err := client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "example8",
+				Descriptors: []*rlcommon.RateLimitDescriptor{descriptor("key1", v)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f, err := loadtest.Scrape(context.Background(), s.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := map[string]bool{}
+		for _, m := range f.Series("sluice_ratelimit_descriptors_total", map[string]string{"domain": "example8"}) {
+			names[loadtest.Labels(m)["descriptor"]] = true
+		}
+		if len(names) > bound+1 {
+			t.Errorf("%d descriptor names, want at most %d and overflow", len(names), bound)
+		}
+		if !names["key1_user-0"] {
+			t.Error("the first detailed name is not kept as upstream names it")
+		}
+		over := f.Sum("sluice_ratelimit_descriptors_total", map[string]string{"domain": "example8", "descriptor": "overflow"})
+		folded := f.Sum("sluice_series_overflow_total", map[string]string{"metric": "sluice_ratelimit_descriptors_total"})
+		if over != sent-bound+1 || folded != over {
+			t.Errorf("overflow series %v, sluice_series_overflow_total %v; want %d each", over, folded, sent-bound+1)
+		}
+		if got := f.Sum("sluice_ratelimit_descriptors_total", map[string]string{"domain": "example8"}); got != sent+2 {
+			t.Errorf("descriptors counted %v, want every one (%d)", got, sent+2)
+		}
+	})
+}

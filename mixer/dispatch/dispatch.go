@@ -66,6 +66,11 @@ type Dispatcher struct {
 	totalsMu sync.Mutex
 	totals   map[string]*atomic.Int64
 
+	// folded counts what other components fold into the overflow series of the
+	// metrics they bound (see SeriesOverflow), by metric.
+	foldedMu sync.Mutex
+	folded   map[string]*atomic.Uint64
+
 	// submitMu lets Close wait out Submits in progress before closing the queues.
 	submitMu sync.RWMutex
 	closed   bool

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"strconv"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -155,9 +156,33 @@ func (m *selfMetrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(m.series, prometheus.GaugeValue, float64(rt.groups[ap.group].total.Load()), ap.agg.Name)
 		}
 	}
+	m.d.foldedMu.Lock()
+	for name, c := range m.d.folded {
+		overflow[name] += c.Load()
+	}
+	m.d.foldedMu.Unlock()
 	for name, v := range overflow {
 		ch <- prometheus.MustNewConstMetric(m.overflow, prometheus.CounterValue, float64(v), name)
 	}
+}
+
+// SeriesOverflow returns the count of observations folded into the overflow series
+// of metric, a metric another component keeps and bounds (the check path's
+// sluice_ratelimit_descriptors_total), which sluice_series_overflow_total{metric}
+// reports beside the report path's. It is the same counter for every call with
+// one metric.
+func (d *Dispatcher) SeriesOverflow(metric string) *atomic.Uint64 {
+	d.foldedMu.Lock()
+	defer d.foldedMu.Unlock()
+	c := d.folded[metric]
+	if c == nil {
+		if d.folded == nil {
+			d.folded = map[string]*atomic.Uint64{}
+		}
+		c = &atomic.Uint64{}
+		d.folded[metric] = c
+	}
+	return c
 }
 
 // adapterStats binds the adapter counters to one handler.

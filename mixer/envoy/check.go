@@ -261,6 +261,12 @@ func ofIdentity(w *registry.Workload, ns, sa string) bool {
 	return w.Namespace == ns && (w.ServiceAccount == "" || w.ServiceAccount == sa)
 }
 
+// maxCachedPrincipal bounds the principals the certified cache keeps, as the cache
+// holds maxPeerCache of them: a SPIFFE ID has at most 2048 bytes, and a longer
+// principal, which only a client reaching the check port itself can send (up to
+// the message bound), is decoded afresh each time.
+const maxCachedPrincipal = 2048
+
 // certified is the workload of a peer known only by its certificate's identity,
 // through a bounded cache shared by all requests.
 func (d *CheckDecoder) certified(principal, ns, sa string) *registry.Workload {
@@ -273,6 +279,9 @@ func (d *CheckDecoder) certified(principal, ns, sa string) *registry.Workload {
 	w = &registry.Workload{Name: registry.Unknown, Namespace: strings.Clone(ns), Instance: registry.Unknown, ServiceAccount: strings.Clone(sa)}
 	w.Derive(d.trustDomain)
 	w.CanonicalService, w.CanonicalRevision = registry.Unknown, registry.Unknown
+	if len(principal) > maxCachedPrincipal {
+		return w
+	}
 	d.mu.Lock()
 	if len(d.principals) >= maxPeerCache {
 		clear(d.principals)

@@ -35,6 +35,11 @@ type Options struct {
 	AdminAddr string
 	// MaxRecvMsgSize bounds one gRPC message; larger ones fail with RESOURCE_EXHAUSTED.
 	MaxRecvMsgSize int
+	// MaxConcurrentStreams bounds the calls and streams one connection holds at
+	// once, on the gRPC port and the check listener; 0 means 1024. A client past
+	// it has its new streams refused (REFUSED_STREAM): Envoy and grpc-go open
+	// another connection or wait.
+	MaxConcurrentStreams int
 	// GRPCTLS and AdminTLS, when set, serve TLS on the listeners.
 	GRPCTLS  *tls.Config
 	AdminTLS *tls.Config
@@ -59,6 +64,14 @@ type Options struct {
 	CheckAddr    string
 	CheckMethods []h2unary.Method
 }
+
+// DefaultMaxConcurrentStreams is the default of Options.MaxConcurrentStreams.
+const DefaultMaxConcurrentStreams = 1024
+
+// MaxHeaderListSize bounds the header block (decoded) of one call on the gRPC port,
+// as the check listener bounds it: gRPC calls carry their data in messages, and
+// Envoy's headers for a call are a few hundred bytes.
+const MaxHeaderListSize = 64 << 10
 
 // Server is Sluice's network front.
 type Server struct {
@@ -86,6 +99,10 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxRecvMsgSize <= 0 {
 		opts.MaxRecvMsgSize = 16 << 20
 	}
+	if opts.MaxConcurrentStreams <= 0 {
+		opts.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	opts.MaxConcurrentStreams = min(opts.MaxConcurrentStreams, 1<<31-1) // HTTP/2's stream IDs
 	s := &Server{opts: opts, log: opts.Logger}
 	s.als = &alsServer{
 		d:           opts.Dispatcher,
@@ -112,6 +129,12 @@ func New(opts Options) (*Server, error) {
 		grpc.ForceServerCodecV2(newCodec()),
 		experimental.BufferPool(pool),
 		grpc.MaxRecvMsgSize(opts.MaxRecvMsgSize),
+		// grpc-go's defaults are unbounded streams per connection and 16 MiB of
+		// headers per stream: each stream holds a goroutine, and a unary call's
+		// stream up to MaxRecvMsgSize of request, so that one connection could
+		// hold any number of them. The bounds are the check listener's.
+		grpc.MaxConcurrentStreams(uint32(opts.MaxConcurrentStreams)),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
 		// Checks are short calls: long-lived workers, whose stacks have grown
 		// already, serve them for ~5% less CPU than a new goroutine per call
 		// (measured with sluice-loadtest check at 10k/s).
@@ -145,7 +168,7 @@ func New(opts Options) (*Server, error) {
 	if opts.CheckAddr != "" {
 		s.check, err = h2unary.New(h2unary.Options{
 			Methods: opts.CheckMethods, MaxRecvMsgSize: opts.MaxRecvMsgSize, TLS: opts.GRPCTLS,
-			Logger: opts.Logger, Metrics: opts.Metrics,
+			Logger: opts.Logger, Metrics: opts.Metrics, MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
 		})
 		if err == nil {
 			s.checkLis, err = net.Listen("tcp", opts.CheckAddr)

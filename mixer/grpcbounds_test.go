@@ -1,0 +1,90 @@
+package mixer_test
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/sluicemesh/sluice/mixer"
+	"github.com/sluicemesh/sluice/mixer/server"
+)
+
+// TestGRPCPortStreamBound: a client that opens calls on the gRPC port and never
+// finishes their requests holds a stream, a goroutine and up to a message of
+// buffer for each; one connection may hold MaxConcurrentStreams of them, and the
+// streams it opens past that are refused. The port also bounds a call's header
+// block, as the check listener does, rather than grpc-go's 16 MiB.
+func TestGRPCPortStreamBound(t *testing.T) {
+	const limit, opened = 64, 200
+	h := start(t, t.TempDir(), func(o *mixer.Options) { o.MaxConcurrentStreams = limit })
+	nc, err := net.Dial("tcp", h.GRPCAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fr := http2.NewFramer(nc, nc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for i := range opened {
+		hb.Reset()
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/envoy.service.auth.v3.Authorization/Check"},
+			{":authority", "sluice"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		// Headers without END_STREAM: the call waits for a request that never comes.
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The server answers frames in order: once the PING is answered, every stream
+	// it refused has been reset.
+	if err := fr.WritePing(false, [8]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	settings := map[http2.SettingID]uint32{}
+	refused := 0
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = f.ForeachSetting(func(s http2.Setting) error { settings[s.ID] = s.Val; return nil })
+				_ = fr.WriteSettingsAck()
+			}
+		case *http2.RSTStreamFrame:
+			if f.ErrCode == http2.ErrCodeRefusedStream {
+				refused++
+			}
+		case *http2.GoAwayFrame:
+			t.Fatalf("GOAWAY %v: %s", f.ErrCode, f.DebugData())
+		}
+		if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
+			break
+		}
+	}
+	if got, ok := settings[http2.SettingMaxConcurrentStreams]; !ok || got != limit {
+		t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS = %d (sent: %v), want %d", got, ok, limit)
+	}
+	if got := settings[http2.SettingMaxHeaderListSize]; got != server.MaxHeaderListSize {
+		t.Errorf("SETTINGS_MAX_HEADER_LIST_SIZE = %d, want %d", got, server.MaxHeaderListSize)
+	}
+	if held := opened - refused; held > limit {
+		t.Errorf("one connection holds %d unfinished calls, want at most %d (%d refused)", held, limit, refused)
+	}
+}
