@@ -38,3 +38,30 @@ func TestCertifiedCacheBytesBounded(t *testing.T) {
 		t.Error("an ordinary principal is not cached")
 	}
 }
+
+// TestPeerCacheBytesBounded: the access-log decoder's cache of peer headers keeps
+// none longer than maxCachedPeerHeader, though it still decodes them.
+func TestPeerCacheBytesBounded(t *testing.T) {
+	d := NewDecoder("cluster.local")
+	ok, err := EncodePeerMetadata(&registry.Workload{Name: "frontend", Namespace: "shop", Instance: "frontend-x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		long := fmt.Sprintf("%d%s", i, strings.Repeat("A", 64<<10))
+		d.peer(long) // not base64 of a Struct: counted as bad, and not kept
+	}
+	if w := d.peer(ok); w == nil || w.Name != "frontend" {
+		t.Fatalf("an ordinary header decodes to %+v", w)
+	}
+	held := 0
+	for h := range d.peers {
+		held += len(h)
+	}
+	if bound := len(d.peers) * maxCachedPeerHeader; held > bound {
+		t.Errorf("%d cached headers hold %d bytes, want at most %d", len(d.peers), held, bound)
+	}
+	if d.Stats.BadPeerMetadata != 100 {
+		t.Errorf("%d bad headers counted, want 100", d.Stats.BadPeerMetadata)
+	}
+}

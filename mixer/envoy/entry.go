@@ -900,16 +900,24 @@ func (d *Decoder) peer(h string) *registry.Workload {
 	if w, ok := d.peers[h]; ok {
 		return w
 	}
-	if len(d.peers) >= maxPeerCache {
-		clear(d.peers)
-	}
 	w, err := DecodePeerMetadata(h, d.trustDomain)
 	if err != nil {
 		d.Stats.BadPeerMetadata++
 	}
+	if len(h) > maxCachedPeerHeader {
+		return w // decoded each time rather than held (see maxCachedPeerHeader)
+	}
+	if len(d.peers) >= maxPeerCache {
+		clear(d.peers)
+	}
 	d.peers[strings.Clone(h)] = w
 	return w
 }
+
+// maxCachedPeerHeader bounds the peer headers the cache keeps: Istio's are 1–3 KiB,
+// and a client writing one as long as Envoy lets a header be would otherwise make
+// each of maxPeerCache entries that long.
+const maxCachedPeerHeader = 16 << 10
 
 // errNoIdentity is returned for peer metadata without a workload or pod name.
 var errNoIdentity = fmt.Errorf("peer metadata names no workload")
