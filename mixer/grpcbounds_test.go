@@ -88,3 +88,44 @@ func TestGRPCPortStreamBound(t *testing.T) {
 		t.Errorf("one connection holds %d unfinished calls, want at most %d (%d refused)", held, limit, refused)
 	}
 }
+
+// TestGRPCPortDropsSilentPeers: a peer that stops answering (an Envoy whose node
+// died) is pinged once the connection has been silent for KeepaliveTime, and
+// closed when the ping goes unanswered for KeepaliveTimeout, rather than holding
+// its streams for grpc-go's default of two hours.
+func TestGRPCPortDropsSilentPeers(t *testing.T) {
+	h := start(t, t.TempDir(), func(o *mixer.Options) {
+		o.KeepaliveTime, o.KeepaliveTimeout = 200*time.Millisecond, 200*time.Millisecond
+	})
+	nc, err := net.Dial("tcp", h.GRPCAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(nc, nc)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	// Read, so that the server's writes never block, but answer nothing.
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	pinged := false
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			if !pinged {
+				t.Fatalf("connection ended (%v) before the server pinged it", err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("a silent peer was closed after %v", d)
+			}
+			return
+		}
+		if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+			pinged = true
+		}
+	}
+}

@@ -79,6 +79,9 @@ type Options struct {
 	// MaxConcurrentStreams bounds the calls and streams of one connection to the
 	// gRPC port or the check listener; 0 means 1024.
 	MaxConcurrentStreams int
+	// KeepaliveTime and KeepaliveTimeout are the gRPC port's pings of silent peers
+	// (server.Options); 0 means 30s and 10s.
+	KeepaliveTime, KeepaliveTimeout time.Duration
 	// MaxDetailedDescriptors bounds the descriptor names detailed_metric adds to
 	// sluice_ratelimit_descriptors_total; 0 means 10000 (see check.Options).
 	MaxDetailedDescriptors int
@@ -180,6 +183,7 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 		Config: m.configView, Routes: opts.AdminRoutes,
 		Register:  append([]func(*grpc.Server){checks.Register}, opts.GRPCServices...),
 		CheckAddr: opts.CheckAddr, CheckMethods: checks.Methods(), MaxConcurrentStreams: opts.MaxConcurrentStreams,
+		KeepaliveTime: opts.KeepaliveTime, KeepaliveTimeout: opts.KeepaliveTimeout,
 	}
 	if grpcTLS.Enabled() {
 		if sopts.GRPCTLS, err = grpcTLS.TLSConfig(); err != nil {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/sluicemesh/sluice/mixer/dispatch"
@@ -40,6 +41,10 @@ type Options struct {
 	// it has its new streams refused (REFUSED_STREAM): Envoy and grpc-go open
 	// another connection or wait.
 	MaxConcurrentStreams int
+	// KeepaliveTime is how long a connection to the gRPC port may be silent before
+	// the server pings it, and KeepaliveTimeout how long the ping may go
+	// unanswered before the connection is closed; 0 means 30s and 10s.
+	KeepaliveTime, KeepaliveTimeout time.Duration
 	// GRPCTLS and AdminTLS, when set, serve TLS on the listeners.
 	GRPCTLS  *tls.Config
 	AdminTLS *tls.Config
@@ -103,6 +108,12 @@ func New(opts Options) (*Server, error) {
 		opts.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
 	opts.MaxConcurrentStreams = min(opts.MaxConcurrentStreams, 1<<31-1) // HTTP/2's stream IDs
+	if opts.KeepaliveTime <= 0 {
+		opts.KeepaliveTime = 30 * time.Second
+	}
+	if opts.KeepaliveTimeout <= 0 {
+		opts.KeepaliveTimeout = 10 * time.Second
+	}
 	s := &Server{opts: opts, log: opts.Logger}
 	s.als = &alsServer{
 		d:           opts.Dispatcher,
@@ -135,6 +146,12 @@ func New(opts Options) (*Server, error) {
 		// hold any number of them. The bounds are the check listener's.
 		grpc.MaxConcurrentStreams(uint32(opts.MaxConcurrentStreams)),
 		grpc.MaxHeaderListSize(MaxHeaderListSize),
+		// grpc-go pings a silent peer only after 2 h, so an Envoy whose node died
+		// held its access-log streams that long; and it closes a client pinging
+		// more often than every 5 min (ENHANCE_YOUR_CALM), which an Envoy with
+		// connection_keepalive set does. As the xDS server does.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: opts.KeepaliveTime, Timeout: opts.KeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Checks are short calls: long-lived workers, whose stacks have grown
 		// already, serve them for ~5% less CPU than a new goroutine per call
 		// (measured with sluice-loadtest check at 10k/s).
