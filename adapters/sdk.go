@@ -179,6 +179,11 @@ type Factory struct {
 	Bind func(b Binding) (map[string]metric.Aggregation, error)
 	// New builds a running handler.
 	New func(ctx context.Context, env Env, params Params, inst Instances) (Handler, error)
+	// Preflight checks, for sluice validate, what a handler needs at start beyond
+	// its config (a list's file), without side effects. Optional. The server does
+	// not call it when it loads a config: a file being rewritten must not refuse a
+	// reload that does not rebuild its handler.
+	Preflight func(params Params) error
 }
 
 // Accepts reports whether the adapter accepts template t.

@@ -12,6 +12,7 @@ package list
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -113,7 +114,32 @@ func Factory() *adapters.Factory {
 		New: func(ctx context.Context, env adapters.Env, p adapters.Params, _ adapters.Instances) (adapters.Handler, error) {
 			return New(ctx, env, p.(*Params))
 		},
+		Preflight: func(p adapters.Params) error { return preflight(p.(*Params)) },
 	}
+}
+
+// preflight reads and parses the list's file as New would, without watching it,
+// so that sluice validate reports a missing file or a bad entry at its line.
+func preflight(p *Params) error {
+	if p.File == "" {
+		return nil
+	}
+	t, err := ParseEntryType(p.EntryType)
+	if err != nil {
+		return adapters.Errorf("entryType", "%v", err)
+	}
+	data, _, err := readFile(p.File)
+	if err != nil {
+		return adapters.Errorf("file", "%v", err)
+	}
+	entries, errs := parseFile(p.File, data, t)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if _, err := newMatcher(t, append(entries, p.Overrides...)); err != nil {
+		return fmt.Errorf("build list from %s: %w", p.File, err)
+	}
+	return nil
 }
 
 // Handler answers checks from the current version of its list.

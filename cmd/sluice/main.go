@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/adapters/all"
 	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/config"
@@ -89,6 +90,12 @@ func newValidate() *cobra.Command {
 				}
 				return exitError(1)
 			}
+			if errs := preflight(s); len(errs) > 0 {
+				for _, e := range errs {
+					fmt.Fprintln(cmd.OutOrStdout(), e)
+				}
+				return exitError(1)
+			}
 			user := 0
 			for _, o := range s.Objects {
 				if !o.Default {
@@ -101,6 +108,26 @@ func newValidate() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&dir, "config", "", "config directory to check")
 	return cmd
+}
+
+// preflight runs the handlers' checks of what they need beyond the config (a list's
+// file), which serve meets only when it starts them.
+func preflight(s *config.Snapshot) []string {
+	var out []string
+	for _, h := range s.Handlers {
+		if h.Factory.Preflight == nil {
+			continue
+		}
+		if err := h.Factory.Preflight(h.Params); err != nil {
+			pos := h.Object.Pos
+			var fe *adapters.FieldError
+			if errors.As(err, &fe) {
+				pos = h.Object.PosOf("params." + fe.Path)
+			}
+			out = append(out, fmt.Sprintf("%s: handler %s: %v", pos, h.Name, err))
+		}
+	}
+	return out
 }
 
 func load(dir string) (*config.Snapshot, error) {

@@ -56,6 +56,50 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestValidateListFiles: sluice validate reads the files list handlers name, as
+// serve does when it starts them: a missing file, or a bad entry at its line, is
+// reported (with the handler's position) instead of an OK that serve then refuses.
+func TestValidateListFiles(t *testing.T) {
+	dir, lists := t.TempDir(), t.TempDir()
+	good, bad := filepath.Join(lists, "good.txt"), filepath.Join(lists, "bad.txt")
+	if err := os.WriteFile(good, []byte("# callers\n10.0.0.0/8\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("10.0.0.0/8\nnot-an-ip\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	handler := func(file string) string {
+		return "apiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: callers, namespace: shop}\nspec:\n  adapter: list\n  params:\n    entryType: IP_ADDRESSES\n    file: " + file + "\n"
+	}
+	for _, tc := range []struct {
+		name, file string
+		want       string // a line of the output starting so; "" for OK
+	}{
+		{"a good file", good, ""},
+		{"a missing file", filepath.Join(lists, "missing.txt"), filepath.Join(dir, "list.yaml") + ":8: handler shop/callers: file: "},
+		{"a bad entry", bad, filepath.Join(dir, "list.yaml") + ":1: handler shop/callers: " + bad + ":2: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(filepath.Join(dir, "list.yaml"), []byte(handler(tc.file)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := run(t, "validate", "--config", dir)
+			if tc.want == "" {
+				if err != nil || !strings.Contains(out, "OK") {
+					t.Fatalf("validate: %v\n%s", err, out)
+				}
+				return
+			}
+			if code, ok := err.(exitError); !ok || code != 1 {
+				t.Fatalf("validate: err %v\n%s", err, out)
+			}
+			if !strings.HasPrefix(strings.TrimSpace(out), tc.want) {
+				t.Errorf("output %q, want a line starting %q", out, tc.want)
+			}
+		})
+	}
+}
+
 func TestConfigDefaultsAndVersion(t *testing.T) {
 	out, err := run(t, "config", "defaults")
 	if err != nil || !strings.Contains(out, "istio_requests_total") || !strings.Contains(out, "kind: Rule") {
