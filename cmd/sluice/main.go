@@ -118,7 +118,15 @@ func preflight(s *config.Snapshot) []string {
 		if h.Factory.Preflight == nil {
 			continue
 		}
-		if err := h.Factory.Preflight(h.Params); err != nil {
+		err := h.Factory.Preflight(h.Params)
+		errs := []error{err}
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			errs = j.Unwrap() // one line each, as load's errors are
+		}
+		for _, err := range errs {
+			if err == nil {
+				continue
+			}
 			pos := h.Object.Pos
 			var fe *adapters.FieldError
 			if errors.As(err, &fe) {

@@ -65,7 +65,7 @@ func TestValidateListFiles(t *testing.T) {
 	if err := os.WriteFile(good, []byte("# callers\n10.0.0.0/8\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(bad, []byte("10.0.0.0/8\nnot-an-ip\n"), 0o644); err != nil {
+	if err := os.WriteFile(bad, []byte("10.0.0.0/8\nnot-an-ip\nnor-this\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	handler := func(file string) string {
@@ -77,7 +77,7 @@ func TestValidateListFiles(t *testing.T) {
 	}{
 		{"a good file", good, ""},
 		{"a missing file", filepath.Join(lists, "missing.txt"), filepath.Join(dir, "list.yaml") + ":8: handler shop/callers: file: "},
-		{"a bad entry", bad, filepath.Join(dir, "list.yaml") + ":1: handler shop/callers: " + bad + ":2: "},
+		{"bad entries, a line each", bad, filepath.Join(dir, "list.yaml") + ":1: handler shop/callers: " + bad + ":"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "list.yaml"), []byte(handler(tc.file)), 0o644); err != nil {
@@ -93,8 +93,13 @@ func TestValidateListFiles(t *testing.T) {
 			if code, ok := err.(exitError); !ok || code != 1 {
 				t.Fatalf("validate: err %v\n%s", err, out)
 			}
-			if !strings.HasPrefix(strings.TrimSpace(out), tc.want) {
-				t.Errorf("output %q, want a line starting %q", out, tc.want)
+			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+				if !strings.HasPrefix(l, tc.want) {
+					t.Errorf("output line %q, want it to start %q", l, tc.want)
+				}
+			}
+			if tc.file == bad && !strings.Contains(out, bad+":3: ") {
+				t.Errorf("output %q: not every bad entry reported", out)
 			}
 		})
 	}
