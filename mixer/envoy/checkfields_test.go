@@ -312,16 +312,8 @@ func headerMapRequest(hvs ...*corev3.HeaderValue) *authv3.CheckRequest {
 // counted before and after decoding.
 func decodeBothWays(t *testing.T, req *authv3.CheckRequest) (headers [2]map[string]string, counts [2][2]int) {
 	t.Helper()
-	data, err := proto.Marshal(req)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dec := envoy.NewCheckDecoder(checkRegistry())
-	var fields [2]envoy.CheckFields
-	fields[0].SetRequest(req)
-	if err := fields[1].Unmarshal(data); err != nil {
-		t.Fatal(err)
-	}
+	fields := fieldsBothWays(t, req)
 	for i := range fields {
 		counts[i][0] = fields[i].NumHeaders()
 		var bag attribute.Bag
@@ -331,6 +323,22 @@ func decodeBothWays(t *testing.T, req *authv3.CheckRequest) (headers [2]map[stri
 		headers[i] = m.Clone()
 	}
 	return headers, counts
+}
+
+// fieldsBothWays reads req from the message (SetRequest) and from its encoding
+// (Unmarshal), for tests that hold both decoding paths to the same answer.
+func fieldsBothWays(t *testing.T, req *authv3.CheckRequest) *[2]envoy.CheckFields {
+	t.Helper()
+	data, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields [2]envoy.CheckFields
+	fields[0].SetRequest(req)
+	if err := fields[1].Unmarshal(data); err != nil {
+		t.Fatal(err)
+	}
+	return &fields
 }
 
 // TestHeaderMapRepeatedHeaders: a header that header_map holds more than once
@@ -513,15 +521,7 @@ func TestCheckSourceFollowsPrincipal(t *testing.T) {
 		if tt.peerHeader != "" {
 			req.Attributes.Request.Http.Headers["x-envoy-peer-metadata"] = tt.peerHeader
 		}
-		data, err := proto.Marshal(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var fields [2]envoy.CheckFields
-		fields[0].SetRequest(req)
-		if err := fields[1].Unmarshal(data); err != nil {
-			t.Fatal(err)
-		}
+		fields := fieldsBothWays(t, req)
 		for i := range fields {
 			var bag attribute.Bag
 			dec.Decode(&fields[i], time.Unix(1764900000, 0), &bag)
@@ -572,15 +572,16 @@ func TestCheckDestinationService(t *testing.T) {
 		req.Attributes.Destination.Address = envoy.Address(tt.ip, 9080)
 		req.Attributes.Destination.Principal = tt.principal
 		req.Attributes.Request.Http.Host = tt.host
-		var f envoy.CheckFields
-		f.SetRequest(req)
-		var bag attribute.Bag
-		dec.Decode(&f, time.Unix(1764900000, 0), &bag)
-		host, _ := bag.String(attribute.DestinationServiceHost)
-		name, _ := bag.String(attribute.DestinationServiceName)
-		ns, _ := bag.String(attribute.DestinationServiceNamespace)
-		if host != tt.svcHost || name != tt.svcName || ns != tt.svcNS {
-			t.Errorf("%s (Host %q): service %q, name %q, namespace %q; want %q, %q, %q", tt.name, tt.host, host, name, ns, tt.svcHost, tt.svcName, tt.svcNS)
+		fields := fieldsBothWays(t, req)
+		for i := range fields {
+			var bag attribute.Bag
+			dec.Decode(&fields[i], time.Unix(1764900000, 0), &bag)
+			host, _ := bag.String(attribute.DestinationServiceHost)
+			name, _ := bag.String(attribute.DestinationServiceName)
+			ns, _ := bag.String(attribute.DestinationServiceNamespace)
+			if host != tt.svcHost || name != tt.svcName || ns != tt.svcNS {
+				t.Errorf("%s (Host %q, decoder %d): service %q, name %q, namespace %q; want %q, %q, %q", tt.name, tt.host, i, host, name, ns, tt.svcHost, tt.svcName, tt.svcNS)
+			}
 		}
 	}
 }
@@ -610,15 +611,7 @@ func TestCheckDestinationLabelsAndPrincipal(t *testing.T) {
 		req.Attributes.Destination.Address = envoy.Address(tt.ip, 9080)
 		req.Attributes.Destination.Principal = tt.principal
 		req.Attributes.Destination.Labels = tt.labels
-		data, err := proto.Marshal(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var fields [2]envoy.CheckFields
-		fields[0].SetRequest(req)
-		if err := fields[1].Unmarshal(data); err != nil {
-			t.Fatal(err)
-		}
+		fields := fieldsBothWays(t, req)
 		for i := range fields {
 			var bag attribute.Bag
 			dec.Decode(&fields[i], time.Unix(1764900000, 0), &bag)

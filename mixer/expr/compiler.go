@@ -351,42 +351,33 @@ func literal(e ast.Expr) (any, bool) {
 	return nil, false
 }
 
+// mapIndex recognises ATTR["KEY"] for a map attribute and a constant key.
 func (c *Compiler) mapIndex(a *ast.AST, e ast.Expr) (attribute.ID, string, bool) {
-	if e.Kind() != ast.CallKind {
-		return 0, "", false
-	}
-	call := e.AsCall()
-	if call.FunctionName() != operators.Index || len(call.Args()) != 2 {
-		return 0, "", false
-	}
-	id, ok := c.attrRef(a, call.Args()[0])
-	if !ok || id.Kind() != attribute.Map {
-		return 0, "", false
-	}
-	k, ok := literal(call.Args()[1])
-	ks, isStr := k.(string)
-	if !ok || !isStr {
-		return 0, "", false
-	}
-	return id, ks, true
+	return c.mapKeyCall(a, e, operators.Index, 0, 1)
 }
 
 // mapMembership recognises "KEY" in ATTR for a map attribute and a constant key:
 // like an index, it depends on that one key (and on whether the map is there),
 // which the check cache's key tells apart.
 func (c *Compiler) mapMembership(a *ast.AST, e ast.Expr) (attribute.ID, string, bool) {
+	return c.mapKeyCall(a, e, operators.In, 1, 0)
+}
+
+// mapKeyCall recognises a call of the two-argument operator fn whose argument
+// mapArg is a map attribute and keyArg a constant string.
+func (c *Compiler) mapKeyCall(a *ast.AST, e ast.Expr, fn string, mapArg, keyArg int) (attribute.ID, string, bool) {
 	if e.Kind() != ast.CallKind {
 		return 0, "", false
 	}
 	call := e.AsCall()
-	if call.FunctionName() != operators.In || len(call.Args()) != 2 {
+	if call.FunctionName() != fn || len(call.Args()) != 2 {
 		return 0, "", false
 	}
-	id, ok := c.attrRef(a, call.Args()[1])
+	id, ok := c.attrRef(a, call.Args()[mapArg])
 	if !ok || id.Kind() != attribute.Map {
 		return 0, "", false
 	}
-	k, ok := literal(call.Args()[0])
+	k, ok := literal(call.Args()[keyArg])
 	ks, isStr := k.(string)
 	if !ok || !isStr {
 		return 0, "", false

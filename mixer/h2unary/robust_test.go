@@ -79,6 +79,23 @@ func (r *rawClient) headers(id uint32, path string, end bool, extra ...string) {
 	_ = r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.hb.Bytes(), EndHeaders: true, EndStream: end})
 }
 
+// sync sends a PING and reads until its answer: the server answers frames in
+// order, so whatever it does for the frames before the PING is done by then.
+func (r *rawClient) sync(t *testing.T) {
+	t.Helper()
+	_ = r.fr.WritePing(false, [8]byte{1})
+	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
+			return
+		}
+	}
+}
+
 func reqBody(msg []byte) []byte {
 	b, _ := proto.Marshal(wrapperspb.Bytes(msg))
 	return append(grpcPrefix(nil, len(b)), b...)
@@ -111,17 +128,25 @@ func (r *rawClient) answerOf(t *testing.T, id uint32) string {
 	}
 }
 
-// TestFloodWhileNotReading: a client that stops reading and floods PINGs makes the
-// reader stop reading, not the queue grow.
-func TestFloodWhileNotReading(t *testing.T) {
-	ts := &testServer{waiting: make(chan struct{}, 100), exited: make(chan error, 100), release: make(chan struct{})}
+// stalledAnswer serves one connection over a pipe whose client reads only the
+// server's first frames, then runs one call and lets it answer: the answer's write
+// blocks on a client that does not read. configure, if given, adjusts the server
+// first; done closes when the connection's serve returns.
+func stalledAnswer(t *testing.T, configure func(*Server)) (ts *testServer, c *conn, r *rawClient, done chan struct{}) {
+	t.Helper()
+	ts = &testServer{waiting: make(chan struct{}, 100), exited: make(chan error, 100), release: make(chan struct{})}
 	s, err := New(Options{Methods: testMethods(ts)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ts.Server = s
+	if configure != nil {
+		configure(s)
+	}
 	client, server := net.Pipe()
-	c := newConn(s, server)
-	go c.serve()
+	c = newConn(s, server)
+	done = make(chan struct{})
+	go func() { c.serve(); close(done) }()
 	r, ready := newRaw(t, client)
 	for range 3 { // the server's SETTINGS, WINDOW_UPDATE and SETTINGS ack; then stop reading
 		if _, err := r.fr.ReadFrame(); err != nil {
@@ -133,6 +158,13 @@ func TestFloodWhileNotReading(t *testing.T) {
 	_ = r.fr.WriteData(1, true, reqBody(nil))
 	<-ts.waiting
 	close(ts.release) // the call answers from its goroutine, whose write now blocks
+	return ts, c, r, done
+}
+
+// TestFloodWhileNotReading: a client that stops reading and floods PINGs makes the
+// reader stop reading, not the queue grow.
+func TestFloodWhileNotReading(t *testing.T) {
+	_, c, r, _ := stalledAnswer(t, nil)
 	time.Sleep(100 * time.Millisecond)
 	go func() {
 		for range 200000 {
@@ -657,18 +689,7 @@ func TestUnansweredCallsCounted(t *testing.T) {
 		_ = r.fr.WriteData(1, true, reqBody(nil))
 		<-ts.waiting
 		r.headers(3, echoPath, false) // still uploading
-		// The server answers a PING after the frames before it.
-		_ = r.fr.WritePing(false, [8]byte{3})
-		_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		for {
-			f, err := r.fr.ReadFrame()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
-				break
-			}
-		}
+		r.sync(t)
 		r.c.Close()
 		waitFor(t, func() bool { return ts.errors(ReasonConnClosed) == 2 }, "2 calls counted connection_closed")
 		select {
@@ -681,30 +702,9 @@ func TestUnansweredCallsCounted(t *testing.T) {
 		}
 	})
 	t.Run("client stopped reading", func(t *testing.T) {
-		ts := &testServer{waiting: make(chan struct{}, 100), exited: make(chan error, 100), release: make(chan struct{})}
-		s, err := New(Options{Methods: testMethods(ts)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ts.Server = s
-		s.writeTimeout = 100 * time.Millisecond
-		client, server := net.Pipe()
-		c := newConn(s, server)
-		done := make(chan struct{})
-		go func() { c.serve(); close(done) }()
-		r, ready := newRaw(t, client)
-		for range 3 { // the server's SETTINGS, WINDOW_UPDATE and SETTINGS ack; then stop reading
-			if _, err := r.fr.ReadFrame(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		<-ready
-		r.headers(1, waitPath, false)
-		_ = r.fr.WriteData(1, true, reqBody(nil))
-		<-ts.waiting
-		close(ts.release) // the answer's write now waits for a reader that never comes
+		ts, _, r, done := stalledAnswer(t, func(s *Server) { s.writeTimeout = 100 * time.Millisecond })
 		waitFor(t, func() bool { return ts.errors(ReasonWriteTimeout) == 1 }, "write_timeout counted")
-		client.Close()
+		r.c.Close()
 		<-done
 	})
 }
@@ -767,18 +767,7 @@ func TestRefusedCallsNotCountedAgainOnClose(t *testing.T) {
 			ts := startServer(t, Options{}, false)
 			r := dialRaw(t, ts.addr)
 			r.headers(1, tt.path, false, tt.extra...) // refused, still uploading
-			// The server answers a PING after the frames before it.
-			_ = r.fr.WritePing(false, [8]byte{1})
-			_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			for {
-				f, err := r.fr.ReadFrame()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
-					break
-				}
-			}
+			r.sync(t)
 			r.c.Close()
 			waitFor(t, func() bool { return testutil.ToFloat64(ts.conns) == 0 }, "the connection closed")
 			if got := ts.errors(tt.reason); got != 1 {
