@@ -87,6 +87,16 @@ type Stats interface {
 	Dropped(n int, reason string)
 }
 
+// DiscardStats counts nothing: the Stats of a handler built without one (in
+// tests and tools).
+type DiscardStats struct{}
+
+// Error implements Stats.
+func (DiscardStats) Error(string) {}
+
+// Dropped implements Stats.
+func (DiscardStats) Dropped(int, string) {}
+
 // Env is what the core gives a handler when it builds one.
 type Env struct {
 	// Name is the handler's qualified name, NAMESPACE/NAME.

@@ -173,7 +173,7 @@ func New(_ context.Context, env adapters.Env, p *Params) (*Handler, error) {
 		env.Logger = slog.New(slog.DiscardHandler)
 	}
 	if env.Stats == nil {
-		env.Stats = noStats{}
+		env.Stats = adapters.DiscardStats{}
 	}
 	t, _ := ParseEntryType(p.EntryType) // Validate has checked it
 	h := &Handler{
@@ -210,6 +210,7 @@ func New(_ context.Context, env adapters.Env, p *Params) (*Handler, error) {
 		if p.RefreshInterval == 0 {
 			return nil, fmt.Errorf("watch directory of list file %s (and polling is off): %w", abs, err)
 		}
+		env.Stats.Error("list_watch")
 		env.Logger.Warn("cannot watch list file; polling it instead", "file", abs, "every", p.RefreshInterval, "err", err)
 	}
 	m, digest, err := h.loadFile()
@@ -329,11 +330,6 @@ func (h *Handler) Close(ctx context.Context) error {
 
 // Entries returns the number of entries of the list in use, for tests and logs.
 func (h *Handler) Entries() int { return h.cur.Load().entries }
-
-type noStats struct{}
-
-func (noStats) Error(string)        {}
-func (noStats) Dropped(int, string) {}
 
 var (
 	_ adapters.AuthorizationHandler = (*Handler)(nil)

@@ -119,7 +119,7 @@ func New(env adapters.Env, p *Params, instances []string) (*Handler, error) {
 		env.Now = time.Now
 	}
 	if env.Stats == nil {
-		env.Stats = noStats{}
+		env.Stats = adapters.DiscardStats{}
 	}
 	n := maxShards
 	for n > p.MaxKeys {
@@ -424,8 +424,3 @@ func (e *entry) unlink() {
 	e.next.prev = e.prev
 	e.prev, e.next = nil, nil
 }
-
-type noStats struct{}
-
-func (noStats) Error(string)        {}
-func (noStats) Dropped(int, string) {}

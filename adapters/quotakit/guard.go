@@ -85,7 +85,7 @@ type burst struct {
 func NewGuard(env adapters.Env, timeout time.Duration, policy FailPolicy) *Guard {
 	g := &Guard{timeout: timeout, policy: policy, stats: env.Stats, log: env.Logger, now: env.Now}
 	if g.stats == nil {
-		g.stats = noStats{}
+		g.stats = adapters.DiscardStats{}
 	}
 	if g.log == nil {
 		g.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -189,8 +189,3 @@ func (g *Guard) Succeeded() {
 	g.log.Info("quota backend recovered", "policy", string(g.policy),
 		"decisions", g.burst.total, "after", g.burst.lastFail.Sub(g.burst.start).Round(time.Millisecond))
 }
-
-type noStats struct{}
-
-func (noStats) Error(string)        {}
-func (noStats) Dropped(int, string) {}

@@ -204,7 +204,7 @@ func New(env adapters.Env, p *Params) (*Handler, error) {
 		env.Logger = slog.New(slog.DiscardHandler)
 	}
 	if env.Stats == nil {
-		env.Stats = noStats{}
+		env.Stats = adapters.DiscardStats{}
 	}
 	if env.Now == nil {
 		env.Now = time.Now
@@ -309,11 +309,6 @@ func (h *Handler) failure(pol *policy, err error) {
 
 // Close implements adapters.Handler; an rbac handler holds nothing.
 func (h *Handler) Close(context.Context) error { return nil }
-
-type noStats struct{}
-
-func (noStats) Error(string)        {}
-func (noStats) Dropped(int, string) {}
 
 var (
 	_ adapters.AuthorizationHandler = (*Handler)(nil)

@@ -254,6 +254,9 @@ func (h *Handler) run(ctx context.Context, s *slot) {
 	if len(s.cmders) == 0 {
 		return
 	}
+	// Redis lost its scripts (a restart, a failover, SCRIPT FLUSH): counted, as
+	// each costs a round trip more, and many mean a Redis that keeps losing them.
+	h.env.Stats.Error(reasonScriptMissing)
 	pipe = h.pipeline(s, now)
 	_ = pipe.BatchProcess(ctx, s.cmders...)
 	if _, err := pipe.Exec(ctx); err != nil { // errors are read per command

@@ -228,6 +228,10 @@ var (
 	_ prometheus.Collector  = (*Handler)(nil)
 )
 
+// reasonScriptMissing counts (Stats.Error) the pipelines sent again with the
+// scripts in full because Redis no longer had them.
+const reasonScriptMissing = "script_missing"
+
 // New connects a handler for the quota instances bound to it (qualified names).
 // Redis need not be up: until it is, requests are decided by the fail policy.
 func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (*Handler, error) {
@@ -237,6 +241,9 @@ func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (
 	table, err := quotakit.NewTable(p.Quotas, instances)
 	if err != nil {
 		return nil, err
+	}
+	if env.Stats == nil {
+		env.Stats = adapters.DiscardStats{}
 	}
 	policy, _ := quotakit.ParseFailPolicy(p.FailPolicy)
 	client, err := newClient(p)

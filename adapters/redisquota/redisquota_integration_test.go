@@ -283,7 +283,7 @@ func TestIntegrationLocalCache(t *testing.T) {
 }
 
 // TestIntegrationScriptCacheFlushed: after SCRIPT FLUSH the scripts are sent in full
-// (EVAL) and decisions go on.
+// (EVAL), counted, and decisions go on.
 func TestIntegrationScriptCacheFlushed(t *testing.T) {
 	s := startRedis(t)
 	h := newTestHandler(t, s.addr, func(p *Params) { p.LocalCacheSize = 0 })
@@ -306,6 +306,9 @@ func TestIntegrationScriptCacheFlushed(t *testing.T) {
 	}
 	if s.calls("eval") != 2 || h.stats.Drops(quotakit.ReasonFailOpen) != 0 {
 		t.Errorf("%d EVAL calls, %d failed open", s.calls("eval"), h.stats.Drops(quotakit.ReasonFailOpen))
+	}
+	if n := h.stats.Errors(reasonScriptMissing); n != 1 {
+		t.Errorf("%d pipelines counted as sent again for lost scripts, want 1", n)
 	}
 }
 

@@ -46,6 +46,7 @@ type Watcher struct {
 	reloads      *prometheus.CounterVec
 	lastSuccess  prometheus.Gauge
 	lastErrors   prometheus.Gauge
+	watchErrors  prometheus.Counter
 }
 
 // NewWatcher returns a watcher; reg receives the sluice_config_* metrics.
@@ -65,11 +66,15 @@ func NewWatcher(l *Loader, apply ApplyFunc, log *slog.Logger, reg prometheus.Reg
 		lastErrors: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_config_errors", Help: "Errors found by the last config load (0 when it was applied).",
 		}),
+		watchErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_config_watch_errors_total",
+			Help: "Errors watching the config directory (inotify); the directory is still polled, so changes are seen later, not lost.",
+		}),
 	}
 	w.reloads.WithLabelValues("success")
 	w.reloads.WithLabelValues("failure")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{w.versionGauge, w.reloads, w.lastSuccess, w.lastErrors} {
+		for _, c := range []prometheus.Collector{w.versionGauge, w.reloads, w.lastSuccess, w.lastErrors, w.watchErrors} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register config metrics: %w", err)
 			}
@@ -142,13 +147,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	fw, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("watch config: %w", err)
-	}
-	defer fw.Close()
-	if err := fw.Add(w.loader.Dir); err != nil {
-		return fmt.Errorf("watch %s: %w", w.loader.Dir, err)
+	// Without a watch (inotify's limits are per user and often reached on busy
+	// nodes) the poll below still sees every change, only later.
+	var events <-chan fsnotify.Event
+	var watchErrs <-chan error
+	if fw, err := w.watch(); err != nil {
+		w.watchErrors.Inc()
+		w.log.Warn("cannot watch the config directory; polling it instead", "dir", w.loader.Dir, "every", w.Poll, "err", err)
+	} else {
+		defer fw.Close()
+		events, watchErrs = fw.Events, fw.Errors
 	}
 	poll := time.NewTicker(w.Poll)
 	defer poll.Stop()
@@ -157,19 +165,22 @@ func (w *Watcher) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev, ok := <-fw.Events:
+		case ev, ok := <-events:
 			if !ok {
-				return nil
+				events = nil
+				continue
 			}
 			name := filepath.Base(ev.Name)
 			if IsConfigFile(name) || name == "..data" {
 				debounce = time.After(w.Debounce)
 			}
-		case err, ok := <-fw.Errors:
+		case err, ok := <-watchErrs:
 			if !ok {
-				return nil
+				watchErrs = nil
+				continue
 			}
-			w.log.Warn("config watch error", "err", err)
+			w.watchErrors.Inc()
+			w.log.Warn("config watch error; polling continues", "dir", w.loader.Dir, "err", err)
 		case <-poll.C:
 			w.mu.Lock()
 			changed := dirStamp(w.loader.Dir) != w.stamp
@@ -188,6 +199,19 @@ func (w *Watcher) Run(ctx context.Context) error {
 			poll.Reset(w.Poll)
 		}
 	}
+}
+
+// watch starts watching the config directory.
+func (w *Watcher) watch() (*fsnotify.Watcher, error) {
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("watch config: %w", err)
+	}
+	if err := fw.Add(w.loader.Dir); err != nil {
+		fw.Close()
+		return nil, fmt.Errorf("watch %s: %w", w.loader.Dir, err)
+	}
+	return fw, nil
 }
 
 // dirStamp summarises the names, sizes and times of a directory's config files.

@@ -235,3 +235,82 @@ func TestReloadLogsEachNewRejection(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchFallsBackToPolling: a directory that cannot be watched (here it is
+// missing when the watch starts, as a volume mounted late; inotify's per-user
+// limits fail the same way) is polled instead: the failure is counted and the
+// config written later is applied.
+func TestWatchFallsBackToPolling(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	comp, err := expr.NewCompiler(attribute.NewVocabulary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	disp, err := dispatch.New(dispatch.Options{Shards: 1, Registry: registry.New(""), Logger: slog.New(slog.DiscardHandler), Compiler: comp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = disp.Close(context.Background()) }()
+
+	dir := filepath.Join(t.TempDir(), "config")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	w, err := config.NewWatcher(loader(t, dir), disp.Apply, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Debounce = 5 * time.Millisecond
+	w.Poll = 20 * time.Millisecond
+	if err := w.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the failed watch to be counted", func() bool { return counter(t, reg, "sluice_config_watch_errors_total") == 1 })
+
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	renameInto(t, filepath.Join(dir, "callers.yaml"), strings.ReplaceAll(callersList, "LISTFILE", writeList(t)))
+	waitFor(t, "the config written after the watch failed to be applied", func() bool {
+		return w.Current().Version == 2 && w.LastError() == nil
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("watcher stopped: %v", err)
+	default:
+	}
+}
+
+// writeList writes a list file of one principal and returns its path.
+func writeList(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "callers.txt")
+	if err := os.WriteFile(p, []byte("spiffe://cluster.local/ns/shop/sa/frontend\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// counter reads an unlabelled counter.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no %s", name)
+	return 0
+}
