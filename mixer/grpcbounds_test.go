@@ -2,6 +2,7 @@ package mixer_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/sluicemesh/sluice/loadtest"
 	"github.com/sluicemesh/sluice/mixer"
 	"github.com/sluicemesh/sluice/mixer/server"
 )
@@ -128,4 +130,86 @@ func TestGRPCPortDropsSilentPeers(t *testing.T) {
 			pinged = true
 		}
 	}
+}
+
+// TestConnectionBound: the gRPC port and the check listener each hold at most
+// MaxConnections open; one more is closed as soon as it is accepted, and counted,
+// and once a connection closes its place is taken again.
+func TestConnectionBound(t *testing.T) {
+	const limit = 3
+	h := start(t, t.TempDir(), func(o *mixer.Options) { o.MaxConnections, o.CheckAddr = limit, "127.0.0.1:0" })
+	for _, tc := range []struct {
+		listener       string
+		addr           net.Addr
+		active         string
+		refused        string
+		refusedByLabel map[string]string
+	}{
+		{"grpc", h.GRPCAddr(), "sluice_grpc_connections_active", "sluice_grpc_connections_refused_total", nil},
+		{"check", h.CheckAddr(), "sluice_h2unary_connections_active", "sluice_h2unary_errors_total", map[string]string{"reason": "connection_limit"}},
+	} {
+		t.Run(tc.listener, func(t *testing.T) {
+			var open []net.Conn
+			defer func() {
+				for _, c := range open {
+					c.Close()
+				}
+			}()
+			for range limit {
+				c, err := http2Session(tc.addr)
+				if err != nil {
+					t.Fatalf("connection under the bound: %v", err)
+				}
+				open = append(open, c)
+			}
+			if _, err := http2Session(tc.addr); err == nil {
+				t.Fatal("a connection past the bound was served")
+			}
+			f := h.scrape()
+			if got := f.Sum(tc.refused, tc.refusedByLabel); got != 1 {
+				t.Errorf("%s = %v, want 1", tc.refused, got)
+			}
+			if got := f.Sum(tc.active, nil); got != limit {
+				t.Errorf("%s = %v, want %d", tc.active, got, limit)
+			}
+			open[0].Close()
+			open = open[1:]
+			h.waitMetric("the closed connection's place to be given back", func(f loadtest.Families) bool {
+				return f.Sum(tc.active, nil) == limit-1
+			})
+			c, err := http2Session(tc.addr)
+			if err != nil {
+				t.Fatalf("connection after one closed: %v", err)
+			}
+			open = append(open, c)
+		})
+	}
+}
+
+// http2Session opens an HTTP/2 connection to addr and returns it once the
+// server's SETTINGS arrive, or the error that ended it first.
+func http2Session(addr net.Addr) (net.Conn, error) {
+	nc, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	fr := http2.NewFramer(nc, nc)
+	if _, err := io.WriteString(nc, http2.ClientPreface); err == nil {
+		err = fr.WriteSettings()
+	}
+	if err == nil {
+		_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var f http2.Frame
+		if f, err = fr.ReadFrame(); err == nil {
+			if _, ok := f.(*http2.SettingsFrame); !ok {
+				err = fmt.Errorf("first frame %v, want SETTINGS", f.Header().Type)
+			}
+		}
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	_ = nc.SetReadDeadline(time.Time{})
+	return nc, nil
 }

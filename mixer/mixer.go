@@ -79,6 +79,9 @@ type Options struct {
 	// MaxConcurrentStreams bounds the calls and streams of one connection to the
 	// gRPC port or the check listener; 0 means 1024.
 	MaxConcurrentStreams int
+	// MaxConnections bounds the connections the gRPC port and the check listener
+	// each hold open at once (server.Options.MaxConnections).
+	MaxConnections int
 	// KeepaliveTime and KeepaliveTimeout are the gRPC port's pings of silent peers
 	// (server.Options); 0 means 30s and 10s.
 	KeepaliveTime, KeepaliveTimeout time.Duration
@@ -183,7 +186,8 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 		Config: m.configView, Routes: opts.AdminRoutes,
 		Register:  append([]func(*grpc.Server){checks.Register}, opts.GRPCServices...),
 		CheckAddr: opts.CheckAddr, CheckMethods: checks.Methods(), MaxConcurrentStreams: opts.MaxConcurrentStreams,
-		KeepaliveTime: opts.KeepaliveTime, KeepaliveTimeout: opts.KeepaliveTimeout,
+		MaxConnections: opts.MaxConnections,
+		KeepaliveTime:  opts.KeepaliveTime, KeepaliveTimeout: opts.KeepaliveTimeout,
 	}
 	if grpcTLS.Enabled() {
 		if sopts.GRPCTLS, err = grpcTLS.TLSConfig(); err != nil {

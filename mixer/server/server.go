@@ -41,6 +41,10 @@ type Options struct {
 	// it has its new streams refused (REFUSED_STREAM): Envoy and grpc-go open
 	// another connection or wait.
 	MaxConcurrentStreams int
+	// MaxConnections bounds the connections the gRPC port, and the check
+	// listener, each hold open at once; 0 means DefaultMaxConnections. A
+	// connection past it is closed as soon as it is accepted, and counted.
+	MaxConnections int
 	// KeepaliveTime is how long a connection to the gRPC port may be silent before
 	// the server pings it, and KeepaliveTimeout how long the ping may go
 	// unanswered before the connection is closed; 0 means 30s and 10s.
@@ -108,6 +112,9 @@ func New(opts Options) (*Server, error) {
 		opts.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
 	opts.MaxConcurrentStreams = min(opts.MaxConcurrentStreams, 1<<31-1) // HTTP/2's stream IDs
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = DefaultMaxConnections
+	}
 	if opts.KeepaliveTime <= 0 {
 		opts.KeepaliveTime = 30 * time.Second
 	}
@@ -171,9 +178,19 @@ func New(opts Options) (*Server, error) {
 	}
 	reflection.Register(s.grpc)
 
-	var err error
-	if s.grpcLis, err = net.Listen("tcp", opts.GRPCAddr); err != nil {
+	lis, err := net.Listen("tcp", opts.GRPCAddr)
+	if err != nil {
 		return nil, fmt.Errorf("listen gRPC on %s: %w", opts.GRPCAddr, err)
+	}
+	limited := newLimitListener(lis, opts.MaxConnections, opts.KeepaliveTimeout, opts.Logger)
+	s.grpcLis = limited
+	if opts.Metrics != nil {
+		for _, c := range limited.collectors() {
+			if err := opts.Metrics.Register(c); err != nil {
+				lis.Close()
+				return nil, fmt.Errorf("register server metrics: %w", err)
+			}
+		}
 	}
 	if s.adminLis, err = net.Listen("tcp", opts.AdminAddr); err != nil {
 		s.grpcLis.Close()
@@ -186,6 +203,7 @@ func New(opts Options) (*Server, error) {
 		s.check, err = h2unary.New(h2unary.Options{
 			Methods: opts.CheckMethods, MaxRecvMsgSize: opts.MaxRecvMsgSize, TLS: opts.GRPCTLS,
 			Logger: opts.Logger, Metrics: opts.Metrics, MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
+			MaxConnections: opts.MaxConnections,
 		})
 		if err == nil {
 			s.checkLis, err = net.Listen("tcp", opts.CheckAddr)

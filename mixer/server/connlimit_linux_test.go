@@ -1,0 +1,52 @@
+package server
+
+import (
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestLimitListenerKeepsUserTimeout: grpc-go sets TCP_USER_TIMEOUT (its keepalive
+// timeout) only on a *net.TCPConn, which the bounded listener's connections are
+// not, so the listener sets it; and a connection closed twice gives its place back
+// once.
+func TestLimitListenerKeepsUserTimeout(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLimitListener(lis, 2, 7*time.Second, slog.New(slog.DiscardHandler))
+	defer l.Close()
+	cc, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.(*limitConn).Conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT) }); err != nil || gerr != nil {
+		t.Fatal(err, gerr)
+	}
+	if got != 7000 {
+		t.Errorf("TCP_USER_TIMEOUT %d ms, want 7000", got)
+	}
+	if n := l.active.Load(); n != 1 {
+		t.Fatalf("%d active, want 1", n)
+	}
+	c.Close()
+	c.Close()
+	if n := l.active.Load(); n != 0 {
+		t.Errorf("%d active after closing the only connection twice, want 0", n)
+	}
+}

@@ -1,0 +1,12 @@
+//go:build !linux
+
+package server
+
+import (
+	"net"
+	"time"
+)
+
+// setUserTimeout does nothing where TCP_USER_TIMEOUT is not known; the keepalive
+// pings bound a dead peer's connection there.
+func setUserTimeout(*net.TCPConn, time.Duration) {}
