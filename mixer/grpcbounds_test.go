@@ -194,7 +194,8 @@ func http2Session(addr net.Addr) (net.Conn, error) {
 		return nil, err
 	}
 	fr := http2.NewFramer(nc, nc)
-	if _, err := io.WriteString(nc, http2.ClientPreface); err == nil {
+	_, err = io.WriteString(nc, http2.ClientPreface)
+	if err == nil {
 		err = fr.WriteSettings()
 	}
 	if err == nil {
