@@ -165,6 +165,7 @@ func TestConnectionBound(t *testing.T) {
 			if _, err := http2Session(tc.addr); err == nil {
 				t.Fatal("a connection past the bound was served")
 			}
+			// Counted before the close the client saw.
 			f := h.scrape()
 			if got := f.Sum(tc.refused, tc.refusedByLabel); got != 1 {
 				t.Errorf("%s = %v, want 1", tc.refused, got)

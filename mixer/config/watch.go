@@ -148,16 +148,31 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return nil
 	}
 	// Without a watch (inotify's limits are per user and often reached on busy
-	// nodes) the poll below still sees every change, only later.
+	// nodes) the poll below still sees every change, only later; each poll tries
+	// to watch again.
+	var fw *fsnotify.Watcher
 	var events <-chan fsnotify.Event
 	var watchErrs <-chan error
-	if fw, err := w.watch(); err != nil {
-		w.watchErrors.Inc()
-		w.log.Warn("cannot watch the config directory; polling it instead", "dir", w.loader.Dir, "every", w.Poll, "err", err)
-	} else {
-		defer fw.Close()
+	defer func() {
+		if fw != nil {
+			fw.Close()
+		}
+	}()
+	startWatch := func(first bool) {
+		var err error
+		if fw, err = w.watch(); err != nil {
+			w.watchErrors.Inc()
+			if first {
+				w.log.Warn("cannot watch the config directory; polling it instead until it can be", "dir", w.loader.Dir, "every", w.Poll, "err", err)
+			}
+			return
+		}
 		events, watchErrs = fw.Events, fw.Errors
+		if !first {
+			w.log.Info("watching the config directory again", "dir", w.loader.Dir)
+		}
 	}
+	startWatch(true)
 	poll := time.NewTicker(w.Poll)
 	defer poll.Stop()
 	var debounce <-chan time.Time
@@ -182,6 +197,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.watchErrors.Inc()
 			w.log.Warn("config watch error; polling continues", "dir", w.loader.Dir, "err", err)
 		case <-poll.C:
+			if fw == nil {
+				startWatch(false)
+			}
 			w.mu.Lock()
 			changed := dirStamp(w.loader.Dir) != w.stamp
 			// A rejected config is retried even with the directory unchanged: what

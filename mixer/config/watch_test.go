@@ -238,8 +238,9 @@ func TestReloadLogsEachNewRejection(t *testing.T) {
 
 // TestWatchFallsBackToPolling: a directory that cannot be watched (here it is
 // missing when the watch starts, as a volume mounted late; inotify's per-user
-// limits fail the same way) is polled instead: the failure is counted and the
-// config written later is applied.
+// limits fail the same way) is polled instead: each failed try to watch it is
+// counted, the config written later is applied, and once the directory can be
+// watched it is.
 func TestWatchFallsBackToPolling(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -273,7 +274,8 @@ func TestWatchFallsBackToPolling(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	waitFor(t, "the failed watch to be counted", func() bool { return counter(t, reg, "sluice_config_watch_errors_total") == 1 })
+	// Each poll tries to watch again, and counts its failure.
+	waitFor(t, "the failed watches to be counted", func() bool { return counter(t, reg, "sluice_config_watch_errors_total") >= 2 })
 
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -282,6 +284,12 @@ func TestWatchFallsBackToPolling(t *testing.T) {
 	waitFor(t, "the config written after the watch failed to be applied", func() bool {
 		return w.Current().Version == 2 && w.LastError() == nil
 	})
+	// Watching again: no more failures are counted.
+	failed := counter(t, reg, "sluice_config_watch_errors_total")
+	time.Sleep(5 * w.Poll)
+	if got := counter(t, reg, "sluice_config_watch_errors_total"); got != failed {
+		t.Errorf("%v more watch failures counted once the directory exists", got-failed)
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("watcher stopped: %v", err)

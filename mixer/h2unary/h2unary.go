@@ -164,11 +164,13 @@ type Server struct {
 	stop    chan struct{}
 	workers atomic.Int32
 
-	mu       sync.Mutex
-	lis      map[net.Listener]struct{}
-	active   map[*conn]struct{}
-	shutdown bool
-	wg       sync.WaitGroup // connections
+	mu     sync.Mutex
+	lis    map[net.Listener]struct{}
+	active map[*conn]struct{}
+	// refusedLog is when a connection past MaxConnections was last logged.
+	refusedLog time.Time
+	shutdown   bool
+	wg         sync.WaitGroup // connections
 }
 
 // maxWorkers bounds the goroutines kept for calls: more calls at once get
@@ -290,9 +292,17 @@ func (s *Server) Serve(lis net.Listener) error {
 			return ErrServerClosed
 		}
 		if len(s.active) >= s.opts.MaxConnections {
+			logIt := time.Since(s.refusedLog) >= time.Minute
+			if logIt {
+				s.refusedLog = time.Now()
+			}
 			s.mu.Unlock()
+			s.count(ReasonConnLimit) // before Close, so that a client seeing the close sees it counted
 			nc.Close()
-			s.count(ReasonConnLimit)
+			if logIt {
+				s.log.Warn("h2unary: connection refused, MaxConnections are open (counted in sluice_h2unary_errors_total; logged once a minute)",
+					"max", s.opts.MaxConnections, "remote", nc.RemoteAddr().String())
+			}
 			continue
 		}
 		c := newConn(s, nc)

@@ -18,9 +18,9 @@ const DefaultMaxConnections = h2unary.DefaultMaxConnections
 
 // limitListener bounds the connections open at once that it accepted: past max, a
 // new connection is closed as soon as it is accepted, and counted. grpc-go has no
-// such bound, and each connection holds its goroutines and buffers (about 26 KiB
-// idle, measured) however long it stays, so a client opening connections in a loop
-// would otherwise hold memory and file descriptors without end.
+// such bound, and each connection holds its goroutines and buffers however long
+// it stays, so a client opening connections in a loop would otherwise hold memory
+// and file descriptors without end.
 type limitListener struct {
 	net.Listener
 	max int64
@@ -67,8 +67,8 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		if n := l.active.Add(1); n > l.max {
 			l.active.Add(-1)
+			l.refused.Inc() // before Close, so that a client seeing the close sees it counted
 			c.Close()
-			l.refused.Inc()
 			now := time.Now().UnixNano()
 			if last := l.lastLog.Load(); now-last >= int64(refusalLogEvery) && l.lastLog.CompareAndSwap(last, now) {
 				l.log.Warn("gRPC port: connection refused, --max-connections are open (counted in sluice_grpc_connections_refused_total; logged once a minute)",
@@ -81,7 +81,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 				setUserTimeout(tc, l.userTimeout)
 			}
 		}
-		return &limitConn{Conn: c, l: l}, nil
+		return &limitConn{Conn: c, l: l, ready: newReadyReader(c)}, nil
 	}
 }
 
@@ -90,6 +90,9 @@ type limitConn struct {
 	net.Conn
 	l    *limitListener
 	once sync.Once
+	// ready serves ReadOnReady (Linux), without which grpc-go would pin a read
+	// buffer to the connection for life.
+	ready *readyReader
 }
 
 func (c *limitConn) Close() error {

@@ -1,12 +1,14 @@
 package server
 
 import (
+	"io"
 	"log/slog"
 	"net"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/mem"
 )
 
 // TestLimitListenerKeepsUserTimeout: grpc-go sets TCP_USER_TIMEOUT (its keepalive
@@ -48,5 +50,58 @@ func TestLimitListenerKeepsUserTimeout(t *testing.T) {
 	c.Close()
 	if n := l.active.Load(); n != 0 {
 		t.Errorf("%d active after closing the only connection twice, want 0", n)
+	}
+}
+
+// TestReadOnReady: grpc-go reads a connection that offers ReadOnReady without a
+// buffer of its own for life; the wrapped connection offers it, returns what
+// arrives once it arrives, and reports the peer's close as io.EOF.
+func TestReadOnReady(t *testing.T) {
+	var _ interface {
+		ReadOnReady(int, mem.BufferPool) (*[]byte, int, error)
+	} = (*limitConn)(nil)
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLimitListener(lis, 2, 0, slog.New(slog.DiscardHandler))
+	defer l.Close()
+	cc, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	lc := c.(*limitConn)
+	pool := mem.DefaultBufferPool()
+
+	type read struct {
+		b   *[]byte
+		n   int
+		err error
+	}
+	got := make(chan read, 1)
+	go func() {
+		b, n, err := lc.ReadOnReady(32<<10, pool)
+		got <- read{b, n, err}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := cc.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r.err != nil || string((*r.b)[:r.n]) != "hello" {
+		t.Fatalf("ReadOnReady = %q, %v; want hello", (*r.b)[:r.n], r.err)
+	}
+	pool.Put(r.b)
+
+	cc.Close()
+	b, n, err := lc.ReadOnReady(32<<10, pool)
+	if err != io.EOF || b != nil || n != 0 {
+		t.Fatalf("after the peer closed: %v, %d, %v; want nil, 0, EOF", b, n, err)
 	}
 }
