@@ -46,6 +46,8 @@ type Options struct {
 	// Debounce groups config and registry changes that come together into one push
 	// (default 100ms).
 	Debounce time.Duration
+	// MaxConnections bounds the xDS port's open connections (xds.Options).
+	MaxConnections int
 }
 
 // Server is the routing core.
@@ -98,7 +100,7 @@ func New(opts Options) (*Server, error) {
 			}
 		}
 	}
-	x, err := xds.New(xds.Options{Addr: opts.Addr, Logger: opts.Logger, Metrics: opts.Metrics})
+	x, err := xds.New(xds.Options{Addr: opts.Addr, Logger: opts.Logger, Metrics: opts.Metrics, MaxConnections: opts.MaxConnections})
 	if err != nil {
 		return nil, err
 	}

@@ -64,7 +64,7 @@ func newRouting(opts *mixer.Options, rf routingFlags, log *slog.Logger) (*routin
 	}
 	srv, err := routing.New(routing.Options{
 		Addr: rf.xdsAddr, Advertise: rf.advertise, CheckAdvertise: rf.checkAdvertise, CheckFailOpen: rf.checkFailOpen,
-		Registry: opts.Registry, Metrics: opts.Metrics, Logger: log,
+		Registry: opts.Registry, Metrics: opts.Metrics, Logger: log, MaxConnections: opts.MaxConnections,
 	})
 	if err != nil {
 		return nil, err

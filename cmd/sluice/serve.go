@@ -15,8 +15,8 @@ import (
 	"github.com/sluicemesh/sluice/loadtest"
 	"github.com/sluicemesh/sluice/mixer"
 	"github.com/sluicemesh/sluice/mixer/config"
+	"github.com/sluicemesh/sluice/mixer/connlimit"
 	"github.com/sluicemesh/sluice/mixer/gcfloor"
-	"github.com/sluicemesh/sluice/mixer/server"
 	"github.com/sluicemesh/sluice/mixer/sysmon"
 )
 
@@ -100,7 +100,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 	f.StringVar(&opts.CheckAddr, "check-addr", "", "also serve ext_authz and rate limits on this address with a lean HTTP/2 transport: less CPU per check and a shorter tail than grpc-go (default: off; the gRPC port always serves them)")
 	f.IntVar(&opts.MaxRecvMsgSize, "max-recv-msg-size", 16<<20, "largest gRPC message accepted, in bytes")
 	f.IntVar(&opts.MaxConcurrentStreams, "max-concurrent-streams", 1024, "calls and streams one connection to the gRPC port or --check-addr may hold at once; new ones past it are refused (the client opens another connection or waits)")
-	f.IntVar(&opts.MaxConnections, "max-connections", server.DefaultMaxConnections, "connections the gRPC port, and --check-addr, each hold open at once; one past it is closed as soon as accepted and counted (an idle connection holds about 15 KiB on the gRPC port, 38 KiB on --check-addr); 0 or less: the default")
+	f.IntVar(&opts.MaxConnections, "max-connections", connlimit.DefaultMax, "connections the gRPC port, --check-addr and the xDS port each hold open at once; one past it is closed as soon as accepted and counted (an idle connection holds about 15 KiB on the gRPC port, 38 KiB on --check-addr); 0 or less: the default")
 	f.IntVar(&opts.Shards, "shards", 0, "report-path shards (0: one per CPU)")
 	f.IntVar(&opts.QueueSize, "queue-size", 1024, "batches each shard queue holds before entries are dropped")
 	f.StringVar(&opts.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of principals derived from service accounts")

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/sluicemesh/sluice/mixer/connlimit"
 	"github.com/sluicemesh/sluice/mixer/dispatch"
 	"github.com/sluicemesh/sluice/mixer/h2unary"
 )
@@ -42,7 +43,7 @@ type Options struct {
 	// another connection or wait.
 	MaxConcurrentStreams int
 	// MaxConnections bounds the connections the gRPC port, and the check
-	// listener, each hold open at once; 0 means DefaultMaxConnections. A
+	// listener, each hold open at once; 0 means connlimit.DefaultMax. A
 	// connection past it is closed as soon as it is accepted, and counted.
 	MaxConnections int
 	// KeepaliveTime is how long a connection to the gRPC port may be silent before
@@ -113,7 +114,7 @@ func New(opts Options) (*Server, error) {
 	}
 	opts.MaxConcurrentStreams = min(opts.MaxConcurrentStreams, 1<<31-1) // HTTP/2's stream IDs
 	if opts.MaxConnections <= 0 {
-		opts.MaxConnections = DefaultMaxConnections
+		opts.MaxConnections = connlimit.DefaultMax
 	}
 	if opts.KeepaliveTime <= 0 {
 		opts.KeepaliveTime = 30 * time.Second
@@ -182,15 +183,8 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen gRPC on %s: %w", opts.GRPCAddr, err)
 	}
-	limited := newLimitListener(lis, opts.MaxConnections, opts.KeepaliveTimeout, opts.Logger)
-	s.grpcLis = limited
-	if opts.Metrics != nil {
-		for _, c := range limited.collectors() {
-			if err := opts.Metrics.Register(c); err != nil {
-				lis.Close()
-				return nil, fmt.Errorf("register server metrics: %w", err)
-			}
-		}
+	if s.grpcLis, err = s.bound(lis, "grpc", opts.KeepaliveTimeout); err != nil {
+		return nil, err
 	}
 	if s.adminLis, err = net.Listen("tcp", opts.AdminAddr); err != nil {
 		s.grpcLis.Close()
@@ -203,12 +197,12 @@ func New(opts Options) (*Server, error) {
 		s.check, err = h2unary.New(h2unary.Options{
 			Methods: opts.CheckMethods, MaxRecvMsgSize: opts.MaxRecvMsgSize, TLS: opts.GRPCTLS,
 			Logger: opts.Logger, Metrics: opts.Metrics, MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
-			MaxConnections: opts.MaxConnections,
 		})
 		if err == nil {
-			s.checkLis, err = net.Listen("tcp", opts.CheckAddr)
-			if err != nil {
+			if lis, err = net.Listen("tcp", opts.CheckAddr); err != nil {
 				err = fmt.Errorf("listen checks on %s: %w", opts.CheckAddr, err)
+			} else {
+				s.checkLis, err = s.bound(lis, "check", 0)
 			}
 		}
 		if err != nil {
@@ -223,6 +217,20 @@ func New(opts Options) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 	}
 	return s, nil
+}
+
+// bound bounds the connections lis holds open (Options.MaxConnections), with
+// the metrics labelled name; it closes lis when it fails.
+func (s *Server) bound(lis net.Listener, name string, userTimeout time.Duration) (net.Listener, error) {
+	l, err := connlimit.New(lis, connlimit.Options{Max: s.opts.MaxConnections, Name: name, UserTimeout: userTimeout, Logger: s.log})
+	if err == nil && s.opts.Metrics != nil {
+		err = s.opts.Metrics.Register(l)
+	}
+	if err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("bound %s connections: %w", name, err)
+	}
+	return l, nil
 }
 
 // GRPCAddr returns the bound gRPC address.

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sluicemesh/sluice/mixer/connlimit"
 	"github.com/sluicemesh/sluice/routing/translate"
 )
 
@@ -38,7 +39,15 @@ type Options struct {
 	Metrics prometheus.Registerer
 	// DrainTimeout bounds a graceful stop (default 5s).
 	DrainTimeout time.Duration
+	// MaxConnections bounds the connections open at once (default
+	// connlimit.DefaultMax): one past it is closed as soon as accepted, counted
+	// in sluice_connections_refused_total{listener="xds"}.
+	MaxConnections int
 }
+
+// maxStreams bounds the streams of one connection: an Envoy opens one (ADS) or
+// one per resource type, and grpc-go's default is unbounded.
+const maxStreams = 1024
 
 // Server is the xDS server. Resources reach clients through Update.
 type Server struct {
@@ -82,9 +91,21 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	lis, err := net.Listen("tcp", opts.Addr)
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = connlimit.DefaultMax
+	}
+	raw, err := net.Listen("tcp", opts.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for xDS on %s: %w", opts.Addr, err)
+	}
+	const keepaliveTimeout = 10 * time.Second
+	lis, err := connlimit.New(raw, connlimit.Options{Max: opts.MaxConnections, Name: "xds", UserTimeout: keepaliveTimeout, Logger: opts.Logger})
+	if err == nil && opts.Metrics != nil {
+		err = opts.Metrics.Register(lis)
+	}
+	if err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("bound xDS connections: %w", err)
 	}
 	s := &Server{
 		log: opts.Logger, lis: lis, metrics: m, drain: opts.DrainTimeout, nodes: map[string]*envoyNode{},
@@ -99,7 +120,8 @@ func New(opts Options) (*Server, error) {
 	s.streamCtx, s.stop = context.WithCancel(context.Background())
 	xs := serverv3.NewServer(s.streamCtx, s.caches, s.clients)
 	s.grpc = grpc.NewServer(
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: keepaliveTimeout}),
+		grpc.MaxConcurrentStreams(maxStreams),
 		// Clients may ping idle streams (Envoy and grpc-go keep ADS open for hours).
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)

@@ -1,13 +1,22 @@
 package xds
 
 import (
+	"context"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/sluicemesh/sluice/mixer/connlimit"
 )
 
 func TestResourceName(t *testing.T) {
@@ -56,5 +65,50 @@ func TestClientsHandler(t *testing.T) {
 		if rec.Code != tc.want {
 			t.Errorf("%s %s: %d, want %d", tc.method, tc.query, rec.Code, tc.want)
 		}
+	}
+}
+
+// TestConnectionBound: the xDS port holds MaxConnections open at most; one more
+// is closed as soon as it is accepted, and counted.
+func TestConnectionBound(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s, err := New(Options{Addr: "127.0.0.1:0", MaxConnections: 1, Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	held, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	waitFor("the first connection to be accepted", func() bool { return s.lis.(*connlimit.Listener).Active() == 1 })
+
+	extra, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read on a connection past the bound: %v, want EOF", err)
+	}
+	want := "# HELP sluice_connections_refused_total Connections closed as soon as accepted because the listener's bound (--max-connections) were open.\n" +
+		"# TYPE sluice_connections_refused_total counter\n" +
+		"sluice_connections_refused_total{listener=\"xds\"} 1\n"
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "sluice_connections_refused_total"); err != nil {
+		t.Error(err)
 	}
 }

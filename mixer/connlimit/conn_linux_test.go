@@ -1,8 +1,7 @@
-package server
+package connlimit
 
 import (
 	"io"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -11,27 +10,18 @@ import (
 	"google.golang.org/grpc/mem"
 )
 
-// TestLimitListenerKeepsUserTimeout: grpc-go sets TCP_USER_TIMEOUT (its keepalive
-// timeout) only on a *net.TCPConn, which the bounded listener's connections are
-// not, so the listener sets it; and a connection closed twice gives its place back
-// once.
-func TestLimitListenerKeepsUserTimeout(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newLimitListener(lis, 2, 7*time.Second, slog.New(slog.DiscardHandler))
-	defer l.Close()
-	cc, err := net.Dial("tcp", lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+// TestUserTimeout: grpc-go sets TCP_USER_TIMEOUT (its keepalive timeout) only on
+// a *net.TCPConn, which the bounded listener's connections are not, so the
+// listener sets it.
+func TestUserTimeout(t *testing.T) {
+	l, cc := listen(t, Options{Max: 2, UserTimeout: 7 * time.Second})
 	defer cc.Close()
 	c, err := l.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := c.(*limitConn).Conn.(*net.TCPConn).SyscallConn()
+	defer c.Close()
+	rc, err := c.(*conn).Conn.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,40 +33,23 @@ func TestLimitListenerKeepsUserTimeout(t *testing.T) {
 	if got != 7000 {
 		t.Errorf("TCP_USER_TIMEOUT %d ms, want 7000", got)
 	}
-	if n := l.active.Load(); n != 1 {
-		t.Fatalf("%d active, want 1", n)
-	}
-	c.Close()
-	c.Close()
-	if n := l.active.Load(); n != 0 {
-		t.Errorf("%d active after closing the only connection twice, want 0", n)
-	}
 }
 
 // TestReadOnReady: grpc-go reads a connection that offers ReadOnReady without a
-// buffer of its own for life; the wrapped connection offers it, returns what
-// arrives once it arrives, and reports the peer's close as io.EOF.
+// buffer of its own for life; the bounded listener's connections offer it, return
+// what arrives once it arrives, and report the peer's close as io.EOF.
 func TestReadOnReady(t *testing.T) {
 	var _ interface {
 		ReadOnReady(int, mem.BufferPool) (*[]byte, int, error)
-	} = (*limitConn)(nil)
+	} = (*conn)(nil)
 
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newLimitListener(lis, 2, 0, slog.New(slog.DiscardHandler))
-	defer l.Close()
-	cc, err := net.Dial("tcp", lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, cc := listen(t, Options{Max: 2})
 	c, err := l.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	lc := c.(*limitConn)
+	lc := c.(*conn)
 	pool := mem.DefaultBufferPool()
 
 	type read struct {

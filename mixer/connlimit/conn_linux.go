@@ -1,4 +1,4 @@
-package server
+package connlimit
 
 import (
 	"io"
@@ -25,7 +25,7 @@ func setUserTimeout(c *net.TCPConn, d time.Duration) {
 // readyReader reads a TCP connection only once data has arrived, into a buffer
 // taken from a pool at that moment. grpc-go reads a bare *net.TCPConn this way,
 // so that an idle connection pins no read buffer (about 32 KiB); a connection
-// it does not know, such as limitConn, gets a bufio.Reader of its own for life
+// it does not know, such as this package's, gets a bufio.Reader of its own for life
 // unless it offers ReadOnReady, grpc-go's optional interface for this.
 type readyReader struct {
 	raw syscall.RawConn
@@ -75,7 +75,7 @@ func newReadyReader(c net.Conn) *readyReader {
 // ReadOnReady implements grpc-go's readyreader.Reader: it waits until c is
 // readable, then reads up to size bytes into a buffer from pool, which the
 // caller returns to it.
-func (c *limitConn) ReadOnReady(size int, pool mem.BufferPool) (*[]byte, int, error) {
+func (c *conn) ReadOnReady(size int, pool mem.BufferPool) (*[]byte, int, error) {
 	r := c.ready
 	if r == nil {
 		// Not a TCP connection (never from net.Listen("tcp")): read it plainly.
