@@ -139,13 +139,16 @@ func TestConnectionBound(t *testing.T) {
 	const limit = 3
 	h := start(t, t.TempDir(), func(o *mixer.Options) { o.MaxConnections, o.CheckAddr = limit, "127.0.0.1:0" })
 	for _, tc := range []struct {
-		listener string
-		addr     net.Addr
+		listener                string
+		addr                    net.Addr
+		active, refused         string
+		activeSeries, refusedBy map[string]string
 	}{
-		{"grpc", h.GRPCAddr()},
-		{"check", h.CheckAddr()},
+		{"grpc", h.GRPCAddr(), "sluice_connections_active", "sluice_connections_refused_total",
+			map[string]string{"listener": "grpc"}, map[string]string{"listener": "grpc"}},
+		{"check", h.CheckAddr(), "sluice_h2unary_connections_active", "sluice_h2unary_errors_total",
+			nil, map[string]string{"reason": "connection_limit"}},
 	} {
-		series := map[string]string{"listener": tc.listener}
 		t.Run(tc.listener, func(t *testing.T) {
 			var open []net.Conn
 			defer func() {
@@ -165,16 +168,16 @@ func TestConnectionBound(t *testing.T) {
 			}
 			// Counted before the close the client saw.
 			f := h.scrape()
-			if got := f.Sum("sluice_connections_refused_total", series); got != 1 {
-				t.Errorf("sluice_connections_refused_total = %v, want 1", got)
+			if got := f.Sum(tc.refused, tc.refusedBy); got != 1 {
+				t.Errorf("%s = %v, want 1", tc.refused, got)
 			}
-			if got := f.Sum("sluice_connections_active", series); got != limit {
-				t.Errorf("sluice_connections_active = %v, want %d", got, limit)
+			if got := f.Sum(tc.active, tc.activeSeries); got != limit {
+				t.Errorf("%s = %v, want %d", tc.active, got, limit)
 			}
 			open[0].Close()
 			open = open[1:]
 			h.waitMetric("the closed connection's place to be given back", func(f loadtest.Families) bool {
-				return f.Sum("sluice_connections_active", series) == limit-1
+				return f.Sum(tc.active, tc.activeSeries) == limit-1
 			})
 			c, err := http2Session(tc.addr)
 			if err != nil {

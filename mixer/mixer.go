@@ -80,7 +80,8 @@ type Options struct {
 	// gRPC port or the check listener; 0 means 1024.
 	MaxConcurrentStreams int
 	// MaxConnections bounds the connections the gRPC port and the check listener
-	// each hold open at once (server.Options.MaxConnections).
+	// each hold open at once (server.Options.MaxConnections); sluice serve gives
+	// the xDS port the same bound.
 	MaxConnections int
 	// KeepaliveTime and KeepaliveTimeout are the gRPC port's pings of silent peers
 	// (server.Options); 0 means 30s and 10s.

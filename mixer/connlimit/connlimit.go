@@ -36,7 +36,9 @@ type Options struct {
 // Listener is a net.Listener whose open connections are bounded. grpc-go has no
 // such bound, and each connection holds goroutines and buffers however long it
 // stays, so a client opening connections in a loop would otherwise hold memory and
-// file descriptors without end.
+// file descriptors without end. A connection's place is given back when it is
+// closed, even if its server still runs calls it started (h2unary, which holds a
+// place until they return, bounds its connections itself).
 type Listener struct {
 	net.Listener
 	opts Options
@@ -60,7 +62,7 @@ func New(l net.Listener, opts Options) (*Listener, error) {
 	labels := prometheus.Labels{"listener": opts.Name}
 	ll.refused = prometheus.NewCounter(prometheus.CounterOpts{
 		Name:        "sluice_connections_refused_total",
-		Help:        "Connections closed as soon as accepted because the listener's bound (--max-connections) were open.",
+		Help:        "Connections closed as soon as accepted because --max-connections connections were open already.",
 		ConstLabels: labels,
 	})
 	ll.gauge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -91,13 +93,12 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if n := l.active.Add(1); n > int64(l.opts.Max) {
-			l.active.Add(-1)
+		if !l.take() {
 			l.refused.Inc() // before Close, so that a client seeing the close sees it counted
 			c.Close()
 			now := time.Now().UnixNano()
 			if last := l.lastLog.Load(); now-last >= int64(refusalLogEvery) && l.lastLog.CompareAndSwap(last, now) {
-				l.opts.Logger.Warn("connection refused: the listener's bound is open (counted in sluice_connections_refused_total; logged once a minute)",
+				l.opts.Logger.Warn("connection refused: the listener's bound is reached (counted in sluice_connections_refused_total; logged once a minute)",
 					"listener", l.opts.Name, "max", l.opts.Max, "remote", c.RemoteAddr().String())
 			}
 			continue
@@ -108,6 +109,19 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 		}
 		return &conn{Conn: c, l: l, ready: newReadyReader(c)}, nil
+	}
+}
+
+// take takes a place under the bound, if one is free.
+func (l *Listener) take() bool {
+	for {
+		n := l.active.Load()
+		if n >= int64(l.opts.Max) {
+			return false
+		}
+		if l.active.CompareAndSwap(n, n+1) {
+			return true
+		}
 	}
 }
 

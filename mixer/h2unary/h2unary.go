@@ -92,12 +92,19 @@ type Options struct {
 	MaxRecvMsgSize int
 	// MaxConcurrentStreams bounds the calls in flight per connection; 0 means 1024.
 	MaxConcurrentStreams uint32
+	// MaxConnections bounds the connections open at once; 0 means
+	// DefaultMaxConnections. A
+	// connection past it is closed as soon as it is accepted (ReasonConnLimit).
+	MaxConnections int
 	// TLS, when set, is served on every connection (with ALPN h2).
 	TLS    *tls.Config
 	Logger *slog.Logger
 	// Metrics receives sluice_h2unary_* metrics; nil registers none.
 	Metrics prometheus.Registerer
 }
+
+// DefaultMaxConnections is the default of Options.MaxConnections.
+const DefaultMaxConnections = 16384
 
 // Reasons of sluice_h2unary_errors_total.
 const (
@@ -128,6 +135,9 @@ const (
 	// ReasonAccept: accepting a connection failed (out of file descriptors and
 	// the like): the listener pauses before it accepts again.
 	ReasonAccept = "accept_error"
+	// ReasonConnLimit: a connection closed as soon as accepted, MaxConnections
+	// being open.
+	ReasonConnLimit = "connection_limit"
 )
 
 // Server is a lean unary gRPC server.
@@ -154,11 +164,13 @@ type Server struct {
 	stop    chan struct{}
 	workers atomic.Int32
 
-	mu       sync.Mutex
-	lis      map[net.Listener]struct{}
-	active   map[*conn]struct{}
-	shutdown bool
-	wg       sync.WaitGroup // connections
+	mu     sync.Mutex
+	lis    map[net.Listener]struct{}
+	active map[*conn]struct{}
+	// refusedLog is when a connection past MaxConnections was last logged.
+	refusedLog time.Time
+	shutdown   bool
+	wg         sync.WaitGroup // connections
 }
 
 // maxWorkers bounds the goroutines kept for calls: more calls at once get
@@ -185,6 +197,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxConcurrentStreams == 0 {
 		opts.MaxConcurrentStreams = 1024
 	}
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = DefaultMaxConnections
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -208,7 +223,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.inlineCalls, s.goCalls = s.calls.WithLabelValues("inline"), s.calls.WithLabelValues("goroutine")
 	for _, r := range []string{ReasonProtocol, ReasonTooLarge, ReasonUnknownMethod, ReasonBadRequest, ReasonRefused, ReasonReset,
-		ReasonStream, ReasonDeadline, ReasonConnClosed, ReasonWriteTimeout, ReasonTLS, ReasonAccept} {
+		ReasonStream, ReasonDeadline, ReasonConnClosed, ReasonWriteTimeout, ReasonTLS, ReasonAccept, ReasonConnLimit} {
 		s.errs.WithLabelValues(r)
 	}
 	for i := range opts.Methods {
@@ -270,13 +285,27 @@ func (s *Server) Serve(lis net.Listener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		delay = 0
-		c := newConn(s, nc)
 		s.mu.Lock()
 		if s.shutdown {
 			s.mu.Unlock()
 			nc.Close()
 			return ErrServerClosed
 		}
+		if len(s.active) >= s.opts.MaxConnections {
+			logIt := time.Since(s.refusedLog) >= time.Minute
+			if logIt {
+				s.refusedLog = time.Now()
+			}
+			s.mu.Unlock()
+			s.count(ReasonConnLimit) // before Close, so that a client seeing the close sees it counted
+			nc.Close()
+			if logIt {
+				s.log.Warn("h2unary: connection refused, MaxConnections are open (counted in sluice_h2unary_errors_total; logged once a minute)",
+					"max", s.opts.MaxConnections, "remote", nc.RemoteAddr().String())
+			}
+			continue
+		}
+		c := newConn(s, nc)
 		s.active[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()

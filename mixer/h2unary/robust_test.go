@@ -779,3 +779,34 @@ func TestRefusedCallsNotCountedAgainOnClose(t *testing.T) {
 		})
 	}
 }
+
+// TestConnectionBoundHoldsUntilCallsReturn: a connection keeps its place under
+// MaxConnections until its calls have returned, not only until it closes, so that
+// a client cannot close and reopen connections to leave any number of calls
+// running; one past the bound is closed as soon as accepted, and counted.
+func TestConnectionBoundHoldsUntilCallsReturn(t *testing.T) {
+	ts := startServer(t, Options{MaxConnections: 1}, false)
+	first := ts.dial(t)
+	go func() {
+		_ = first.Invoke(context.Background(), holdPath, wrapperspb.String("x"), new(wrapperspb.StringValue))
+	}()
+	<-ts.waiting
+	first.Close() // the call, deaf to its context, runs on
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := echo(ctx, ts.dial(t), []byte("a")); err == nil {
+		t.Fatal("a second connection was served while the first one's call ran")
+	}
+	if n := ts.errors(ReasonConnLimit); n < 1 {
+		t.Fatalf("%v connections counted as refused, want at least 1", n)
+	}
+
+	close(ts.release)
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	waitFor(t, func() bool {
+		_, err := echo(ctx, ts.dial(t), []byte("b"))
+		return err == nil
+	}, "a connection to be served once the call returned")
+}

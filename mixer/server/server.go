@@ -197,12 +197,13 @@ func New(opts Options) (*Server, error) {
 		s.check, err = h2unary.New(h2unary.Options{
 			Methods: opts.CheckMethods, MaxRecvMsgSize: opts.MaxRecvMsgSize, TLS: opts.GRPCTLS,
 			Logger: opts.Logger, Metrics: opts.Metrics, MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
+			MaxConnections: opts.MaxConnections,
 		})
 		if err == nil {
-			if lis, err = net.Listen("tcp", opts.CheckAddr); err != nil {
+			// h2unary bounds its connections itself, and holds a connection's
+			// place until its calls have returned, not only until it closes.
+			if s.checkLis, err = net.Listen("tcp", opts.CheckAddr); err != nil {
 				err = fmt.Errorf("listen checks on %s: %w", opts.CheckAddr, err)
-			} else {
-				s.checkLis, err = s.bound(lis, "check", 0)
 			}
 		}
 		if err != nil {

@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -72,7 +73,7 @@ func TestClientsHandler(t *testing.T) {
 // is closed as soon as it is accepted, and counted.
 func TestConnectionBound(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s, err := New(Options{Addr: "127.0.0.1:0", MaxConnections: 1, Metrics: reg})
+	s, err := New(Options{Addr: "127.0.0.1:0", MaxConnections: 1, Metrics: reg, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +106,7 @@ func TestConnectionBound(t *testing.T) {
 	if _, err := extra.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("read on a connection past the bound: %v, want EOF", err)
 	}
-	want := "# HELP sluice_connections_refused_total Connections closed as soon as accepted because the listener's bound (--max-connections) were open.\n" +
+	want := "# HELP sluice_connections_refused_total Connections closed as soon as accepted because --max-connections connections were open already.\n" +
 		"# TYPE sluice_connections_refused_total counter\n" +
 		"sluice_connections_refused_total{listener=\"xds\"} 1\n"
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "sluice_connections_refused_total"); err != nil {
