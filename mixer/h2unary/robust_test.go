@@ -786,6 +786,12 @@ func TestRefusedCallsNotCountedAgainOnClose(t *testing.T) {
 // running; one past the bound is closed as soon as accepted, and counted.
 func TestConnectionBoundHoldsUntilCallsReturn(t *testing.T) {
 	ts := startServer(t, Options{MaxConnections: 1}, false)
+	released := false
+	defer func() { // before the server's shutdown, which waits for the call
+		if !released {
+			close(ts.release)
+		}
+	}()
 	first := ts.dial(t)
 	go func() {
 		_ = first.Invoke(context.Background(), holdPath, wrapperspb.String("x"), new(wrapperspb.StringValue))
@@ -803,6 +809,7 @@ func TestConnectionBoundHoldsUntilCallsReturn(t *testing.T) {
 	}
 
 	close(ts.release)
+	released = true
 	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	waitFor(t, func() bool {
