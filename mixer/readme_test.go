@@ -50,7 +50,8 @@ func TestREADMEListsEverything(t *testing.T) {
 	for _, reason := range []string{"queue_full", "shutdown", "malformed", "no_identifier", "no_config", "bad_identifier", "too_large",
 		"unknown_enum", "bad_peer_metadata", "connection_table_full", "no_value", "eval_error", "closed",
 		"protocol_error", "unknown_method", "bad_request", "refused", "reset_by_client", "stream_error",
-		"deadline_exceeded", "connection_closed", "write_timeout", "tls_handshake", "accept_error"} {
+		"deadline_exceeded", "connection_closed", "write_timeout", "tls_handshake", "accept_error", "connection_limit",
+		"script_missing", "list_watch"} {
 		if !strings.Contains(readme, "`"+reason+"`") {
 			t.Errorf("README does not list reason %s", reason)
 		}
