@@ -121,14 +121,11 @@ spec:
   actions: [{handler: callers, instances: [caller]}]
 `
 
-// TestWatchRetriesRejectedConfig: a config rejected for something outside the
-// directory (here a list file not written yet, as when it comes from another
-// ConfigMap) is retried on every poll, and applied once that thing is fixed, without
-// another edit of the directory. The repeated rejection is logged once at error level,
-// then at debug level, and every failed attempt is counted.
-func TestWatchRetriesRejectedConfig(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+// newFastWatcher returns a watcher of dir that applies configs to a dispatcher
+// of its own, debounces for 5ms and polls every 20ms, with the config of dir
+// loaded; reg holds its metrics.
+func newFastWatcher(t *testing.T, dir string, log *slog.Logger) (w *config.Watcher, reg *prometheus.Registry) {
+	t.Helper()
 	comp, err := expr.NewCompiler(attribute.NewVocabulary())
 	if err != nil {
 		t.Fatal(err)
@@ -137,24 +134,43 @@ func TestWatchRetriesRejectedConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = disp.Close(context.Background()) }()
-
-	dir := t.TempDir()
-	listFile := filepath.Join(t.TempDir(), "callers.txt")
-	logs := &logRecords{}
-	reg := prometheus.NewRegistry()
-	w, err := config.NewWatcher(loader(t, dir), disp.Apply, slog.New(logs), reg)
-	if err != nil {
+	t.Cleanup(func() { _ = disp.Close(context.Background()) })
+	reg = prometheus.NewRegistry()
+	if w, err = config.NewWatcher(loader(t, dir), disp.Apply, log, reg); err != nil {
 		t.Fatal(err)
 	}
 	w.Debounce = 5 * time.Millisecond
 	w.Poll = 20 * time.Millisecond
-	if err := w.Reload(ctx); err != nil {
+	if err := w.Reload(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	return w, reg
+}
+
+// runWatcher runs w until the test ends; done receives what Run returned, should
+// it return before.
+func runWatcher(t *testing.T, w *config.Watcher) (done <-chan error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ran, exited := make(chan error, 1), make(chan struct{})
+	go func() {
+		ran <- w.Run(ctx)
+		close(exited)
+	}()
+	t.Cleanup(func() { cancel(); <-exited })
+	return ran
+}
+
+// TestWatchRetriesRejectedConfig: a config rejected for something outside the
+// directory (here a list file not written yet, as when it comes from another
+// ConfigMap) is retried on every poll, and applied once that thing is fixed, without
+// another edit of the directory. The repeated rejection is logged once at error level,
+// then at debug level, and every failed attempt is counted.
+func TestWatchRetriesRejectedConfig(t *testing.T) {
+	dir := t.TempDir()
+	listFile := filepath.Join(t.TempDir(), "callers.txt")
+	logs := &logRecords{}
+	w, reg := newFastWatcher(t, dir, slog.New(logs))
+	runWatcher(t, w)
 
 	// A handler whose list file does not exist yet: rejected, retried on every poll.
 	renameInto(t, filepath.Join(dir, "callers.yaml"), strings.ReplaceAll(callersList, "LISTFILE", listFile))
@@ -242,38 +258,15 @@ func TestReloadLogsEachNewRejection(t *testing.T) {
 // counted, the config written later is applied, and once the directory can be
 // watched it is.
 func TestWatchFallsBackToPolling(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	comp, err := expr.NewCompiler(attribute.NewVocabulary())
-	if err != nil {
-		t.Fatal(err)
-	}
-	disp, err := dispatch.New(dispatch.Options{Shards: 1, Registry: registry.New(""), Logger: slog.New(slog.DiscardHandler), Compiler: comp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = disp.Close(context.Background()) }()
-
 	dir := filepath.Join(t.TempDir(), "config")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	w, err := config.NewWatcher(loader(t, dir), disp.Apply, slog.New(slog.DiscardHandler), reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Debounce = 5 * time.Millisecond
-	w.Poll = 20 * time.Millisecond
-	if err := w.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w, reg := newFastWatcher(t, dir, slog.New(slog.DiscardHandler))
 	if err := os.Remove(dir); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	done := runWatcher(t, w)
 	// Each poll tries to watch again, and counts its failure.
 	waitFor(t, "the failed watches to be counted", func() bool { return counter(t, reg, "sluice_config_watch_errors_total") >= 2 })
 

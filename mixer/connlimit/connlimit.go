@@ -4,6 +4,7 @@ package connlimit
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -69,6 +70,26 @@ func New(l net.Listener, opts Options) (*Listener, error) {
 		Name: "sluice_connections_active", Help: "Open connections of the listener.", ConstLabels: labels,
 	}, func() float64 { return float64(ll.active.Load()) })
 	return ll, nil
+}
+
+// Listen listens on the TCP address addr, bounds its connections and registers
+// the listener's metrics on reg, unless reg is nil.
+func Listen(addr string, opts Options, reg prometheus.Registerer) (*Listener, error) {
+	raw, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	l, err := New(raw, opts)
+	if err == nil && reg != nil {
+		if err = reg.Register(l); err != nil {
+			err = fmt.Errorf("register connection metrics: %w", err)
+		}
+	}
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // Describe implements prometheus.Collector.

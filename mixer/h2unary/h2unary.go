@@ -33,6 +33,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/sluicemesh/sluice/mixer/connlimit"
 )
 
 // Method is one unary method: its full path and the function answering it.
@@ -93,8 +95,9 @@ type Options struct {
 	// MaxConcurrentStreams bounds the calls in flight per connection; 0 means 1024.
 	MaxConcurrentStreams uint32
 	// MaxConnections bounds the connections open at once; 0 means
-	// DefaultMaxConnections. A
-	// connection past it is closed as soon as it is accepted (ReasonConnLimit).
+	// connlimit.DefaultMax. A connection past it is closed as soon as it is
+	// accepted (ReasonConnLimit), and a closed one keeps its place until its
+	// calls have returned.
 	MaxConnections int
 	// TLS, when set, is served on every connection (with ALPN h2).
 	TLS    *tls.Config
@@ -102,9 +105,6 @@ type Options struct {
 	// Metrics receives sluice_h2unary_* metrics; nil registers none.
 	Metrics prometheus.Registerer
 }
-
-// DefaultMaxConnections is the default of Options.MaxConnections.
-const DefaultMaxConnections = 16384
 
 // Reasons of sluice_h2unary_errors_total.
 const (
@@ -198,7 +198,7 @@ func New(opts Options) (*Server, error) {
 		opts.MaxConcurrentStreams = 1024
 	}
 	if opts.MaxConnections <= 0 {
-		opts.MaxConnections = DefaultMaxConnections
+		opts.MaxConnections = connlimit.DefaultMax
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

@@ -179,12 +179,12 @@ func New(opts Options) (*Server, error) {
 	}
 	reflection.Register(s.grpc)
 
-	lis, err := net.Listen("tcp", opts.GRPCAddr)
+	var err error
+	s.grpcLis, err = connlimit.Listen(opts.GRPCAddr, connlimit.Options{
+		Max: opts.MaxConnections, Name: "grpc", UserTimeout: opts.KeepaliveTimeout, Logger: opts.Logger,
+	}, opts.Metrics)
 	if err != nil {
 		return nil, fmt.Errorf("listen gRPC on %s: %w", opts.GRPCAddr, err)
-	}
-	if s.grpcLis, err = s.bound(lis, "grpc", opts.KeepaliveTimeout); err != nil {
-		return nil, err
 	}
 	if s.adminLis, err = net.Listen("tcp", opts.AdminAddr); err != nil {
 		s.grpcLis.Close()
@@ -218,20 +218,6 @@ func New(opts Options) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 	}
 	return s, nil
-}
-
-// bound bounds the connections lis holds open (Options.MaxConnections), with
-// the metrics labelled name; it closes lis when it fails.
-func (s *Server) bound(lis net.Listener, name string, userTimeout time.Duration) (net.Listener, error) {
-	l, err := connlimit.New(lis, connlimit.Options{Max: s.opts.MaxConnections, Name: name, UserTimeout: userTimeout, Logger: s.log})
-	if err == nil && s.opts.Metrics != nil {
-		err = s.opts.Metrics.Register(l)
-	}
-	if err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("bound %s connections: %w", name, err)
-	}
-	return l, nil
 }
 
 // GRPCAddr returns the bound gRPC address.

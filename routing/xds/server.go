@@ -94,18 +94,12 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxConnections <= 0 {
 		opts.MaxConnections = connlimit.DefaultMax
 	}
-	raw, err := net.Listen("tcp", opts.Addr)
+	const keepaliveTimeout = 10 * time.Second
+	lis, err := connlimit.Listen(opts.Addr, connlimit.Options{
+		Max: opts.MaxConnections, Name: "xds", UserTimeout: keepaliveTimeout, Logger: opts.Logger,
+	}, opts.Metrics)
 	if err != nil {
 		return nil, fmt.Errorf("listen for xDS on %s: %w", opts.Addr, err)
-	}
-	const keepaliveTimeout = 10 * time.Second
-	lis, err := connlimit.New(raw, connlimit.Options{Max: opts.MaxConnections, Name: "xds", UserTimeout: keepaliveTimeout, Logger: opts.Logger})
-	if err == nil && opts.Metrics != nil {
-		err = opts.Metrics.Register(lis)
-	}
-	if err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("bound xDS connections: %w", err)
 	}
 	s := &Server{
 		log: opts.Logger, lis: lis, metrics: m, drain: opts.DrainTimeout, nodes: map[string]*envoyNode{},
