@@ -325,6 +325,19 @@ func decodeBothWays(t *testing.T, req *authv3.CheckRequest) (headers [2]map[stri
 	return headers, counts
 }
 
+// bagsBothWays decodes req with dec from the message (SetRequest) and from its
+// encoding (Unmarshal), and returns the attributes of each.
+func bagsBothWays(t *testing.T, dec *envoy.CheckDecoder, req *authv3.CheckRequest) [2]*attribute.Bag {
+	t.Helper()
+	fields := fieldsBothWays(t, req)
+	var bags [2]*attribute.Bag
+	for i := range fields {
+		bags[i] = new(attribute.Bag)
+		dec.Decode(&fields[i], time.Unix(1764900000, 0), bags[i])
+	}
+	return bags
+}
+
 // fieldsBothWays reads req from the message (SetRequest) and from its encoding
 // (Unmarshal), for tests that hold both decoding paths to the same answer.
 func fieldsBothWays(t *testing.T, req *authv3.CheckRequest) *[2]envoy.CheckFields {
@@ -521,17 +534,14 @@ func TestCheckSourceFollowsPrincipal(t *testing.T) {
 		if tt.peerHeader != "" {
 			req.Attributes.Request.Http.Headers["x-envoy-peer-metadata"] = tt.peerHeader
 		}
-		fields := fieldsBothWays(t, req)
-		for i := range fields {
-			var bag attribute.Bag
-			dec.Decode(&fields[i], time.Unix(1764900000, 0), &bag)
+		for i, bag := range bagsBothWays(t, dec, req) {
 			ns, _ := bag.String(attribute.SourceNamespace)
 			wns, _ := bag.String(attribute.SourceWorkloadNamespace)
 			w, _ := bag.String(attribute.SourceWorkloadName)
 			sa, _ := bag.String(attribute.SourceServiceAccount)
 			if ns != tt.ns || wns != tt.ns || w != tt.workload || sa != tt.sa {
-				t.Errorf("%s: source.namespace %q, source.workload.namespace %q, source.workload.name %q, source.service_account %q; want %q, %q, %q, %q",
-					tt.name, ns, wns, w, sa, tt.ns, tt.ns, tt.workload, tt.sa)
+				t.Errorf("%s (decoder %d): source.namespace %q, source.workload.namespace %q, source.workload.name %q, source.service_account %q; want %q, %q, %q, %q",
+					tt.name, i, ns, wns, w, sa, tt.ns, tt.ns, tt.workload, tt.sa)
 			}
 		}
 	}
@@ -572,10 +582,7 @@ func TestCheckDestinationService(t *testing.T) {
 		req.Attributes.Destination.Address = envoy.Address(tt.ip, 9080)
 		req.Attributes.Destination.Principal = tt.principal
 		req.Attributes.Request.Http.Host = tt.host
-		fields := fieldsBothWays(t, req)
-		for i := range fields {
-			var bag attribute.Bag
-			dec.Decode(&fields[i], time.Unix(1764900000, 0), &bag)
+		for i, bag := range bagsBothWays(t, dec, req) {
 			host, _ := bag.String(attribute.DestinationServiceHost)
 			name, _ := bag.String(attribute.DestinationServiceName)
 			ns, _ := bag.String(attribute.DestinationServiceNamespace)
@@ -611,18 +618,15 @@ func TestCheckDestinationLabelsAndPrincipal(t *testing.T) {
 		req.Attributes.Destination.Address = envoy.Address(tt.ip, 9080)
 		req.Attributes.Destination.Principal = tt.principal
 		req.Attributes.Destination.Labels = tt.labels
-		fields := fieldsBothWays(t, req)
-		for i := range fields {
-			var bag attribute.Bag
-			dec.Decode(&fields[i], time.Unix(1764900000, 0), &bag)
+		for i, bag := range bagsBothWays(t, dec, req) {
 			w, _ := bag.String(attribute.DestinationWorkloadName)
 			ns, _ := bag.String(attribute.DestinationWorkloadNamespace)
 			app, _ := bag.String(attribute.DestinationApp)
 			sa, _ := bag.String(attribute.DestinationServiceAccount)
 			m, _ := bag.Map(attribute.DestinationLabels)
 			if w != tt.workload || ns != tt.ns || app != tt.app || sa != tt.sa || m.Len() != tt.nlabels {
-				t.Errorf("%s: destination.workload.name %q, .namespace %q, .app %q, .service_account %q, %d labels; want %q, %q, %q, %q, %d",
-					tt.name, w, ns, app, sa, m.Len(), tt.workload, tt.ns, tt.app, tt.sa, tt.nlabels)
+				t.Errorf("%s (decoder %d): destination.workload.name %q, .namespace %q, .app %q, .service_account %q, %d labels; want %q, %q, %q, %q, %d",
+					tt.name, i, w, ns, app, sa, m.Len(), tt.workload, tt.ns, tt.app, tt.sa, tt.nlabels)
 			}
 		}
 	}
