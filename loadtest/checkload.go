@@ -1,6 +1,7 @@
 package loadtest
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"embed"
@@ -56,8 +57,10 @@ type CheckLoadOptions struct {
 	// and check (--check-addr, the lean HTTP/2 transport). The noop backends have
 	// one transport each and run once.
 	Listeners []string
-	// Client is h2 (a lean HTTP/2 client that batches writes, as Envoy does) or
-	// grpc (grpc-go's own client, which costs this machine far more CPU per call).
+	// Client is loop (the default: the lean HTTP/2 client on one thread with the
+	// pacer, answers timed by the kernel; see evLoop), h2 (the same client with a
+	// reader goroutine per connection, answers timed when read) or grpc (grpc-go's
+	// own client, which costs this machine far more CPU per call).
 	Client string
 	// Conns is the number of client connections; Workers the in-flight bound of the
 	// grpc client.
@@ -81,7 +84,11 @@ type CheckLoadOptions struct {
 	// HostProbe is how long host stalls are probed before each run (0: not at
 	// all); see HostStalls.
 	HostProbe time.Duration
-	Out       io.Writer
+	// LatencyLog, when set, receives every measured request of every run as a line
+	// "scenario rate due latency" (due as Unix seconds, latency in microseconds), to
+	// see whether a tail is spread out or a few stalls, and when they happened.
+	LatencyLog string
+	Out        io.Writer
 }
 
 // CheckRow is one measured scenario at one offered rate.
@@ -132,10 +139,10 @@ type CheckRow struct {
 func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 	switch o.Client {
 	case "":
-		o.Client = "h2"
-	case "h2", "grpc":
+		o.Client = "loop"
+	case "h2", "loop", "grpc":
 	default:
-		return nil, fmt.Errorf("unknown client %q: h2 or grpc", o.Client)
+		return nil, fmt.Errorf("unknown client %q: h2, loop or grpc", o.Client)
 	}
 	for _, b := range o.Backends {
 		switch b {
@@ -333,7 +340,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		fmt.Fprintf(o.Out, "  %-40s %d/s\n", k, best[k])
 	}
 	fmt.Fprintf(o.Out, "\nGenerator: the %s client. It shares the machine's cores with the server; its own CPU is not counted in server CPU/req.\n"+
-		"Latency runs from each request's due time, so it includes the pacer's lag.\n", o.Client)
+		"Latency runs from each request's due time, so it includes the pacer's lag, to %s.\n", o.Client, answerTime(o.Client))
 	if o.HostProbe > 0 {
 		fmt.Fprintf(o.Out, "Host stalls/s: before each run, for %s with the server idle, how many %s sleeps a second woke %s or more late\n"+
 			"(the host had descheduled the VM's CPU), and the latest; a run on a host stalling more often has a worse tail, whatever the server does.\n",
@@ -350,6 +357,7 @@ type checkServer struct {
 	target              string // the address loaded: the gRPC port or the check listener
 	cmd, redis          *exec.Cmd
 	dir                 string
+	backend, listener   string // what it serves, for the latency log
 	// seq numbers the requests of all runs on this server, which each reserve
 	// theirs, so that no run repeats another's users: a cache-miss run must not
 	// find the users of the run before it in the server's check cache.
@@ -385,7 +393,7 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 	if err != nil {
 		return nil, err
 	}
-	srv := &checkServer{grpcAddr: freeAddr(), adminAddr: freeAddr(), dir: dir}
+	srv := &checkServer{grpcAddr: freeAddr(), adminAddr: freeAddr(), dir: dir, backend: backend, listener: listener}
 	srv.target = srv.grpcAddr
 	if backend == "noop" || backend == "noop-h2" {
 		// This very binary, as the do-nothing server.
@@ -677,9 +685,12 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		interval: time.Second / time.Duration(rate), timeout: sc.timeout}
 	seq := srv.reserve(total)
 	var client loadClient
-	if o.Client == "grpc" {
+	switch o.Client {
+	case "grpc":
 		client, err = newGRPCClient(ctx, o, srv.target, sc, r, seq)
-	} else {
+	case "loop":
+		client, err = newLoopClient(o, srv.target, sc, r, seq)
+	default:
 		client, err = newH2Client(o, srv.target, sc, r, seq)
 	}
 	if err != nil {
@@ -725,7 +736,9 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	// The schedule starts now, after the setup above, so that no request falls
 	// due while the connections warm up.
 	r.start = time.Now()
-	r.pace(total, client.release)
+	pause, unlock := client.pacer()
+	r.pace(total, client.release, pause)
+	unlock()
 	client.wait()
 	wg.Wait()
 	elapsed := time.Since(r.start)
@@ -746,6 +759,11 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	}
 	heapProfile("heap1") // after the counters: its collection is not the run's
 	row.ClientCPUPerReq = (selfCPU() - self0) / time.Duration(total)
+	if o.LatencyLog != "" {
+		if err := appendLatencies(o.LatencyLog, fmt.Sprintf("%s/%s/%s/%s", svc, srv.backend, srv.listener, cache), rate, r); err != nil {
+			fmt.Fprintln(os.Stderr, "latency log:", err)
+		}
+	}
 	row.P50, row.P99, row.P999, row.Max = percentiles(r.lat)
 	_, row.PacerLagP99, _, _ = percentiles(r.lag)
 	row.Achieved = float64(total) / elapsed.Seconds()
@@ -755,6 +773,31 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		fmt.Fprintf(o.Out, "(%d errors, %d of them answers past the %v deadline; first: %v) ", row.Errors, row.Late, r.timeout, r.firstErr.Load())
 	}
 	return row, nil
+}
+
+// appendLatencies appends run r's latencies to the file at path.
+func appendLatencies(path, scenario string, rate int, r *run) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	w := bufio.NewWriter(f)
+	for i, lat := range r.lat {
+		fmt.Fprintf(w, "%s %d %.6f %d\n", scenario, rate, float64(r.due(i).UnixNano())/1e9, lat.Microseconds())
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// answerTime says when a client's answers count as answered.
+func answerTime(client string) string {
+	if client == "loop" {
+		return "when the answer reached the client's socket (the kernel's receive time)"
+	}
+	return "when the client read the answer"
 }
 
 // counters are a server's cumulative allocation counters, and its Redis
@@ -805,14 +848,15 @@ type run struct {
 
 func (r *run) due(i int) time.Time { return r.start.Add(time.Duration(i) * r.interval) }
 
-// done records request i's outcome; warm-up requests (negative i) count only errors.
+// done records request i's outcome, answered at (or failed by) time at; warm-up
+// requests (negative i) count only errors.
 // An answer later than the timeout is counted as the timeout Envoy would have seen
 // (the lean listener runs in-memory checks with no deadline of their own), and a
 // failed request enters the percentiles at the timeout at least, so that fast
 // failures (a connection refused) never make the tail look better.
-func (r *run) done(i int, err error) {
+func (r *run) done(i int, at time.Time, err error) {
 	if i >= 0 {
-		lat := time.Since(r.due(i))
+		lat := at.Sub(r.due(i))
 		if err == nil && r.timeout > 0 && lat > r.timeout {
 			r.late.Add(1)
 			err = fmt.Errorf("answered %v after it was due, past its %v deadline: %w", lat.Round(time.Microsecond), r.timeout, context.DeadlineExceeded)
@@ -828,10 +872,8 @@ func (r *run) done(i int, err error) {
 }
 
 // pace releases requests 0…total-1 as they come due, all those due at once in one
-// call, sleeping precisely in between.
-func (r *run) pace(total int, release func(from, to int)) {
-	pause, unlock := precisePause()
-	defer unlock()
+// call, pausing in between (see precisePause).
+func (r *run) pace(total int, release func(from, to int), pause func(time.Duration)) {
 	for next := 0; next < total; {
 		now := time.Now()
 		end := next
@@ -854,6 +896,8 @@ type loadClient interface {
 	warm(n int) error
 	// release sends requests [from, to) now; their outcomes go to the run.
 	release(from, to int)
+	// pacer returns how the pacer pauses between releases, and what ends that.
+	pacer() (pause func(time.Duration), unlock func())
 	// wait returns when every released request is answered.
 	wait()
 	close()
@@ -886,7 +930,8 @@ func newGRPCClient(ctx context.Context, o CheckLoadOptions, addr string, sc *sce
 		go func() {
 			defer c.wg.Done()
 			for i := range c.slots {
-				r.done(i, sc.invoke(ctx, c.conns[i%len(c.conns)], c.seq.Add(1)))
+				err := sc.invoke(ctx, c.conns[i%len(c.conns)], c.seq.Add(1))
+				r.done(i, time.Now(), err)
 			}
 		}()
 	}
@@ -908,6 +953,8 @@ func (c *grpcClient) release(from, to int) {
 	}
 }
 
+func (c *grpcClient) pacer() (func(time.Duration), func()) { return precisePause() }
+
 func (c *grpcClient) wait() {
 	close(c.slots)
 	c.wg.Wait()
@@ -920,9 +967,12 @@ func (c *grpcClient) close() {
 }
 
 // h2Client sends through lean HTTP/2 connections (h2Conn): every request released
-// at once goes out in one write per connection.
+// at once goes out in one write per connection. Their answers are read by a
+// goroutine per connection, or with loop by the pacer's own thread (the loop
+// client).
 type h2Client struct {
 	conns []*h2Conn
+	loop  *evLoop
 	sc    *scenario
 	run   *run
 	batch [][]h2Request
@@ -930,9 +980,27 @@ type h2Client struct {
 }
 
 func newH2Client(o CheckLoadOptions, addr string, sc *scenario, r *run, seq int64) (*h2Client, error) {
-	c := &h2Client{sc: sc, run: r, seq: seq - 1} // incremented before each use
+	return dialH2Client(o, nil, addr, sc, r, seq)
+}
+
+// newLoopClient returns an h2Client whose connections, pacing and reading run on
+// one thread (evLoop).
+func newLoopClient(o CheckLoadOptions, addr string, sc *scenario, r *run, seq int64) (*h2Client, error) {
+	l, err := newEvLoop()
+	if err != nil {
+		return nil, err
+	}
+	return dialH2Client(o, l, addr, sc, r, seq)
+}
+
+func dialH2Client(o CheckLoadOptions, l *evLoop, addr string, sc *scenario, r *run, seq int64) (*h2Client, error) {
+	c := &h2Client{loop: l, sc: sc, run: r, seq: seq - 1} // incremented before each use
+	dial := dialH2
+	if l != nil {
+		dial = l.dial
+	}
 	for range o.Conns {
-		hc, err := dialH2(addr, sc.method, sc.timeout, sc.check, r.done, sc.stamp)
+		hc, err := dial(addr, sc.method, sc.timeout, sc.check, r.done, sc.stamp)
 		if err != nil {
 			c.close()
 			return nil, err
@@ -947,6 +1015,9 @@ func (c *h2Client) warm(n int) error {
 	for i := range n {
 		// Warm-up slots are negative: they are not measured.
 		c.conns[i%len(c.conns)].send([]h2Request{{slot: -1 - i, msg: c.sc.template(int64(i)), seq: int64(i)}})
+	}
+	if c.loop != nil {
+		c.loop.waitIdle()
 	}
 	for _, hc := range c.conns {
 		if err := hc.wait(); err != nil {
@@ -975,7 +1046,17 @@ func (c *h2Client) release(from, to int) {
 	}
 }
 
+func (c *h2Client) pacer() (func(time.Duration), func()) {
+	if c.loop != nil {
+		return c.loop.pacer()
+	}
+	return precisePause()
+}
+
 func (c *h2Client) wait() {
+	if c.loop != nil {
+		c.loop.waitIdle()
+	}
 	for _, hc := range c.conns {
 		_ = hc.wait() // its failures were reported per request
 	}
@@ -984,5 +1065,8 @@ func (c *h2Client) wait() {
 func (c *h2Client) close() {
 	for _, hc := range c.conns {
 		hc.close()
+	}
+	if c.loop != nil {
+		c.loop.close()
 	}
 }

@@ -5,6 +5,7 @@ package loadtest
 import (
 	"bytes"
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -29,12 +30,13 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
+	latencies := filepath.Join(t.TempDir(), "latencies")
 	rows, err := RunCheckLoad(ctx, CheckLoadOptions{
 		Server: bin, RedisServer: "redis-server", RedisHz: 100,
 		Rates: []int{500}, Duration: time.Second,
 		Services: []string{"ext_authz", "ratelimit"}, Backends: []string{"memquota", "redis"},
 		Caches: []string{"hit"}, Listeners: []string{"check"},
-		Client: "h2", Conns: 2, TargetP99: time.Millisecond, Out: &out,
+		Conns: 2, TargetP99: time.Millisecond, LatencyLog: latencies, Out: &out,
 	})
 	if err != nil {
 		t.Fatalf("RunCheckLoad: %v\n%s", err, out.String())
@@ -60,6 +62,13 @@ func TestIntegrationCheckLoad(t *testing.T) {
 				t.Errorf("%s: %.2f calls per Redis pipeline without Redis", name, r.CallsPerPipeline)
 			}
 		}
+	}
+	logged, err := os.ReadFile(latencies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(string(logged), "\n"); lines != 4*500 {
+		t.Errorf("latency log has %d lines, want one per request of the four runs (2,000)", lines)
 	}
 	if !strings.Contains(out.String(), "calls/pipeline") {
 		t.Errorf("the table has no calls/pipeline column:\n%s", out.String())

@@ -85,7 +85,7 @@ func TestRunDone(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &run{start: time.Now().Add(-tc.age), interval: time.Millisecond, timeout: timeout, lat: make([]time.Duration, 1)}
-			r.done(0, tc.err)
+			r.done(0, time.Now(), tc.err)
 			if got := r.errs.Load() == 1; got != tc.wantErr {
 				t.Errorf("counted as an error: %v, want %v", got, tc.wantErr)
 			}

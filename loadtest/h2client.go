@@ -25,14 +25,18 @@ import (
 // It speaks just enough HTTP/2 for that: the preface and settings, flow control in
 // both directions, PING and SETTINGS acknowledgements, GOAWAY and RST_STREAM.
 type h2Conn struct {
-	conn net.Conn
+	conn io.WriteCloser // a net.Conn, or a loop's socket (see loopConn)
 	// The request HEADERS blocks, encoded as a stateful HPACK encoder (Envoy's)
 	// would: the first request adds every field to the server's dynamic table,
 	// each later one names them by index, a few bytes in all.
 	first, header []byte
 	sentFirst     bool
 	check         func(resp []byte) error
-	done          func(slot int, err error)
+	done          func(slot int, at time.Time, err error)
+	// arrived, when set, is when the bytes being handled reached the socket (the
+	// kernel's receive time): answers are timed by it rather than by when they
+	// are read. Guarded by mu.
+	arrived time.Time
 
 	mu         sync.Mutex // guards what follows, and writes to conn
 	out        bytes.Buffer
@@ -93,11 +97,25 @@ const (
 // request, from the reader, with the outcome of check on its answer, or the error
 // that ended it. stamp, if not nil, makes each request's copy in its DATA frame
 // that request's own (see scenario.stamp).
-func dialH2(addr, path string, timeout time.Duration, check func([]byte) error, done func(slot int, err error), stamp func(msg []byte, seq int64)) (*h2Conn, error) {
+func dialH2(addr, path string, timeout time.Duration, check func([]byte) error, done func(slot int, at time.Time, err error), stamp func(msg []byte, seq int64)) (*h2Conn, error) {
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
+	c, err := newH2Conn(conn, addr, path, timeout, check, done, stamp)
+	if err != nil {
+		return nil, err
+	}
+	rd := http2.NewFramer(nil, bufio.NewReaderSize(conn, 64<<10))
+	rd.SetReuseFrames() // answers are copied out of DATA frames before the next read
+	go c.read(rd)
+	return c, nil
+}
+
+// newH2Conn starts a client connection on conn, to the server at addr (its
+// :authority), writing the preface and settings; the caller feeds it the server's
+// frames, with read or frame by frame (see loopConn). It closes conn if it fails.
+func newH2Conn(conn io.WriteCloser, addr, path string, timeout time.Duration, check func([]byte) error, done func(slot int, at time.Time, err error), stamp func(msg []byte, seq int64)) (*h2Conn, error) {
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
 	var blocks [2][]byte
@@ -129,10 +147,7 @@ func dialH2(addr, path string, timeout time.Duration, check func([]byte) error, 
 		conn.Close()
 		return nil, err
 	}
-	rd := http2.NewFramer(nil, bufio.NewReaderSize(conn, 64<<10))
-	rd.SetReuseFrames() // answers are copied out of DATA frames before the next read
 	c.hdec = hpack.NewDecoder(4096, c.emit)
-	go c.read(rd)
 	return c, nil
 }
 
@@ -143,7 +158,7 @@ func (c *h2Conn) send(reqs []h2Request) {
 	defer c.mu.Unlock()
 	if c.err != nil {
 		for _, r := range reqs {
-			c.done(r.slot, c.err)
+			c.done(r.slot, time.Now(), c.err)
 		}
 		return
 	}
@@ -157,7 +172,7 @@ func (c *h2Conn) drainLocked() {
 	for _, r := range c.queued {
 		size := int64(5 + len(r.msg))
 		if size > c.streamMax {
-			c.done(r.slot, fmt.Errorf("request of %d bytes exceeds the server's stream window %d", size, c.streamMax))
+			c.done(r.slot, time.Now(), fmt.Errorf("request of %d bytes exceeds the server's stream window %d", size, c.streamMax))
 			n++
 			continue
 		}
@@ -207,17 +222,40 @@ func (c *h2Conn) read(fr *http2.Framer) {
 			c.mu.Unlock()
 			return
 		}
-		c.mu.Lock()
-		c.handle(f)
-		err = c.flush()
-		if err != nil {
-			c.failLocked(err)
-		}
-		c.mu.Unlock()
-		if err != nil {
+		if err := c.onFrame(f, time.Time{}); err != nil {
 			return
 		}
 	}
+}
+
+// now is when the answer being handled arrived; c.mu is held.
+func (c *h2Conn) now() time.Time {
+	if !c.arrived.IsZero() {
+		return c.arrived
+	}
+	return time.Now()
+}
+
+// onFrame handles one of the server's frames, which arrived at at (zero: now),
+// and writes what it calls for, returning the connection's error if that failed.
+func (c *h2Conn) onFrame(f http2.Frame, at time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.arrived = at
+	c.handle(f)
+	c.arrived = time.Time{}
+	if err := c.flush(); err != nil {
+		c.failLocked(err)
+		return err
+	}
+	return nil
+}
+
+// idleNow reports whether no call is open or queued, or the connection has failed.
+func (c *h2Conn) idleNow() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err != nil || (len(c.streams) == 0 && len(c.queued) == 0)
 }
 
 // handle acts on one frame; c.mu is held.
@@ -347,7 +385,7 @@ func (c *h2Conn) newStream(slot int) *h2Stream {
 // finish reports a call and closes its stream; c.mu is held.
 func (c *h2Conn) finish(id uint32, s *h2Stream, err error) {
 	delete(c.streams, id)
-	c.done(s.slot, err)
+	c.done(s.slot, c.now(), err)
 	c.free = append(c.free, s)
 	if len(c.queued) > 0 {
 		c.drainLocked()
@@ -365,10 +403,10 @@ func (c *h2Conn) failLocked(err error) {
 	c.err = err
 	for id, s := range c.streams {
 		delete(c.streams, id)
-		c.done(s.slot, err)
+		c.done(s.slot, time.Now(), err)
 	}
 	for _, r := range c.queued {
-		c.done(r.slot, err)
+		c.done(r.slot, time.Now(), err)
 	}
 	c.queued = nil
 	c.idle.Broadcast()

@@ -44,26 +44,67 @@ func startNoop(t *testing.T, lean bool) string {
 type outcomes struct {
 	mu   sync.Mutex
 	errs map[int]error
+	at   map[int]time.Time
 }
 
-func (o *outcomes) done(slot int, err error) {
+func (o *outcomes) done(slot int, at time.Time, err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if _, dup := o.errs[slot]; dup {
 		panic("slot reported twice")
 	}
 	o.errs[slot] = err
-}
-
-// TestH2Conn runs the lean client against both do-nothing servers: grpc-go's, and
-// the hand-written one, whose answers the client must take alike.
-func TestH2Conn(t *testing.T) {
-	for _, lean := range []bool{false, true} {
-		t.Run(map[bool]string{false: "grpc-go", true: "h2"}[lean], func(t *testing.T) { testH2Conn(t, startNoop(t, lean)) })
+	if o.at != nil {
+		o.at[slot] = at
 	}
 }
 
-func testH2Conn(t *testing.T, addr string) {
+// h2Driver dials h2Conns read by a goroutine each (dialH2), or by an evLoop.
+type h2Driver struct {
+	name string
+	// dial returns a connection and a wait for its calls, which returns the
+	// connection's error.
+	dial func(t *testing.T, addr, method string, check func([]byte) error, done func(int, time.Time, error), stamp func([]byte, int64)) (*h2Conn, func() error)
+}
+
+var h2Drivers = []h2Driver{
+	{"goroutine", func(t *testing.T, addr, method string, check func([]byte) error, done func(int, time.Time, error), stamp func([]byte, int64)) (*h2Conn, func() error) {
+		c, err := dialH2(addr, method, time.Minute, check, done, stamp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.close)
+		return c, c.wait
+	}},
+	{"loop", func(t *testing.T, addr, method string, check func([]byte) error, done func(int, time.Time, error), stamp func([]byte, int64)) (*h2Conn, func() error) {
+		l, err := newEvLoop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.close)
+		c, err := l.dial(addr, method, time.Minute, check, done, stamp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, func() error {
+			l.waitIdle()
+			return c.wait()
+		}
+	}},
+}
+
+// TestH2Conn runs the lean client, read by a goroutine or by the event loop,
+// against both do-nothing servers: grpc-go's, and the hand-written one, whose
+// answers the client must take alike.
+func TestH2Conn(t *testing.T) {
+	for _, d := range h2Drivers {
+		for _, lean := range []bool{false, true} {
+			t.Run(d.name+"/"+map[bool]string{false: "grpc-go", true: "h2"}[lean], func(t *testing.T) { testH2Conn(t, d, startNoop(t, lean)) })
+		}
+	}
+}
+
+func testH2Conn(t *testing.T, d h2Driver, addr string) {
 	check, err := newScenario("ext_authz", "miss")
 	if err != nil {
 		t.Fatal(err)
@@ -110,13 +151,10 @@ func testH2Conn(t *testing.T, addr string) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := &outcomes{errs: map[int]error{}}
-			// A deadline far past the test's length: 3,000 requests sent at once
-			// under the race detector on a busy machine can outlast Envoy's 200 ms.
-			c, err := dialH2(addr, tt.method, time.Minute, tt.check, got.done, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.close()
+			// The deadline is far past the test's length: 3,000 requests sent at
+			// once under the race detector on a busy machine can outlast Envoy's
+			// 200 ms.
+			c, wait := d.dial(t, addr, tt.method, tt.check, got.done, nil)
 			for i := 0; i < tt.n; i += tt.batch {
 				var reqs []h2Request
 				for j := i; j < min(tt.n, i+tt.batch); j++ {
@@ -132,7 +170,7 @@ func testH2Conn(t *testing.T, addr string) {
 				}
 				c.send(reqs)
 			}
-			if err := c.wait(); err != nil {
+			if err := wait(); err != nil {
 				t.Fatalf("connection failed: %v", err)
 			}
 			if len(got.errs) != tt.n {
@@ -151,6 +189,12 @@ func testH2Conn(t *testing.T, addr string) {
 }
 
 func TestH2ConnServerGone(t *testing.T) {
+	for _, d := range h2Drivers {
+		t.Run(d.name, func(t *testing.T) { testH2ConnServerGone(t, d) })
+	}
+}
+
+func testH2ConnServerGone(t *testing.T, d h2Driver) {
 	// A server that accepts, then closes: every call fails, none hangs.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -164,12 +208,9 @@ func TestH2ConnServerGone(t *testing.T) {
 		}
 	}()
 	got := &outcomes{errs: map[int]error{}}
-	c, err := dialH2(l.Addr().String(), "/x/Y", time.Minute, func([]byte) error { return nil }, got.done, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, wait := d.dial(t, l.Addr().String(), "/x/Y", func([]byte) error { return nil }, got.done, nil)
 	c.send([]h2Request{{slot: 0, msg: []byte("a")}, {slot: 1, msg: []byte("b")}})
-	if err := c.wait(); err == nil {
+	if err := wait(); err == nil {
 		t.Fatal("wait: no error from a closed connection")
 	}
 	c.send([]h2Request{{slot: 2, msg: []byte("c")}})
@@ -188,6 +229,8 @@ func TestPace(t *testing.T) {
 	r := &run{start: time.Now(), interval: 100 * time.Microsecond,
 		lat: make([]time.Duration, total), lag: make([]time.Duration, total)}
 	next := 0
+	pause, unlock := precisePause()
+	defer unlock()
 	r.pace(total, func(from, to int) {
 		if from != next || to <= from {
 			t.Fatalf("released [%d, %d) after %d", from, to, next)
@@ -196,7 +239,7 @@ func TestPace(t *testing.T) {
 			t.Fatalf("request %d released before it was due", to-1)
 		}
 		next = to
-	})
+	}, pause)
 	if next != total {
 		t.Fatalf("released %d of %d", next, total)
 	}
@@ -266,5 +309,43 @@ func TestH2ConnStamps(t *testing.T) {
 	}
 	if string(sc.template(first)) != before {
 		t.Error("a shared template was written to")
+	}
+}
+
+// TestLoopTimesAnswersByArrival: the event loop times an answer by when it
+// reached the socket, not by when the loop got round to reading it. Timed by the
+// read, an answer read 100 ms late would take 100 ms.
+func TestLoopTimesAnswersByArrival(t *testing.T) {
+	addr := startNoop(t, true)
+	sc, err := newScenario("ext_authz", "hit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := newEvLoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	got := &outcomes{errs: map[int]error{}, at: map[int]time.Time{}}
+	c, err := l.dial(addr, sc.method, time.Minute, checkAuthzAnswer, got.done, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.poll(0)
+	const late = 100 * time.Millisecond
+	sent := time.Now()
+	c.send([]h2Request{{slot: 0, msg: sc.request(0)}})
+	time.Sleep(late) // the answer waits in the socket
+	read := time.Now()
+	l.waitIdle()
+	if err := got.errs[0]; err != nil {
+		t.Fatal(err)
+	}
+	at := got.at[0]
+	if at.Before(sent) || !at.Before(read) {
+		t.Fatalf("answer timed %v after sending, read %v after: want a time in between", at.Sub(sent), read.Sub(sent))
+	}
+	if took := at.Sub(sent); took > late/2 {
+		t.Errorf("answer timed %v after sending: timed by the read, not its arrival", took)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"syscall"
 	"time"
 
@@ -56,7 +57,7 @@ costs per entry, their ratio, and allocations per entry.`,
 
 func newCheck() *cobra.Command {
 	o := loadtest.CheckLoadOptions{Out: os.Stdout}
-	var selfProfile string
+	var selfProfile, selfTrace string
 	cmd := &cobra.Command{
 		Use:   "check --server bin/sluice",
 		Short: "Open-loop latency of ext_authz and rate-limit checks at fixed offered rates",
@@ -69,6 +70,13 @@ the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if selfProfile != "" {
 				stop, err := startCPUProfile(selfProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
+			if selfTrace != "" {
+				stop, err := startTrace(selfTrace)
 				if err != nil {
 					return err
 				}
@@ -88,7 +96,10 @@ the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 	f.StringSliceVar(&o.Backends, "backend", []string{"noop", "noop-h2", "memquota", "redis"}, "quota backends; noop is a do-nothing grpc-go server, noop-h2 a do-nothing server speaking HTTP/2 by hand: the machine's floors")
 	f.StringSliceVar(&o.Listeners, "listener", []string{"grpc", "check"}, "Sluice ports to load: grpc (the gRPC port, grpc-go) and check (--check-addr, the lean HTTP/2 transport)")
 	f.StringSliceVar(&o.Caches, "cache", []string{"hit", "miss"}, "check-cache scenarios (ext_authz)")
-	f.StringVar(&o.Client, "client", "h2", "h2: a lean HTTP/2 client that writes every request released at once in one write, as Envoy's event loop does;\ngrpc: grpc-go's client, which costs this machine ~80 µs of CPU per call")
+	f.StringVar(&o.Client, "client", "loop", "loop: a lean HTTP/2 client that writes every request released at once in one write, as Envoy's event loop does,\n"+
+		"on the pacer's own thread, which wakes only when requests are due; answers are timed by the kernel, when they reached the socket (~30 µs of CPU per request);\n"+
+		"h2: the same client with a reader goroutine per connection, answers timed when read (~42 µs);\n"+
+		"grpc: grpc-go's client (~80 µs)")
 	f.IntVar(&o.Conns, "conns", 4, "client connections")
 	f.IntVar(&o.Workers, "workers", 512, "requests in flight at most, with --client grpc")
 	f.DurationVar(&o.TargetP99, "target-p99", time.Millisecond, "p99 the highest-rate summary is reported against")
@@ -96,6 +107,8 @@ the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 	f.IntVar(&o.Repeat, "repeat", 1, "offer each rate this many times; a row is then the run with the median p99, and a column shows the spread of p99 over the runs")
 	f.StringVar(&o.Profile, "profile", "", "write a CPU profile of the server per run to FILE.SCENARIO, and heap profiles before and after it to FILE.SCENARIO.heap0 and .heap1\n(the run's allocations: go tool pprof -sample_index=alloc_space -base FILE.SCENARIO.heap0 FILE.SCENARIO.heap1)")
 	f.StringVar(&selfProfile, "generator-profile", "", "write a CPU profile of the load generator itself to this file")
+	f.StringVar(&selfTrace, "generator-trace", "", "write an execution trace of the load generator itself to this file (go tool trace): when its goroutines waited for a core\nor the network; keep --duration short, a second of 10k/s traces to ~1 MB")
+	f.StringVar(&o.LatencyLog, "latency-log", "", "append every measured request to this file as \"scenario rate due latency\" (due: Unix seconds; latency: µs),\nto tell a tail spread over the run from a few stalls")
 	f.DurationVar(&o.HostProbe, "host-probe", time.Second, "before each run, how long to count the host's stalls: sleeps of 100µs that wake 1ms or more late, as a VM whose CPU the host descheduled does (0: no probe)")
 	return cmd
 }
@@ -155,6 +168,22 @@ func newEcho() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:0", "listen address")
 	return cmd
+}
+
+// startTrace traces this process into path until the returned stop is called.
+func startTrace(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := trace.Start(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("trace into %s: %w", path, err)
+	}
+	return func() {
+		trace.Stop()
+		f.Close()
+	}, nil
 }
 
 // startCPUProfile profiles this process into path until the returned stop is called.
