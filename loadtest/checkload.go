@@ -760,7 +760,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	heapProfile("heap1") // after the counters: its collection is not the run's
 	row.ClientCPUPerReq = (selfCPU() - self0) / time.Duration(total)
 	if o.LatencyLog != "" {
-		if err := appendLatencies(o.LatencyLog, fmt.Sprintf("%s/%s/%s/%s", svc, srv.backend, srv.listener, cache), rate, r); err != nil {
+		if err := appendLatencies(o.LatencyLog, fmt.Sprintf("%s/%s/%s/%s", svc, srv.backend, srv.listener, cacheLabel(svc, cache)), rate, r); err != nil {
 			fmt.Fprintln(os.Stderr, "latency log:", err)
 		}
 	}

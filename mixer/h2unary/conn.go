@@ -612,6 +612,18 @@ func (c *conn) dispatchLocked(st *stream) {
 	st.call = lazyctx.New(c.ctx, st.deadline)
 	st.ctx = st.call
 	st.reply = c.takeBufferLocked()
+	if st.method.OnIdleReader != nil && !c.frameBuffered() && st.method.OnIdleReader() {
+		if start := time.Now(); start.UnixNano() >= c.srv.readerCallsPausedUntil.Load() {
+			c.srv.readerCalls.Inc()
+			c.mu.Unlock()
+			c.call(st)
+			if end := time.Now(); end.Sub(start) > readerCallSlow {
+				c.srv.readerCallsPausedUntil.Store(end.Add(readerCallPause).UnixNano())
+			}
+			c.mu.Lock()
+			return
+		}
+	}
 	c.srv.goCalls.Inc()
 	c.srv.goCall(c, st)
 }

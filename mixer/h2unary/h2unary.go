@@ -57,7 +57,26 @@ type Method struct {
 	// returns, so it must only say true for calls that never block. An inline call's
 	// context carries no deadline: the client's is checked before the call starts.
 	Inline func() bool
+	// OnIdleReader, when set and true at a call that is not inline, runs the call
+	// on the connection's reader if no other frame is waiting to be read there,
+	// and on a goroutine otherwise. A call that waits briefly on a backend (a
+	// Redis round trip) then costs no hand-off: waking another thread for the
+	// goroutine and putting the reader's to sleep cost more CPU on a small VM than
+	// the rest of such a call. Meanwhile the connection reads nothing: a request
+	// arriving waits for the call, and a RST_STREAM is read only after it. So
+	// that a slow backend does not hold readers, the listener stops doing this
+	// for readerCallPause after any such call takes longer than readerCallSlow:
+	// each connection then holds at most one slow call on its reader at a time.
+	// The call's context carries its deadline, as a goroutine's does.
+	OnIdleReader func() bool
 }
+
+// A call run on an idle reader (Method.OnIdleReader) that takes longer than
+// readerCallSlow stops the listener running calls on readers for readerCallPause.
+const (
+	readerCallSlow  = 10 * time.Millisecond
+	readerCallPause = time.Second
+)
 
 // Unary adapts a typed handler, such as a generated service method, to a Method.
 func Unary[Req any, PReq interface {
@@ -148,9 +167,13 @@ type Server struct {
 	errs    *prometheus.CounterVec
 	conns   prometheus.Gauge
 	// calls counts the calls started, by where they ran: inlineCalls on the
-	// connection's reader, goCalls on goroutines of their own.
-	calls                *prometheus.CounterVec
-	inlineCalls, goCalls prometheus.Counter
+	// connection's reader, readerCalls too (calls that may wait, run on a reader
+	// with nothing else to read), goCalls on goroutines of their own.
+	calls                             *prometheus.CounterVec
+	inlineCalls, readerCalls, goCalls prometheus.Counter
+	// readerCallsPausedUntil is when calls may run on idle readers again (Unix
+	// nanoseconds), after one was slow.
+	readerCallsPausedUntil atomic.Int64
 	// writeTimeout bounds one write to a client (writeTimeout, the constant;
 	// shorter in tests).
 	writeTimeout time.Duration
@@ -218,10 +241,10 @@ func New(opts Options) (*Server, error) {
 		}),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_h2unary_calls_total",
-			Help: "Calls of the lean check listener started, by mode: inline (on the connection's reader, no hand-off) or goroutine (a call that may wait on a backend).",
+			Help: "Calls of the lean check listener started, by mode: inline (on the connection's reader, no hand-off), reader (a call that may wait on a backend, run on a reader that had nothing else to read) or goroutine (a call that may wait on a backend, handed to a goroutine).",
 		}, []string{"mode"}),
 	}
-	s.inlineCalls, s.goCalls = s.calls.WithLabelValues("inline"), s.calls.WithLabelValues("goroutine")
+	s.inlineCalls, s.readerCalls, s.goCalls = s.calls.WithLabelValues("inline"), s.calls.WithLabelValues("reader"), s.calls.WithLabelValues("goroutine")
 	for _, r := range []string{ReasonProtocol, ReasonTooLarge, ReasonUnknownMethod, ReasonBadRequest, ReasonRefused, ReasonReset,
 		ReasonStream, ReasonDeadline, ReasonConnClosed, ReasonWriteTimeout, ReasonTLS, ReasonAccept, ReasonConnLimit} {
 		s.errs.WithLabelValues(r)

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -51,12 +52,23 @@ type testServer struct {
 // startServer serves the test methods; with inline, Echo and Fail run on the reader.
 func startServer(t *testing.T, opts Options, inline bool) *testServer {
 	t.Helper()
+	return startServerMode(t, opts, callMode(inline))
+}
+
+// startServerMode serves the test methods with Echo, Fail and Raw run as mode says:
+// goroutine (by default), inline (Echo and Fail on the reader), or reader (the
+// three on a reader with nothing else to read, Method.OnIdleReader).
+func startServerMode(t *testing.T, opts Options, mode string) *testServer {
+	t.Helper()
 	ts := &testServer{reg: prometheus.NewRegistry(), release: make(chan struct{}), waiting: make(chan struct{}, 100), exited: make(chan error, 100), served: make(chan error, 1)}
 	opts.Metrics = ts.reg
 	opts.Methods = testMethods(ts)
-	if inline {
-		opts.Methods[0].Inline = func() bool { return true }
-		opts.Methods[1].Inline = func() bool { return true }
+	yes := func() bool { return true }
+	switch mode {
+	case "inline":
+		opts.Methods[0].Inline, opts.Methods[1].Inline = yes, yes
+	case "reader":
+		opts.Methods[0].OnIdleReader, opts.Methods[1].OnIdleReader, opts.Methods[2].OnIdleReader = yes, yes, yes
 	}
 	s, err := New(opts)
 	if err != nil {
@@ -140,8 +152,8 @@ func echo(ctx context.Context, conn *grpc.ClientConn, msg []byte) ([]byte, error
 // their messages and details, unknown methods, sizes around every HTTP/2 limit
 // (frame size, the client's 64 KiB windows, the request bound), many calls at once.
 func TestCalls(t *testing.T) {
-	for _, inline := range []bool{false, true} {
-		t.Run(callMode(inline), func(t *testing.T) { testCalls(t, inline) })
+	for _, mode := range []string{"goroutine", "inline", "reader"} {
+		t.Run(mode, func(t *testing.T) { testCalls(t, mode) })
 	}
 }
 
@@ -153,8 +165,8 @@ func callMode(inline bool) string {
 	return "goroutine"
 }
 
-func testCalls(t *testing.T, inline bool) {
-	ts := startServer(t, Options{MaxRecvMsgSize: 256 << 10}, inline)
+func testCalls(t *testing.T, mode string) {
+	ts := startServerMode(t, Options{MaxRecvMsgSize: 256 << 10}, mode)
 	conn := ts.dial(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -524,4 +536,104 @@ func TestNewRejects(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+}
+
+// TestIdleReaderCalls: a method that may wait (Method.OnIdleReader) runs on the
+// connection's reader when nothing else is there to read, on a goroutine when
+// more requests wait behind it, and on goroutines only for readerCallPause after
+// one such call took longer than readerCallSlow.
+func TestIdleReaderCalls(t *testing.T) {
+	const sleepPath = "/test.Svc/Sleep" // sleeps for the request's milliseconds
+	reg := prometheus.NewRegistry()
+	s, err := New(Options{Metrics: reg, Methods: []Method{func() Method {
+		m := Unary(sleepPath, func(_ context.Context, req *wrapperspb.Int64Value) (*wrapperspb.Int64Value, error) {
+			time.Sleep(time.Duration(req.Value) * time.Millisecond)
+			return req, nil
+		})
+		m.OnIdleReader = func() bool { return true }
+		return m
+	}()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	ts := &testServer{Server: s, addr: lis.Addr().String()}
+	conn := ts.dial(t)
+	call := func(ms int64) {
+		t.Helper()
+		var resp wrapperspb.Int64Value
+		if err := conn.Invoke(context.Background(), sleepPath, wrapperspb.Int64(ms), &resp); err != nil || resp.Value != ms {
+			t.Fatalf("call of %d ms: %v, answer %d", ms, err, resp.Value)
+		}
+	}
+	counts := func(wantReader, wantGoroutine float64) {
+		t.Helper()
+		reader, goroutine := testutil.ToFloat64(s.readerCalls), testutil.ToFloat64(s.goCalls)
+		if reader != wantReader || goroutine != wantGoroutine {
+			t.Fatalf("calls on readers %v, on goroutines %v; want %v and %v", reader, goroutine, wantReader, wantGoroutine)
+		}
+	}
+
+	for range 3 {
+		call(0)
+	}
+	counts(3, 0)
+	call(int64(3 * readerCallSlow / time.Millisecond)) // slow: readers stop taking calls
+	counts(4, 0)
+	call(0)
+	call(0)
+	counts(4, 2)
+	time.Sleep(readerCallPause + 100*time.Millisecond)
+	call(0)
+	counts(5, 2)
+
+	// Requests that reach the reader together: all but the last have frames
+	// behind them, and go to goroutines.
+	r := dialRaw(t, ts.addr)
+	var batch bytes.Buffer
+	fr := http2.NewFramer(&batch, nil)
+	body, _ := proto.Marshal(wrapperspb.Int64(0))
+	for id := uint32(1); id <= 9; id += 2 {
+		r.hb.Reset()
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", sleepPath}, {":authority", "x"}, {"content-type", "application/grpc"}} {
+			_ = r.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.hb.Bytes(), EndHeaders: true})
+		_ = fr.WriteData(id, true, append(grpcPrefix(nil, len(body)), body...))
+	}
+	if _, err := r.c.Write(batch.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for ended := 0; ended < 5; { // answers may come in any order
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("%d of 5 answered: %v", ended, err)
+		}
+		if h, ok := f.(*http2.MetaHeadersFrame); ok && h.StreamEnded() {
+			if code := grpcStatus(h); code != "0" {
+				t.Fatalf("stream %d: grpc-status %q", h.StreamID, code)
+			}
+			ended++
+		}
+	}
+	reader, goroutine := testutil.ToFloat64(s.readerCalls), testutil.ToFloat64(s.goCalls)
+	if reader+goroutine != 12 || goroutine-2 < 4 {
+		t.Errorf("of five requests read together, %v ran on goroutines and %v on the reader; want at least the first four on goroutines", goroutine-2, reader-5)
+	}
+}
+
+// grpcStatus returns the grpc-status of a header block ("" without one).
+func grpcStatus(h *http2.MetaHeadersFrame) string {
+	for _, hf := range h.RegularFields() {
+		if hf.Name == "grpc-status" {
+			return hf.Value
+		}
+	}
+	return ""
 }

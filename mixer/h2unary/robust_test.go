@@ -113,10 +113,8 @@ func (r *rawClient) answerOf(t *testing.T, id uint32) string {
 			return ""
 		}
 		if h, ok := f.(*http2.MetaHeadersFrame); ok && h.StreamID == id {
-			for _, hf := range h.RegularFields() {
-				if hf.Name == "grpc-status" {
-					code = hf.Value
-				}
+			if c := grpcStatus(h); c != "" {
+				code = c
 			}
 			if h.StreamEnded() {
 				return code
