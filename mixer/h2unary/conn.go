@@ -613,12 +613,12 @@ func (c *conn) dispatchLocked(st *stream) {
 	st.ctx = st.call
 	st.reply = c.takeBufferLocked()
 	if st.method.OnIdleReader != nil && !c.frameBuffered() && st.method.OnIdleReader() {
-		if start := time.Now(); start.UnixNano() >= c.srv.readerCallsPausedUntil.Load() {
+		if start := time.Now(); c.srv.readerPause.allows(start) {
 			c.srv.readerCalls.Inc()
 			c.mu.Unlock()
 			c.call(st)
 			if end := time.Now(); end.Sub(start) > readerCallSlow {
-				c.srv.readerCallsPausedUntil.Store(end.Add(readerCallPause).UnixNano())
+				c.srv.readerPause.slow(end)
 			}
 			c.mu.Lock()
 			return

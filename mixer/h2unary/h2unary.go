@@ -64,19 +64,51 @@ type Method struct {
 	// goroutine and putting the reader's to sleep cost more CPU on a small VM than
 	// the rest of such a call. Meanwhile the connection reads nothing: a request
 	// arriving waits for the call, and a RST_STREAM is read only after it. So
-	// that a slow backend does not hold readers, the listener stops doing this
-	// for readerCallPause after any such call takes longer than readerCallSlow:
-	// each connection then holds at most one slow call on its reader at a time.
-	// The call's context carries its deadline, as a goroutine's does.
+	// that a slow backend does not hold readers, a call on a reader that takes
+	// longer than readerCallSlow stops the listener doing this for a while (see
+	// readerPause). The call's context carries its deadline, as a goroutine's does.
 	OnIdleReader func() bool
 }
 
 // A call run on an idle reader (Method.OnIdleReader) that takes longer than
-// readerCallSlow stops the listener running calls on readers for readerCallPause.
+// readerCallSlow pauses calls on readers: for readerPauseMin after a slow call
+// that follows readerPauseReset without one, twice the last pause (up to
+// readerPauseMax) after one that does not. A host that stalls now and then (a
+// VM descheduled for 10 ms or more) pauses them briefly; a backend that stays
+// slow, or is slow at times, has them paused for seconds, so that each of its
+// slow calls holds a reader at most once per readerPauseMax per connection.
 const (
-	readerCallSlow  = 10 * time.Millisecond
-	readerCallPause = time.Second
+	readerCallSlow   = 10 * time.Millisecond
+	readerPauseMin   = 50 * time.Millisecond
+	readerPauseMax   = 5 * time.Second
+	readerPauseReset = 10 * time.Second
 )
+
+// readerPause decides when calls may run on idle readers (Method.OnIdleReader).
+type readerPause struct {
+	until atomic.Int64 // Unix nanoseconds: calls run on readers from then on
+
+	mu         sync.Mutex
+	last       time.Duration // the last pause
+	lastSlow   time.Time
+	min, max   time.Duration // readerPauseMin and readerPauseMax (shorter in tests)
+	resetAfter time.Duration
+}
+
+// allows reports whether a call may run on a reader at now.
+func (p *readerPause) allows(now time.Time) bool { return now.UnixNano() >= p.until.Load() }
+
+// slow pauses calls on readers after one that ended at now took too long.
+func (p *readerPause) slow(now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.min
+	if !p.lastSlow.IsZero() && now.Sub(p.lastSlow) < p.resetAfter {
+		d = min(2*p.last, p.max)
+	}
+	p.last, p.lastSlow = d, now
+	p.until.Store(now.Add(d).UnixNano())
+}
 
 // Unary adapts a typed handler, such as a generated service method, to a Method.
 func Unary[Req any, PReq interface {
@@ -171,9 +203,8 @@ type Server struct {
 	// with nothing else to read), goCalls on goroutines of their own.
 	calls                             *prometheus.CounterVec
 	inlineCalls, readerCalls, goCalls prometheus.Counter
-	// readerCallsPausedUntil is when calls may run on idle readers again (Unix
-	// nanoseconds), after one was slow.
-	readerCallsPausedUntil atomic.Int64
+	// readerPause pauses calls on idle readers after one was slow.
+	readerPause readerPause
 	// writeTimeout bounds one write to a client (writeTimeout, the constant;
 	// shorter in tests).
 	writeTimeout time.Duration
@@ -228,6 +259,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts: opts, log: opts.Logger, methods: map[string]*Method{}, writeTimeout: writeTimeout,
+		readerPause: readerPause{min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset},
 		connWindow:   uint32(min(max(16<<20, 2*(opts.MaxRecvMsgSize+5+16384)), 1<<31-1)),
 		streamWindow: uint32(opts.MaxRecvMsgSize + 5 + 16384),
 		lis:          map[net.Listener]struct{}{}, active: map[*conn]struct{}{},

@@ -540,8 +540,9 @@ func TestNewRejects(t *testing.T) {
 
 // TestIdleReaderCalls: a method that may wait (Method.OnIdleReader) runs on the
 // connection's reader when nothing else is there to read, on a goroutine when
-// more requests wait behind it, and on goroutines only for readerCallPause after
-// one such call took longer than readerCallSlow.
+// more requests wait behind it, and on goroutines only for a pause after one such
+// call took longer than readerCallSlow, a pause that doubles when slow calls
+// recur.
 func TestIdleReaderCalls(t *testing.T) {
 	const sleepPath = "/test.Svc/Sleep" // sleeps for the request's milliseconds
 	reg := prometheus.NewRegistry()
@@ -556,6 +557,8 @@ func TestIdleReaderCalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Pauses long enough that a busy test machine's calls fit in them.
+	s.readerPause.min, s.readerPause.max = 300*time.Millisecond, time.Second
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -579,18 +582,26 @@ func TestIdleReaderCalls(t *testing.T) {
 		}
 	}
 
+	slow := int64(3 * readerCallSlow / time.Millisecond)
 	for range 3 {
 		call(0)
 	}
 	counts(3, 0)
-	call(int64(3 * readerCallSlow / time.Millisecond)) // slow: readers stop taking calls
+	call(slow) // readers stop taking calls for 300 ms
 	counts(4, 0)
 	call(0)
 	call(0)
 	counts(4, 2)
-	time.Sleep(readerCallPause + 100*time.Millisecond)
+	time.Sleep(400 * time.Millisecond)
 	call(0)
 	counts(5, 2)
+	call(slow) // slow again: 600 ms
+	time.Sleep(400 * time.Millisecond)
+	call(0)
+	counts(6, 3)
+	time.Sleep(300 * time.Millisecond)
+	call(0)
+	counts(7, 3)
 
 	// Requests that reach the reader together: all but the last have frames
 	// behind them, and go to goroutines.
@@ -623,8 +634,8 @@ func TestIdleReaderCalls(t *testing.T) {
 		}
 	}
 	reader, goroutine := testutil.ToFloat64(s.readerCalls), testutil.ToFloat64(s.goCalls)
-	if reader+goroutine != 12 || goroutine-2 < 4 {
-		t.Errorf("of five requests read together, %v ran on goroutines and %v on the reader; want at least the first four on goroutines", goroutine-2, reader-5)
+	if reader+goroutine != 15 || goroutine-3 < 4 {
+		t.Errorf("of five requests read together, %v ran on goroutines and %v on the reader; want at least the first four on goroutines", goroutine-3, reader-7)
 	}
 }
 
@@ -636,4 +647,33 @@ func grpcStatus(h *http2.MetaHeadersFrame) string {
 		}
 	}
 	return ""
+}
+
+// TestReaderPause: pauses start at the minimum, double while slow calls recur
+// within the reset interval, stop at the maximum, and start over after a quiet
+// interval.
+func TestReaderPause(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	for _, tt := range []struct {
+		name  string
+		slow  []time.Duration // when slow calls ended, from t0
+		pause time.Duration   // the pause after the last
+	}{
+		{"first", []time.Duration{0}, readerPauseMin},
+		{"recurring", []time.Duration{0, time.Second, 2 * time.Second}, 4 * readerPauseMin},
+		{"at the maximum", []time.Duration{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, readerPauseMax},
+		{"after a quiet interval", []time.Duration{0, time.Second, time.Second + readerPauseReset}, readerPauseMin},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := readerPause{min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset}
+			var end time.Time
+			for _, at := range tt.slow {
+				end = t0.Add(at)
+				p.slow(end)
+			}
+			if p.allows(end.Add(tt.pause-time.Nanosecond)) || !p.allows(end.Add(tt.pause)) {
+				t.Errorf("paused until %v after the last slow call, want %v", time.Unix(0, p.until.Load()).Sub(end), tt.pause)
+			}
+		})
+	}
 }
