@@ -14,16 +14,16 @@ import (
 )
 
 // clientFrames is a well-formed client session after the preface: settings, a
-// window update, a ping and one call of the echo method with msg, split in two DATA
-// frames.
-func clientFrames(msg []byte) []byte {
+// window update, a ping and one call of the method at path with msg, split in two
+// DATA frames.
+func clientFrames(path string, msg []byte) []byte {
 	var out, hb bytes.Buffer
 	fr := http2.NewFramer(&out, nil)
 	enc := hpack.NewEncoder(&hb)
 	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
 	_ = fr.WriteWindowUpdate(0, 1<<20)
 	_ = fr.WritePing(false, [8]byte{1})
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", echoPath}, {":authority", "x"},
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", path}, {":authority", "x"},
 		{"content-type", "application/grpc"}, {"grpc-timeout", "1S"}} {
 		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
@@ -42,16 +42,20 @@ func clientFrames(msg []byte) []byte {
 // client leaves.
 func FuzzConn(f *testing.F) {
 	req, _ := proto.Marshal(wrapperspb.Bytes([]byte{2, 'a', 'b'}))
-	full := clientFrames(req)
+	full := clientFrames(echoPath, req)
 	f.Add(full)
 	f.Add(full[:len(full)/2])
-	f.Add(clientFrames(nil))
+	f.Add(clientFrames(echoPath, nil))
+	f.Add(clientFrames(rawPath, req))
+	f.Add(clientFrames(failPath, req))
 	f.Add([]byte{0, 0, 0, 4, 0, 0, 0, 0, 0})       // an empty SETTINGS
 	f.Add([]byte{0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2}) // a truncated PING
 	ts := &testServer{waiting: make(chan struct{}, 1<<20), exited: make(chan error, 1<<20), release: make(chan struct{})}
 	close(ts.release)
 	methods := testMethods(ts)
-	methods[1].Inline = func() bool { return true } // Fail on the reader, Echo on goroutines
+	// Echo on goroutines, Fail inline, Raw on the reader when it is idle.
+	methods[1].Inline = func() bool { return true }
+	methods[2].OnIdleReader = func() bool { return true }
 	s, err := New(Options{Methods: methods, MaxRecvMsgSize: 1 << 16, MaxConcurrentStreams: 8})
 	if err != nil {
 		f.Fatal(err)
