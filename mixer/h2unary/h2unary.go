@@ -259,7 +259,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts: opts, log: opts.Logger, methods: map[string]*Method{}, writeTimeout: writeTimeout,
-		readerPause: readerPause{min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset},
+		readerPause:  readerPause{min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset},
 		connWindow:   uint32(min(max(16<<20, 2*(opts.MaxRecvMsgSize+5+16384)), 1<<31-1)),
 		streamWindow: uint32(opts.MaxRecvMsgSize + 5 + 16384),
 		lis:          map[net.Listener]struct{}{}, active: map[*conn]struct{}{},
