@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -113,6 +114,11 @@ type CheckRow struct {
 	// PacerLagP99 is how late the generator released requests (p99): latency
 	// includes it, so a large value means the generator, not the server, was behind.
 	PacerLagP99 time.Duration
+	// P99Read is the p99 to when the generator read the answers: P99 but for the
+	// loop client, whose P99 runs to their arrival. The difference is the
+	// generator's own delay in reading, which a client sharing the server's
+	// machine (a sidecar) pays too.
+	P99Read time.Duration
 	// ServerBytesPerReq is what the server allocated per request, and ServerGCs
 	// its garbage collections during the run (from its go_memstats and go_gc
 	// metrics; -1 when they could not be read): each collection's mark phase
@@ -139,7 +145,7 @@ type CheckRow struct {
 func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 	switch o.Client {
 	case "":
-		o.Client = "loop"
+		o.Client = defaultClient
 	case "h2", "loop", "grpc":
 	default:
 		return nil, fmt.Errorf("unknown client %q: h2, loop or grpc", o.Client)
@@ -299,7 +305,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if repeated {
 		header += "p99 of runs\t"
 	}
-	fmt.Fprintln(w, header+"p99.9\tmax\terrors\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
+	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
 		if repeated {
@@ -316,8 +322,8 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		if r.Host.Duration > 0 {
 			host = fmt.Sprintf("%.1f (worst %.1fms)", r.Host.PerSecond(), float64(r.Host.Worst)/1e6)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			us(r.P999), us(r.Max), r.Errors, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
 	}
 	w.Flush()
 	if repeated {
@@ -340,7 +346,8 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		fmt.Fprintf(o.Out, "  %-40s %d/s\n", k, best[k])
 	}
 	fmt.Fprintf(o.Out, "\nGenerator: the %s client. It shares the machine's cores with the server; its own CPU is not counted in server CPU/req.\n"+
-		"Latency runs from each request's due time, so it includes the pacer's lag, to %s.\n", o.Client, answerTime(o.Client))
+		"Latency runs from each request's due time, so it includes the pacer's lag, to %s;\n"+
+		"\"p99 at read\" runs to when the generator read the answers.\n", o.Client, answerTime(o.Client))
 	if o.HostProbe > 0 {
 		fmt.Fprintf(o.Out, "Host stalls/s: before each run, for %s with the server idle, how many %s sleeps a second woke %s or more late\n"+
 			"(the host had descheduled the VM's CPU), and the latest; a run on a host stalling more often has a worse tail, whatever the server does.\n",
@@ -681,7 +688,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		return row, err
 	}
 	total := int(float64(rate) * o.Duration.Seconds())
-	r := &run{lat: make([]time.Duration, total), lag: make([]time.Duration, total),
+	r := &run{lat: make([]time.Duration, total), lag: make([]time.Duration, total), latRead: make([]time.Duration, total),
 		interval: time.Second / time.Duration(rate), timeout: sc.timeout}
 	seq := srv.reserve(total)
 	var client loadClient
@@ -765,12 +772,16 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		}
 	}
 	row.P50, row.P99, row.P999, row.Max = percentiles(r.lat)
+	_, row.P99Read, _, _ = percentiles(r.latRead)
 	_, row.PacerLagP99, _, _ = percentiles(r.lag)
 	row.Achieved = float64(total) / elapsed.Seconds()
 	row.Errors, row.Late = r.errs.Load(), r.late.Load()
 	row.ServerCPUPerReq = (cpu1 - cpu0) / time.Duration(total)
 	if row.Errors > 0 {
 		fmt.Fprintf(o.Out, "(%d errors, %d of them answers past the %v deadline; first: %v) ", row.Errors, row.Late, r.timeout, r.firstErr.Load())
+	}
+	if h, ok := client.(*h2Client); ok && h.unstampedReads() > 0 {
+		fmt.Fprintf(o.Out, "(%d reads timed when read: the kernel gave no receive time) ", h.unstampedReads())
 	}
 	return row, nil
 }
@@ -841,8 +852,11 @@ type run struct {
 	// that, from its due time, is a timeout.
 	timeout  time.Duration
 	lat, lag []time.Duration // per request: latency from its due time; release lag
+	// latRead is latency from the due time to when the client read the answer:
+	// lat too, except with the loop client, which times answers by their arrival.
+	latRead  []time.Duration
 	errs     atomic.Int64
-	late     atomic.Int64 // of errs, the answers past timeout
+	late     atomic.Int64 // of errs, the answers past timeout, or that the server said came too late
 	firstErr atomic.Value
 }
 
@@ -856,15 +870,24 @@ func (r *run) due(i int) time.Time { return r.start.Add(time.Duration(i) * r.int
 // failures (a connection refused) never make the tail look better.
 func (r *run) done(i int, at time.Time, err error) {
 	if i >= 0 {
-		lat := at.Sub(r.due(i))
-		if err == nil && r.timeout > 0 && lat > r.timeout {
+		due := r.due(i)
+		lat, read := at.Sub(due), time.Since(due)
+		switch {
+		case err == nil && r.timeout > 0 && lat > r.timeout:
 			r.late.Add(1)
 			err = fmt.Errorf("answered %v after it was due, past its %v deadline: %w", lat.Round(time.Microsecond), r.timeout, context.DeadlineExceeded)
+		case errors.Is(err, context.DeadlineExceeded):
+			// The server's DEADLINE_EXCEEDED: the request reached it, or was
+			// started, past its deadline, which Envoy would have seen as a timeout.
+			r.late.Add(1)
 		}
 		if err != nil {
-			lat = max(lat, r.timeout)
+			lat, read = max(lat, r.timeout), max(read, r.timeout)
 		}
 		r.lat[i] = lat
+		if r.latRead != nil {
+			r.latRead[i] = read
+		}
 	}
 	if err != nil && r.errs.Add(1) == 1 {
 		r.firstErr.Store(err.Error())
@@ -931,6 +954,9 @@ func newGRPCClient(ctx context.Context, o CheckLoadOptions, addr string, sc *sce
 			defer c.wg.Done()
 			for i := range c.slots {
 				err := sc.invoke(ctx, c.conns[i%len(c.conns)], c.seq.Add(1))
+				if status.Code(err) == codes.DeadlineExceeded {
+					err = fmt.Errorf("%w (%w)", err, context.DeadlineExceeded)
+				}
 				r.done(i, time.Now(), err)
 			}
 		}()
@@ -1016,13 +1042,11 @@ func (c *h2Client) warm(n int) error {
 		// Warm-up slots are negative: they are not measured.
 		c.conns[i%len(c.conns)].send([]h2Request{{slot: -1 - i, msg: c.sc.template(int64(i)), seq: int64(i)}})
 	}
-	if c.loop != nil {
-		c.loop.waitIdle()
+	if err := c.waitConns(); err != nil {
+		return err
 	}
-	for _, hc := range c.conns {
-		if err := hc.wait(); err != nil {
-			return err
-		}
+	if c.loop != nil {
+		c.loop.unstamped = 0 // the kernel may not stamp the first reads
 	}
 	if failed := c.run.errs.Swap(0); failed > 0 {
 		return fmt.Errorf("%d of %d requests failed, the first: %v", failed, n, c.run.firstErr.Load())
@@ -1044,6 +1068,9 @@ func (c *h2Client) release(from, to int) {
 			c.conns[k].send(b)
 		}
 	}
+	if c.loop != nil {
+		c.loop.pollIfBehind()
+	}
 }
 
 func (c *h2Client) pacer() (func(time.Duration), func()) {
@@ -1054,12 +1081,32 @@ func (c *h2Client) pacer() (func(time.Duration), func()) {
 }
 
 func (c *h2Client) wait() {
+	_ = c.waitConns() // failures were reported per request
+}
+
+// waitConns returns when no call is open or queued, with the first error of a
+// connection or of the loop.
+func (c *h2Client) waitConns() error {
 	if c.loop != nil {
-		c.loop.waitIdle()
+		if err := c.loop.waitIdle(); err != nil {
+			return err
+		}
 	}
 	for _, hc := range c.conns {
-		_ = hc.wait() // its failures were reported per request
+		if err := hc.wait(); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// unstampedReads is how many reads since the warm-up the loop timed when read,
+// the kernel having given no receive time.
+func (c *h2Client) unstampedReads() int {
+	if c.loop == nil {
+		return 0
+	}
+	return c.loop.unstamped
 }
 
 func (c *h2Client) close() {

@@ -47,7 +47,7 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	for _, r := range rows {
 		name := r.Service + "/" + r.Backend
 		if r.Errors != r.Late || r.Late > 50 || r.Achieved < 400 {
-			t.Errorf("%s: %d errors (%d of them late answers), %.0f/s achieved of 500", name, r.Errors, r.Late, r.Achieved)
+			t.Errorf("%s: %d errors (%d of them late answers), %.0f/s achieved of 500\n%s", name, r.Errors, r.Late, r.Achieved, out.String())
 		}
 		if r.ServerBytesPerReq <= 0 || r.ServerCPUPerReq <= 0 {
 			t.Errorf("%s: server counters not read: %.0f B/req, %v CPU/req", name, r.ServerBytesPerReq, r.ServerCPUPerReq)

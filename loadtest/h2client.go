@@ -3,6 +3,7 @@ package loadtest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -359,8 +360,10 @@ func (c *h2Conn) outcome(s *h2Stream) error {
 		return fmt.Errorf("HTTP status %q", s.status)
 	}
 	if code := c.grpcStatus; code != "0" {
-		n, _ := strconv.Atoi(code)
-		return fmt.Errorf("grpc-status %s (%d): %s", code, n, c.grpcMsg)
+		if code == "4" { // DEADLINE_EXCEEDED
+			return fmt.Errorf("grpc-status 4: %s: %w", c.grpcMsg, context.DeadlineExceeded)
+		}
+		return fmt.Errorf("grpc-status %s: %s", code, c.grpcMsg)
 	}
 	if len(s.data) < 5 || int(binary.BigEndian.Uint32(s.data[1:5])) != len(s.data)-5 {
 		return fmt.Errorf("malformed answer of %d bytes", len(s.data))

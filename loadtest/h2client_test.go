@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"net"
 	"strings"
 	"sync"
@@ -87,7 +88,9 @@ var h2Drivers = []h2Driver{
 			t.Fatal(err)
 		}
 		return c, func() error {
-			l.waitIdle()
+			if err := l.waitIdle(); err != nil {
+				return err
+			}
 			return c.wait()
 		}
 	}},
@@ -331,21 +334,78 @@ func TestLoopTimesAnswersByArrival(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.poll(0)
+	// The kernel turns receive timestamps on some time after the first socket
+	// asks for them (a deferred job): until then reads are timed when read, and
+	// counted so.
+	slot := 0
+	start := time.Now()
+	for {
+		before := l.unstamped
+		c.send([]h2Request{{slot: slot, msg: sc.request(int64(slot))}})
+		slot++
+		if err := l.waitIdle(); err != nil {
+			t.Fatal(err)
+		}
+		if l.unstamped == before {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("no read stamped by the kernel in %v (%d reads timed when read)", time.Since(start), l.unstamped)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("the kernel stamped reads after %v", time.Since(start))
 	const late = 100 * time.Millisecond
 	sent := time.Now()
-	c.send([]h2Request{{slot: 0, msg: sc.request(0)}})
+	c.send([]h2Request{{slot: slot, msg: sc.request(int64(slot))}})
 	time.Sleep(late) // the answer waits in the socket
 	read := time.Now()
-	l.waitIdle()
-	if err := got.errs[0]; err != nil {
+	if err := l.waitIdle(); err != nil {
 		t.Fatal(err)
 	}
-	at := got.at[0]
+	if err := got.errs[slot]; err != nil {
+		t.Fatal(err)
+	}
+	at := got.at[slot]
 	if at.Before(sent) || !at.Before(read) {
 		t.Fatalf("answer timed %v after sending, read %v after: want a time in between", at.Sub(sent), read.Sub(sent))
 	}
 	if took := at.Sub(sent); took > late/2 {
 		t.Errorf("answer timed %v after sending: timed by the read, not its arrival", took)
+	}
+}
+
+// TestLoopFailureEndsWaits: when the loop itself fails (its epoll set gone),
+// every connection fails with it, so that no wait outlasts it.
+func TestLoopFailureEndsWaits(t *testing.T) {
+	addr := startNoop(t, true)
+	sc, err := newScenario("ext_authz", "hit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := newEvLoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	got := &outcomes{errs: map[int]error{}}
+	c, err := l.dial(addr, sc.method, time.Minute, checkAuthzAnswer, got.done, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(l.epfd)
+	c.send([]h2Request{{slot: 0, msg: sc.request(0)}})
+	done := make(chan error, 1)
+	go func() { done <- l.waitIdle() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("waitIdle: no error from a failed loop")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waitIdle still waits on a failed loop")
+	}
+	if err := c.wait(); err == nil || got.errs[0] == nil {
+		t.Errorf("connection error %v, request outcome %v: want both failed", err, got.errs[0])
 	}
 }

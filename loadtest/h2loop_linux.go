@@ -13,14 +13,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// defaultClient is the load client used unless one is named.
+const defaultClient = "loop"
+
 // evLoop drives h2 client connections and the pacer from one OS thread, as
 // Envoy's workers and wrk2 do, and wakes only when a request is due. Answers are
 // timed by the kernel (SO_TIMESTAMPNS: when their bytes reached the socket) and
 // read when the pacer wakes next, so that a request costs the generator one
 // wake-up, not two. A wake-up is the dearest thing this VM does (a context
 // switch costs ~15 µs of CPU here), and the generator's CPU is the server's to
-// lose: both share two cores. An answer's time is thus when a client on a
-// machine of its own would have had it, without this one's delay in reading it.
+// lose: both share two cores. An answer's time is thus a lower bound on what a
+// client sees: it leaves out the client's own delay in waking to read it, which
+// a client on a machine of its own pays on its own cores, but a client beside
+// the server (a sidecar) pays on the same ones. The runs report both (P99Read).
 //
 // An evLoop is not safe for concurrent use: one goroutine paces, sends, polls
 // and closes.
@@ -28,12 +33,17 @@ type evLoop struct {
 	epfd   int
 	conns  map[int32]*loopConn // by socket
 	events [64]unix.EpollEvent
-	err    error // the first failure of the loop itself
+	err    error // the first failure of the loop itself, which fails every connection
+	// unstamped counts the reads the kernel gave no receive time (it turns
+	// timestamps on a moment after the first socket asks), timed when read.
+	unstamped int
+	lastPoll  time.Time
 }
 
 // loopConn is one h2 connection of a loop: a non-blocking socket the loop reads,
 // and the frames read from it but not yet handled.
 type loopConn struct {
+	loop *evLoop
 	fd   int
 	oob  [64]byte // a read's control message: its receive time
 	h2   *h2Conn
@@ -57,7 +67,7 @@ func (l *evLoop) dial(addr, path string, timeout time.Duration, check func([]byt
 	if err != nil {
 		return nil, err
 	}
-	lc := &loopConn{fd: fd, buf: make([]byte, 0, 64<<10)}
+	lc := &loopConn{loop: l, fd: fd, buf: make([]byte, 0, 64<<10)}
 	lc.fr = http2.NewFramer(nil, lc)
 	lc.fr.SetReuseFrames()
 	h2, err := newH2Conn(lc, addr, path, timeout, check, done, stamp)
@@ -74,42 +84,32 @@ func (l *evLoop) dial(addr, path string, timeout time.Duration, check func([]byt
 	return h2, nil
 }
 
-// dialNonblocking returns a connected, non-blocking TCP socket to addr.
+// dialNonblocking returns a connected, non-blocking TCP socket to addr that the
+// Go runtime's poller does not watch: net.Dial connects, and the loop keeps a
+// duplicate of its socket (non-blocking, as Go made it) after closing Go's.
 func dialNonblocking(addr string) (int, error) {
-	ta, err := net.ResolveTCPAddr("tcp", addr)
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
-		return -1, fmt.Errorf("resolve %s: %w", addr, err)
+		return -1, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	var sa unix.Sockaddr
-	family := unix.AF_INET
-	if ip4 := ta.IP.To4(); ip4 != nil {
-		sa = &unix.SockaddrInet4{Port: ta.Port, Addr: [4]byte(ip4)}
-	} else {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: ta.Port, Addr: [16]byte(ta.IP.To16())}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	defer nc.Close()
+	rc, err := nc.(*net.TCPConn).SyscallConn()
 	if err != nil {
-		return -1, fmt.Errorf("socket: %w", err)
+		return -1, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	fail := func(what string, err error) (int, error) {
+	fd := -1
+	var dupErr error
+	if err := rc.Control(func(s uintptr) { fd, dupErr = unix.Dup(int(s)) }); err != nil || dupErr != nil {
+		return -1, fmt.Errorf("dial %s: dup: %w", addr, errors.Join(err, dupErr))
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("dial %s: %s: %w", addr, what, err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-		return fail("TCP_NODELAY", err)
+		return -1, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
-		return fail("SO_TIMESTAMPNS", err)
-	}
-	if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
-		return fail("connect", err)
-	}
-	if err := waitWritable(fd, 5*time.Second); err != nil {
-		return fail("connect", err)
-	}
-	if soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soErr != 0 {
-		return fail("connect", errors.Join(err, unix.Errno(soErr)))
+		unix.Close(fd)
+		return -1, fmt.Errorf("dial %s: SO_TIMESTAMPNS: %w", addr, err)
 	}
 	return fd, nil
 }
@@ -137,8 +137,9 @@ func waitWritable(fd int, d time.Duration) error {
 }
 
 // Write writes all of p. A full socket buffer (the server not reading) stalls
-// the loop until it drains, for 10 s at most: the server reads while it writes,
-// so this cannot deadlock with answers waiting for us.
+// the loop, which then reads nothing either, until it drains, for 10 s at most
+// per wait: a server that stops reading until its own answers are read fails
+// the connection then.
 func (lc *loopConn) Write(p []byte) (int, error) {
 	n := 0
 	for n < len(p) {
@@ -215,10 +216,7 @@ func (lc *loopConn) onReadable() {
 	lc.buf = lc.buf[:len(lc.buf)+n]
 	// The time is the last segment's that this read took: answers that arrived
 	// earlier in it are timed a little late, never early.
-	at, ok := receiveTime(lc.oob[:oobn])
-	if !ok {
-		at = time.Now()
-	}
+	at := lc.loop.arrival(lc.oob[:oobn])
 	for !lc.dead && lc.wholeFrame() {
 		f, err := lc.fr.ReadFrame()
 		if err != nil {
@@ -229,6 +227,25 @@ func (lc *loopConn) onReadable() {
 			return
 		}
 	}
+}
+
+// arrival returns when the bytes of a read reached the socket, from its control
+// message oob, as a time with a monotonic reading (the kernel's is wall-clock
+// time, which a clock step would move): now less how long ago the kernel says.
+// A read the kernel did not stamp, or stamped in the future or over a second
+// ago (a clock step between the stamp and now), is timed now: later, never
+// earlier, than it arrived.
+func (l *evLoop) arrival(oob []byte) time.Time {
+	now := time.Now()
+	at, ok := receiveTime(oob)
+	if !ok {
+		l.unstamped++
+		return now
+	}
+	if ago := now.Sub(at); ago >= 0 && ago <= time.Second {
+		return now.Add(-ago)
+	}
+	return now
 }
 
 // receiveTime finds the SCM_TIMESTAMPNS control message in oob.
@@ -254,19 +271,28 @@ func (lc *loopConn) fail(err error) {
 	lc.h2.mu.Unlock()
 }
 
-// poll waits up to d for answers and handles those that arrive (with d zero,
-// those already there). Level-triggered: a socket read only in part is reported
-// again.
+// poll waits up to d (rounded up to whole milliseconds) for answers and handles
+// those that arrive; with d zero, those already there. Level-triggered: a
+// socket read only in part is reported again. If the loop itself fails, every
+// connection fails with it, so that no wait outlasts it.
 func (l *evLoop) poll(d time.Duration) {
-	ts := unix.NsecToTimespec(max(d, 0).Nanoseconds())
-	call := unix.Syscall6
-	if d <= 0 {
-		call = unix.RawSyscall6 // never blocks: see precisePause
+	l.lastPoll = time.Now()
+	ms := int((max(d, 0) + time.Millisecond - 1) / time.Millisecond)
+	var n int
+	var err error
+	if ms == 0 {
+		// Never blocks, so the runtime need not know (see precisePause).
+		r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
+		n = int(r)
+		if errno != 0 {
+			err = errno
+		}
+	} else {
+		n, err = unix.EpollWait(l.epfd, l.events[:], ms)
 	}
-	n, _, errno := call(unix.SYS_EPOLL_PWAIT2, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
-	if errno != 0 {
-		if errno != unix.EINTR && l.err == nil {
-			l.err = fmt.Errorf("epoll_pwait2: %w", errno)
+	if err != nil {
+		if !errors.Is(err, unix.EINTR) {
+			l.fail(fmt.Errorf("epoll_pwait: %w", err))
 		}
 		return
 	}
@@ -282,6 +308,17 @@ func (l *evLoop) poll(d time.Duration) {
 	}
 }
 
+// fail ends the loop and every connection with err.
+func (l *evLoop) fail(err error) {
+	if l.err == nil {
+		l.err = err
+	}
+	for fd, lc := range l.conns {
+		lc.fail(err)
+		delete(l.conns, fd)
+	}
+}
+
 // idle reports whether no connection of l has a call open or queued.
 func (l *evLoop) idle() bool {
 	for _, lc := range l.conns {
@@ -292,10 +329,20 @@ func (l *evLoop) idle() bool {
 	return true
 }
 
-// waitIdle polls until no call is open or queued.
-func (l *evLoop) waitIdle() {
+// waitIdle polls until no call is open or queued, and returns the loop's error.
+func (l *evLoop) waitIdle() error {
 	for !l.idle() && l.err == nil {
 		l.poll(10 * time.Millisecond)
+	}
+	return l.err
+}
+
+// pollIfBehind handles what arrived if the loop has not polled for a
+// millisecond: a pacer that is behind releases without pausing, and so without
+// polling, and the server's WINDOW_UPDATEs and SETTINGS would wait for it.
+func (l *evLoop) pollIfBehind() {
+	if time.Since(l.lastPoll) > time.Millisecond {
+		l.poll(0)
 	}
 }
 

@@ -7,8 +7,12 @@ import (
 	"time"
 )
 
+// defaultClient is the load client used unless one is named: the loop client
+// needs epoll.
+const defaultClient = "h2"
+
 // evLoop needs epoll: elsewhere the loop client is refused.
-type evLoop struct{}
+type evLoop struct{ unstamped int }
 
 func newEvLoop() (*evLoop, error) { return nil, errors.New("the loop client needs Linux (epoll)") }
 
@@ -16,5 +20,6 @@ func (l *evLoop) dial(string, string, time.Duration, func([]byte) error, func(in
 	return nil, errors.ErrUnsupported
 }
 func (l *evLoop) pacer() (func(time.Duration), func()) { return precisePause() }
-func (l *evLoop) waitIdle()                            {}
+func (l *evLoop) waitIdle() error                      { return errors.ErrUnsupported }
+func (l *evLoop) pollIfBehind()                        {}
 func (l *evLoop) close()                               {}

@@ -617,9 +617,7 @@ func (c *conn) dispatchLocked(st *stream) {
 			c.srv.readerCalls.Inc()
 			c.mu.Unlock()
 			c.call(st)
-			if end := time.Now(); end.Sub(start) > readerCallSlow {
-				c.srv.readerPause.slow(end)
-			}
+			c.srv.readerPause.ended(start, time.Now())
 			c.mu.Lock()
 			return
 		}

@@ -58,25 +58,29 @@ type Method struct {
 	// context carries no deadline: the client's is checked before the call starts.
 	Inline func() bool
 	// OnIdleReader, when set and true at a call that is not inline, runs the call
-	// on the connection's reader if no other frame is waiting to be read there,
+	// on the connection's reader if no whole frame is waiting to be read there,
 	// and on a goroutine otherwise. A call that waits briefly on a backend (a
 	// Redis round trip) then costs no hand-off: waking another thread for the
 	// goroutine and putting the reader's to sleep cost more CPU on a small VM than
 	// the rest of such a call. Meanwhile the connection reads nothing: a request
-	// arriving waits for the call, and a RST_STREAM is read only after it. So
-	// that a slow backend does not hold readers, a call on a reader that takes
-	// longer than readerCallSlow stops the listener doing this for a while (see
-	// readerPause). The call's context carries its deadline, as a goroutine's does.
+	// arriving waits for the call, and a RST_STREAM, or the client closing the
+	// connection, is seen only after it (the call is not cancelled by them, nor
+	// counted as reset_by_client). So that a slow backend does not hold readers,
+	// a call on a reader that takes longer than readerCallSlow stops the listener
+	// doing this for a while (see readerPause). The call's context carries its
+	// deadline, as a goroutine's does, and a Shutdown that runs out of time
+	// cancels it.
 	OnIdleReader func() bool
 }
 
 // A call run on an idle reader (Method.OnIdleReader) that takes longer than
 // readerCallSlow pauses calls on readers: for readerPauseMin after a slow call
 // that follows readerPauseReset without one, twice the last pause (up to
-// readerPauseMax) after one that does not. A host that stalls now and then (a
-// VM descheduled for 10 ms or more) pauses them briefly; a backend that stays
-// slow, or is slow at times, has them paused for seconds, so that each of its
-// slow calls holds a reader at most once per readerPauseMax per connection.
+// readerPauseMax) after one that does not. Calls that were running when a pause
+// began (one stall slows every call in flight) do not lengthen it. A host that
+// stalls now and then (a VM descheduled for 10 ms or more) pauses them briefly;
+// a backend that stays slow, or is slow at times, has them paused for seconds,
+// up to readerPauseMax between slow calls on a reader.
 const (
 	readerCallSlow   = 10 * time.Millisecond
 	readerPauseMin   = 50 * time.Millisecond
@@ -88,26 +92,34 @@ const (
 type readerPause struct {
 	until atomic.Int64 // Unix nanoseconds: calls run on readers from then on
 
-	mu         sync.Mutex
-	last       time.Duration // the last pause
-	lastSlow   time.Time
-	min, max   time.Duration // readerPauseMin and readerPauseMax (shorter in tests)
-	resetAfter time.Duration
+	mu       sync.Mutex
+	last     time.Duration // the last pause
+	lastSlow time.Time     // when the last pause began
+	// slowAfter, min, max and resetAfter are readerCallSlow, readerPauseMin,
+	// readerPauseMax and readerPauseReset (other values in tests).
+	slowAfter, min, max, resetAfter time.Duration
 }
 
 // allows reports whether a call may run on a reader at now.
 func (p *readerPause) allows(now time.Time) bool { return now.UnixNano() >= p.until.Load() }
 
-// slow pauses calls on readers after one that ended at now took too long.
-func (p *readerPause) slow(now time.Time) {
+// ended takes note of a call on a reader that ran from start to end, and pauses
+// calls on readers if it was slow.
+func (p *readerPause) ended(start, end time.Time) {
+	if end.Sub(start) <= p.slowAfter {
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.lastSlow.IsZero() && start.Before(p.lastSlow) {
+		return // slowed by what began the current pause
+	}
 	d := p.min
-	if !p.lastSlow.IsZero() && now.Sub(p.lastSlow) < p.resetAfter {
+	if !p.lastSlow.IsZero() && end.Sub(p.lastSlow) < p.resetAfter {
 		d = min(2*p.last, p.max)
 	}
-	p.last, p.lastSlow = d, now
-	p.until.Store(now.Add(d).UnixNano())
+	p.last, p.lastSlow = d, end
+	p.until.Store(end.Add(d).UnixNano())
 }
 
 // Unary adapts a typed handler, such as a generated service method, to a Method.
@@ -259,7 +271,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts: opts, log: opts.Logger, methods: map[string]*Method{}, writeTimeout: writeTimeout,
-		readerPause:  readerPause{min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset},
+		readerPause:  readerPause{slowAfter: readerCallSlow, min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset},
 		connWindow:   uint32(min(max(16<<20, 2*(opts.MaxRecvMsgSize+5+16384)), 1<<31-1)),
 		streamWindow: uint32(opts.MaxRecvMsgSize + 5 + 16384),
 		lis:          map[net.Listener]struct{}{}, active: map[*conn]struct{}{},
@@ -407,6 +419,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		for _, c := range conns {
 			c.nc.Close()
+			// A call on the reader (Method.OnIdleReader) is cancelled here, not
+			// when its reader sees the close, which it reads only after the call.
+			c.end()
 		}
 		<-done
 		return ctx.Err()

@@ -557,8 +557,9 @@ func TestIdleReaderCalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Pauses long enough that a busy test machine's calls fit in them.
-	s.readerPause.min, s.readerPause.max = 300*time.Millisecond, time.Second
+	// A threshold and pauses long enough that a busy test machine's calls fit in
+	// them, and that no quick call counts as slow.
+	s.readerPause.slowAfter, s.readerPause.min, s.readerPause.max = 100*time.Millisecond, 300*time.Millisecond, time.Second
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -582,7 +583,7 @@ func TestIdleReaderCalls(t *testing.T) {
 		}
 	}
 
-	slow := int64(3 * readerCallSlow / time.Millisecond)
+	const slow = 200 // ms
 	for range 3 {
 		call(0)
 	}
@@ -650,29 +651,45 @@ func grpcStatus(h *http2.MetaHeadersFrame) string {
 }
 
 // TestReaderPause: pauses start at the minimum, double while slow calls recur
-// within the reset interval, stop at the maximum, and start over after a quiet
-// interval.
+// within the reset interval, stop at the maximum, start over after a quiet
+// interval, and are not lengthened by calls that were running when they began.
 func TestReaderPause(t *testing.T) {
 	t0 := time.Unix(1000, 0)
+	type call struct{ start, end time.Duration } // from t0
+	slow := func(end time.Duration) call { return call{end - 2*readerCallSlow, end} }
 	for _, tt := range []struct {
 		name  string
-		slow  []time.Duration // when slow calls ended, from t0
-		pause time.Duration   // the pause after the last
+		calls []call
+		pause time.Duration // the pause after the last slow call that set one
 	}{
-		{"first", []time.Duration{0}, readerPauseMin},
-		{"recurring", []time.Duration{0, time.Second, 2 * time.Second}, 4 * readerPauseMin},
-		{"at the maximum", []time.Duration{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, readerPauseMax},
-		{"after a quiet interval", []time.Duration{0, time.Second, time.Second + readerPauseReset}, readerPauseMin},
+		{"first", []call{slow(0)}, readerPauseMin},
+		{"quick calls", []call{{0, readerCallSlow}, {0, time.Millisecond}}, 0},
+		{"recurring", []call{slow(0), slow(time.Second), slow(2 * time.Second)}, 4 * readerPauseMin},
+		{"at the maximum", func() (cs []call) {
+			for k := range 12 {
+				cs = append(cs, slow(time.Duration(k)*time.Second))
+			}
+			return cs
+		}(), readerPauseMax},
+		{"after a quiet interval", []call{slow(0), slow(time.Second), slow(time.Second + readerPauseReset)}, readerPauseMin},
+		{"one stall, calls on four readers", []call{slow(0), slow(time.Millisecond), slow(2 * time.Millisecond), slow(3 * time.Millisecond)}, readerPauseMin},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			p := readerPause{min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset}
-			var end time.Time
-			for _, at := range tt.slow {
-				end = t0.Add(at)
-				p.slow(end)
+			p := readerPause{slowAfter: readerCallSlow, min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset}
+			for _, c := range tt.calls {
+				p.ended(t0.Add(c.start), t0.Add(c.end))
 			}
-			if p.allows(end.Add(tt.pause-time.Nanosecond)) || !p.allows(end.Add(tt.pause)) {
-				t.Errorf("paused until %v after the last slow call, want %v", time.Unix(0, p.until.Load()).Sub(end), tt.pause)
+			if tt.pause == 0 {
+				if p.until.Load() != 0 {
+					t.Errorf("paused until %v after quick calls", time.Unix(0, p.until.Load()))
+				}
+				return
+			}
+			if got := time.Unix(0, p.until.Load()).Sub(p.lastSlow); got != tt.pause {
+				t.Errorf("paused for %v after the last slow call, want %v", got, tt.pause)
+			}
+			if end := p.lastSlow; p.allows(end.Add(tt.pause-time.Nanosecond)) || !p.allows(end.Add(tt.pause)) {
+				t.Errorf("allows does not follow the pause of %v", tt.pause)
 			}
 		})
 	}
