@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"golang.org/x/sys/unix"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -407,5 +408,72 @@ func TestLoopFailureEndsWaits(t *testing.T) {
 	}
 	if err := c.wait(); err == nil || got.errs[0] == nil {
 		t.Errorf("connection error %v, request outcome %v: want both failed", err, got.errs[0])
+	}
+}
+
+// TestLoopReadsSplitFrames: the loop client assembles frames that arrive a few
+// bytes at a time, across reads and polls.
+func TestLoopReadsSplitFrames(t *testing.T) {
+	server := startNoop(t, true)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() { // a proxy that passes the server's bytes on three at a time
+		client, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer client.Close()
+		up, err := net.Dial("tcp", server)
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		go func() { _, _ = io.Copy(up, client) }()
+		buf := make([]byte, 4096)
+		for {
+			n, err := up.Read(buf)
+			for i := 0; i < n; i += 3 {
+				if _, werr := client.Write(buf[i:min(i+3, n)]); werr != nil {
+					return
+				}
+				time.Sleep(50 * time.Microsecond)
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	sc, err := newScenario("ext_authz", "hit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop, err := newEvLoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loop.close()
+	got := &outcomes{errs: map[int]error{}}
+	c, err := loop.dial(l.Addr().String(), sc.method, time.Minute, checkAuthzAnswer, got.done, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	for i := range n {
+		c.send([]h2Request{{slot: i, msg: sc.request(int64(i))}})
+		loop.poll(time.Millisecond) // reads what came so far, often part of a frame
+	}
+	if err := loop.waitIdle(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.errs) != n {
+		t.Fatalf("%d outcomes, want %d", len(got.errs), n)
+	}
+	for slot, err := range got.errs {
+		if err != nil {
+			t.Errorf("request %d: %v", slot, err)
+		}
 	}
 }
