@@ -565,7 +565,8 @@ func (c *conn) frameBuffered() bool {
 }
 
 // dispatchLocked starts a call whose request is complete, or answers its refusal.
-// An inline call runs here, on the reader, with mu released meanwhile.
+// An inline call runs here, on the reader, with mu released meanwhile, and so does
+// a call that may wait when nothing else waits to be read (Method.OnIdleReader).
 func (c *conn) dispatchLocked(st *stream) {
 	if st.err == nil {
 		if st.err = checkMessage(st.data); st.err != nil {
