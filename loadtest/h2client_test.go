@@ -316,11 +316,11 @@ func TestH2ConnStamps(t *testing.T) {
 	}
 }
 
-// TestLoopTimesAnswersByArrival: the event loop times an answer by when it
-// reached the socket, not by when the loop got round to reading it. Timed by the
-// read, an answer read 100 ms late would take 100 ms.
-func TestLoopTimesAnswersByArrival(t *testing.T) {
-	addr := startNoop(t, true)
+// dialLoop connects an event loop's connection to addr for the ext_authz
+// scenario's requests, with answers judged as checks and their outcomes and
+// times collected. The loop closes with the test.
+func dialLoop(t *testing.T, addr string) (*evLoop, *h2Conn, *scenario, *outcomes) {
+	t.Helper()
 	sc, err := newScenario("ext_authz", "hit")
 	if err != nil {
 		t.Fatal(err)
@@ -329,12 +329,20 @@ func TestLoopTimesAnswersByArrival(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.close()
+	t.Cleanup(l.close)
 	got := &outcomes{errs: map[int]error{}, at: map[int]time.Time{}}
 	c, err := l.dial(addr, sc.method, time.Minute, checkAuthzAnswer, got.done, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return l, c, sc, got
+}
+
+// TestLoopTimesAnswersByArrival: the event loop times an answer by when it
+// reached the socket, not by when the loop got round to reading it. Timed by the
+// read, an answer read 100 ms late would take 100 ms.
+func TestLoopTimesAnswersByArrival(t *testing.T) {
+	l, c, sc, got := dialLoop(t, startNoop(t, true))
 	// The kernel turns receive timestamps on some time after the first socket
 	// asks for them (a deferred job): until then reads are timed when read, and
 	// counted so.
@@ -379,21 +387,7 @@ func TestLoopTimesAnswersByArrival(t *testing.T) {
 // TestLoopFailureEndsWaits: when the loop itself fails (its epoll set gone),
 // every connection fails with it, so that no wait outlasts it.
 func TestLoopFailureEndsWaits(t *testing.T) {
-	addr := startNoop(t, true)
-	sc, err := newScenario("ext_authz", "hit")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := newEvLoop()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.close()
-	got := &outcomes{errs: map[int]error{}}
-	c, err := l.dial(addr, sc.method, time.Minute, checkAuthzAnswer, got.done, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, c, sc, got := dialLoop(t, startNoop(t, true))
 	unix.Close(l.epfd)
 	c.send([]h2Request{{slot: 0, msg: sc.request(0)}})
 	done := make(chan error, 1)
@@ -446,20 +440,7 @@ func TestLoopReadsSplitFrames(t *testing.T) {
 			}
 		}
 	}()
-	sc, err := newScenario("ext_authz", "hit")
-	if err != nil {
-		t.Fatal(err)
-	}
-	loop, err := newEvLoop()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer loop.close()
-	got := &outcomes{errs: map[int]error{}}
-	c, err := loop.dial(l.Addr().String(), sc.method, time.Minute, checkAuthzAnswer, got.done, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	loop, c, sc, got := dialLoop(t, l.Addr().String())
 	const n = 20
 	for i := range n {
 		c.send([]h2Request{{slot: i, msg: sc.request(int64(i))}})
