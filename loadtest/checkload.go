@@ -150,6 +150,14 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 	default:
 		return nil, fmt.Errorf("unknown client %q: h2, loop or grpc", o.Client)
 	}
+	if o.LatencyLog != "" {
+		// Refused now rather than after the first run.
+		f, err := os.OpenFile(o.LatencyLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("latency log: %w", err)
+		}
+		f.Close()
+	}
 	for _, b := range o.Backends {
 		switch b {
 		case "noop", "noop-h2", "memquota", "redis":
