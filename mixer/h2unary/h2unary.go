@@ -66,23 +66,30 @@ type Method struct {
 	// arriving waits for the call, and a RST_STREAM, or the client closing the
 	// connection, is seen only after it (the call is not cancelled by them, nor
 	// counted as reset_by_client). So that a slow backend does not hold readers,
-	// a call on a reader that takes longer than readerCallSlow stops the listener
-	// doing this for a while (see readerPause). The call's context carries its
-	// deadline, as a goroutine's does, and a Shutdown that runs out of time
-	// cancels it.
+	// a call on a reader that takes longer than readerCallSlow, or calls that take
+	// longer than readerMeanSlow on average, stop the listener doing this for a
+	// while (see readerPause). The call's context carries its deadline, as a
+	// goroutine's does, and a Shutdown that runs out of time cancels it.
 	OnIdleReader func() bool
 }
 
 // A call run on an idle reader (Method.OnIdleReader) that takes longer than
-// readerCallSlow pauses calls on readers: for readerPauseMin after a slow call
-// that follows readerPauseReset without one, twice the last pause (up to
-// readerPauseMax) after one that does not. Calls that were running when a pause
-// began (one stall slows every call in flight) do not lengthen it. A host that
-// stalls now and then (a VM descheduled for 10 ms or more) pauses them briefly;
-// a backend that stays slow, or is slow at times, has them paused for seconds,
-// up to readerPauseMax between slow calls on a reader.
+// readerCallSlow pauses calls on readers, and so do calls whose running mean
+// (weight 1/readerMeanWeight per call) passes readerMeanSlow: a backend that
+// answers in a few milliseconds every time holds each request arriving meanwhile
+// that long, while a host stall of the same length now and then moves the mean
+// little. A pause lasts readerPauseMin after one that began readerPauseReset or
+// more before, and twice the last pause (up to readerPauseMax) after one that
+// began sooner. Calls that were running when a pause began (one stall slows
+// every call in flight) do not lengthen it, and the mean starts over with each
+// pause, so that after a pause a slow backend is seen anew. A host that stalls
+// now and then (a VM descheduled for 10 ms or more) pauses them briefly; a
+// backend that stays slow, or is slow at times, has them paused for seconds, up
+// to readerPauseMax between slow calls on a reader.
 const (
 	readerCallSlow   = 10 * time.Millisecond
+	readerMeanSlow   = 2 * time.Millisecond
+	readerMeanWeight = 64
 	readerPauseMin   = 50 * time.Millisecond
 	readerPauseMax   = 5 * time.Second
 	readerPauseReset = 10 * time.Second
@@ -91,22 +98,37 @@ const (
 // readerPause decides when calls may run on idle readers (Method.OnIdleReader).
 type readerPause struct {
 	until atomic.Int64 // Unix nanoseconds: calls run on readers from then on
+	// mean is the running mean of the calls' durations since the last pause, in
+	// nanoseconds. Concurrent calls update it without a lock: one that loses
+	// another's update loses one sample of an estimate, which is cheaper than a
+	// lock or a retry on every call.
+	mean atomic.Int64
 
 	mu       sync.Mutex
 	last     time.Duration // the last pause
 	lastSlow time.Time     // when the last pause began
-	// slowAfter, min, max and resetAfter are readerCallSlow, readerPauseMin,
-	// readerPauseMax and readerPauseReset (other values in tests).
-	slowAfter, min, max, resetAfter time.Duration
+	// slowAfter, meanSlow, min, max and resetAfter are readerCallSlow,
+	// readerMeanSlow, readerPauseMin, readerPauseMax and readerPauseReset (other
+	// values in tests).
+	slowAfter, meanSlow, min, max, resetAfter time.Duration
+}
+
+// newReaderPause returns the pause of a listener.
+func newReaderPause() readerPause {
+	return readerPause{slowAfter: readerCallSlow, meanSlow: readerMeanSlow, min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset}
 }
 
 // allows reports whether a call may run on a reader at now.
 func (p *readerPause) allows(now time.Time) bool { return now.UnixNano() >= p.until.Load() }
 
 // ended takes note of a call on a reader that ran from start to end, and pauses
-// calls on readers if it was slow.
+// calls on readers if it was slow, or if calls have been on average.
 func (p *readerPause) ended(start, end time.Time) {
-	if end.Sub(start) <= p.slowAfter {
+	d := int64(end.Sub(start))
+	m := p.mean.Load()
+	m += (d - m) / readerMeanWeight
+	p.mean.Store(m)
+	if d <= int64(p.slowAfter) && m <= int64(p.meanSlow) {
 		return
 	}
 	p.mu.Lock()
@@ -114,12 +136,13 @@ func (p *readerPause) ended(start, end time.Time) {
 	if !p.lastSlow.IsZero() && start.Before(p.lastSlow) {
 		return // slowed by what began the current pause
 	}
-	d := p.min
+	pause := p.min
 	if !p.lastSlow.IsZero() && end.Sub(p.lastSlow) < p.resetAfter {
-		d = min(2*p.last, p.max)
+		pause = min(2*p.last, p.max)
 	}
-	p.last, p.lastSlow = d, end
-	p.until.Store(end.Add(d).UnixNano())
+	p.last, p.lastSlow = pause, end
+	p.mean.Store(0)
+	p.until.Store(end.Add(pause).UnixNano())
 }
 
 // Unary adapts a typed handler, such as a generated service method, to a Method.
@@ -271,7 +294,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts: opts, log: opts.Logger, methods: map[string]*Method{}, writeTimeout: writeTimeout,
-		readerPause:  readerPause{slowAfter: readerCallSlow, min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset},
+		readerPause:  newReaderPause(),
 		connWindow:   uint32(min(max(16<<20, 2*(opts.MaxRecvMsgSize+5+16384)), 1<<31-1)),
 		streamWindow: uint32(opts.MaxRecvMsgSize + 5 + 16384),
 		lis:          map[net.Listener]struct{}{}, active: map[*conn]struct{}{},

@@ -559,7 +559,8 @@ func TestIdleReaderCalls(t *testing.T) {
 	}
 	// A threshold and pauses long enough that a busy test machine's calls fit in
 	// them, and that no quick call counts as slow.
-	s.readerPause.slowAfter, s.readerPause.min, s.readerPause.max = 100*time.Millisecond, 300*time.Millisecond, time.Second
+	s.readerPause.slowAfter, s.readerPause.meanSlow = 100*time.Millisecond, 50*time.Millisecond
+	s.readerPause.min, s.readerPause.max = 300*time.Millisecond, time.Second
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -653,10 +654,26 @@ func grpcStatus(h *http2.MetaHeadersFrame) string {
 // TestReaderPause: pauses start at the minimum, double while slow calls recur
 // within the reset interval, stop at the maximum, start over after a quiet
 // interval, and are not lengthened by calls that were running when they began.
+// Calls slow on average pause them too; quick calls with a few slow ones among
+// them, each under the threshold, do not.
 func TestReaderPause(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	type call struct{ start, end time.Duration } // from t0
 	slow := func(end time.Duration) call { return call{end - 2*readerCallSlow, end} }
+	// steady is n calls one after the other, each taking d, and every tenth
+	// spike instead when that is not zero.
+	steady := func(n int, d, spike time.Duration) (cs []call) {
+		var at time.Duration
+		for k := range n {
+			took := d
+			if spike != 0 && k%10 == 9 {
+				took = spike
+			}
+			cs = append(cs, call{at, at + took})
+			at += took
+		}
+		return cs
+	}
 	for _, tt := range []struct {
 		name  string
 		calls []call
@@ -673,9 +690,14 @@ func TestReaderPause(t *testing.T) {
 		}(), readerPauseMax},
 		{"after a quiet interval", []call{slow(0), slow(time.Second), slow(time.Second + readerPauseReset)}, readerPauseMin},
 		{"one stall, calls on four readers", []call{slow(0), slow(time.Millisecond), slow(2 * time.Millisecond), slow(3 * time.Millisecond)}, readerPauseMin},
+		// A backend answering in 3 ms: the mean passes 2 ms after ~70 calls.
+		{"slow on average", steady(100, 3*time.Millisecond, 0), readerPauseMin},
+		{"slow on average, recurring", steady(150, 3*time.Millisecond, 0), 2 * readerPauseMin},
+		{"quick on average", steady(2000, readerMeanSlow-100*time.Microsecond, 0), 0},
+		{"host stalls among quick calls", steady(2000, 100*time.Microsecond, readerCallSlow), 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			p := readerPause{slowAfter: readerCallSlow, min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset}
+			p := newReaderPause()
 			for _, c := range tt.calls {
 				p.ended(t0.Add(c.start), t0.Add(c.end))
 			}
