@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/sluicemesh/sluice/adapters/quotakit"
 	"github.com/sluicemesh/sluice/mixer/envoy"
 	"github.com/sluicemesh/sluice/mixer/sysmon"
 )
@@ -46,9 +47,13 @@ type CheckLoadOptions struct {
 	// RedisHz is redis-server's hz, how often its background cycle runs (0:
 	// Redis's own default, 10); a cycle's time for deleting expired keys is 1/4 of
 	// its period, so a higher hz stalls Redis for shorter times.
-	RedisHz  int
-	Rates    []int
-	Duration time.Duration
+	RedisHz int
+	// RedisSocket is how the server reaches redis-server: tcp (the default, on a
+	// loopback port) or unix (a Unix socket, as a Redis on the same node can be
+	// reached; envoyproxy/ratelimit's REDIS_SOCKET_TYPE=unix).
+	RedisSocket string
+	Rates       []int
+	Duration    time.Duration
 	// Services: ext_authz, ratelimit. Backends: memquota, redis, noop (a
 	// do-nothing grpc-go server: the floor of a grpc-go server on this machine) and
 	// noop-h2 (a do-nothing server speaking HTTP/2 by hand: the floor of any
@@ -102,7 +107,11 @@ type CheckRow struct {
 	P50, P99, P999, Max time.Duration
 	// Errors are the requests that failed, Late among them those answered after
 	// the deadline Envoy would have given them (a timeout to Envoy).
-	Errors, Late    int64
+	Errors, Late int64
+	// Fallbacks are the quota decisions the server's fail policy made because
+	// its backend failed or was too slow (-1 when unknown): answers that did not
+	// come from Redis, which a run that measures Redis must not have.
+	Fallbacks       int64
 	ServerCPUPerReq time.Duration
 	// RedisCPUPerReq is redis-server's CPU during the run, for the redis backend
 	// (zero for the others, negative when it could not be read): Redis shares the
@@ -143,6 +152,13 @@ type CheckRow struct {
 // their scheduled times whether or not earlier ones were answered, and latency is
 // measured from the scheduled time, so that a slow server cannot hide its queue.
 func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
+	switch o.RedisSocket {
+	case "":
+		o.RedisSocket = "tcp"
+	case "tcp", "unix":
+	default:
+		return nil, fmt.Errorf("unknown Redis socket %q: tcp or unix", o.RedisSocket)
+	}
 	switch o.Client {
 	case "":
 		o.Client = defaultClient
@@ -258,10 +274,15 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 func medianRun(runs []CheckRow) CheckRow {
 	byP99 := slices.SortedStableFunc(slices.Values(runs), func(a, b CheckRow) int { return cmp.Compare(a.P99, b.P99) })
 	row := byP99[len(byP99)/2]
-	row.Runs, row.P99Low, row.P99High, row.Errors, row.Late = len(runs), byP99[0].P99, byP99[len(byP99)-1].P99, 0, 0
+	row.Runs, row.P99Low, row.P99High, row.Errors, row.Late, row.Fallbacks = len(runs), byP99[0].P99, byP99[len(byP99)-1].P99, 0, 0, 0
 	for _, r := range runs {
 		row.Errors += r.Errors
 		row.Late += r.Late
+		if r.Fallbacks < 0 || row.Fallbacks < 0 {
+			row.Fallbacks = -1 // unknown for a run: unknown for the row
+		} else {
+			row.Fallbacks += r.Fallbacks
+		}
 	}
 	return row
 }
@@ -270,7 +291,9 @@ func medianRun(runs []CheckRow) CheckRow {
 const minSearchGap = 200
 
 // meets reports whether a run met the latency target, without errors.
-func meets(r CheckRow, target time.Duration) bool { return r.P99 < target && r.Errors == 0 }
+func meets(r CheckRow, target time.Duration) bool {
+	return r.P99 < target && r.Errors == 0 && r.Fallbacks <= 0
+}
 
 // searchBounds returns the highest offered rate that met the target (0 for none)
 // and the lowest above it that did not (0 for none: there is nothing to search).
@@ -313,7 +336,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if repeated {
 		header += "p99 of runs\t"
 	}
-	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
+	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tfallbacks\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
 		if repeated {
@@ -330,12 +353,19 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		if r.Host.Duration > 0 {
 			host = fmt.Sprintf("%.1f (worst %.1fms)", r.Host.PerSecond(), float64(r.Host.Worst)/1e6)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, known(float64(r.Fallbacks)), us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
 	}
 	w.Flush()
 	if repeated {
-		fmt.Fprintf(o.Out, "\nEach row is the median of %d runs by p99 (the other columns are that run's); \"p99 of runs\" is their spread, and errors are all runs'.\n", o.Repeat)
+		fmt.Fprintf(o.Out, "\nEach row is the median of %d runs by p99 (the other columns are that run's); \"p99 of runs\" is their spread, and errors and fallbacks are all runs'.\n", o.Repeat)
+	}
+	for _, r := range rows {
+		if r.Fallbacks > 0 {
+			fmt.Fprintf(o.Out, "\nFallbacks: quota decisions made by the server's fail policy because its backend failed or was too slow (sluice_instances_dropped_total);\n"+
+				"a row with any does not measure its backend, and does not count as meeting the p99 target.\n")
+			break
+		}
 	}
 	fmt.Fprintf(o.Out, "\nHighest offered rate with p99 under %s (of the rates tried):\n", o.TargetP99)
 	best := map[string]int{}
@@ -356,6 +386,9 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	fmt.Fprintf(o.Out, "\nGenerator: the %s client. It shares the machine's cores with the server; its own CPU is not counted in server CPU/req.\n"+
 		"Latency runs from each request's due time, so it includes the pacer's lag, to %s;\n"+
 		"\"p99 at read\" runs to when the generator read the answers.\n", o.Client, answerTime(o.Client))
+	if slices.Contains(o.Backends, "redis") {
+		fmt.Fprintf(o.Out, "Redis: redis-server on this machine, reached through %s.\n", map[string]string{"tcp": "a loopback TCP port", "unix": "a Unix socket"}[o.RedisSocket])
+	}
 	if o.HostProbe > 0 {
 		fmt.Fprintf(o.Out, "Host stalls/s: before each run, for %s with the server idle, how many %s sleeps a second woke %s or more late\n"+
 			"(the host had descheduled the VM's CPU), and the latest; a run on a host stalling more often has a worse tail, whatever the server does.\n",
@@ -440,6 +473,11 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 		raddr := freeAddr()
 		_, port, _ := strings.Cut(raddr, ":")
 		rargs := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}
+		if o.RedisSocket == "unix" {
+			sock := filepath.Join(dir, "redis.sock")
+			rargs = []string{"--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no"}
+			raddr = "unix://" + sock
+		}
 		if o.RedisHz > 0 {
 			rargs = append(rargs, "--hz", strconv.Itoa(o.RedisHz))
 		}
@@ -762,10 +800,11 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	if redis1, err := srv.redisCPU(); err == nil && redisErr == nil {
 		row.RedisCPUPerReq = (redis1 - redis0) / time.Duration(total)
 	}
-	row.ServerBytesPerReq, row.ServerGCs = -1, -1
+	row.ServerBytesPerReq, row.ServerGCs, row.Fallbacks = -1, -1, -1
 	if count1, err := serverCounters(ctx, srv.adminAddr); err == nil && countErr == nil {
 		row.ServerBytesPerReq = (count1.allocated - count0.allocated) / float64(total)
 		row.ServerGCs = int(count1.gcs - count0.gcs)
+		row.Fallbacks = int64(count1.fallbacks - count0.fallbacks)
 		if n := count1.pipelines - count0.pipelines; n > 0 {
 			row.CallsPerPipeline = (count1.pipelineCalls - count0.pipelineCalls) / n
 		}
@@ -821,7 +860,7 @@ func answerTime(client string) string {
 
 // counters are a server's cumulative allocation counters, and its Redis
 // pipelines: how many, and the script calls they carried.
-type counters struct{ allocated, gcs, pipelines, pipelineCalls float64 }
+type counters struct{ allocated, gcs, pipelines, pipelineCalls, fallbacks float64 }
 
 // serverCounters reads a server's counters from its /metrics.
 func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
@@ -839,6 +878,9 @@ func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
 	}
 	for _, s := range f.Series("sluice_redisquota_pipeline_calls", nil) {
 		c.pipelineCalls += s.GetHistogram().GetSampleSum()
+	}
+	for _, reason := range []string{quotakit.ReasonFailOpen, quotakit.ReasonFailClosed} {
+		c.fallbacks += f.Sum("sluice_instances_dropped_total", map[string]string{"reason": reason})
 	}
 	return c, nil
 }

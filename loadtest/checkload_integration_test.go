@@ -49,6 +49,9 @@ func TestIntegrationCheckLoad(t *testing.T) {
 		if r.Errors != r.Late || r.Late > 50 || r.Achieved < 400 {
 			t.Errorf("%s: %d errors (%d of them late answers), %.0f/s achieved of 500\n%s", name, r.Errors, r.Late, r.Achieved, out.String())
 		}
+		if r.Fallbacks != 0 {
+			t.Errorf("%s: %d decisions by the fail policy, not the backend\n%s", name, r.Fallbacks, out.String())
+		}
 		if r.ServerBytesPerReq <= 0 || r.ServerCPUPerReq <= 0 {
 			t.Errorf("%s: server counters not read: %.0f B/req, %v CPU/req", name, r.ServerBytesPerReq, r.ServerCPUPerReq)
 		}
@@ -72,5 +75,24 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "calls/pipeline") {
 		t.Errorf("the table has no calls/pipeline column:\n%s", out.String())
+	}
+
+	// Redis through a Unix socket: every decision must still come from Redis.
+	out.Reset()
+	rows, err = RunCheckLoad(ctx, CheckLoadOptions{
+		Server: bin, RedisServer: "redis-server", RedisSocket: "unix",
+		Rates: []int{500}, Duration: time.Second,
+		Services: []string{"ext_authz"}, Backends: []string{"redis"},
+		Caches: []string{"miss"}, Listeners: []string{"check"},
+		Conns: 1, TargetP99: time.Millisecond, Out: &out,
+	})
+	if err != nil {
+		t.Fatalf("RunCheckLoad through a Unix socket: %v\n%s", err, out.String())
+	}
+	if len(rows) != 1 || rows[0].Fallbacks != 0 || rows[0].CallsPerPipeline < 1 || rows[0].Errors != rows[0].Late {
+		t.Errorf("through a Unix socket: %+v, want one row of Redis decisions\n%s", rows, out.String())
+	}
+	if !strings.Contains(out.String(), "through a Unix socket") {
+		t.Errorf("the report does not say how Redis was reached:\n%s", out.String())
 	}
 }

@@ -28,6 +28,11 @@ func TestSearchBounds(t *testing.T) {
 		{"errors do not meet", []CheckRow{row(1000, ms/2, 0), row(5000, ms/2, 3), row(10000, 3*ms, 0)}, 1000, 5000},
 		{"a noisy failure below the best is ignored", []CheckRow{row(1000, 2*ms, 0), row(5000, ms/2, 0), row(10000, 3*ms, 0)}, 5000, 10000},
 		{"exactly the target does not meet it", []CheckRow{row(1000, ms, 0)}, 0, 1000},
+		{"fail-policy decisions do not meet it", []CheckRow{row(1000, ms/2, 0), func() CheckRow {
+			r := row(5000, ms/2, 0)
+			r.Fallbacks = 40
+			return r
+		}()}, 1000, 5000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			lo, hi := searchBounds(tc.rows, ms)
@@ -43,6 +48,10 @@ func TestMedianRun(t *testing.T) {
 	run := func(p99 time.Duration, errs int64, achieved float64) CheckRow {
 		return CheckRow{P99: p99, Errors: errs, Achieved: achieved}
 	}
+	fallbacks := func(r CheckRow, n int64) CheckRow {
+		r.Fallbacks = n
+		return r
+	}
 	for _, tc := range []struct {
 		name string
 		runs []CheckRow
@@ -57,6 +66,10 @@ func TestMedianRun(t *testing.T) {
 			CheckRow{P99: 2 * ms, Errors: 7, Achieved: 2, Runs: 3, P99Low: ms, P99High: 3 * ms}},
 		{"equal p99s keep their order", []CheckRow{run(ms, 0, 1), run(ms, 0, 2), run(ms, 0, 3)},
 			CheckRow{P99: ms, Achieved: 2, Runs: 3, P99Low: ms, P99High: ms}},
+		{"fallbacks of every run", []CheckRow{fallbacks(run(ms, 0, 1), 3), run(2*ms, 0, 2), fallbacks(run(3*ms, 0, 3), 4)},
+			CheckRow{P99: 2 * ms, Fallbacks: 7, Achieved: 2, Runs: 3, P99Low: ms, P99High: 3 * ms}},
+		{"fallbacks unknown for one run", []CheckRow{fallbacks(run(ms, 0, 1), 3), fallbacks(run(2*ms, 0, 2), -1), run(3*ms, 0, 3)},
+			CheckRow{P99: 2 * ms, Fallbacks: -1, Achieved: 2, Runs: 3, P99Low: ms, P99High: 3 * ms}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := medianRun(tc.runs); got != tc.want {
