@@ -52,8 +52,12 @@ type CheckLoadOptions struct {
 	// loopback port) or unix (a Unix socket, as a Redis on the same node can be
 	// reached; envoyproxy/ratelimit's REDIS_SOCKET_TYPE=unix).
 	RedisSocket string
-	Rates       []int
-	Duration    time.Duration
+	// ServerEnv is added to the environment of the server (and of the
+	// do-nothing servers), as KEY=VALUE: a runtime setting to compare, such as
+	// GOMAXPROCS=1.
+	ServerEnv []string
+	Rates     []int
+	Duration  time.Duration
 	// Services: ext_authz, ratelimit. Backends: memquota, redis, noop (a
 	// do-nothing grpc-go server: the floor of a grpc-go server on this machine) and
 	// noop-h2 (a do-nothing server speaking HTTP/2 by hand: the floor of any
@@ -135,6 +139,8 @@ type CheckRow struct {
 	// tail.
 	ServerBytesPerReq float64
 	ServerGCs         int
+	// ServerProcs is the server's GOMAXPROCS during the run (0 when unknown).
+	ServerProcs int
 	// CallsPerPipeline is how many script calls the server's Redis pipelines
 	// carried on average during the run (0 without Redis, or when unknown): each
 	// pipeline costs a write and a read on both sides, however many it carries.
@@ -152,6 +158,11 @@ type CheckRow struct {
 // their scheduled times whether or not earlier ones were answered, and latency is
 // measured from the scheduled time, so that a slow server cannot hide its queue.
 func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
+	for _, kv := range o.ServerEnv {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("server environment %q: want KEY=VALUE", kv)
+		}
+	}
 	switch o.RedisSocket {
 	case "":
 		o.RedisSocket = "tcp"
@@ -336,7 +347,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if repeated {
 		header += "p99 of runs\t"
 	}
-	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tfallbacks\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
+	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tfallbacks\tprocs\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
 		if repeated {
@@ -353,8 +364,12 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		if r.Host.Duration > 0 {
 			host = fmt.Sprintf("%.1f (worst %.1fms)", r.Host.PerSecond(), float64(r.Host.Worst)/1e6)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, known(float64(r.Fallbacks)), us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
+		procs := "-"
+		if r.ServerProcs > 0 {
+			procs = strconv.Itoa(r.ServerProcs)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, known(float64(r.Fallbacks)), procs, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
 	}
 	w.Flush()
 	if repeated {
@@ -386,6 +401,9 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	fmt.Fprintf(o.Out, "\nGenerator: the %s client. It shares the machine's cores with the server; its own CPU is not counted in server CPU/req.\n"+
 		"Latency runs from each request's due time, so it includes the pacer's lag, to %s;\n"+
 		"\"p99 at read\" runs to when the generator read the answers.\n", o.Client, answerTime(o.Client))
+	if len(o.ServerEnv) > 0 {
+		fmt.Fprintf(o.Out, "Server environment: %s.\n", strings.Join(o.ServerEnv, " "))
+	}
 	if slices.Contains(o.Backends, "redis") {
 		fmt.Fprintf(o.Out, "Redis: redis-server on this machine, reached through %s.\n", map[string]string{"tcp": "a loopback TCP port", "unix": "a Unix socket"}[o.RedisSocket])
 	}
@@ -452,7 +470,7 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 		srv.cmd = exec.CommandContext(ctx, self, "noop-server", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr, "--h2="+strconv.FormatBool(backend == "noop-h2"))
 		// The runtime setting `sluice serve` gives itself, so that the floor is
 		// measured alike (and, like it, left to a GODEBUG that sets schedtrace).
-		srv.cmd.Env, _ = sysmon.Environ(os.Environ())
+		srv.cmd.Env, _ = sysmon.Environ(append(os.Environ(), o.ServerEnv...))
 		srv.cmd.Stderr = os.Stderr
 		if err := srv.cmd.Start(); err != nil {
 			return nil, err
@@ -497,6 +515,9 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 		return nil, err
 	}
 	srv.cmd = exec.CommandContext(ctx, o.Server, args...)
+	if len(o.ServerEnv) > 0 {
+		srv.cmd.Env = append(os.Environ(), o.ServerEnv...)
+	}
 	srv.cmd.Stderr = os.Stderr
 	if err := srv.cmd.Start(); err != nil {
 		srv.stop()
@@ -805,6 +826,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		row.ServerBytesPerReq = (count1.allocated - count0.allocated) / float64(total)
 		row.ServerGCs = int(count1.gcs - count0.gcs)
 		row.Fallbacks = int64(count1.fallbacks - count0.fallbacks)
+		row.ServerProcs = int(count1.procs)
 		if n := count1.pipelines - count0.pipelines; n > 0 {
 			row.CallsPerPipeline = (count1.pipelineCalls - count0.pipelineCalls) / n
 		}
@@ -860,7 +882,7 @@ func answerTime(client string) string {
 
 // counters are a server's cumulative allocation counters, and its Redis
 // pipelines: how many, and the script calls they carried.
-type counters struct{ allocated, gcs, pipelines, pipelineCalls, fallbacks float64 }
+type counters struct{ allocated, gcs, pipelines, pipelineCalls, fallbacks, procs float64 }
 
 // serverCounters reads a server's counters from its /metrics.
 func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
@@ -875,6 +897,7 @@ func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
 		allocated: f.Sum("go_memstats_alloc_bytes_total", nil),
 		gcs:       f.Sum("go_gc_duration_seconds", nil),
 		pipelines: f.Sum("sluice_redisquota_pipeline_calls", nil),
+		procs:     f.Sum("go_sched_gomaxprocs_threads", nil),
 	}
 	for _, s := range f.Series("sluice_redisquota_pipeline_calls", nil) {
 		c.pipelineCalls += s.GetHistogram().GetSampleSum()

@@ -77,10 +77,11 @@ func TestIntegrationCheckLoad(t *testing.T) {
 		t.Errorf("the table has no calls/pipeline column:\n%s", out.String())
 	}
 
-	// Redis through a Unix socket: every decision must still come from Redis.
+	// Redis through a Unix socket, and the server on one processor: every
+	// decision must still come from Redis.
 	out.Reset()
 	rows, err = RunCheckLoad(ctx, CheckLoadOptions{
-		Server: bin, RedisServer: "redis-server", RedisSocket: "unix",
+		Server: bin, RedisServer: "redis-server", RedisSocket: "unix", ServerEnv: []string{"GOMAXPROCS=1"},
 		Rates: []int{500}, Duration: time.Second,
 		Services: []string{"ext_authz"}, Backends: []string{"redis"},
 		Caches: []string{"miss"}, Listeners: []string{"check"},
@@ -89,8 +90,8 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RunCheckLoad through a Unix socket: %v\n%s", err, out.String())
 	}
-	if len(rows) != 1 || rows[0].Fallbacks != 0 || rows[0].CallsPerPipeline < 1 || rows[0].Errors != rows[0].Late {
-		t.Errorf("through a Unix socket: %+v, want one row of Redis decisions\n%s", rows, out.String())
+	if len(rows) != 1 || rows[0].Fallbacks != 0 || rows[0].CallsPerPipeline < 1 || rows[0].Errors != rows[0].Late || rows[0].ServerProcs != 1 {
+		t.Errorf("through a Unix socket with GOMAXPROCS=1: %+v, want one row of Redis decisions by a server on one processor\n%s", rows, out.String())
 	}
 	if !strings.Contains(out.String(), "through a Unix socket") {
 		t.Errorf("the report does not say how Redis was reached:\n%s", out.String())

@@ -95,6 +95,7 @@ the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 	f.StringVar(&o.Server, "server", "bin/sluice", "sluice binary to measure")
 	f.StringVar(&o.RedisServer, "redis-server", "redis-server", "redis-server binary, for the redis backend")
 	f.IntVar(&o.RedisHz, "redis-hz", 100, "redis-server's hz (0: Redis's default, 10); 100, which redis.conf advises where very low latency is required,\ngives each cycle that deletes expired keys a tenth of the default's time budget, so no cycle stalls Redis for long")
+	f.StringArrayVar(&o.ServerEnv, "server-env", nil, "KEY=VALUE added to the server's environment (repeatable), to compare a runtime setting such as GOMAXPROCS=1")
 	f.StringVar(&o.RedisSocket, "redis-socket", "tcp", "how sluice reaches redis-server: tcp (a loopback port) or unix (a Unix socket, as for a Redis on the same node)")
 	f.IntSliceVar(&o.Rates, "rate", []int{1000, 10000, 30000}, "offered requests per second, one row each")
 	f.DurationVar(&o.Duration, "duration", 10*time.Second, "how long each rate is offered")
