@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -240,7 +241,7 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 							return row, err
 						}
 						row.Backend, row.Listener, row.Cache = backend, tg.listener, cacheLabel(svc, cache)
-						fmt.Fprintf(o.Out, "p50 %s p99 %s p99.9 %s, %.0f/s achieved, %d errors\n", us(row.P50), us(row.P99), us(row.P999), row.Achieved, row.Errors)
+						fmt.Fprintf(o.Out, "p50 %s p99 %s p99.9 %s, %.0f/s achieved, %d errors, %s fallbacks\n", us(row.P50), us(row.P99), us(row.P999), row.Achieved, row.Errors, known(float64(row.Fallbacks)))
 						runs = append(runs, row)
 					}
 					row := medianRun(runs)
@@ -279,9 +280,10 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 }
 
 // medianRun returns the run with the median p99 (the higher of the two middle ones
-// for an even count: never the flattering one), its Runs, P99Low and P99High describing all of runs, and
-// its Errors theirs summed: a run with errors fails the target however good the
-// median.
+// for an even count: never the flattering one), its Runs, P99Low and P99High
+// describing all of runs, and its Errors and Fallbacks theirs summed (Fallbacks
+// unknown, -1, if any run's are): a run with errors or fallbacks fails the target
+// however good the median.
 func medianRun(runs []CheckRow) CheckRow {
 	byP99 := slices.SortedStableFunc(slices.Values(runs), func(a, b CheckRow) int { return cmp.Compare(a.P99, b.P99) })
 	row := byP99[len(byP99)/2]
@@ -301,9 +303,10 @@ func medianRun(runs []CheckRow) CheckRow {
 // minSearchGap is the finest step of the rate search, in requests per second.
 const minSearchGap = 200
 
-// meets reports whether a run met the latency target, without errors.
+// meets reports whether a run met the latency target, without errors and with
+// every quota decided by its backend (fallbacks known to be none).
 func meets(r CheckRow, target time.Duration) bool {
-	return r.P99 < target && r.Errors == 0 && r.Fallbacks <= 0
+	return r.P99 < target && r.Errors == 0 && r.Fallbacks == 0
 }
 
 // searchBounds returns the highest offered rate that met the target (0 for none)
@@ -470,7 +473,7 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 		srv.cmd = exec.CommandContext(ctx, self, "noop-server", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr, "--h2="+strconv.FormatBool(backend == "noop-h2"))
 		// The runtime setting `sluice serve` gives itself, so that the floor is
 		// measured alike (and, like it, left to a GODEBUG that sets schedtrace).
-		srv.cmd.Env, _ = sysmon.Environ(append(os.Environ(), o.ServerEnv...))
+		srv.cmd.Env, _ = sysmon.Environ(mergeEnv(os.Environ(), o.ServerEnv))
 		srv.cmd.Stderr = os.Stderr
 		if err := srv.cmd.Start(); err != nil {
 			return nil, err
@@ -489,34 +492,49 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 	spec := "  adapter: memquota\n  params:\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n"
 	if backend == "redis" {
 		raddr := freeAddr()
+		network, dialAddr := "tcp", raddr
 		_, port, _ := strings.Cut(raddr, ":")
-		rargs := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}
+		rargs := []string{"--port", port, "--bind", "127.0.0.1"}
 		if o.RedisSocket == "unix" {
 			sock := filepath.Join(dir, "redis.sock")
-			rargs = []string{"--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no"}
-			raddr = "unix://" + sock
+			if len(sock) >= maxSocketPath {
+				srv.stop()
+				return nil, fmt.Errorf("the Redis socket path %s is %d bytes, over the %d a Unix socket allows: set TMPDIR to a shorter directory", sock, len(sock), maxSocketPath-1)
+			}
+			rargs = []string{"--port", "0", "--unixsocket", sock, "--unixsocketperm", "700"}
+			raddr, network, dialAddr = "unix://"+sock, "unix", sock
 		}
+		// Warnings only, on stderr: why a Redis did not start, without its banner.
+		rargs = append(rargs, "--save", "", "--appendonly", "no", "--loglevel", "warning")
 		if o.RedisHz > 0 {
 			rargs = append(rargs, "--hz", strconv.Itoa(o.RedisHz))
 		}
 		srv.redis = exec.CommandContext(ctx, o.RedisServer, rargs...)
+		srv.redis.Stdout, srv.redis.Stderr = os.Stderr, os.Stderr
 		if err := srv.redis.Start(); err != nil {
 			srv.stop()
 			return nil, fmt.Errorf("start %s (install redis-server): %w", o.RedisServer, err)
+		}
+		// Sluice loads its scripts at start: a Redis not yet listening would
+		// have the first run's checks decided by the fail policy.
+		if err := waitRedis(ctx, network, dialAddr); err != nil {
+			srv.stop()
+			return nil, err
 		}
 		args = append(args, "--redis-addr", raddr)
 		spec = fmt.Sprintf("  adapter: redisquota\n  params:\n    redisServerUrl: %s\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n", raddr)
 	}
 	body, err := benchConfig(spec)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "bench.yaml"), body, 0o644)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "bench.yaml"), body, 0o644); err != nil {
+	if err != nil {
+		srv.stop()
 		return nil, err
 	}
 	srv.cmd = exec.CommandContext(ctx, o.Server, args...)
 	if len(o.ServerEnv) > 0 {
-		srv.cmd.Env = append(os.Environ(), o.ServerEnv...)
+		srv.cmd.Env = mergeEnv(os.Environ(), o.ServerEnv)
 	}
 	srv.cmd.Stderr = os.Stderr
 	if err := srv.cmd.Start(); err != nil {
@@ -528,6 +546,70 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 		return nil, err
 	}
 	return srv, nil
+}
+
+// maxSocketPath is the size of a Unix socket address's path, its final NUL
+// included (sun_path on Linux).
+const maxSocketPath = 108
+
+// waitRedis waits until the Redis at addr answers PING, for up to 10 s.
+func waitRedis(ctx context.Context, network, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var last error
+	for {
+		if last = pingRedis(ctx, network, addr); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the Redis at %s did not answer PING: %w", addr, last)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// pingRedis sends one PING to the Redis at addr and reads its PONG.
+func pingRedis(ctx context.Context, network, addr string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "+PONG\r\n" {
+		return fmt.Errorf("answered %q", buf)
+	}
+	return nil
+}
+
+// mergeEnv returns base with the KEY=VALUE entries of extra, each replacing
+// base's entries of the same key, so that the process sees exactly one value per
+// key whatever reads the environment (first or last entry wins elsewhere).
+func mergeEnv(base, extra []string) []string {
+	if len(extra) == 0 {
+		return base
+	}
+	keys := map[string]bool{}
+	for _, kv := range extra {
+		k, _, _ := strings.Cut(kv, "=")
+		keys[k] = true
+	}
+	out := make([]string, 0, len(base)+len(extra))
+	for _, kv := range base {
+		if k, _, _ := strings.Cut(kv, "="); !keys[k] {
+			out = append(out, kv)
+		}
+	}
+	return append(out, extra...)
 }
 
 // benchConfig is the check benchmark's config with quotaSpec as the spec of its

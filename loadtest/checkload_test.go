@@ -3,6 +3,7 @@ package loadtest
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -31,6 +32,11 @@ func TestSearchBounds(t *testing.T) {
 		{"fail-policy decisions do not meet it", []CheckRow{row(1000, ms/2, 0), func() CheckRow {
 			r := row(5000, ms/2, 0)
 			r.Fallbacks = 40
+			return r
+		}()}, 1000, 5000},
+		{"unknown fail-policy decisions do not meet it", []CheckRow{row(1000, ms/2, 0), func() CheckRow {
+			r := row(5000, ms/2, 0)
+			r.Fallbacks = -1
 			return r
 		}()}, 1000, 5000},
 	} {
@@ -227,6 +233,25 @@ func TestScenarioRequests(t *testing.T) {
 				if got := user(t, svc, sc.template(i)); got != fmt.Sprintf("u%012d", i%256) {
 					t.Errorf("template of request %d written to: user %q", i, got)
 				}
+			}
+		})
+	}
+}
+
+// TestMergeEnv: the server gets exactly one entry per key, --server-env's.
+func TestMergeEnv(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		base, extra, want []string
+	}{
+		{"nothing to add", []string{"A=1", "B=2"}, nil, []string{"A=1", "B=2"}},
+		{"new key", []string{"A=1"}, []string{"GOMAXPROCS=1"}, []string{"A=1", "GOMAXPROCS=1"}},
+		{"replaced, duplicates too", []string{"GODEBUG=x=1", "A=1", "GODEBUG=y=2"}, []string{"GODEBUG=gctrace=1"}, []string{"A=1", "GODEBUG=gctrace=1"}},
+		{"a key that prefixes another is not it", []string{"GOGC=50", "GOGCX=1"}, []string{"GOGC=off"}, []string{"GOGCX=1", "GOGC=off"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := mergeEnv(tc.base, tc.extra); !slices.Equal(got, tc.want) {
+				t.Errorf("mergeEnv = %q, want %q", got, tc.want)
 			}
 		})
 	}

@@ -113,7 +113,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 	f.StringVar(&opts.AdminTLS.ClientCA, "admin-tls-client-ca-file", "", "CA bundle; when set, admin clients must present a certificate it signed")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&opts.RedisAddr, "redis-addr", "", "HOST:PORT of Redis: the default quota backend of rate limits and quotas, shared by replicas (default: in memory)")
+	f.StringVar(&opts.RedisAddr, "redis-addr", "", "HOST:PORT of Redis, or a redis://, rediss:// or unix:// URL: the default quota backend of rate limits and quotas, shared by replicas (default: in memory)")
 	f.DurationVar(&opts.RedisTimeout, "redis-timeout", 50*time.Millisecond, "with --redis-addr: how long a decision waits for Redis before it is allowed by the fail-open policy (and counted)")
 	f.BoolVar(&opts.RateLimitHeaders, "ratelimit-headers", false, "add RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset to rate-limit answers")
 	f.IntVar(&opts.MaxDetailedDescriptors, "ratelimit-detailed-metric-max", 10000, "descriptor names (made of request values) that detailed_metric may add to sluice_ratelimit_descriptors_total; later ones are counted as descriptor=\"overflow\"")

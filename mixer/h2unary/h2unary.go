@@ -98,15 +98,18 @@ const (
 // readerPause decides when calls may run on idle readers (Method.OnIdleReader).
 type readerPause struct {
 	until atomic.Int64 // Unix nanoseconds: calls run on readers from then on
-	// mean is the running mean of the calls' durations since the last pause, in
-	// nanoseconds. Concurrent calls update it without a lock: one that loses
-	// another's update loses one sample of an estimate, which is cheaper than a
-	// lock or a retry on every call.
+	// began is when the last pause began (Unix nanoseconds): calls that started
+	// before it were slowed by what began it, and neither lengthen it nor count
+	// in the mean that follows it.
+	began atomic.Int64
+	// mean is the running mean of the durations of calls that started since the
+	// last pause, in nanoseconds. It is updated without a lock, by one
+	// compare-and-swap: a call that loses a race drops its sample rather than
+	// retry, and never writes over a reset.
 	mean atomic.Int64
 
-	mu       sync.Mutex
-	last     time.Duration // the last pause
-	lastSlow time.Time     // when the last pause began
+	mu   sync.Mutex
+	last time.Duration // the last pause
 	// slowAfter, meanSlow, min, max and resetAfter are readerCallSlow,
 	// readerMeanSlow, readerPauseMin, readerPauseMax and readerPauseReset (other
 	// values in tests).
@@ -124,23 +127,30 @@ func (p *readerPause) allows(now time.Time) bool { return now.UnixNano() >= p.un
 // ended takes note of a call on a reader that ran from start to end, and pauses
 // calls on readers if it was slow, or if calls have been on average.
 func (p *readerPause) ended(start, end time.Time) {
+	if start.UnixNano() < p.began.Load() {
+		return // slowed by what began the current pause
+	}
 	d := int64(end.Sub(start))
 	m := p.mean.Load()
-	m += (d - m) / readerMeanWeight
-	p.mean.Store(m)
-	if d <= int64(p.slowAfter) && m <= int64(p.meanSlow) {
+	next := m + (d-m)/readerMeanWeight
+	if !p.mean.CompareAndSwap(m, next) {
+		next = p.mean.Load() // a concurrent call's sample, or a reset, won
+	}
+	if d <= int64(p.slowAfter) && next <= int64(p.meanSlow) {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.lastSlow.IsZero() && start.Before(p.lastSlow) {
-		return // slowed by what began the current pause
+	began := p.began.Load()
+	if start.UnixNano() < began {
+		return // a concurrent call began a pause meanwhile
 	}
 	pause := p.min
-	if !p.lastSlow.IsZero() && end.Sub(p.lastSlow) < p.resetAfter {
+	if began != 0 && end.UnixNano()-began < int64(p.resetAfter) {
 		pause = min(2*p.last, p.max)
 	}
-	p.last, p.lastSlow = pause, end
+	p.last = pause
+	p.began.Store(end.UnixNano())
 	p.mean.Store(0)
 	p.until.Store(end.Add(pause).UnixNano())
 }

@@ -660,6 +660,13 @@ func TestReaderPause(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	type call struct{ start, end time.Duration } // from t0
 	slow := func(end time.Duration) call { return call{end - 2*readerCallSlow, end} }
+	shift := func(cs []call, by time.Duration) []call {
+		for i := range cs {
+			cs[i].start += by
+			cs[i].end += by
+		}
+		return cs
+	}
 	// steady is n calls one after the other, each taking d, and every tenth
 	// spike instead when that is not zero.
 	steady := func(n int, d, spike time.Duration) (cs []call) {
@@ -694,7 +701,13 @@ func TestReaderPause(t *testing.T) {
 		{"slow on average", steady(100, 3*time.Millisecond, 0), readerPauseMin},
 		{"slow on average, recurring", steady(150, 3*time.Millisecond, 0), 2 * readerPauseMin},
 		{"quick on average", steady(2000, readerMeanSlow-100*time.Microsecond, 0), 0},
-		{"host stalls among quick calls", steady(2000, 100*time.Microsecond, readerCallSlow), 0},
+		{"host stalls among quick calls", steady(2000, 100*time.Microsecond, readerCallSlow-time.Millisecond), 0},
+		// A 40 ms stall slows five calls in flight: one begins the pause, and
+		// the others neither lengthen it nor weigh on the mean after it.
+		{"a stall slows calls in flight", append([]call{
+			{0, 40 * time.Millisecond}, {time.Millisecond, 40 * time.Millisecond}, {2 * time.Millisecond, 41 * time.Millisecond},
+			{3 * time.Millisecond, 41 * time.Millisecond}, {4 * time.Millisecond, 42 * time.Millisecond},
+		}, shift(steady(100, 100*time.Microsecond, 0), 100*time.Millisecond)...), readerPauseMin},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newReaderPause()
@@ -707,10 +720,11 @@ func TestReaderPause(t *testing.T) {
 				}
 				return
 			}
-			if got := time.Unix(0, p.until.Load()).Sub(p.lastSlow); got != tt.pause {
+			began := time.Unix(0, p.began.Load())
+			if got := time.Unix(0, p.until.Load()).Sub(began); got != tt.pause {
 				t.Errorf("paused for %v after the last slow call, want %v", got, tt.pause)
 			}
-			if end := p.lastSlow; p.allows(end.Add(tt.pause-time.Nanosecond)) || !p.allows(end.Add(tt.pause)) {
+			if p.allows(began.Add(tt.pause-time.Nanosecond)) || !p.allows(began.Add(tt.pause)) {
 				t.Errorf("allows does not follow the pause of %v", tt.pause)
 			}
 		})
