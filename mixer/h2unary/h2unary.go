@@ -108,6 +108,10 @@ type readerPause struct {
 	// retry, and never writes over a reset.
 	mean atomic.Int64
 
+	// pauses counts the pauses by cause (PauseSlowCall, PauseSlowAverage); nil
+	// counts nothing.
+	pauses *prometheus.CounterVec
+
 	mu   sync.Mutex
 	last time.Duration // the last pause
 	// slowAfter, meanSlow, min, max and resetAfter are readerCallSlow,
@@ -116,9 +120,17 @@ type readerPause struct {
 	slowAfter, meanSlow, min, max, resetAfter time.Duration
 }
 
-// newReaderPause returns the pause of a listener.
-func newReaderPause() readerPause {
-	return readerPause{slowAfter: readerCallSlow, meanSlow: readerMeanSlow, min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset}
+// Causes of a pause of calls on readers, the cause label of
+// sluice_h2unary_reader_pauses_total.
+const (
+	PauseSlowCall    = "slow_call"    // one call took longer than readerCallSlow
+	PauseSlowAverage = "slow_average" // the mean passed readerMeanSlow
+)
+
+// newReaderPause returns the pause of a listener, counting its pauses in pauses
+// (nil: not counted).
+func newReaderPause(pauses *prometheus.CounterVec) readerPause {
+	return readerPause{pauses: pauses, slowAfter: readerCallSlow, meanSlow: readerMeanSlow, min: readerPauseMin, max: readerPauseMax, resetAfter: readerPauseReset}
 }
 
 // allows reports whether a call may run on a reader at now.
@@ -153,6 +165,13 @@ func (p *readerPause) ended(start, end time.Time) {
 	p.began.Store(end.UnixNano())
 	p.mean.Store(0)
 	p.until.Store(end.Add(pause).UnixNano())
+	if p.pauses != nil {
+		cause := PauseSlowAverage
+		if d > int64(p.slowAfter) {
+			cause = PauseSlowCall
+		}
+		p.pauses.WithLabelValues(cause).Inc()
+	}
 }
 
 // Unary adapts a typed handler, such as a generated service method, to a Method.
@@ -248,8 +267,10 @@ type Server struct {
 	// with nothing else to read), goCalls on goroutines of their own.
 	calls                             *prometheus.CounterVec
 	inlineCalls, readerCalls, goCalls prometheus.Counter
-	// readerPause pauses calls on idle readers after one was slow.
+	// readerPause pauses calls on idle readers after one was slow, or while
+	// they are on average; pauses counts its pauses.
 	readerPause readerPause
+	pauses      *prometheus.CounterVec
 	// writeTimeout bounds one write to a client (writeTimeout, the constant;
 	// shorter in tests).
 	writeTimeout time.Duration
@@ -304,7 +325,6 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts: opts, log: opts.Logger, methods: map[string]*Method{}, writeTimeout: writeTimeout,
-		readerPause:  newReaderPause(),
 		connWindow:   uint32(min(max(16<<20, 2*(opts.MaxRecvMsgSize+5+16384)), 1<<31-1)),
 		streamWindow: uint32(opts.MaxRecvMsgSize + 5 + 16384),
 		lis:          map[net.Listener]struct{}{}, active: map[*conn]struct{}{},
@@ -320,7 +340,14 @@ func New(opts Options) (*Server, error) {
 			Name: "sluice_h2unary_calls_total",
 			Help: "Calls of the lean check listener started, by mode: inline (on the connection's reader, no hand-off), reader (a call that may wait on a backend, run on a reader that had nothing else to read) or goroutine (a call that may wait on a backend, handed to a goroutine).",
 		}, []string{"mode"}),
+		pauses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_h2unary_reader_pauses_total",
+			Help: "Pauses of calls on idle readers (all such calls go to goroutines for 50 ms to 5 s), by cause: slow_call (one took over 10 ms) or slow_average (their running mean passed 2 ms). Frequent pauses mean a slow backend.",
+		}, []string{"cause"}),
 	}
+	s.readerPause = newReaderPause(s.pauses)
+	s.pauses.WithLabelValues(PauseSlowCall)
+	s.pauses.WithLabelValues(PauseSlowAverage)
 	s.inlineCalls, s.readerCalls, s.goCalls = s.calls.WithLabelValues("inline"), s.calls.WithLabelValues("reader"), s.calls.WithLabelValues("goroutine")
 	for _, r := range []string{ReasonProtocol, ReasonTooLarge, ReasonUnknownMethod, ReasonBadRequest, ReasonRefused, ReasonReset,
 		ReasonStream, ReasonDeadline, ReasonConnClosed, ReasonWriteTimeout, ReasonTLS, ReasonAccept, ReasonConnLimit} {
@@ -337,7 +364,7 @@ func New(opts Options) (*Server, error) {
 		s.methods[m.Path] = m
 	}
 	if opts.Metrics != nil {
-		for _, c := range []prometheus.Collector{s.errs, s.conns, s.calls} {
+		for _, c := range []prometheus.Collector{s.errs, s.conns, s.calls, s.pauses} {
 			if err := opts.Metrics.Register(c); err != nil {
 				return nil, fmt.Errorf("register h2unary metrics: %w", err)
 			}

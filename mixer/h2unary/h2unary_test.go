@@ -604,6 +604,9 @@ func TestIdleReaderCalls(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	call(0)
 	counts(7, 3)
+	if got := testutil.ToFloat64(s.pauses.WithLabelValues(PauseSlowCall)); got != 2 {
+		t.Errorf("%v pauses for a slow call counted, want 2", got)
+	}
 
 	// Requests that reach the reader together: all but the last have frames
 	// behind them, and go to goroutines.
@@ -710,7 +713,7 @@ func TestReaderPause(t *testing.T) {
 		}, shift(steady(100, 100*time.Microsecond, 0), 100*time.Millisecond)...), readerPauseMin},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			p := newReaderPause()
+			p := newReaderPause(nil)
 			for _, c := range tt.calls {
 				p.ended(t0.Add(c.start), t0.Add(c.end))
 			}
@@ -728,5 +731,24 @@ func TestReaderPause(t *testing.T) {
 				t.Errorf("allows does not follow the pause of %v", tt.pause)
 			}
 		})
+	}
+}
+
+// TestReaderPauseCauses: each pause is counted once, under what began it.
+func TestReaderPauseCauses(t *testing.T) {
+	pauses := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pauses"}, []string{"cause"})
+	p := newReaderPause(pauses)
+	t0 := time.Unix(1000, 0)
+	p.ended(t0, t0.Add(2*readerCallSlow)) // slow
+	p.ended(t0, t0.Add(3*readerCallSlow)) // in flight when the pause began
+	at := t0.Add(time.Second)
+	for range 100 { // 3 ms each: the mean passes 2 ms after ~70
+		p.ended(at, at.Add(3*time.Millisecond))
+		at = at.Add(3 * time.Millisecond)
+	}
+	for cause, want := range map[string]float64{PauseSlowCall: 1, PauseSlowAverage: 1} {
+		if got := testutil.ToFloat64(pauses.WithLabelValues(cause)); got != want {
+			t.Errorf("%s pauses: %v, want %v", cause, got, want)
+		}
 	}
 }
