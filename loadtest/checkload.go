@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +31,8 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicemesh/sluice/adapters/quotakit"
 	"github.com/sluicemesh/sluice/mixer/envoy"
@@ -569,26 +570,12 @@ func waitRedis(ctx context.Context, network, addr string) error {
 	}
 }
 
-// pingRedis sends one PING to the Redis at addr and reads its PONG.
+// pingRedis sends one PING to the Redis at addr, through go-redis, and reads
+// its PONG.
 func pingRedis(ctx context.Context, network, addr string) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, addr)
-	if err != nil {
-		return err
-	}
+	c := redis.NewClient(&redis.Options{Network: network, Addr: addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: time.Second})
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	buf := make([]byte, 7)
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return err
-	}
-	if string(buf) != "+PONG\r\n" {
-		return fmt.Errorf("answered %q", buf)
-	}
-	return nil
+	return c.Ping(ctx).Err()
 }
 
 // mergeEnv returns base with the KEY=VALUE entries of extra, each replacing
