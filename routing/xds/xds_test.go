@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicemesh/sluice/mixer/connlimit"
+	"github.com/sluicemesh/sluice/mixer/connlimit/connlimittest"
 )
 
 func TestResourceName(t *testing.T) {
@@ -97,15 +97,7 @@ func TestConnectionBound(t *testing.T) {
 	}
 	waitFor("the first connection to be accepted", func() bool { return s.lis.(*connlimit.Listener).Active() == 1 })
 
-	extra, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer extra.Close()
-	_ = extra.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := extra.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("read on a connection past the bound: %v, want EOF", err)
-	}
+	connlimittest.ExpectClosed(t, s.Addr().String())
 	want := "# HELP sluice_connections_refused_total Connections closed as soon as accepted because --max-connections connections were open already.\n" +
 		"# TYPE sluice_connections_refused_total counter\n" +
 		"sluice_connections_refused_total{listener=\"xds\"} 1\n"
