@@ -22,6 +22,16 @@ type Params interface {
 	Validate() error
 }
 
+// FileParams is implemented by params that name files. The config loader calls
+// ResolveFiles with the directory of the config file that holds the params, so
+// that a relative path names a file beside the config, as it does in Prometheus's
+// config, not one wherever the server happened to be started.
+type FileParams interface {
+	Params
+	// ResolveFiles makes the relative paths of the params relative to dir.
+	ResolveFiles(dir string)
+}
+
 // FieldError is a params error located at a field path such as "metrics[2].buckets",
 // so that the config loader can report the file and line of that field.
 type FieldError struct {

@@ -60,7 +60,7 @@ type Params struct {
 	// reads 100ms apart find it unchanged, so that a file caught half-written is not;
 	// a version with a bad entry, or a file that keeps changing, is logged and
 	// counted, and the last good list keeps serving. A relative path is relative to
-	// the server's working directory.
+	// the directory of the config file that names it (see ResolveFiles).
 	File string `yaml:"file"`
 	// RefreshInterval re-reads the file periodically too, in case a change was not
 	// reported by the file system. Default 1m; "0s" turns polling off.
@@ -75,6 +75,16 @@ type Params struct {
 }
 
 // Validate implements adapters.Params.
+var _ adapters.FileParams = (*Params)(nil)
+
+// ResolveFiles makes a relative File relative to dir, the directory of the config
+// file that names it.
+func (p *Params) ResolveFiles(dir string) {
+	if p.File != "" && !filepath.IsAbs(p.File) {
+		p.File = filepath.Join(dir, p.File)
+	}
+}
+
 func (p *Params) Validate() error {
 	t, err := ParseEntryType(p.EntryType)
 	if err != nil {

@@ -388,3 +388,19 @@ func TestAllowHeaders(t *testing.T) {
 		t.Errorf("a list without allowHeaders: UpstreamHeaderNames() = %q", got)
 	}
 }
+
+func TestResolveFiles(t *testing.T) {
+	for _, tc := range []struct{ file, dir, want string }{
+		{"", "/etc/sluice", ""},
+		{"callers.txt", "/etc/sluice", "/etc/sluice/callers.txt"},
+		{"lists/callers.txt", "cfg", "cfg/lists/callers.txt"},
+		{"../shared/callers.txt", "/etc/sluice", "/etc/shared/callers.txt"},
+		{"/var/lists/callers.txt", "/etc/sluice", "/var/lists/callers.txt"},
+	} {
+		p := &Params{File: tc.file}
+		p.ResolveFiles(tc.dir)
+		if p.File != tc.want {
+			t.Errorf("ResolveFiles(%q) of %q = %q, want %q", tc.dir, tc.file, p.File, tc.want)
+		}
+	}
+}

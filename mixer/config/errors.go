@@ -26,7 +26,12 @@ type Error struct {
 	Msg string
 }
 
-func (e *Error) Error() string { return e.Pos.String() + ": " + e.Msg }
+func (e *Error) Error() string {
+	if e.Pos == (Position{}) {
+		return e.Msg // a problem of no file, such as a flag's value
+	}
+	return e.Pos.String() + ": " + e.Msg
+}
 
 // ErrorList is every problem found in a config, sorted by position.
 type ErrorList []*Error
@@ -69,7 +74,12 @@ func Errors(err error) ErrorList {
 }
 
 // collector gathers errors while a config is read.
-type collector struct{ errs ErrorList }
+type collector struct {
+	errs ErrorList
+	// halt marks a problem that decoding would trip over again (an alias cycle, a
+	// merge key of a scalar): the node is not decoded after it.
+	halt bool
+}
 
 func (c *collector) add(pos Position, format string, args ...any) {
 	c.errs = append(c.errs, &Error{Pos: pos, Msg: fmt.Sprintf(format, args...)})
@@ -92,9 +102,25 @@ func (c *collector) addErr(pos Position, err error) {
 	c.add(pos, "%s", err.Error())
 }
 
+// err returns the errors sorted by position, each reported once: an error found
+// through two aliases of one node, or by two stages, is the same mistake.
 func (c *collector) err() error {
 	if len(c.errs) == 0 {
 		return nil
 	}
-	return c.errs.sorted()
+	type seen struct {
+		pos Position
+		msg string
+	}
+	dup := make(map[seen]bool, len(c.errs))
+	out := c.errs[:0]
+	for _, e := range c.errs.sorted() {
+		k := seen{e.Pos, e.Msg}
+		if !dup[k] {
+			dup[k] = true
+			out = append(out, e)
+		}
+	}
+	c.errs = out
+	return out
 }

@@ -45,6 +45,9 @@ type Layer struct {
 
 // Validator checks a compiled snapshot for one concern (for example the routing
 // core's checks of mesh objects). It returns an ErrorList for positioned problems.
+// It runs even when mixer objects failed to parse or compile (the snapshot then
+// lacks them, and is not applied), but not while a document that may be a mesh
+// object failed to parse: what refers to it would be reported as wrong.
 type Validator interface {
 	Validate(s *Snapshot) error
 }
@@ -72,7 +75,11 @@ func DefaultLayers() []Layer {
 }
 
 // Load reads every layer and the directory and compiles them. The error is an
-// ErrorList of every problem found.
+// ErrorList of every problem found: those of every document, and those of the later
+// stages (layering, compiling, the validators) over the documents that parsed. A
+// later stage does not report what follows from a document that failed (see
+// failure); the validators, which see only the snapshot, do not run while a
+// document that may be a mesh object failed.
 func (l *Loader) Load() (*Snapshot, error) {
 	layers := l.Layers
 	if layers == nil {
@@ -80,39 +87,35 @@ func (l *Loader) Load() (*Snapshot, error) {
 	}
 	var c collector
 	var objs []*Object
+	var failed failures
 	var raw bytes.Buffer
-	for i, layer := range layers {
-		o, err := readFS(layer.FS, layer.Name, layer.Default, &raw)
-		c.addErr(Position{File: layer.Name}, err)
+	read := func(index int, o []*Object, f []*failure) {
 		for _, x := range o {
-			x.layer = i
+			x.layer = index
+		}
+		for _, x := range f {
+			x.layer = index
+			failed.add(x)
 		}
 		objs = append(objs, o...)
+	}
+	for i, layer := range layers {
+		o, f, err := readFS(layer.FS, layer.Name, layer.Default, &raw)
+		c.addErr(Position{File: layer.Name}, err)
+		read(i, o, f)
 	}
 	if l.Dir != "" {
-		o, err := readDir(l.Dir, &raw)
-		if err != nil {
-			c.addErr(Position{File: l.Dir}, err)
-		}
-		for _, x := range o {
-			x.layer = len(layers)
-		}
-		objs = append(objs, o...)
+		o, f, err := readDir(l.Dir, &raw)
+		c.addErr(Position{File: l.Dir}, err)
+		read(len(layers), o, f)
 	}
-	if err := c.err(); err != nil {
-		return nil, err
-	}
-	merged, disabled, err := layer(objs)
-	if err != nil {
-		return nil, err
-	}
+	merged, disabled, err := layer(objs, &failed)
+	c.addErr(Position{}, err)
 	s := &Snapshot{Objects: merged, Hash: contentHash(raw.Bytes()), disabled: disabled}
-	if err := compile(s, l.Adapters, l.Compiler); err != nil {
-		return nil, err
-	}
-	for _, v := range l.Validators {
-		if err := v.Validate(s); err != nil {
-			c.addErr(Position{}, err)
+	c.addErr(Position{}, compile(s, l.Adapters, l.Compiler, &failed))
+	if !failed.couldBeMesh() {
+		for _, v := range l.Validators {
+			c.addErr(Position{}, v.Validate(s))
 		}
 	}
 	if err := c.err(); err != nil {
@@ -130,13 +133,16 @@ func IsConfigFile(name string) bool {
 	return ext == ".yaml" || ext == ".yml"
 }
 
-func readDir(dir string, raw *bytes.Buffer) ([]*Object, error) {
+// readDir reads the config files of dir: the objects that parsed, and what is known
+// of the documents that did not.
+func readDir(dir string, raw *bytes.Buffer) ([]*Object, []*failure, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("read config directory: %w", err)
+		return nil, []*failure{{anything: true}}, fmt.Errorf("read config directory: %w", err)
 	}
 	var c collector
 	var out []*Object
+	var failed []*failure
 	for _, e := range entries {
 		if !IsConfigFile(e.Name()) {
 			continue
@@ -145,6 +151,7 @@ func readDir(dir string, raw *bytes.Buffer) ([]*Object, error) {
 		info, err := os.Stat(p) // follows symlinks, as Kubernetes ConfigMap mounts use them
 		if err != nil {
 			c.add(Position{File: p}, "%v", err)
+			failed = append(failed, &failure{anything: true})
 			continue
 		}
 		if info.IsDir() {
@@ -153,50 +160,93 @@ func readDir(dir string, raw *bytes.Buffer) ([]*Object, error) {
 		data, err := os.ReadFile(p)
 		if err != nil {
 			c.add(Position{File: p}, "%v", err)
+			failed = append(failed, &failure{anything: true})
 			continue
 		}
 		raw.WriteString(p)
 		raw.Write(data)
-		objs, err := ParseFile(p, data)
+		objs, f, err := parseFile(p, data)
 		c.addErr(Position{File: p}, err)
 		out = append(out, objs...)
+		failed = append(failed, f...)
 	}
-	return out, c.err()
+	return out, failed, c.err()
 }
 
-func readFS(fsys fs.FS, name string, isDefault bool, raw *bytes.Buffer) ([]*Object, error) {
+func readFS(fsys fs.FS, name string, isDefault bool, raw *bytes.Buffer) ([]*Object, []*failure, error) {
 	entries, err := fs.ReadDir(fsys, ".")
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
+		return nil, []*failure{{anything: true, isDefault: isDefault}}, fmt.Errorf("read %s: %w", name, err)
 	}
 	var c collector
 	var out []*Object
+	var failed []*failure
 	for _, e := range entries {
 		if e.IsDir() || !IsConfigFile(e.Name()) {
 			continue
 		}
+		file := name + "/" + e.Name()
 		data, err := fs.ReadFile(fsys, e.Name())
 		if err != nil {
-			return nil, fmt.Errorf("read %s/%s: %w", name, e.Name(), err)
+			c.add(Position{File: file}, "read %s: %v", file, err)
+			failed = append(failed, &failure{anything: true, isDefault: isDefault})
+			continue
 		}
-		file := name + "/" + e.Name()
 		raw.WriteString(file)
 		raw.Write(data)
-		objs, err := ParseFile(file, data)
+		objs, f, err := parseFile(file, data)
 		c.addErr(Position{File: file}, err)
 		for _, o := range objs {
 			o.Default = isDefault
 		}
+		for _, x := range f {
+			x.isDefault = isDefault
+		}
 		out = append(out, objs...)
+		failed = append(failed, f...)
 	}
-	return out, c.err()
+	return out, failed, c.err()
 }
 
 // ParseFile parses every document of a multi-document YAML file.
 func ParseFile(file string, data []byte) ([]*Object, error) {
+	objs, _, err := parseFile(file, data)
+	return objs, err
+}
+
+// parseFile is ParseFile that also returns what is known of the documents that did
+// not parse. A YAML syntax error ends yaml.v3's reading of a file, so the file is
+// then read again one document at a time: the documents after a broken one are
+// still read and checked.
+func parseFile(file string, data []byte) ([]*Object, []*failure, error) {
+	objs, failed, broken, err := parseDocuments(file, data, 0)
+	if !broken {
+		return objs, failed, err
+	}
+	var c collector
+	var docObjs []*Object
+	var docFailed []*failure
+	found := false
+	for _, d := range splitDocuments(data) {
+		o, f, b, err := parseDocuments(file, d.data, d.line-1)
+		c.addErr(Position{File: file, Line: d.line}, err)
+		docObjs = append(docObjs, o...)
+		docFailed = append(docFailed, f...)
+		found = found || b
+	}
+	if !found {
+		// Read one at a time, the documents hold no syntax error: the stream's
+		// is in how they follow each other, and stands.
+		return objs, failed, err
+	}
+	return docObjs, docFailed, c.err()
+}
+
+// parseDocuments parses the documents of data, whose first line is line offset+1 of
+// file. broken reports a YAML syntax error, after which nothing more is read.
+func parseDocuments(file string, data []byte, offset int) (objs []*Object, failed []*failure, broken bool, err error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var c collector
-	var out []*Object
 	for {
 		var doc yaml.Node
 		err := dec.Decode(&doc)
@@ -204,9 +254,19 @@ func ParseFile(file string, data []byte) ([]*Object, error) {
 			break
 		}
 		if err != nil {
-			c.addErr(Position{File: file}, yamlError(file, nil, err))
-			break // the decoder cannot resynchronise after a syntax error
+			// The decoder cannot resynchronise after a syntax error. What the
+			// unread part defines is not known: it may define any name it mentions.
+			for _, e := range Errors(yamlError(file, nil, err)) {
+				if e.Pos.Line > 0 {
+					e.Pos.Line += offset
+				}
+				c.errs = append(c.errs, e)
+			}
+			failed = append(failed, &failure{words: textWords(data)})
+			broken = true
+			break
 		}
+		shiftLines(&doc, offset)
 		if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
 			continue
 		}
@@ -214,21 +274,99 @@ func ParseFile(file string, data []byte) ([]*Object, error) {
 		if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
 			continue // an empty document between separators
 		}
-		o, err := parseDocument(file, root)
+		o, f, err := parseDocument(file, root)
 		if err != nil {
 			c.addErr(Position{File: file, Line: root.Line}, err)
+			if f != nil {
+				failed = append(failed, f)
+			}
 			continue
 		}
-		out = append(out, o)
+		objs = append(objs, o)
 	}
-	return out, c.err()
+	return objs, failed, broken, c.err()
+}
+
+// shiftLines adds offset to the line of every node of a document.
+func shiftLines(n *yaml.Node, offset int) {
+	if offset == 0 || n == nil {
+		return
+	}
+	n.Line += offset
+	for _, c := range n.Content { // not Alias: it points into the same document
+		shiftLines(c, offset)
+	}
+}
+
+// documentText is one YAML document of a file: its text and its first line.
+type documentText struct {
+	line int
+	data []byte
+}
+
+// splitDocuments splits a YAML stream into its documents at the markers that begin
+// one ("---") and end one ("..."). A marker at the start of a line cannot be part
+// of a document's content (not even of a quoted or block scalar: YAML forbids it
+// there), so each document can be read on its own, as it would be in the stream.
+// Blank, comment and directive lines before a "---" stay with the document it begins.
+func splitDocuments(data []byte) []documentText {
+	var out []documentText
+	cur := documentText{line: 1}
+	content := false
+	flush := func(next int) {
+		if len(cur.data) > 0 {
+			out = append(out, cur)
+		}
+		cur = documentText{line: next}
+		content = false
+	}
+	line := 1
+	for rest := data; len(rest) > 0; line++ {
+		l := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			l = rest[:i+1]
+		}
+		rest = rest[len(l):]
+		switch {
+		case isMarker(l, "---"):
+			if content {
+				flush(line)
+			}
+			cur.data = append(cur.data, l...)
+			content = true
+		case isMarker(l, "..."):
+			cur.data = append(cur.data, l...)
+			flush(line + 1)
+		default:
+			cur.data = append(cur.data, l...)
+			t := bytes.TrimSpace(l)
+			if len(t) > 0 && t[0] != '#' && l[0] != '%' {
+				content = true
+			}
+		}
+	}
+	flush(line)
+	return out
+}
+
+// isMarker reports whether line is the document marker m ("---" or "...") followed
+// by a blank or its end.
+func isMarker(line []byte, m string) bool {
+	if !bytes.HasPrefix(line, []byte(m)) {
+		return false
+	}
+	rest := line[len(m):]
+	return len(rest) == 0 || rest[0] == ' ' || rest[0] == '\t' || rest[0] == '\r' || rest[0] == '\n'
 }
 
 // layer applies replacement and disabling: a user object with a default's key replaces
 // it, or removes it when annotated sluice.dev/disabled: "true"; a default of a later
 // layer replaces one of an earlier layer (as --redis-addr replaces the quota backend).
-// It also returns the objects that disabled one.
-func layer(objs []*Object) (out, disabled []*Object, err error) {
+// It also returns the objects that disabled one. Of two objects with one key, the
+// first read is kept (and the other reported), so that the later stages still check
+// it. An object that a document that failed may replace or disable is left out, and
+// added to failed: whether it would be there is not known.
+func layer(objs []*Object, failed *failures) (out, disabled []*Object, err error) {
 	var c collector
 	byKey := map[Key]*Object{}
 	domains := map[string]*Object{}
@@ -250,11 +388,12 @@ func layer(objs []*Object) (out, disabled []*Object, err error) {
 			c.add(o.Pos, "%s is already defined at %s", o.Key, prev.Pos)
 		}
 	}
-	if err := c.err(); err != nil {
-		return nil, nil, err
-	}
 	out = make([]*Object, 0, len(byKey))
 	for _, o := range byKey {
+		if failed.replaced(o) {
+			failed.addKey(o.Key, o.Family)
+			continue
+		}
 		if o.Disabled() {
 			disabled = append(disabled, o)
 			continue
@@ -271,5 +410,5 @@ func layer(objs []*Object) (out, disabled []*Object, err error) {
 		}
 		return a.Name < b.Name
 	})
-	return out, disabled, nil
+	return out, disabled, c.err()
 }

@@ -206,21 +206,29 @@ type document struct {
 
 var dnsName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
 
-// parseDocument turns one YAML document into an Object.
-func parseDocument(file string, root *yaml.Node) (*Object, error) {
+// parseDocument turns one YAML document into an Object. On an error it returns
+// what is known of the document instead.
+func parseDocument(file string, root *yaml.Node) (*Object, *failure, error) {
 	if root.Kind != yaml.MappingNode {
-		return nil, &Error{Pos: Position{file, root.Line}, Msg: "a config document must be a mapping"}
+		return nil, &failure{words: nodeWords(root)}, &Error{Pos: Position{file, root.Line}, Msg: "a config document must be a mapping"}
 	}
 	if isRateLimitDoc(root) {
 		return parseRateLimit(file, root)
 	}
 	var doc document
-	if err := decodeStrict(file, root, &doc); err != nil {
-		return nil, err
+	var c collector
+	decodeInto(&c, file, root, &doc)
+	if len(c.errs) > 0 {
+		// A top level that did not decode (a misspelt metadata) would be reported
+		// again as missing; the spec is not read either.
+		return nil, documentFailure(&doc, root), c.err()
 	}
 	pos := Position{File: file, Line: root.Line}
+	unknown := func(msg string) (*Object, *failure, error) {
+		return nil, documentFailure(&doc, root), &Error{Pos: pos, Msg: msg}
+	}
 	if doc.APIVersion == "" || doc.Kind == "" {
-		return nil, &Error{Pos: pos, Msg: "a document needs apiVersion and kind (or domain and descriptors for a rate-limit config)"}
+		return unknown("a document needs apiVersion and kind (or domain and descriptors for a rate-limit config)")
 	}
 	group, version, _ := strings.Cut(doc.APIVersion, "/")
 	var family Family
@@ -236,17 +244,17 @@ func parseDocument(file string, root *yaml.Node) (*Object, error) {
 		case KindRule:
 			spec = &RuleSpec{}
 		default:
-			return nil, &Error{Pos: pos, Msg: fmt.Sprintf("unknown kind %q for %s (known: Handler, Instance, Rule)", doc.Kind, MixerAPIVersion)}
+			return unknown(fmt.Sprintf("unknown kind %q for %s (known: Handler, Instance, Rule)", doc.Kind, MixerAPIVersion))
 		}
 	case group == meshGroup && meshVersions[version]:
 		family = FamilyMesh
 		newMsg, ok := meshKinds[doc.Kind]
 		if !ok {
-			return nil, &Error{Pos: pos, Msg: fmt.Sprintf("kind %q of %s is not supported (supported: %s)", doc.Kind, meshGroup, strings.Join(sortedKeys(meshKinds), ", "))}
+			return unknown(fmt.Sprintf("kind %q of %s is not supported (supported: %s)", doc.Kind, meshGroup, strings.Join(sortedKeys(meshKinds), ", ")))
 		}
 		spec = newMsg()
 	default:
-		return nil, &Error{Pos: pos, Msg: fmt.Sprintf("unknown apiVersion %q (known: %s, %s/v1)", doc.APIVersion, MixerAPIVersion, meshGroup)}
+		return unknown(fmt.Sprintf("unknown apiVersion %q (known: %s, %s/v1)", doc.APIVersion, MixerAPIVersion, meshGroup))
 	}
 	o := &Object{
 		Key:         Key{Kind: doc.Kind, Namespace: doc.Metadata.Namespace, Name: doc.Metadata.Name},
@@ -261,7 +269,9 @@ func parseDocument(file string, root *yaml.Node) (*Object, error) {
 	if o.Namespace == "" {
 		o.Namespace = DefaultNamespace
 	}
-	var c collector
+	failed := func() (*Object, *failure, error) {
+		return nil, &failure{key: o.Key, known: true, family: family}, c.err()
+	}
 	if o.Name == "" {
 		c.add(pos, "%s has no metadata.name", o.Kind)
 	} else if len(o.Name) > 253 || !dnsName.MatchString(o.Name) {
@@ -272,17 +282,17 @@ func parseDocument(file string, root *yaml.Node) (*Object, error) {
 	}
 	if doc.Spec.Kind == 0 {
 		c.add(pos, "%s %s has no spec", o.Kind, o.Name)
-		return nil, c.err()
+		return failed()
 	}
 	if msg, ok := spec.(proto.Message); ok {
 		c.addErr(pos, decodeProto(file, &doc.Spec, msg))
 	} else {
 		c.addErr(pos, decodeStrict(file, &doc.Spec, spec))
 	}
-	if err := c.err(); err != nil {
-		return nil, err
+	if len(c.errs) > 0 {
+		return failed()
 	}
-	return o, nil
+	return o, nil, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -296,20 +306,23 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // decodeProto decodes a YAML spec into an Istio message. Unknown fields are reported
 // by name at their line first; protojson then checks the values.
+//
+// The values are checked without the unknown fields, so that both are reported in
+// one load; protojson stops at its first error.
 func decodeProto(file string, node *yaml.Node, msg proto.Message) error {
 	var c collector
-	checkProtoFields(&c, file, node, msg.ProtoReflect().Descriptor(), "")
+	unknown := map[*yaml.Node]bool{}
+	checkProtoFields(&c, file, node, msg.ProtoReflect().Descriptor(), "", unknown)
 	normalizeDurations(node, msg.ProtoReflect().Descriptor())
-	if err := c.err(); err != nil {
-		return err
-	}
-	v, err := toGeneric(node)
+	v, err := toGeneric(withoutKeys(node, unknown))
 	if err != nil {
-		return yamlError(file, node, err)
+		c.addErr(Position{file, node.Line}, yamlError(file, node, err))
+		return c.err()
 	}
 	js, err := json.Marshal(v)
 	if err != nil {
-		return &Error{Pos: Position{file, node.Line}, Msg: err.Error()}
+		c.add(Position{file, node.Line}, "%s", err.Error())
+		return c.err()
 	}
 	if err := protojson.Unmarshal(js, msg); err != nil {
 		text := strings.ReplaceAll(err.Error(), "\u00a0", " ")
@@ -320,9 +333,27 @@ func decodeProto(file string, node *yaml.Node, msg proto.Message) error {
 				line = k.Line
 			}
 		}
-		return &Error{Pos: Position{file, line}, Msg: "spec: " + strings.TrimSpace(text)}
+		c.add(Position{file, line}, "spec: %s", strings.TrimSpace(text))
 	}
-	return nil
+	return c.err()
+}
+
+// withoutKeys returns a copy of n without the mapping entries whose keys are in
+// drop, or n itself when there are none. Aliases still point into n.
+func withoutKeys(n *yaml.Node, drop map[*yaml.Node]bool) *yaml.Node {
+	if n == nil || len(drop) == 0 {
+		return n
+	}
+	cp := *n
+	cp.Content = make([]*yaml.Node, 0, len(n.Content))
+	for i := 0; i < len(n.Content); i++ {
+		if n.Kind == yaml.MappingNode && i+1 < len(n.Content) && i%2 == 0 && drop[n.Content[i]] {
+			i++ // and its value
+			continue
+		}
+		cp.Content = append(cp.Content, withoutKeys(n.Content[i], drop))
+	}
+	return &cp
 }
 
 var (
@@ -351,8 +382,9 @@ func findKey(n *yaml.Node, name string) *yaml.Node {
 	return nil
 }
 
-// checkProtoFields reports mapping keys that are not fields of md (by JSON or proto name).
-func checkProtoFields(c *collector, file string, node *yaml.Node, md protoreflect.MessageDescriptor, path string) {
+// checkProtoFields reports mapping keys that are not fields of md (by JSON or proto
+// name), and adds them to unknown.
+func checkProtoFields(c *collector, file string, node *yaml.Node, md protoreflect.MessageDescriptor, path string, unknown map[*yaml.Node]bool) {
 	if node == nil || node.Kind != yaml.MappingNode {
 		return
 	}
@@ -370,6 +402,7 @@ func checkProtoFields(c *collector, file string, node *yaml.Node, md protoreflec
 		}
 		if fd == nil {
 			c.add(Position{file, k.Line}, "unknown field %q%s", k.Value, inPath(path))
+			unknown[k] = true
 			continue
 		}
 		p := join(path, k.Value)
@@ -377,18 +410,18 @@ func checkProtoFields(c *collector, file string, node *yaml.Node, md protoreflec
 		case fd.IsMap():
 			if fd.MapValue().Kind() == protoreflect.MessageKind {
 				for _, e := range mappingEntries(v) {
-					checkProtoFields(c, file, e[1], fd.MapValue().Message(), join(p, e[0].Value))
+					checkProtoFields(c, file, e[1], fd.MapValue().Message(), join(p, e[0].Value), unknown)
 				}
 			}
 		case fd.Kind() == protoreflect.MessageKind:
 			if fd.IsList() {
 				if v.Kind == yaml.SequenceNode {
 					for i, el := range v.Content {
-						checkProtoFields(c, file, el, fd.Message(), fmt.Sprintf("%s[%d]", p, i))
+						checkProtoFields(c, file, el, fd.Message(), fmt.Sprintf("%s[%d]", p, i), unknown)
 					}
 				}
 			} else {
-				checkProtoFields(c, file, v, fd.Message(), p)
+				checkProtoFields(c, file, v, fd.Message(), p, unknown)
 			}
 		}
 	}

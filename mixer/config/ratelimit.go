@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"time"
 
@@ -87,19 +88,36 @@ func isRateLimitDoc(root *yaml.Node) bool {
 	return false
 }
 
-func parseRateLimit(file string, root *yaml.Node) (*Object, error) {
+var (
+	rateLimitConfigType      = reflect.TypeOf(RateLimitConfig{})
+	rateLimitDescriptorType  = reflect.TypeOf(RateLimitDescriptor{})
+	rateLimitPolicyType      = reflect.TypeOf(RateLimitPolicy{})
+	rateLimitReplacementType = reflect.TypeOf(RateLimitReplacement{})
+)
+
+// parseRateLimit reads a rate-limit document. Every problem is reported, each once:
+// the fields that did not decode, and the checks of what did; a check whose field
+// did not decode is left out rather than report the zero value left in its place.
+func parseRateLimit(file string, root *yaml.Node) (*Object, *failure, error) {
 	var cfg RateLimitConfig
-	if err := decodeStrict(file, root, &cfg); err != nil {
-		return nil, err
-	}
-	pos := Position{File: file, Line: root.Line}
 	var c collector
-	if cfg.Domain == "" {
-		c.add(pos, "rate-limit config has an empty domain")
+	decoded := decodeInto(&c, file, root, &cfg)
+	pos := Position{File: file, Line: root.Line}
+	domainOK := decoded && trustFields(root, rateLimitConfigType).ok("domain")
+	if decoded {
+		if cfg.Domain == "" && domainOK {
+			c.add(pos, "rate-limit config has an empty domain")
+		}
+		validateDescriptors(&c, file, nodeField(root, "descriptors"), cfg.Descriptors, "descriptors")
 	}
-	validateDescriptors(&c, file, nodeField(root, "descriptors"), cfg.Descriptors, "descriptors")
 	if err := c.err(); err != nil {
-		return nil, err
+		f := &failure{family: FamilyRateLimit, key: Key{Kind: KindRateLimit}}
+		if domainOK && cfg.Domain != "" {
+			f.key.Namespace, f.key.Name, f.known = SystemNamespace, cfg.Domain, true
+		} else {
+			f.words = nodeWords(root)
+		}
+		return nil, f, err
 	}
 	return &Object{
 		Key:    Key{Kind: KindRateLimit, Namespace: SystemNamespace, Name: cfg.Domain},
@@ -107,7 +125,7 @@ func parseRateLimit(file string, root *yaml.Node) (*Object, error) {
 		Pos:    pos,
 		Spec:   &cfg,
 		node:   root,
-	}, nil
+	}, nil, nil
 }
 
 // nodeField returns the value of key in mapping n as yaml.v3 decodes it: the mapping's
@@ -157,15 +175,27 @@ func rateLimitUnit(u string) (string, bool) {
 	return "", false
 }
 
+// validateDescriptors checks the descriptors ds decoded from the list seq. A check
+// that reads a field that did not decode (fieldTrust) is left out: its error is
+// already reported, and the zero value in its place is no mistake of the file's.
 func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLimitDescriptor, path string) {
+	els, aligned := decodedElements(seq, len(ds))
+	if !aligned {
+		// Which written descriptor each is cannot be told: their errors would be
+		// put at the wrong lines. Those of decoding are reported.
+		return
+	}
 	seq = resolveAlias(seq)
 	seen := map[string]bool{}
-	for i := range ds {
-		d := &ds[i]
+	for k := range ds {
+		d := &ds[k]
 		// n is the descriptor's mapping, where its own mistakes are written; el is its
 		// place in the list, the same node unless the list names it by an alias (- *desc).
+		// i is its index as written, past elements that did not decode.
+		i := k
 		var el, n *yaml.Node
-		if seq != nil && seq.Kind == yaml.SequenceNode && i < len(seq.Content) {
+		if els != nil {
+			i = els[k]
 			el = seq.Content[i]
 			n = resolveAlias(el)
 		}
@@ -182,59 +212,91 @@ func validateDescriptors(c *collector, file string, seq *yaml.Node, ds []RateLim
 			}
 			return pos
 		}
+		trust := trustFields(n, rateLimitDescriptorType)
 		p := fmt.Sprintf("%s[%d]", path, i)
-		if d.Key == "" {
+		keyOK, valueOK := trust.ok("key"), trust.ok("value")
+		if d.Key == "" && keyOK {
 			c.add(pos, "%s: descriptor has no key", p)
 		}
-		id := d.Key + "\x00" + d.Value
-		if seen[id] {
-			c.add(listed, "%s: duplicate descriptor key %q value %q", p, d.Key, d.Value)
+		if keyOK && valueOK {
+			id := d.Key + "\x00" + d.Value
+			if seen[id] {
+				c.add(listed, "%s: duplicate descriptor key %q value %q", p, d.Key, d.Value)
+			}
+			seen[id] = true
 		}
-		seen[id] = true
 		// Upstream rejects it rather than let a count shared by every value of an exact
 		// match (or of a key alone) pass for a wildcard's.
-		if d.ShareThreshold && !strings.HasSuffix(d.Value, "*") {
+		if d.ShareThreshold && !strings.HasSuffix(d.Value, "*") && valueOK {
 			c.add(at("share_threshold"), "%s: share_threshold needs a wildcard value (one ending in *), not %q", p, d.Value)
 		}
 		if r := d.RateLimit; r != nil {
-			unit, validUnit := rateLimitUnit(r.Unit)
-			switch {
-			// Upstream ignores requests_per_unit, and a unit it does not know, on an
-			// unlimited limit; only a real unit is taken for a mistake.
-			case r.Unlimited && validUnit:
-				c.add(at("rate_limit.unit"), "%s: an unlimited rate_limit should not have a unit (it has %q)", p, r.Unit)
-			case !r.Unlimited && !validUnit:
-				c.add(at("rate_limit.unit"), "%s: rate_limit unit %q is not one of %s", p, r.Unit, strings.Join(RateLimitUnits, ", "))
-			case !r.Unlimited:
-				// The unit's own spelling: mixer/check looks units up by it, which
-				// "ſecond" lower-cased would not reach.
-				r.Unit = unit
-			}
-			alg, algErr := quota.ParseAlgorithm(r.Algorithm)
-			validAlg := algErr == nil
-			if !validAlg {
-				c.add(at("rate_limit.algorithm"), "%s: rate_limit algorithm %q is not one of %s", p, r.Algorithm, strings.Join(RateLimitAlgorithms, ", "))
-			}
-			if !r.Unlimited && validUnit && validAlg {
-				// What the backends cannot count exactly (a token bucket whose rate
-				// needs more precision than they keep) is refused here, rather than
-				// failing every request that reaches it.
-				l := quota.Limit{Requests: uint64(r.RequestsPerUnit), Window: RateLimitWindow(unit), Algorithm: alg}
-				if err := quotakit.CheckLimit(l); err != nil {
-					c.add(at("rate_limit.requests_per_unit"), "%s: rate_limit of %d per %s cannot be counted: %v", p, r.RequestsPerUnit, unit, err)
-				}
-			}
-			// Names need not be unique: upstream replaces every limit of a name.
-			for j, rep := range r.Replaces {
-				switch rep.Name {
-				case "":
-					c.add(at(fmt.Sprintf("rate_limit.replaces[%d]", j)), "%s: rate_limit replaces[%d] has no name", p, j)
-				case r.Name:
-					// A limit that replaced itself would never apply.
-					c.add(at(fmt.Sprintf("rate_limit.replaces[%d]", j)), "%s: rate_limit replaces[%d] is the limit's own name %q", p, j, rep.Name)
-				}
-			}
+			validateRateLimit(c, file, nodeField(n, "rate_limit"), r, p, at)
 		}
 		validateDescriptors(c, file, nodeField(n, "descriptors"), d.Descriptors, p+".descriptors")
+	}
+}
+
+// validateRateLimit checks a descriptor's limit r, decoded from the mapping rl, as
+// validateDescriptors checks the descriptor: leaving out what reads a field that
+// did not decode.
+func validateRateLimit(c *collector, file string, rl *yaml.Node, r *RateLimitPolicy, p string, at func(string) Position) {
+	trust := trustFields(rl, rateLimitPolicyType)
+	unitOK, unlimitedOK, algOK, requestsOK := trust.ok("unit"), trust.ok("unlimited"), trust.ok("algorithm"), trust.ok("requests_per_unit")
+	unit, validUnit := rateLimitUnit(r.Unit)
+	switch {
+	case !unitOK || !unlimitedOK:
+		// Which case applies is not known.
+	// Upstream ignores requests_per_unit, and a unit it does not know, on an
+	// unlimited limit; only a real unit is taken for a mistake.
+	case r.Unlimited && validUnit:
+		c.add(at("rate_limit.unit"), "%s: an unlimited rate_limit should not have a unit (it has %q)", p, r.Unit)
+	case !r.Unlimited && !validUnit:
+		c.add(at("rate_limit.unit"), "%s: rate_limit unit %q is not one of %s", p, r.Unit, strings.Join(RateLimitUnits, ", "))
+	}
+	if !r.Unlimited && validUnit {
+		// The unit's own spelling: mixer/check looks units up by it, which
+		// "ſecond" lower-cased would not reach.
+		r.Unit = unit
+	}
+	alg, algErr := quota.ParseAlgorithm(r.Algorithm)
+	validAlg := algErr == nil
+	if !validAlg && algOK {
+		c.add(at("rate_limit.algorithm"), "%s: rate_limit algorithm %q is not one of %s", p, r.Algorithm, strings.Join(RateLimitAlgorithms, ", "))
+	}
+	if !r.Unlimited && validUnit && validAlg && unitOK && unlimitedOK && algOK && requestsOK {
+		// What the backends cannot count exactly (a token bucket whose rate
+		// needs more precision than they keep) is refused here, rather than
+		// failing every request that reaches it.
+		l := quota.Limit{Requests: uint64(r.RequestsPerUnit), Window: RateLimitWindow(unit), Algorithm: alg}
+		if err := quotakit.CheckLimit(l); err != nil {
+			c.add(at("rate_limit.requests_per_unit"), "%s: rate_limit of %d per %s cannot be counted: %v", p, r.RequestsPerUnit, unit, err)
+		}
+	}
+	// Names need not be unique: upstream replaces every limit of a name.
+	reps := nodeField(rl, "replaces")
+	els, aligned := decodedElements(reps, len(r.Replaces))
+	if !aligned {
+		return
+	}
+	reps = resolveAlias(reps)
+	nameOK := trust.ok("name")
+	for k, rep := range r.Replaces {
+		j := k
+		var n *yaml.Node
+		if els != nil {
+			j = els[k]
+			n = reps.Content[j]
+		}
+		if !trustFields(n, rateLimitReplacementType).ok("name") {
+			continue
+		}
+		switch {
+		case rep.Name == "":
+			c.add(at(fmt.Sprintf("rate_limit.replaces[%d]", j)), "%s: rate_limit replaces[%d] has no name", p, j)
+		case rep.Name == r.Name && nameOK:
+			// A limit that replaced itself would never apply.
+			c.add(at(fmt.Sprintf("rate_limit.replaces[%d]", j)), "%s: rate_limit replaces[%d] is the limit's own name %q", p, j, rep.Name)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -155,14 +156,13 @@ func contentHash(b []byte) string {
 
 func qualified(ns, name string) string { return ns + "/" + name }
 
-// compile resolves and compiles the mixer family of s.
-func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
+// compile resolves and compiles the mixer family of s. failed holds the documents
+// that did not parse, and compile adds the objects that do not compile: a reference
+// that may name one of them is not reported again as "not found".
+func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler, failed *failures) error {
 	var c collector
 	instances := map[string]*Instance{}
 	handlers := map[string]*Handler{}
-	// failed holds objects that did not compile: references to them are not reported
-	// again as "not found".
-	failed := map[string]bool{}
 	tmpl := map[string]templates.Descriptor{}
 	for _, d := range templates.Descriptors() {
 		tmpl[d.Name] = d
@@ -174,7 +174,7 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 		inst, err := compileInstance(o, tmpl, comp)
 		if err != nil {
 			c.addErr(o.Pos, err)
-			failed[KindInstance+qualified(o.Namespace, o.Name)] = true
+			failed.addKey(o.Key, o.Family)
 			continue
 		}
 		instances[inst.Name] = inst
@@ -184,7 +184,7 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 		h, err := compileHandler(o, reg)
 		if err != nil {
 			c.addErr(o.Pos, err)
-			failed[KindHandler+qualified(o.Namespace, o.Name)] = true
+			failed.addKey(o.Key, o.Family)
 			continue
 		}
 		handlers[h.Name] = h
@@ -212,7 +212,7 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 			apath := fmt.Sprintf("actions[%d]", ai)
 			h := resolve(handlers, o.Namespace, a.Handler)
 			if h == nil {
-				if resolvesTo(failed, KindHandler, o.Namespace, a.Handler) {
+				if failed.couldResolve(KindHandler, o.Namespace, a.Handler) {
 					continue
 				}
 				c.add(o.PosOf(apath+".handler"), "handler %q not found (looked in %s)", a.Handler, lookedIn(o.Namespace, a.Handler))
@@ -226,7 +226,7 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler) error {
 				inst := resolve(instances, o.Namespace, name)
 				ipos := o.PosOf(fmt.Sprintf("%s.instances[%d]", apath, ii))
 				if inst == nil {
-					if resolvesTo(failed, KindInstance, o.Namespace, name) {
+					if failed.couldResolve(KindInstance, o.Namespace, name) {
 						continue
 					}
 					c.add(ipos, "instance %q not found (looked in %s)", name, lookedIn(o.Namespace, name))
@@ -301,14 +301,6 @@ func lookedIn(ns, ref string) string {
 		return SystemNamespace
 	}
 	return ns + " and " + SystemNamespace
-}
-
-// resolvesTo reports whether a reference names an object that failed to compile.
-func resolvesTo(failed map[string]bool, kind, ns, ref string) bool {
-	if strings.Contains(ref, "/") {
-		return failed[kind+ref]
-	}
-	return failed[kind+qualified(ns, ref)] || failed[kind+qualified(SystemNamespace, ref)]
 }
 
 // resolve finds NAME in ns, then in sluice-system, or NAMESPACE/NAME exactly.
@@ -451,6 +443,11 @@ func compileHandler(o *Object, reg *adapters.Registry) (*Handler, error) {
 		if err := decodeStrict(o.Pos.File, &spec.Params, params); err != nil {
 			return nil, err
 		}
+	}
+	if fp, ok := params.(adapters.FileParams); ok && !o.Default {
+		// A relative path names a file beside the config file; the defaults'
+		// files are embedded, with nothing beside them.
+		fp.ResolveFiles(filepath.Dir(o.Pos.File))
 	}
 	if err := params.Validate(); err != nil {
 		return nil, paramsError(o, err)

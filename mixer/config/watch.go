@@ -104,7 +104,13 @@ func (w *Watcher) Reload(ctx context.Context) error {
 	w.stamp = dirStamp(w.loader.Dir)
 	s, err := w.loader.Load()
 	if err == nil && w.current != nil && s.Hash == w.current.Hash {
-		w.lastErr = nil // an event without a change, or a bad edit reverted
+		// An event without a change, or a bad edit reverted. The latter is a load
+		// that succeeded: say so, or an operator sees the rejection last.
+		if w.lastErr != nil {
+			w.reloads.WithLabelValues("success").Inc()
+			w.log.Info("config errors resolved; the running config is unchanged", "version", w.current.Version, "hash", w.current.Hash)
+		}
+		w.lastErr = nil
 		w.loggedErr = ""
 		w.lastErrors.Set(0)
 		return nil
@@ -124,8 +130,12 @@ func (w *Watcher) Reload(ctx context.Context) error {
 		} else {
 			w.loggedErr = msg
 		}
+		msg := "config rejected; the last good config keeps serving"
+		if w.current == nil {
+			msg = "config rejected" // at start: there is no good config yet
+		}
 		for _, e := range Errors(err) {
-			w.log.Log(ctx, level, "config rejected; the last good config keeps serving", "error", e.Error())
+			w.log.Log(ctx, level, msg, "error", e.Error())
 		}
 		return err
 	}

@@ -57,6 +57,12 @@ func (l *logRecords) rejections() map[slog.Level]int {
 
 func failures(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Helper()
+	return reloads(t, reg, "failure")
+}
+
+// reloads reads sluice_config_reloads_total{result}.
+func reloads(t *testing.T, reg *prometheus.Registry, result string) float64 {
+	t.Helper()
 	fams, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -67,13 +73,13 @@ func failures(t *testing.T, reg *prometheus.Registry) float64 {
 		}
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == "failure" {
+				if l.GetName() == "result" && l.GetValue() == result {
 					return m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
-	t.Fatal("no sluice_config_reloads_total{result=failure}")
+	t.Fatalf("no sluice_config_reloads_total{result=%q}", result)
 	return 0
 }
 
@@ -249,6 +255,75 @@ func TestReloadLogsEachNewRejection(t *testing.T) {
 		if len(got) != 1 || got[s.want] != 1 {
 			t.Errorf("step %d (%v): rejections logged by level %v, want one at %v", i, s.err, got, s.want)
 		}
+	}
+}
+
+// TestReloadReportsRecovery: a config rejected at start says nothing of a last
+// good config (there is none), and a rejected edit undone is logged and counted as
+// a load that succeeded, so that the rejection is not the last word an operator
+// sees although the running config did not change.
+func TestReloadReportsRecovery(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	renameInto(t, bad, "kind: NoSuchKind\n")
+	logs := &logRecords{}
+	reg := prometheus.NewRegistry()
+	w, err := config.NewWatcher(loader(t, dir), func(context.Context, *config.Snapshot) error { return nil }, slog.New(logs), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	messages := func() []string {
+		logs.mu.Lock()
+		defer logs.mu.Unlock()
+		var m []string
+		for _, r := range logs.recs {
+			m = append(m, r.Message)
+		}
+		logs.recs = nil
+		return m
+	}
+	if err := w.Reload(ctx); err == nil {
+		t.Fatal("Reload of a bad config at start succeeded")
+	}
+	if got := messages(); len(got) != 1 || got[0] != "config rejected" {
+		t.Errorf("at start, logged %q, want one \"config rejected\"", got)
+	}
+	if err := os.Remove(bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	renameInto(t, bad, "kind: NoSuchKind\n")
+	if err := w.Reload(ctx); err == nil {
+		t.Fatal("Reload of a bad edit succeeded")
+	}
+	if got := messages(); len(got) != 2 || got[0] != "config applied" || got[1] != "config rejected; the last good config keeps serving" {
+		t.Errorf("after the first good config and a bad edit, logged %q", got)
+	}
+	ok := reloads(t, reg, "success")
+	if err := os.Remove(bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := messages(); len(got) != 1 || got[0] != "config errors resolved; the running config is unchanged" {
+		t.Errorf("after the bad edit was undone, logged %q", got)
+	}
+	if got := reloads(t, reg, "success") - ok; got != 1 {
+		t.Errorf("reloads_total{result=success} rose by %v when the bad edit was undone, want 1", got)
+	}
+	// A load with nothing changed and nothing to resolve is neither logged nor counted.
+	if err := w.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := messages(); len(got) != 0 {
+		t.Errorf("a load without a change logged %q", got)
+	}
+	if got := reloads(t, reg, "success") - ok; got != 1 {
+		t.Errorf("reloads_total{result=success} rose by %v after a load without a change, want 1", got)
 	}
 }
 

@@ -15,14 +15,178 @@ import (
 // declare (by yaml tag) and reporting each problem at its own line in file.
 func decodeStrict(file string, node *yaml.Node, v any) error {
 	var c collector
-	checkKnownFields(&c, file, node, reflect.TypeOf(v), "", map[anchorVisit]bool{})
-	if err := c.err(); err != nil {
-		return err
+	decodeInto(&c, file, node, v)
+	return c.err()
+}
+
+// decodeInto decodes node into v and adds to c every problem, each at its own line:
+// the mapping keys that v's type does not declare (by yaml tag), which decoding
+// skips, and the values of the wrong type, which it leaves at their zero values
+// (fieldTrust tells such fields). It reports whether v holds what decoding made of
+// the node; not when the node's structure (an alias cycle, a merge key of a
+// scalar) stopped it.
+func decodeInto(c *collector, file string, node *yaml.Node, v any) bool {
+	var kc collector
+	checkKnownFields(&kc, file, node, reflect.TypeOf(v), "", map[anchorVisit]bool{})
+	c.errs = append(c.errs, kc.errs...)
+	if kc.halt {
+		return false // decoding would fail on it too, and say so without a line
 	}
-	if err := node.Decode(v); err != nil {
-		return yamlError(file, node, err)
+	err := node.Decode(v)
+	if err == nil {
+		return true
 	}
-	return nil
+	c.addErr(Position{File: file, Line: node.Line}, yamlError(file, node, err))
+	var te *yaml.TypeError
+	return asTypeError(err, &te) // yaml.v3 decodes the rest past a type error
+}
+
+// fieldTrust tells which fields of a mapping, decoded into a struct, hold what was
+// written there, so that a check of a value does not report the consequence of an
+// error already reported (see ok).
+type fieldTrust struct {
+	m      *yaml.Node
+	fields map[string]reflect.Type
+	// sound is false when yaml.v3 decoded none of m (a key written twice);
+	// unknownKey when m has a key that t does not declare.
+	sound, unknownKey bool
+}
+
+// trustFields looks at mapping m, decoded into a struct of type t.
+func trustFields(m *yaml.Node, t reflect.Type) fieldTrust {
+	m = resolveAlias(m)
+	if m == nil || m.Kind != yaml.MappingNode {
+		return fieldTrust{sound: true}
+	}
+	ft := fieldTrust{m: m, fields: map[string]reflect.Type{}}
+	collectFields(t, ft.fields)
+	ft.sound = mappingSound(m, 0)
+	ft.unknownKey = hasUnknownKey(m, ft.fields, 0)
+	return ft
+}
+
+// ok reports whether the field key holds what was written: not when its value did
+// not decode (the field kept its zero value), when the mapping as a whole did not,
+// or when key is absent from a mapping that has an unknown key, which may be key
+// misspelt.
+func (ft fieldTrust) ok(key string) bool {
+	if ft.m == nil {
+		return true
+	}
+	if !ft.sound {
+		return false
+	}
+	_, v := nodeEntry(ft.m, key)
+	if v == nil {
+		return !ft.unknownKey
+	}
+	t, known := ft.fields[key]
+	if !known {
+		return true
+	}
+	return v.Decode(reflect.New(t).Interface()) == nil
+}
+
+// maxMergeDepth bounds the walks of merge keys below (cycles are refused before).
+const maxMergeDepth = 32
+
+// mappingSound reports whether yaml.v3 decodes mapping m at all: it decodes none of
+// a mapping that writes a key twice, nor what a merge key brings from such a one.
+func mappingSound(m *yaml.Node, depth int) bool {
+	m = resolveAlias(m)
+	if m == nil || m.Kind != yaml.MappingNode || depth > maxMergeDepth {
+		return true
+	}
+	if hasDuplicateKey(m) {
+		return false
+	}
+	for _, src := range mergeSources(m) {
+		if !mappingSound(src, depth+1) {
+			return false
+		}
+	}
+	return true
+}
+
+// hasDuplicateKey reports whether mapping m itself writes a key twice, as yaml.v3
+// compares them.
+func hasDuplicateKey(m *yaml.Node) bool {
+	type key struct {
+		kind  yaml.Kind
+		value string
+	}
+	seen := make(map[key]bool, len(m.Content)/2)
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k := key{m.Content[i].Kind, m.Content[i].Value}
+		if seen[k] {
+			return true
+		}
+		seen[k] = true
+	}
+	return false
+}
+
+// hasUnknownKey reports whether mapping m, or one that its merge key brings in,
+// has a key that is not one of fields.
+func hasUnknownKey(m *yaml.Node, fields map[string]reflect.Type, depth int) bool {
+	m = resolveAlias(m)
+	if m == nil || m.Kind != yaml.MappingNode || depth > maxMergeDepth {
+		return false
+	}
+	for _, kv := range mappingEntries(m) {
+		if isMergeKey(kv[0]) {
+			continue
+		}
+		if _, ok := fields[kv[0].Value]; !ok {
+			return true
+		}
+	}
+	for _, src := range mergeSources(m) {
+		if hasUnknownKey(src, fields, depth+1) {
+			return true
+		}
+	}
+	return false
+}
+
+// mergeSources returns the mappings that the merge keys of m bring in.
+func mergeSources(m *yaml.Node) []*yaml.Node {
+	var out []*yaml.Node
+	for _, kv := range mappingEntries(m) {
+		if !isMergeKey(kv[0]) {
+			continue
+		}
+		if v := resolveAlias(kv[1]); v != nil && v.Kind == yaml.SequenceNode {
+			out = append(out, v.Content...)
+		} else {
+			out = append(out, kv[1])
+		}
+	}
+	return out
+}
+
+// decodedElements returns, for each element of a slice of structs decoded from seq,
+// the index of the element of seq it was decoded from: yaml.v3 leaves out an element
+// that is neither a mapping nor null, or that writes a key twice, and the indexes
+// then differ. ok is false when that does not come to n elements (the positions
+// would be guessed); els is nil when seq is not a list.
+func decodedElements(seq *yaml.Node, n int) (els []int, ok bool) {
+	seq = resolveAlias(seq)
+	if seq == nil || seq.Kind != yaml.SequenceNode {
+		return nil, true
+	}
+	for i, el := range seq.Content {
+		r := resolveAlias(el)
+		switch {
+		case r == nil:
+		case r.Kind == yaml.MappingNode && !hasDuplicateKey(r):
+			// Only the element's own keys: a merged mapping that fails leaves it in.
+			els = append(els, i)
+		case r.Kind == yaml.ScalarNode && r.ShortTag() == "!!null":
+			els = append(els, i)
+		}
+	}
+	return els, len(els) == n
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+): `)
@@ -223,6 +387,7 @@ func checkKnownFields(c *collector, file string, node *yaml.Node, t reflect.Type
 		done, ok := seen[v]
 		if ok && !done {
 			c.add(Position{File: file, Line: use.Line}, "alias *%s is inside the node it stands for", node.Anchor)
+			c.halt = true
 			return
 		}
 		if ok {
@@ -284,6 +449,7 @@ func checkMerge(c *collector, file string, key, val *yaml.Node, t reflect.Type, 
 		if r := resolveAlias(m); r == nil || r.Kind != yaml.MappingNode {
 			// yaml.v3 would say so too, but without a line.
 			c.add(Position{File: file, Line: key.Line}, "merge key %q needs a mapping or a list of mappings", key.Value)
+			c.halt = true
 			return
 		}
 	}

@@ -1,0 +1,276 @@
+package config_test
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sluicemesh/sluice/mixer/config"
+)
+
+// Files with mistakes of every stage, for TestAllErrorsInOneLoad. Their line numbers
+// are in the wanted errors.
+const (
+	// rlRepro: an unknown unit at line 4, a negative count at line 6.
+	rlRepro = `domain: api
+descriptors:
+- key: user
+  rate_limit: {unit: fortnight, requests_per_unit: 10}
+- key: path
+  rate_limit: {unit: second, requests_per_unit: -5}
+`
+	// ruleRepro: a capitalised header name at line 5, an unknown handler at line 7.
+	ruleRepro = `apiVersion: sluice.dev/v1alpha1
+kind: Rule
+metadata: {name: roles, namespace: shop}
+spec:
+  match: request.headers["X-Role"] == "admin"
+  actions:
+  - handler: nosuch
+    instances: [requestcount]
+`
+	// rlUndecoded: fields that did not decode, whose zero values would otherwise
+	// be reported again (an empty key, an empty unit, a limit of 0 that a token
+	// bucket cannot count); and a list element that did not decode, after which
+	// the descriptors must still be named by their written index.
+	rlUndecoded = `domain: api
+descriptors:
+- key: [a]
+- 5
+- key: b
+  rate_limit: {unit: [second], requests_per_unit: 1}
+- key: c
+  rate_limit: {unit: minute, requests_per_unit: -1, algorithm: token_bucket}
+- key: d
+  rate_limit: {uint: minute, requests_per_unit: 1}
+- key: e
+  rate_limit: {unit: fortnight, requests_per_unit: 1, replaces: [x, {}]}
+`
+	// brokenMiddle: a YAML syntax error in the second of three documents.
+	brokenMiddle = `# the first document holds "---", but not at the start of a line
+apiVersion: sluice.dev/v1alpha1
+kind: Rule
+metadata: {name: first}
+spec:
+  match: |
+    request.host ==
+      "---"
+  actions: [{handler: prometheus, instances: [requestcount]}]
+...
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: broken}
+spec: {adapter: [prometheus}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rule
+metadata: {name: third}
+spec:
+  match: request.verb == "GET"
+  actions: [{handler: missing, instances: [requestcount]}]
+`
+	// refsToFailed: a rule whose handler failed to parse (known by its name) and
+	// whose instance is in a document with a syntax error (known only by what it
+	// mentions), and an instance that is nowhere.
+	refsToFailed = `apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: prom, namespace: shop}
+spec:
+  adapter: prometheus
+  parmas: {}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Instance
+metadata: {name: pathcount, namespace: shop}
+spec:
+  template: metric
+  params: {value: "1"
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rule
+metadata: {name: r, namespace: shop}
+spec:
+  actions:
+  - {handler: prom, instances: [pathcount]}
+  - {handler: sluice-system/quota, instances: [nowhere]}
+`
+	// replacedDefault: a user handler that would replace the default prometheus
+	// handler, but does not parse, and a rule that sends it an instance that only
+	// the replacement lists: the default's params must not be checked in its place.
+	replacedDefault = `apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: prometheus, namespace: sluice-system}
+spec:
+  adapter: prometheus
+  params:
+    metric: [{instance: pathcount, name: shop_paths_total, kind: COUNTER}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Instance
+metadata: {name: pathcount, namespace: shop}
+spec:
+  template: metric
+  params: {value: "1"}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rule
+metadata: {name: r, namespace: shop}
+spec:
+  actions: [{handler: prometheus, instances: [pathcount]}]
+`
+	workload   = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\nspec: {address: 10.0.0.9}\n"
+	badMatch   = "apiVersion: sluice.dev/v1alpha1\nkind: Rule\nmetadata: {name: m}\nspec:\n  match: response.code ==\n  actions: [{handler: prometheus, instances: [requestcount]}]\n"
+	badVersion = "apiVersion: foo/v1\nkind: Bar\nmetadata: {name: x}\nspec: {}\n"
+	badSyntax  = "apiVersion: sluice.dev/v1alpha1\nkind: [unclosed\n"
+	badField   = "apiVersion: sluice.dev/v1alpha1\nkind: Rule\nmetadata: {name: f}\nspec:\n  match: 'true'\n  action: []\n"
+)
+
+// TestAllErrorsInOneLoad: one load reports every error it can find, in every file
+// (a parsing error of one file or field hides no other, nor the later stages'
+// errors in the objects that parsed), and none that only follows from another.
+func TestAllErrorsInOneLoad(t *testing.T) {
+	tests := []struct {
+		name  string
+		files map[string]string
+		// want is every error, in order, as "FILE:LINE: " and the start of the message.
+		want []string
+	}{
+		{"a rate-limit file's field errors, and a rule's compile errors", map[string]string{
+			"rl.yaml": rlRepro, "multi.yaml": ruleRepro,
+		}, []string{
+			`multi.yaml:5: match: header names arrive lower-cased`,
+			`multi.yaml:7: handler "nosuch" not found`,
+			`rl.yaml:4: descriptors[0]: rate_limit unit "fortnight" is not one of`,
+			`rl.yaml:6: descriptors[1].rate_limit.requests_per_unit: -5 is not a whole number`,
+		}},
+		{"an unknown field hides nothing", map[string]string{
+			"rl.yaml":    strings.Replace(rlRepro, "rate_limit: {unit: second", "ratelimit: {unit: second", 1),
+			"multi.yaml": ruleRepro,
+		}, []string{
+			`multi.yaml:5: match: header names arrive lower-cased`,
+			`multi.yaml:7: handler "nosuch" not found`,
+			`rl.yaml:4: descriptors[0]: rate_limit unit "fortnight" is not one of`,
+			`rl.yaml:6: unknown field "ratelimit" in descriptors[1]`,
+		}},
+		{"every file's parse errors, and the compile errors of the others", map[string]string{
+			"a.yaml": badVersion, "b.yaml": badSyntax, "c.yaml": badField, "d.yaml": badMatch, "e.yaml": workload,
+		}, []string{
+			`a.yaml:1: unknown apiVersion "foo/v1"`,
+			`b.yaml:2: did not find expected`,
+			`c.yaml:6: unknown field "action"`,
+			`d.yaml:5: match: `,
+		}},
+		{"the documents after a syntax error", map[string]string{"m.yaml": brokenMiddle}, []string{
+			`m.yaml:15: did not find expected ',' or ']'`,
+			`m.yaml:21: match: undeclared reference to 'request.verb'`,
+			`m.yaml:22: handler "missing" not found`,
+		}},
+		{"fields that did not decode are not checked again", map[string]string{"rl.yaml": rlUndecoded}, []string{
+			`rl.yaml:3: a list is not a string`, // descriptors, too, is a list at line 3
+			`rl.yaml:4: descriptors[1]: 5 is not a mapping`,
+			`rl.yaml:6: descriptors[2].rate_limit.unit: a list is not a string`,
+			`rl.yaml:8: descriptors[3].rate_limit.requests_per_unit: -1 is not a whole number`,
+			`rl.yaml:10: unknown field "uint" in descriptors[4].rate_limit`,
+			`rl.yaml:12: descriptors[5].rate_limit.replaces[0]: "x" is not a mapping`,
+			`rl.yaml:12: descriptors[5]: rate_limit unit "fortnight" is not one of`,
+			`rl.yaml:12: descriptors[5]: rate_limit replaces[1] has no name`,
+		}},
+		{"references to documents that failed", map[string]string{"refs.yaml": refsToFailed}, []string{
+			`refs.yaml:6: unknown field "parmas"`,
+			`refs.yaml:13: did not find expected ',' or '}'`,
+			`refs.yaml:21: instance "nowhere" not found`,
+		}},
+		{"a default that a failed object replaces", map[string]string{"prom.yaml": replacedDefault}, []string{
+			`prom.yaml:7: unknown field "metric"`,
+		}},
+		{"a duplicate, and compile errors", map[string]string{
+			"a.yaml": workload, "b.yaml": workload, "c.yaml": badMatch,
+		}, []string{
+			`b.yaml:1: WorkloadEntry default/vm is already defined at `,
+			`c.yaml:5: match: `,
+		}},
+		{"a mesh object's unknown field and bad value", map[string]string{
+			"w.yaml": "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec:\n  address: 1.2.3.4\n  adress: 1.2.3.4\n  weight: -1\n",
+		}, []string{
+			`w.yaml:6: unknown field "adress"`,
+			`w.yaml:7: spec: invalid value for uint32 field weight`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeDir(t, tt.files)
+			s, err := loader(t, dir).Load()
+			if s != nil {
+				t.Error("a config with errors returned a snapshot")
+			}
+			got := relErrors(dir, err)
+			ok := len(got) == len(tt.want)
+			for i := 0; ok && i < len(got); i++ {
+				ok = strings.HasPrefix(got[i], tt.want[i])
+			}
+			if !ok {
+				t.Errorf("errors:\n  %s\nwant, in this order, ones starting:\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
+			}
+			// The same config reports the same errors every time.
+			if _, again := loader(t, dir).Load(); strings.Join(relErrors(dir, again), "\n") != strings.Join(got, "\n") {
+				t.Errorf("a second load reports:\n%v", again)
+			}
+		})
+	}
+}
+
+// relErrors returns the errors of a load with the directory left out of their files.
+func relErrors(dir string, err error) []string {
+	var out []string
+	for _, e := range config.Errors(err) {
+		out = append(out, strings.TrimPrefix(e.Error(), dir+string(filepath.Separator)))
+	}
+	return out
+}
+
+// TestValidatorsAfterErrors: the validators (the routing core's mesh checks) still
+// run when mixer objects have errors, and report with them; not while a document
+// that may be a mesh object failed, as they would report what follows from it.
+func TestValidatorsAfterErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		files   map[string]string
+		checked bool
+	}{
+		{"a mixer object failed to parse", map[string]string{"w.yaml": workload, "f.yaml": badField}, true},
+		{"a mixer object failed to compile", map[string]string{"w.yaml": workload, "m.yaml": badMatch}, true},
+		{"a mesh object failed to parse", map[string]string{
+			"w.yaml": workload, "bad.yaml": strings.Replace(workload, "address:", "adress:", 1),
+		}, false},
+		{"a document that may be a mesh object has a syntax error", map[string]string{
+			"w.yaml": workload, "bad.yaml": "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nspec: {hosts: [a\n",
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeDir(t, tt.files)
+			l := loader(t, dir)
+			ran := false
+			l.Validators = []config.Validator{config.ValidatorFunc(func(s *config.Snapshot) error {
+				ran = true
+				var errs config.ErrorList
+				for _, o := range s.ByKind(config.KindWorkloadEntry) {
+					errs = append(errs, &config.Error{Pos: o.Pos, Msg: "checked " + o.Name})
+				}
+				return errs
+			})}
+			_, err := l.Load()
+			if ran != tt.checked {
+				t.Fatalf("validators ran: %v, want %v", ran, tt.checked)
+			}
+			if !tt.checked {
+				return
+			}
+			got := relErrors(dir, err)
+			if len(got) != 2 || !strings.Contains(strings.Join(got, "\n"), "w.yaml:1: checked vm") {
+				t.Errorf("errors:\n%s\nwant the object's error and the validator's", strings.Join(got, "\n"))
+			}
+		})
+	}
+}
