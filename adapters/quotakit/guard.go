@@ -145,10 +145,10 @@ func (g *Guard) decide(r quota.Request) quota.Decision {
 		return quota.Decision{Allowed: false, ResetAfter: r.Limit.Window}
 	}
 	if g.policy == FailClosed {
-		return quota.Decision{Allowed: false, ResetAfter: min(FailRetryAfter, r.Limit.Window)}
+		return quota.Decision{Allowed: false, ResetAfter: min(FailRetryAfter, r.Limit.Window), ByPolicy: true}
 	}
 	// Nothing is known of the count: answer as a fresh window would.
-	return quota.Decision{Allowed: true, Remaining: r.Limit.Requests - min(r.Hits, r.Limit.Requests)}
+	return quota.Decision{Allowed: true, Remaining: r.Limit.Requests - min(r.Hits, r.Limit.Requests), ByPolicy: true}
 }
 
 func (g *Guard) logFailure(reason string, err error, n int) {

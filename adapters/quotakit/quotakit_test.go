@@ -419,9 +419,9 @@ func TestGuard(t *testing.T) {
 	}{
 		// b asks for more hits than its limit: denied whatever the count, and so
 		// whatever the policy.
-		{FailOpen, errors.New("connection refused"), ReasonError, []quota.Decision{{Allowed: true, Remaining: 7}, {ResetAfter: 100 * time.Millisecond}}},
-		{FailOpen, fmt.Errorf("pipeline: %w", context.DeadlineExceeded), ReasonTimeout, []quota.Decision{{Allowed: true, Remaining: 7}, {ResetAfter: 100 * time.Millisecond}}},
-		{FailClosed, netTimeout{}, ReasonTimeout, []quota.Decision{{ResetAfter: time.Second}, {ResetAfter: 100 * time.Millisecond}}},
+		{FailOpen, errors.New("connection refused"), ReasonError, []quota.Decision{{Allowed: true, Remaining: 7, ByPolicy: true}, {ResetAfter: 100 * time.Millisecond}}},
+		{FailOpen, fmt.Errorf("pipeline: %w", context.DeadlineExceeded), ReasonTimeout, []quota.Decision{{Allowed: true, Remaining: 7, ByPolicy: true}, {ResetAfter: 100 * time.Millisecond}}},
+		{FailClosed, netTimeout{}, ReasonTimeout, []quota.Decision{{ResetAfter: time.Second, ByPolicy: true}, {ResetAfter: 100 * time.Millisecond}}},
 	} {
 		st := &recStats{errors: map[string]int{}, dropped: map[string]int{}}
 		g := NewGuard(adapters.Env{Stats: st}, 50*time.Millisecond, tc.policy)

@@ -277,9 +277,16 @@ func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st 
 				return nil, "", status.Errorf(codes.Unavailable, "quota handler %s failed: %v", t.handler, err)
 			}
 			if !dec.Allowed {
+				msg := fmt.Sprintf("quota %s exhausted", t.inst)
+				if dec.ByPolicy {
+					// Still a 429 marked as rate-limited: a 503 would be retried
+					// by the caller's sidecar, multiplying the load on a failing
+					// backend.
+					msg = fmt.Sprintf("quota %s: its backend failed, and its fail policy is closed", t.inst)
+				}
 				res := &authorization.Result{
 					Code:    codes.ResourceExhausted,
-					Message: fmt.Sprintf("quota %s exhausted", t.inst),
+					Message: msg,
 					Headers: []authorization.Header{
 						{Name: "RateLimit-Remaining", Value: "0"},
 						{Name: "Retry-After", Value: strconv.FormatInt(ceilSeconds(dec.ResetAfter), 10)},

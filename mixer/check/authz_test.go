@@ -666,3 +666,28 @@ func TestUnreadRequestsCounted(t *testing.T) {
 		}
 	})
 }
+
+// TestExtAuthzCacheOff: with a negative cache size every policy answer is decided
+// anew, and none is counted as a hit or kept.
+func TestExtAuthzCacheOff(t *testing.T) {
+	s := startServer(t, func(o *mixer.Options) { o.CheckCacheSize = -1 }, "testdata/policy.yaml")
+	client := authv3.NewAuthorizationClient(s.via("grpc"))
+	for round := range 3 {
+		resp, err := client.Check(context.Background(), call{frontend, "GET", "/items", nil}.request())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := codes.Code(resp.GetStatus().GetCode()); code != codes.OK {
+			t.Fatalf("round %d: %v, want OK", round, code)
+		}
+	}
+	f, err := loadtest.Scrape(context.Background(), s.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sluice_check_cache_hits_total", "sluice_check_cache_entries"} {
+		if n := f.Sum(name, nil); n != 0 {
+			t.Errorf("%s = %v with the cache off", name, n)
+		}
+	}
+}

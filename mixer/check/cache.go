@@ -12,11 +12,12 @@ import (
 
 // cache is a bounded LRU of policy-check results, keyed by the values of the attributes
 // the active check rules read. It is sharded so that concurrent checks rarely share
-// a lock. Quota results are never stored here.
+// a lock: each shard is an LRU of its part of the bound, so the cache holds the bound
+// at most but a shard can evict before the whole is full. Quota results are never
+// stored here.
 type cache struct {
 	seed   maphash.Seed
 	shards []cacheShard
-	perCap int
 
 	hits, misses, evictions, skips prometheus.Counter
 }
@@ -29,6 +30,7 @@ const maxKeyBytes = 4 << 10
 
 type cacheShard struct {
 	mu    sync.Mutex
+	limit int // entries at most; the shards' limits add up to the cache's size
 	items map[string]*cacheEntry
 	// lru is the sentinel of a ring of the entries: lru.next is the most recently
 	// used, lru.prev the least. The entries link themselves, so that a full shard
@@ -44,12 +46,20 @@ type cacheEntry struct {
 	prev, next *cacheEntry
 }
 
+// maxShards is how many shards a cache has, fewer when its size is smaller.
+const maxShards = 16
+
+// newCache returns a cache of size entries at most; size is at least 1.
 func newCache(size int, m *metrics) *cache {
-	const nshards = 16
-	c := &cache{seed: maphash.MakeSeed(), shards: make([]cacheShard, nshards), perCap: max(1, size/nshards),
+	n := min(size, maxShards)
+	c := &cache{seed: maphash.MakeSeed(), shards: make([]cacheShard, n),
 		hits: m.cacheHits, misses: m.cacheMisses, evictions: m.cacheEvictions, skips: m.cacheSkips}
 	for i := range c.shards {
 		s := &c.shards[i]
+		s.limit = size / n
+		if i < size%n {
+			s.limit++
+		}
 		s.items = map[string]*cacheEntry{}
 		s.lru.prev, s.lru.next = &s.lru, &s.lru
 	}
@@ -110,7 +120,7 @@ func (c *cache) put(key []byte, r authorization.Result, rule string, expires tim
 		return
 	}
 	var e *cacheEntry
-	if len(s.items) >= c.perCap {
+	if len(s.items) >= s.limit {
 		e = s.lru.prev
 		s.unlink(e)
 		delete(s.items, e.key)
@@ -123,8 +133,11 @@ func (c *cache) put(key []byte, r authorization.Result, rule string, expires tim
 	s.pushFront(e)
 }
 
-// len returns the number of entries, for the size gauge.
+// len returns the number of entries, for the size gauge; 0 when the cache is off.
 func (c *cache) len() int {
+	if c == nil {
+		return 0
+	}
 	n := 0
 	for i := range c.shards {
 		s := &c.shards[i]

@@ -1,6 +1,7 @@
 package check
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -110,9 +111,39 @@ func TestCacheLRU(t *testing.T) {
 			if got := testutil.ToFloat64(m.cacheEvictions); got != tc.evictions {
 				t.Errorf("%v evictions, want %v", got, tc.evictions)
 			}
-			if n := c.len(); n > c.perCap {
-				t.Errorf("%d entries in a shard of %d", n, c.perCap)
+			if n := c.len(); n > c.shards[0].limit {
+				t.Errorf("%d entries in a shard of %d", n, c.shards[0].limit)
 			}
 		})
+	}
+}
+
+// TestCacheSizeBound: the shards' limits add up to the size asked for, however it
+// divides, so that --check-cache-size is the bound of the whole cache; a size below
+// the shard count makes that many shards of one.
+func TestCacheSizeBound(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	for _, size := range []int{1, 2, 15, 16, 17, 160, 10000} {
+		c := newCache(size, testCacheMetrics())
+		if want := min(size, maxShards); len(c.shards) != want {
+			t.Errorf("size %d: %d shards, want %d", size, len(c.shards), want)
+		}
+		sum := 0
+		for i := range c.shards {
+			if c.shards[i].limit < 1 {
+				t.Errorf("size %d: shard %d holds %d", size, i, c.shards[i].limit)
+			}
+			sum += c.shards[i].limit
+		}
+		if sum != size {
+			t.Errorf("size %d: the shards hold %d", size, sum)
+		}
+		// Enough distinct keys to fill every shard: the whole holds exactly size.
+		for k := range 20*size + 100 {
+			c.put(fmt.Appendf(nil, "key-%d", k), authorization.Result{}, "r", t0.Add(time.Minute))
+		}
+		if n := c.len(); n != size {
+			t.Errorf("size %d: %d entries once full", size, n)
+		}
 	}
 }

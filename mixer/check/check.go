@@ -27,6 +27,9 @@ import (
 	"github.com/sluicemesh/sluice/templates/quota"
 )
 
+// DefaultCacheSize is the check cache's bound when Options leave it zero.
+const DefaultCacheSize = 10000
+
 // DefaultQuotaHandler is the handler the rate-limit service counts with: memquota in
 // the embedded defaults, replaced by a redisquota handler of the same name for
 // counts shared across replicas.
@@ -41,7 +44,8 @@ type Options struct {
 	Metrics    prometheus.Registerer
 	// Now is the clock of quota decisions; nil means time.Now.
 	Now func() time.Time
-	// CacheSize bounds the check cache (entries); 0 means 10000.
+	// CacheSize bounds the check cache (entries); 0 means 10000, and a negative
+	// size turns the cache off (every policy answer is decided anew).
 	CacheSize int
 	// RateLimitHeaders adds RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset
 	// to rate-limit answers.
@@ -108,8 +112,8 @@ func New(opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.CacheSize <= 0 {
-		opts.CacheSize = 10000
+	if opts.CacheSize == 0 {
+		opts.CacheSize = DefaultCacheSize
 	}
 	if opts.QuotaHandler == "" {
 		opts.QuotaHandler = DefaultQuotaHandler

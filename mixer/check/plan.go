@@ -20,10 +20,11 @@ type plan struct {
 	// refs are the attributes whose values decide every policy answer: the cache key.
 	refs     []expr.Ref
 	hasAuthz bool
-	// uncached: a handler reads an attribute the key cannot name, so no answer
-	// may be cached (two requests that differ in it would share one).
+	// uncached: the cache is off, or a handler reads an attribute the key cannot
+	// name, so no answer may be cached (two requests that differ in it would
+	// share one).
 	uncached bool
-	cache    *cache
+	cache    *cache // nil when the cache is off
 	// inProcess: every handler a check can reach decides in memory (see
 	// adapters.Factory.InProcess), so checks may run inline on the lean listener.
 	inProcess bool
@@ -74,7 +75,10 @@ func inProcess(snap *config.Snapshot, quotaHandler string) bool {
 
 // buildPlan compiles the check rules of the leased config.
 func (s *Server) buildPlan(l *dispatch.Lease) *plan {
-	p := &plan{snap: l.Snapshot(), cache: newCache(s.opts.CacheSize, s.metrics)}
+	p := &plan{snap: l.Snapshot(), uncached: s.opts.CacheSize < 0}
+	if !p.uncached {
+		p.cache = newCache(s.opts.CacheSize, s.metrics)
+	}
 	p.inProcess = inProcess(p.snap, s.opts.QuotaHandler)
 	refs := map[string]expr.Ref{}
 	addRefs := func(e *expr.Expression) {

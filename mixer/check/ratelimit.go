@@ -434,6 +434,12 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 		case p.rule.unlimited:
 			ds.remaining = math.MaxUint32
 			result = "unlimited"
+		case decisions[p.req].ByPolicy && decisions[p.req].Allowed:
+			// Allowed by the fail-open policy: nothing is known of the count, so
+			// the status claims no limit, remaining or reset (as when upstream's
+			// backend fails and Envoy's failure_mode_deny allows), and the RateLimit-*
+			// headers describe another descriptor or none.
+			result = "fail_open"
 		default:
 			dec := decisions[p.req]
 			ds.rule = p.rule
@@ -448,6 +454,9 @@ func (s *Server) shouldRateLimit(ctx context.Context, st *requestState) (string,
 					result = "shadow_over_limit"
 				} else {
 					result = "over_limit"
+					if dec.ByPolicy {
+						result = "fail_closed"
+					}
 					ds.over, ans.over = true, true
 				}
 			}

@@ -57,6 +57,10 @@ type Decision struct {
 	// ResetAfter is the time until the window resets (fixed window) or until the
 	// next hit could be allowed (sliding window, token bucket).
 	ResetAfter time.Duration
+	// ByPolicy marks a decision its handler's fail policy made because the backend
+	// failed or was too slow: nothing is known of the count, so Remaining and
+	// ResetAfter describe no window, and a denial is no sign of an exhausted quota.
+	ByPolicy bool
 }
 
 // RateLimiter decides requests against limits. Allow fills out[i] for reqs[i]; a
