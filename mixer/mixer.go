@@ -111,6 +111,8 @@ type Mixer struct {
 	watcher  *config.Watcher
 	server   *server.Server
 	onApply  []func(ctx context.Context, s *config.Snapshot)
+	// redisAddr is --redis-addr, for warning when the config replaces its handler.
+	redisAddr string
 }
 
 // New loads and applies the config (a bad config fails here, with every error) and
@@ -131,7 +133,7 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 	if opts.AdminAddr == "" {
 		opts.AdminAddr = ":9093"
 	}
-	m := &Mixer{log: opts.Logger, metrics: opts.Metrics}
+	m := &Mixer{log: opts.Logger, metrics: opts.Metrics, redisAddr: opts.RedisAddr}
 	if m.metrics == nil {
 		m.metrics = prometheus.NewRegistry()
 	}
@@ -214,10 +216,36 @@ func (m *Mixer) apply(ctx context.Context, s *config.Snapshot) error {
 		return err
 	}
 	m.registry.SetSource(registry.ConfigSource, registry.FromSnapshot(s))
+	if m.redisAddr != "" {
+		m.warnRedisReplaced(ctx, s)
+	}
 	for _, f := range m.onApply {
 		f(ctx, s)
 	}
 	return nil
+}
+
+// warnRedisReplaced logs, at each config applied, when the config replaced or
+// disabled the quota handler --redis-addr made. The config may (a layer above the
+// flag's), but an operator who gave the flag expects counts shared through Redis,
+// and would otherwise find them per replica with nothing said.
+func (m *Mixer) warnRedisReplaced(ctx context.Context, s *config.Snapshot) {
+	for _, o := range s.ByKind(config.KindHandler) {
+		if o.Namespace+"/"+o.Name != check.DefaultQuotaHandler {
+			continue
+		}
+		if o.Default {
+			return // the flag's own
+		}
+		adapter := ""
+		if h, ok := o.Spec.(*config.HandlerSpec); ok {
+			adapter = h.Adapter
+		}
+		m.log.WarnContext(ctx, "the config replaces the quota handler --redis-addr made: rate limits and quotas sent to it do not use the flag's Redis",
+			"handler", check.DefaultQuotaHandler, "adapter", adapter, "source", o.Pos.String())
+		return
+	}
+	m.log.WarnContext(ctx, "the config disables the quota handler --redis-addr made", "handler", check.DefaultQuotaHandler)
 }
 
 // Registry returns the workload registry.

@@ -68,6 +68,12 @@ func TestValidateListFiles(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("10.0.0.0/8\nnot-an-ip\nnor-this\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Relative to the config file's directory, not to the working directory (the
+	// test's is this package's).
+	relGood, err := filepath.Rel(dir, good)
+	if err != nil {
+		t.Fatal(err)
+	}
 	handler := func(file string) string {
 		return "apiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: callers, namespace: shop}\nspec:\n  adapter: list\n  params:\n    entryType: IP_ADDRESSES\n    file: " + file + "\n"
 	}
@@ -76,6 +82,7 @@ func TestValidateListFiles(t *testing.T) {
 		want       string // a line of the output starting so; "" for OK
 	}{
 		{"a good file", good, ""},
+		{"a path relative to the config file", relGood, ""},
 		{"a missing file", filepath.Join(lists, "missing.txt"), filepath.Join(dir, "list.yaml") + ":8: handler shop/callers: file: "},
 		{"bad entries, a line each", bad, filepath.Join(dir, "list.yaml") + ":1: handler shop/callers: " + bad + ":"},
 	} {
@@ -120,6 +127,27 @@ func TestServeRejectsHugeHeapFloor(t *testing.T) {
 	_, err := run(t, "serve", "--gc-heap-floor-mib", "2000000", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0")
 	if err == nil || !strings.Contains(err.Error(), "--gc-heap-floor-mib 2000000: at most 1048576") {
 		t.Errorf("serve with a floor of 2,000,000 MiB: %v, want a refusal naming the flag", err)
+	}
+}
+
+// TestServeRejectsMeaninglessFlags: a size or duration that means nothing is
+// refused with the flag's name, not turned into a default.
+func TestServeRejectsMeaninglessFlags(t *testing.T) {
+	for _, tc := range []struct{ flag, value, want string }{
+		{"--max-recv-msg-size", "0", "--max-recv-msg-size 0: must be at least 1"},
+		{"--max-recv-msg-size", "-1", "--max-recv-msg-size -1: must be at least 1"},
+		{"--max-concurrent-streams", "0", "--max-concurrent-streams 0: must be at least 1"},
+		{"--queue-size", "-5", "--queue-size -5: must be at least 1"},
+		{"--shards", "-1", "--shards -1: must be at least 0"},
+		{"--check-cache-size", "-5", "--check-cache-size -5: must be at least 0"},
+		{"--ratelimit-detailed-metric-max", "-1", "--ratelimit-detailed-metric-max -1: must be at least 1"},
+		{"--redis-timeout", "-1s", "--redis-timeout -1s: must not be negative"},
+		{"--drain-timeout", "-2s", "--drain-timeout -2s: must not be negative"},
+	} {
+		_, err := run(t, "serve", tc.flag, tc.value, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0")
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("serve %s %s: %v, want %q", tc.flag, tc.value, err, tc.want)
+		}
 	}
 }
 

@@ -45,6 +45,9 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 			if heapFloorMiB > maxHeapFloorMiB {
 				return fmt.Errorf("--gc-heap-floor-mib %d: at most %d (1 TiB)", heapFloorMiB, maxHeapFloorMiB)
 			}
+			if err := checkServeFlags(&opts); err != nil {
+				return err
+			}
 			log, err := newLogger(logLevel, logFormat)
 			if err != nil {
 				return err
@@ -117,12 +120,46 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 	f.DurationVar(&opts.RedisTimeout, "redis-timeout", 50*time.Millisecond, "with --redis-addr: how long a decision waits for Redis before it is allowed by the fail-open policy (and counted)")
 	f.BoolVar(&opts.RateLimitHeaders, "ratelimit-headers", false, "add RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset to rate-limit answers")
 	f.IntVar(&opts.MaxDetailedDescriptors, "ratelimit-detailed-metric-max", 10000, "descriptor names (made of request values) that detailed_metric may add to sluice_ratelimit_descriptors_total; later ones are counted as descriptor=\"overflow\"")
-	f.IntVar(&opts.CheckCacheSize, "check-cache-size", 10000, "entries of the policy check cache")
+	f.IntVar(&opts.CheckCacheSize, "check-cache-size", 10000, "entries of the policy check cache at most (kept as 16 LRU shards, each a 16th of it); 0 turns the cache off")
 	f.Uint64Var(&heapFloorMiB, "gc-heap-floor-mib", 64, "let the heap grow to this many MiB between garbage collections while the live heap is small (GOGC is raised, never lowered; GOMEMLIMIT still applies): fewer collections, a shorter check tail; 0 leaves GOGC alone")
 	f.BoolVar(&demo, "demo", false, "also run a simulated bookinfo mesh that streams access logs to this server")
 	f.Float64Var(&demoRate, "demo-rate", 50, "requests per second of the demo traffic")
 	rf.register(f)
 	return cmd
+}
+
+// checkServeFlags refuses, naming the flag, the values that mean nothing: without
+// it a zero or negative size would quietly become a default, which the operator who
+// typed it did not ask for. It maps --check-cache-size 0 to the cache off.
+func checkServeFlags(opts *mixer.Options) error {
+	for _, f := range []struct {
+		name string
+		v    int
+		min  int
+	}{
+		{"--max-recv-msg-size", opts.MaxRecvMsgSize, 1},
+		{"--max-concurrent-streams", opts.MaxConcurrentStreams, 1},
+		{"--queue-size", opts.QueueSize, 1},
+		{"--shards", opts.Shards, 0},
+		{"--check-cache-size", opts.CheckCacheSize, 0},
+		{"--ratelimit-detailed-metric-max", opts.MaxDetailedDescriptors, 1},
+	} {
+		if f.v < f.min {
+			return fmt.Errorf("%s %d: must be at least %d", f.name, f.v, f.min)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{{"--redis-timeout", opts.RedisTimeout}, {"--drain-timeout", opts.DrainTimeout}} {
+		if f.v < 0 {
+			return fmt.Errorf("%s %v: must not be negative", f.name, f.v)
+		}
+	}
+	if opts.CheckCacheSize == 0 {
+		opts.CheckCacheSize = -1 // check.Options: off
+	}
+	return nil
 }
 
 // redisLog adapts slog to go-redis's logger.
