@@ -631,3 +631,40 @@ func TestCheckDestinationLabelsAndPrincipal(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckUnreadPartsNotValidated: a part of the message no check reads (here a
+// pipe address's path, in invalid UTF-8) that protobuf refuses with the whole
+// message is ignored by the wire path (the README says so): a pipe peer has no IP
+// either way, and the rest of the peer is read.
+func TestCheckUnreadPartsNotValidated(t *testing.T) {
+	dec := envoy.NewCheckDecoder(checkRegistry())
+	req := sidecarCheck(1)
+	pipe := protowire.AppendTag(nil, 1, protowire.BytesType) // Pipe.path
+	pipe = protowire.AppendString(pipe, "/run/\xff.sock")
+	addr := protowire.AppendTag(nil, 2, protowire.BytesType) // Address.pipe
+	addr = protowire.AppendBytes(addr, pipe)
+	peer := protowire.AppendTag(nil, 1, protowire.BytesType) // Peer.address
+	peer = protowire.AppendBytes(peer, addr)
+	peer = protowire.AppendTag(peer, 4, protowire.BytesType) // Peer.principal
+	peer = protowire.AppendString(peer, req.Attributes.Source.Principal)
+	attrs := protowire.AppendTag(nil, 1, protowire.BytesType) // AttributeContext.source
+	attrs = protowire.AppendBytes(attrs, peer)
+	data := protowire.AppendTag(nil, 1, protowire.BytesType) // CheckRequest.attributes
+	data = protowire.AppendBytes(data, attrs)
+
+	if err := proto.Unmarshal(data, &authv3.CheckRequest{}); err == nil {
+		t.Fatal("protobuf accepts a pipe path in invalid UTF-8")
+	}
+	var f envoy.CheckFields
+	if err := f.Unmarshal(data); err != nil {
+		t.Fatalf("the wire path refuses: %v", err)
+	}
+	var bag attribute.Bag
+	dec.Decode(&f, time.Unix(1764900000, 0), &bag)
+	if ip, ok := bag.String(attribute.SourceIP); ok {
+		t.Errorf("source.ip = %q for a pipe peer, want absent", ip)
+	}
+	if p, _ := bag.String(attribute.SourcePrincipal); p != req.Attributes.Source.Principal {
+		t.Errorf("source.principal = %q, want %q", p, req.Attributes.Source.Principal)
+	}
+}
