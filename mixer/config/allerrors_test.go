@@ -1,7 +1,9 @@
 package config_test
 
 import (
+	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -271,6 +273,48 @@ func TestValidatorsAfterErrors(t *testing.T) {
 			if len(got) != 2 || !strings.Contains(strings.Join(got, "\n"), "w.yaml:1: checked vm") {
 				t.Errorf("errors:\n%s\nwant the object's error and the validator's", strings.Join(got, "\n"))
 			}
+		})
+	}
+}
+
+// manyWrongValues is a rate-limit file with n limits whose counts are words.
+func manyWrongValues(n int) []byte {
+	var b strings.Builder
+	b.WriteString("domain: api\ndescriptors:\n")
+	for i := range n {
+		fmt.Fprintf(&b, "- key: k%d\n  rate_limit: {unit: minute, requests_per_unit: ten%d}\n", i, i)
+	}
+	return []byte(b.String())
+}
+
+// TestManyTypeErrors: each of many wrong values is reported at its own line, by its field.
+func TestManyTypeErrors(t *testing.T) {
+	const n = 300
+	_, err := config.ParseFile("rl.yaml", manyWrongValues(n))
+	errs := config.Errors(err)
+	if len(errs) != n {
+		t.Fatalf("%d errors, want %d: %v", len(errs), n, err)
+	}
+	for i, e := range errs {
+		want := fmt.Sprintf("descriptors[%d].rate_limit.requests_per_unit: \"ten%d\" is not a whole number", i, i)
+		if e.Pos.Line != 4+2*i || !strings.HasPrefix(e.Msg, want) {
+			t.Fatalf("error %d: %v, want line %d: %s", i, e, 4+2*i, want)
+		}
+	}
+}
+
+// BenchmarkManyTypeErrors reports the cost of a file with thousands of wrong values
+// per value: it stays flat as the file grows (it once walked the file per error).
+func BenchmarkManyTypeErrors(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		data := manyWrongValues(n)
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := config.ParseFile("rl.yaml", data); err == nil {
+					b.Fatal("no error")
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/value")
 		})
 	}
 }

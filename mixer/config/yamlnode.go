@@ -199,6 +199,7 @@ func yamlError(file string, node *yaml.Node, err error) error {
 		msgs = te.Errors
 	}
 	var c collector
+	var lines lineIndex // built at the first type error: one walk however many errors
 	for _, m := range msgs {
 		m = strings.TrimPrefix(m, "yaml: ")
 		line := 0
@@ -213,7 +214,10 @@ func yamlError(file string, node *yaml.Node, err error) error {
 			line = node.Line
 		}
 		if line > 0 && node != nil {
-			m = typeErrorText(node, line, m)
+			if lines == nil && yamlTypeError.MatchString(m) {
+				lines = indexLines(node)
+			}
+			m = typeErrorText(lines, line, m)
 		}
 		c.add(Position{File: file, Line: line}, "%s", m)
 	}
@@ -224,11 +228,46 @@ func yamlError(file string, node *yaml.Node, err error) error {
 // which names Go types: "cannot unmarshal !!str `ten` into uint32".
 var yamlTypeError = regexp.MustCompile("^cannot unmarshal (!![a-z]+)(?: `(.*)`)? into (\\S+)$")
 
-// typeErrorText rewrites a yaml.v3 type error at line below node in the terms of
-// the config: the field's path, the value as written and what the field takes
+// placedNode is a node with its field path ("descriptors[0].rate_limit.unit").
+type placedNode struct {
+	node *yaml.Node
+	path string
+}
+
+// lineIndex holds every node below a document by the line it starts on. A file with
+// many wrong values gets one message each; finding each one's field by walking the
+// whole tree again would make that quadratic (minutes for 20,000 errors).
+type lineIndex map[int][]placedNode
+
+// indexLines walks node once, as decoding does (merged keys included).
+func indexLines(node *yaml.Node) lineIndex {
+	idx := lineIndex{}
+	var walk func(n *yaml.Node, p string)
+	walk = func(n *yaml.Node, p string) {
+		if n == nil {
+			return
+		}
+		idx[n.Line] = append(idx[n.Line], placedNode{n, p})
+		switch n.Kind {
+		case yaml.MappingNode:
+			for _, kv := range mappingEntries(n) {
+				walk(kv[1], join(p, kv[0].Value))
+			}
+		case yaml.SequenceNode:
+			for i, el := range n.Content {
+				walk(el, p+"["+strconv.Itoa(i)+"]")
+			}
+		}
+	}
+	walk(node, "")
+	return idx
+}
+
+// typeErrorText rewrites a yaml.v3 type error at line in the terms of the config:
+// the field's path, the value as written and what the field takes
 // ("requests_per_unit: \"ten\" is not a whole number from 0 to 4294967295").
 // Other messages are returned as they are.
-func typeErrorText(node *yaml.Node, line int, m string) string {
+func typeErrorText(lines lineIndex, line int, m string) string {
 	sm := yamlTypeError.FindStringSubmatch(m)
 	if sm == nil {
 		return m
@@ -248,26 +287,12 @@ func typeErrorText(node *yaml.Node, line int, m string) string {
 	// inside a mapping), and the line cannot tell which one the error is about.
 	var paths []string
 	var found *yaml.Node
-	var walk func(n *yaml.Node, p string)
-	walk = func(n *yaml.Node, p string) {
-		if n == nil {
-			return
-		}
-		if n.Line == line && n.Kind == kind && (kind != yaml.ScalarNode || n.Value == value || cut && strings.HasPrefix(n.Value, prefix)) {
-			paths, found = append(paths, p), n
-		}
-		switch n.Kind {
-		case yaml.MappingNode:
-			for _, kv := range mappingEntries(n) {
-				walk(kv[1], join(p, kv[0].Value))
-			}
-		case yaml.SequenceNode:
-			for i, el := range n.Content {
-				walk(el, fmt.Sprintf("%s[%d]", p, i))
-			}
+	for _, pn := range lines[line] {
+		n := pn.node
+		if n.Kind == kind && (kind != yaml.ScalarNode || n.Value == value || cut && strings.HasPrefix(n.Value, prefix)) {
+			paths, found = append(paths, pn.path), n
 		}
 	}
-	walk(node, "")
 	if len(paths) == 0 {
 		return m
 	}
