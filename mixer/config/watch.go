@@ -90,6 +90,11 @@ func (w *Watcher) Current() *Snapshot {
 	return w.current
 }
 
+// maxLoggedErrors is how many errors of one rejected load are logged, one line
+// each: a generated file wrong throughout would otherwise write thousands of lines
+// at every retry. The sluice_config_errors gauge still counts them all.
+const maxLoggedErrors = 50
+
 // LastError returns the error of the last failed reload, nil after a success.
 func (w *Watcher) LastError() error {
 	w.mu.Lock()
@@ -134,8 +139,12 @@ func (w *Watcher) Reload(ctx context.Context) error {
 		if w.current == nil {
 			msg = "config rejected" // at start: there is no good config yet
 		}
-		for _, e := range Errors(err) {
+		errs := Errors(err)
+		for _, e := range errs[:min(len(errs), maxLoggedErrors)] {
 			w.log.Log(ctx, level, msg, "error", e.Error())
+		}
+		if more := len(errs) - maxLoggedErrors; more > 0 {
+			w.log.Log(ctx, level, msg, "more_errors", more, "hint", "sluice validate --config DIR lists them all")
 		}
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/config"
@@ -389,4 +390,43 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("no %s", name)
 	return 0
+}
+
+// TestRejectionLogBounded: a load with thousands of errors logs a bounded number of
+// lines and says how many more there are; the gauge counts them all.
+func TestRejectionLogBounded(t *testing.T) {
+	dir := t.TempDir()
+	renameInto(t, filepath.Join(dir, "rl.yaml"), string(manyWrongValues(120)))
+	logs := &logRecords{}
+	reg := prometheus.NewRegistry()
+	w, err := config.NewWatcher(loader(t, dir), func(context.Context, *config.Snapshot) error { return nil }, slog.New(logs), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Reload(context.Background()); err == nil {
+		t.Fatal("Reload of a bad config succeeded")
+	}
+	logs.mu.Lock()
+	recs := logs.recs
+	logs.mu.Unlock()
+	var errs int
+	var more int64
+	for _, r := range recs {
+		r.Attrs(func(a slog.Attr) bool {
+			switch a.Key {
+			case "error":
+				errs++
+			case "more_errors":
+				more = a.Value.Int64()
+			}
+			return true
+		})
+	}
+	if errs != 50 || more != 70 {
+		t.Errorf("logged %d errors and more_errors=%d, want 50 and 70", errs, more)
+	}
+	want := "# HELP sluice_config_errors Errors found by the last config load (0 when it was applied).\n# TYPE sluice_config_errors gauge\nsluice_config_errors 120\n"
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "sluice_config_errors"); err != nil {
+		t.Error(err)
+	}
 }
