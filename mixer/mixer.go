@@ -4,6 +4,7 @@ package mixer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -115,6 +116,10 @@ type Mixer struct {
 	redisAddr string
 }
 
+// ErrConfigRejected is wrapped by New's error when the config did not load or apply;
+// its errors were then logged already, and config.Errors lists them.
+var ErrConfigRejected = errors.New("config rejected")
+
 // New loads and applies the config (a bad config fails here, with every error) and
 // binds the listeners.
 func New(ctx context.Context, opts Options) (*Mixer, error) {
@@ -170,7 +175,7 @@ func New(ctx context.Context, opts Options) (*Mixer, error) {
 	}
 	if err := m.watcher.Reload(ctx); err != nil {
 		_ = m.disp.Close(ctx)
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrConfigRejected, err)
 	}
 	checks, err := check.New(check.Options{
 		Dispatcher: m.disp, Registry: m.registry, Compiler: compiler, Logger: opts.Logger, Metrics: m.metrics,

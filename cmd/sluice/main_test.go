@@ -151,6 +151,28 @@ func TestServeRejectsMeaninglessFlags(t *testing.T) {
 	}
 }
 
+// TestServeBadConfigLogsEachErrorOnce: a config rejected at start is logged once
+// per error, then serve says why it stops, without repeating them.
+func TestServeBadConfigLogsEachErrorOnce(t *testing.T) {
+	dir := t.TempDir()
+	bad := "domain: api\ndescriptors:\n- key: a\n  rate_limit: {unit: fortnight, requests_per_unit: 1}\n- key: b\n  rate_limit: {unit: second, requests_per_unit: ten}\n"
+	if err := os.WriteFile(filepath.Join(dir, "rl.yaml"), []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "serve", "--config", dir, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0")
+	if err == nil {
+		t.Fatalf("serve with a bad config started:\n%s", out)
+	}
+	for _, pos := range []string{"rl.yaml:4: ", "rl.yaml:6: "} {
+		if n := strings.Count(out, pos); n != 1 {
+			t.Errorf("%s logged %d times, want once:\n%s", pos, n, out)
+		}
+	}
+	if !strings.Contains(out, `msg="cannot start: the config was rejected" errors=2`) {
+		t.Errorf("no line saying why serve stops:\n%s", out)
+	}
+}
+
 func TestServesFrom(t *testing.T) {
 	tests := []struct {
 		args []string

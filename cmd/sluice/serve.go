@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -48,7 +49,7 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 			if err := checkServeFlags(&opts); err != nil {
 				return err
 			}
-			log, err := newLogger(logLevel, logFormat)
+			log, err := newLogger(cmd.ErrOrStderr(), logLevel, logFormat)
 			if err != nil {
 				return err
 			}
@@ -72,6 +73,12 @@ with it, the directory's objects are layered over the defaults and reloaded on c
 				return exitError(1)
 			}
 			m, err := mixer.New(ctx, opts)
+			if errors.Is(err, mixer.ErrConfigRejected) {
+				// Its errors were logged as the config was rejected (the first 50);
+				// printing them again would double every line.
+				log.Error("cannot start: the config was rejected", "errors", len(config.Errors(err)))
+				return exitError(1)
+			}
 			if err != nil {
 				for _, e := range config.Errors(err) {
 					log.Error("cannot start", "error", e.Error())
