@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sluicemesh/sluice/mixer"
 )
@@ -67,5 +68,58 @@ spec: {adapter: memquota, params: {}}
 				t.Errorf("the warning does not say %q:\n%s", tc.want, got)
 			}
 		})
+	}
+}
+
+// TestAPIConfigHidesSecrets: the Redis password, whether in --redis-addr's URL or
+// a redisquota handler's params, is not shown on /api/config, which anyone who
+// can scrape the admin port may read; nor is it in the error of a URL that
+// does not parse.
+func TestAPIConfigHidesSecrets(t *testing.T) {
+	const secret = "s3cretpw"
+	dir := t.TempDir()
+	writeFile(t, dir, "quota.yaml", `apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: shared, namespace: shop}
+spec:
+  adapter: redisquota
+  params:
+    redisServerUrl: 127.0.0.1:1
+    password: `+secret+`
+    quotas: [{name: q, maxAmount: 5, validDuration: 1s}]
+`)
+	h := start(t, dir, func(o *mixer.Options) {
+		o.RedisAddr = "redis://:" + secret + "@127.0.0.1:1" // never dialled: no check is made
+	})
+	defer h.stop()
+	body := get(t, h.url+"/api/config")
+	if strings.Contains(body, secret) {
+		t.Errorf("/api/config shows the password:\n%.3000s", body)
+	}
+	for _, want := range []string{`"password": "[redacted]"`, `"redisServerUrl": "redis://:xxxxx@127.0.0.1:1"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/api/config lacks %s:\n%.3000s", want, body)
+		}
+	}
+
+	// A URL that does not parse: its error, logged and shown, does not repeat it.
+	writeFile(t, dir, "quota.yaml", `apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: shared, namespace: shop}
+spec:
+  adapter: redisquota
+  params:
+    redisServerUrl: "redis://:`+secret+`@127.0.0.1:port"
+    quotas: [{name: q, maxAmount: 5, validDuration: 1s}]
+`)
+	deadline := time.Now().Add(20 * time.Second)
+	for body = get(t, h.url+"/api/config"); !strings.Contains(body, "lastError"); body = get(t, h.url+"/api/config") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the bad edit was not rejected:\n%.3000s", body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if strings.Contains(body, secret) || !strings.Contains(body, "redisServerUrl: invalid port") {
+		t.Errorf("/api/config after a URL that does not parse:\n%.3000s", body)
 	}
 }

@@ -5,9 +5,11 @@ package redisquota
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"net"
+	"net/url"
 	"runtime"
 	"strconv"
 	"strings"
@@ -141,6 +143,11 @@ func (p *Params) addresses() (addrs []string, cluster bool, err error) {
 	case strings.Contains(p.RedisServerURL, "://"):
 		opt, err := redis.ParseURL(p.RedisServerURL)
 		if err != nil {
+			// url.Error repeats the URL, password included, into logs and /api/config.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
 			return nil, false, adapters.Errorf("redisServerUrl", "%v", err)
 		}
 		// ParseURL takes any number for the port (redis://h:99999), which would

@@ -141,8 +141,10 @@ func TestServeRejectsMeaninglessFlags(t *testing.T) {
 		{"--shards", "-1", "--shards -1: must be at least 0"},
 		{"--check-cache-size", "-5", "--check-cache-size -5: must be at least 0"},
 		{"--ratelimit-detailed-metric-max", "-1", "--ratelimit-detailed-metric-max -1: must be at least 1"},
-		{"--redis-timeout", "-1s", "--redis-timeout -1s: must not be negative"},
-		{"--drain-timeout", "-2s", "--drain-timeout -2s: must not be negative"},
+		{"--redis-timeout", "-1s", "--redis-timeout -1s: must be positive"},
+		{"--redis-timeout", "0", "--redis-timeout 0s: must be positive"},
+		{"--drain-timeout", "-2s", "--drain-timeout -2s: must be positive"},
+		{"--drain-timeout", "0", "--drain-timeout 0s: must be positive"},
 	} {
 		_, err := run(t, "serve", tc.flag, tc.value, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0")
 		if err == nil || err.Error() != tc.want {

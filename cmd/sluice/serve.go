@@ -159,8 +159,8 @@ func checkServeFlags(opts *mixer.Options) error {
 		name string
 		v    time.Duration
 	}{{"--redis-timeout", opts.RedisTimeout}, {"--drain-timeout", opts.DrainTimeout}} {
-		if f.v < 0 {
-			return fmt.Errorf("%s %v: must not be negative", f.name, f.v)
+		if f.v <= 0 {
+			return fmt.Errorf("%s %v: must be positive", f.name, f.v)
 		}
 	}
 	if opts.CheckCacheSize == 0 {

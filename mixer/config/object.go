@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"regexp"
 	"sort"
 	"strings"
@@ -132,9 +133,54 @@ type InstanceSpec struct {
 	Params   yaml.Node `yaml:"params" json:"-"`
 }
 
-// MarshalJSON shows the params as data in /api/config.
+// MarshalJSON shows the params as data in /api/config, with their secrets hidden
+// (see redactSecrets): the admin port is the one every scraper reaches.
 func (h *HandlerSpec) MarshalJSON() ([]byte, error) {
-	return json.Marshal(map[string]any{"adapter": h.Adapter, "params": nodeData(&h.Params)})
+	return json.Marshal(map[string]any{"adapter": h.Adapter, "params": redactSecrets(nodeData(&h.Params))})
+}
+
+// Redacted is what /api/config shows in place of a secret.
+const Redacted = "[redacted]"
+
+// secretField matches the names of params that hold secrets in any adapter:
+// redisquota's password, and the apiKey, token, secret or credentials fields a
+// plugin's params would have.
+var secretField = regexp.MustCompile(`(?i)(password|passwd|secret|token|api_?key|credential)`)
+
+// redactSecrets returns params data with the values of secret fields replaced by
+// Redacted, and the password of every URL (redis://:pw@host) hidden as url.URL's
+// Redacted does. The data is decoded afresh for each view, so it is changed in place.
+func redactSecrets(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, x := range v {
+			if secretField.MatchString(k) && x != nil {
+				v[k] = Redacted
+				continue
+			}
+			v[k] = redactSecrets(x)
+		}
+	case []any:
+		for i, x := range v {
+			v[i] = redactSecrets(x)
+		}
+	case string:
+		return redactURL(v)
+	}
+	return v
+}
+
+// redactURL hides the password of a URL; other strings are returned as they are.
+func redactURL(s string) string {
+	if !strings.Contains(s, "://") || !strings.Contains(s, "@") {
+		return s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		// A URL too broken to parse may still hold credentials: hide what could.
+		return Redacted
+	}
+	return u.Redacted()
 }
 
 // MarshalJSON shows the params as data in /api/config.
