@@ -125,16 +125,24 @@ func (g *Guard) Fail(parent context.Context, err error, reqs []quota.Request, ou
 	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		reason = ReasonTimeout
 	}
+	// Only the answers the policy gave count as its decisions: a request over its
+	// limit whatever the count is denied as the backend would have denied it.
+	byPolicy := 0
 	for _, i := range idx {
 		out[i] = g.decide(reqs[i])
+		if out[i].ByPolicy {
+			byPolicy++
+		}
 	}
 	g.stats.Error(reason)
-	if g.policy == FailClosed {
-		g.stats.Dropped(len(idx), ReasonFailClosed)
-	} else {
-		g.stats.Dropped(len(idx), ReasonFailOpen)
+	if byPolicy > 0 {
+		if g.policy == FailClosed {
+			g.stats.Dropped(byPolicy, ReasonFailClosed)
+		} else {
+			g.stats.Dropped(byPolicy, ReasonFailOpen)
+		}
 	}
-	g.logFailure(reason, err, len(idx))
+	g.logFailure(reason, err, byPolicy)
 	return nil
 }
 

@@ -438,8 +438,18 @@ func TestGuard(t *testing.T) {
 		if tc.policy == FailClosed {
 			drop = ReasonFailClosed
 		}
-		if st.errors[tc.reason] != 1 || st.dropped[drop] != 2 || len(st.errors) != 1 || len(st.dropped) != 1 {
+		// One decision by policy; b's denial is not the policy's.
+		if st.errors[tc.reason] != 1 || st.dropped[drop] != 1 || len(st.errors) != 1 || len(st.dropped) != 1 {
 			t.Errorf("%s, %v: counted errors %v, drops %v", tc.policy, tc.err, st.errors, st.dropped)
+		}
+		// b alone: the backend's failure is counted, no decision by policy.
+		st = &recStats{errors: map[string]int{}, dropped: map[string]int{}}
+		g = NewGuard(adapters.Env{Stats: st}, 50*time.Millisecond, tc.policy)
+		if err := g.Fail(context.Background(), tc.err, reqs, out, []int{1}); err != nil {
+			t.Fatal(err)
+		}
+		if st.errors[tc.reason] != 1 || len(st.dropped) != 0 {
+			t.Errorf("%s, %v, over the limit whatever the count: counted errors %v, drops %v", tc.policy, tc.err, st.errors, st.dropped)
 		}
 	}
 
