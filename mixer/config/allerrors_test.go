@@ -192,6 +192,30 @@ func TestAllErrorsInOneLoad(t *testing.T) {
 			`b.yaml:1: WorkloadEntry default/vm is already defined at `,
 			`c.yaml:5: match: `,
 		}},
+		{"a duplicate domain whose second file has errors", map[string]string{
+			"a.yaml": "domain: dup\ndescriptors: [{key: k, rate_limit: {unit: second, requests_per_unit: 1}}]\n",
+			"b.yaml": "domain: dup\ndescriptors:\n- key: \"\"\n  rate_limit: {unit: second, requests_per_unit: -1}\n",
+		}, []string{
+			`b.yaml:1: rate-limit domain "dup" is already defined at `,
+			`b.yaml:3: descriptors[0]: descriptor has no key`,
+			`b.yaml:4: descriptors[0].rate_limit.requests_per_unit: -1 is not a whole number`,
+		}},
+		{"a duplicate domain whose first file has errors", map[string]string{
+			"a.yaml": "domain: dup\ndescriptors: [{key: k, rate_limit: {unit: fortnight, requests_per_unit: 1}}]\n",
+			"b.yaml": "domain: dup\ndescriptors: [{key: k, rate_limit: {unit: second, requests_per_unit: 1}}]\n",
+			"c.yaml": "domain: dup\ndescriptors: [{key: k, rate_limit: {unit: second, requests_per_unit: 2}}]\n",
+		}, []string{
+			`a.yaml:2: descriptors[0]: rate_limit unit "fortnight" is not one of`,
+			`b.yaml:1: rate-limit domain "dup" is already defined at `,
+			`c.yaml:1: rate-limit domain "dup" is already defined at `,
+		}},
+		{"a duplicate handler that does not parse", map[string]string{
+			"a.yaml": "apiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: h, namespace: shop}\nspec: {adapter: denier, params: {}}\n",
+			"b.yaml": "apiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: h, namespace: shop}\nspec: {adapter: denier, parmas: {}}\n",
+		}, []string{
+			`b.yaml:1: Handler shop/h is already defined at `,
+			`b.yaml:4: unknown field "parmas"`,
+		}},
 		{"a mesh object's unknown field and bad value", map[string]string{
 			"w.yaml": "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec:\n  address: 1.2.3.4\n  adress: 1.2.3.4\n  weight: -1\n",
 		}, []string{

@@ -2,6 +2,7 @@ package config
 
 import (
 	"regexp"
+	"sort"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -29,6 +30,9 @@ type failure struct {
 	// isDefault and layer are those of the layer the document was read from.
 	isDefault bool
 	layer     int
+	// pos is the document's, when known is set by its parser: a document that
+	// failed still clashes with another of its identity (see duplicateFailures).
+	pos Position
 }
 
 // couldDefine reports whether the failed document may be the object of key k.
@@ -196,4 +200,68 @@ func documentFailure(doc *document, root *yaml.Node) *failure {
 		}
 	}
 	return f
+}
+
+// duplicateFailures reports the documents that failed but define an object that
+// another document of their layer defines too, as layer does for two objects: the
+// first read is the definition, each later one is reported against it. Reported now,
+// the clash is not found only after the document's own errors are fixed. dupObjects
+// are the objects layer reported already.
+func duplicateFailures(c *collector, objs []*Object, failed *failures, dupObjects map[*Object]bool) {
+	type def struct {
+		pos Position
+		obj *Object
+	}
+	type group struct {
+		key  Key
+		defs []def
+	}
+	groups := map[Key]map[int]*group{} // by key and layer
+	for _, f := range failed.list {
+		if !f.known || f.isDefault || f.pos.File == "" {
+			continue
+		}
+		byLayer := groups[f.key]
+		if byLayer == nil {
+			byLayer = map[int]*group{}
+			groups[f.key] = byLayer
+		}
+		g := byLayer[f.layer]
+		if g == nil {
+			g = &group{key: f.key}
+			byLayer[f.layer] = g
+		}
+		g.defs = append(g.defs, def{pos: f.pos})
+	}
+	for _, o := range objs {
+		if g := groups[o.Key][o.layer]; g != nil && !o.Default {
+			g.defs = append(g.defs, def{pos: o.Pos, obj: o})
+		}
+	}
+	for _, byLayer := range groups {
+		for _, g := range byLayer {
+			if len(g.defs) < 2 {
+				continue
+			}
+			// A layer's files are read in name order, its documents in file order.
+			sort.Slice(g.defs, func(i, j int) bool {
+				a, b := g.defs[i].pos, g.defs[j].pos
+				if a.File != b.File {
+					return a.File < b.File
+				}
+				return a.Line < b.Line
+			})
+			first := g.defs[0]
+			for _, d := range g.defs[1:] {
+				if d.obj != nil && (first.obj != nil || dupObjects[d.obj]) {
+					continue // two objects: layer reported it
+				}
+				if g.key.Kind == KindRateLimit {
+					c.add(d.pos, "rate-limit domain %q is already defined at %s", g.key.Name, first.pos)
+				} else {
+					c.add(d.pos, "%s is already defined at %s", g.key, first.pos)
+				}
+			}
+		}
+	}
 }

@@ -370,10 +370,12 @@ func layer(objs []*Object, failed *failures) (out, disabled []*Object, err error
 	var c collector
 	byKey := map[Key]*Object{}
 	domains := map[string]*Object{}
+	dups := map[*Object]bool{}
 	for _, o := range objs {
 		if o.Family == FamilyRateLimit {
 			if prev, dup := domains[o.Name]; dup && prev.Default == o.Default && prev.layer == o.layer {
 				c.add(o.Pos, "rate-limit domain %q is already defined at %s", o.Name, prev.Pos)
+				dups[o] = true
 				continue
 			}
 			domains[o.Name] = o
@@ -386,8 +388,10 @@ func layer(objs []*Object, failed *failures) (out, disabled []*Object, err error
 			byKey[o.Key] = o
 		case o.Family != FamilyRateLimit:
 			c.add(o.Pos, "%s is already defined at %s", o.Key, prev.Pos)
+			dups[o] = true
 		}
 	}
+	duplicateFailures(&c, objs, failed, dups)
 	out = make([]*Object, 0, len(byKey))
 	for _, o := range byKey {
 		if failed.replaced(o) {

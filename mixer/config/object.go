@@ -316,7 +316,7 @@ func parseDocument(file string, root *yaml.Node) (*Object, *failure, error) {
 		o.Namespace = DefaultNamespace
 	}
 	failed := func() (*Object, *failure, error) {
-		return nil, &failure{key: o.Key, known: true, family: family}, c.err()
+		return nil, &failure{key: o.Key, known: true, family: family, pos: pos}, c.err()
 	}
 	if o.Name == "" {
 		c.add(pos, "%s has no metadata.name", o.Kind)

@@ -111,7 +111,7 @@ func parseRateLimit(file string, root *yaml.Node) (*Object, *failure, error) {
 		validateDescriptors(&c, file, nodeField(root, "descriptors"), cfg.Descriptors, "descriptors")
 	}
 	if err := c.err(); err != nil {
-		f := &failure{family: FamilyRateLimit, key: Key{Kind: KindRateLimit}}
+		f := &failure{family: FamilyRateLimit, key: Key{Kind: KindRateLimit}, pos: pos}
 		if domainOK && cfg.Domain != "" {
 			f.key.Namespace, f.key.Name, f.known = SystemNamespace, cfg.Domain, true
 		} else {
