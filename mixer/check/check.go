@@ -146,7 +146,9 @@ func (s *Server) Register(g *grpc.Server) {
 // request grpc-go refuses while reading it, before Check or ShouldRateLimit is
 // called, is counted as the lean listener counts it: over the message bound
 // (RESOURCE_EXHAUSTED) as too_large, any other (bytes that are not the request,
-// an upload that broke off) as invalid. The answers are grpc-go's, unchanged.
+// an upload that broke off) as invalid. The answers are grpc-go's, unchanged; it
+// writes them before the error reaches the handler, so the count follows the
+// answer by a moment.
 func (s *Server) countUnread(service string, methods []grpc.MethodDesc) []grpc.MethodDesc {
 	out := slices.Clone(methods)
 	for i := range out {
