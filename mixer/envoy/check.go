@@ -126,8 +126,16 @@ func (d *CheckDecoder) Decode(f *CheckFields, now time.Time, bag *attribute.Bag)
 	setAddr(bag, attribute.SourceIP, attribute.SourcePort, srcAddr)
 	setAddr(bag, attribute.DestinationIP, attribute.DestinationPort, dstAddr)
 
-	bag.SetString(attribute.SourcePrincipal, orUnknown(src.principal))
-	bag.SetString(attribute.DestinationPrincipal, orUnknown(dst.principal))
+	// Without a certificate a principal is absent, not "unknown": a policy then
+	// sees a missing value (a match on it is false, an allow-list denies it), and
+	// "unknown" in an allow-list, or a certificate that says it, lets no caller
+	// without one through.
+	if src.principal != "" {
+		bag.SetString(attribute.SourcePrincipal, src.principal)
+	}
+	if dst.principal != "" {
+		bag.SetString(attribute.DestinationPrincipal, dst.principal)
+	}
 	mtls := src.cert != "" || src.principal != ""
 	bag.SetBool(attribute.ConnectionMTLS, mtls)
 	policy := "none"
@@ -193,13 +201,6 @@ func setAddr(bag *attribute.Bag, ipID, portID attribute.ID, a peerAddr) {
 	}
 	bag.SetString(ipID, a.ip)
 	bag.SetInt(portID, int64(a.port))
-}
-
-func orUnknown(s string) string {
-	if s == "" {
-		return registry.Unknown
-	}
-	return s
 }
 
 func (d *CheckDecoder) lookup(snap *registry.Snapshot, ip netip.Addr) *registry.Workload {

@@ -543,6 +543,12 @@ func TestCheckSourceFollowsPrincipal(t *testing.T) {
 				t.Errorf("%s (decoder %d): source.namespace %q, source.workload.namespace %q, source.workload.name %q, source.service_account %q; want %q, %q, %q, %q",
 					tt.name, i, ns, wns, w, sa, tt.ns, tt.ns, tt.workload, tt.sa)
 			}
+			// Without a certificate the principal is absent, never a value a
+			// policy could match or an allow-list hold ("unknown").
+			p, ok := bag.String(attribute.SourcePrincipal)
+			if p != tt.principal || ok != (tt.principal != "") {
+				t.Errorf("%s (decoder %d): source.principal %q (set %v), want %q", tt.name, i, p, ok, tt.principal)
+			}
 		}
 	}
 }
