@@ -4,6 +4,7 @@ package denier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -64,26 +65,25 @@ type Header = authorization.Header
 
 // Validate implements adapters.Params.
 func (p *Params) Validate() error {
-	code, err := ParseCode(p.Status.Code)
-	if err != nil {
-		return adapters.Errorf("status.code", "%v", err)
-	}
-	if code == codes.OK {
-		return adapters.Errorf("status.code", "OK would allow every request; a denier needs a code that denies")
+	var errs []error // every problem at once, for sluice validate
+	if code, err := ParseCode(p.Status.Code); err != nil {
+		errs = append(errs, adapters.Errorf("status.code", "%v", err))
+	} else if code == codes.OK {
+		errs = append(errs, adapters.Errorf("status.code", "OK would allow every request; a denier needs a code that denies"))
 	}
 	if len(p.Status.Message) > maxMessage {
-		return adapters.Errorf("status.message", "is %d bytes, more than %d", len(p.Status.Message), maxMessage)
+		errs = append(errs, adapters.Errorf("status.message", "is %d bytes, more than %d", len(p.Status.Message), maxMessage))
 	}
 	if p.HTTPStatus != 0 && (p.HTTPStatus < 300 || p.HTTPStatus > 599) {
-		return adapters.Errorf("httpStatus", "%d is not an HTTP status from 300 to 599 (or 0 to derive it from the code)", p.HTTPStatus)
+		errs = append(errs, adapters.Errorf("httpStatus", "%d is not an HTTP status from 300 to 599 (or 0 to derive it from the code)", p.HTTPStatus))
 	}
 	if p.ValidDuration < 0 {
-		return adapters.Errorf("validDuration", "must not be negative")
+		errs = append(errs, adapters.Errorf("validDuration", "must not be negative"))
 	}
 	if field, err := authorization.CheckHeaders(p.Headers); err != nil {
-		return adapters.Errorf("headers"+field, "%v", err)
+		errs = append(errs, adapters.Errorf("headers"+field, "%v", err))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // codeNames are the canonical gRPC code names, as google.rpc.Code spells them.

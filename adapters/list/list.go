@@ -86,28 +86,32 @@ func (p *Params) ResolveFiles(dir string) {
 }
 
 func (p *Params) Validate() error {
+	var errs []error // every problem at once, for sluice validate
 	t, err := ParseEntryType(p.EntryType)
 	if err != nil {
-		return adapters.Errorf("entryType", "%v", err)
+		errs = append(errs, adapters.Errorf("entryType", "%v", err))
 	}
 	if len(p.Overrides) == 0 && p.File == "" {
-		return adapters.Errorf("overrides", "a list needs entries: give overrides, a file, or both")
+		errs = append(errs, adapters.Errorf("overrides", "a list needs entries: give overrides, a file, or both"))
 	}
 	for i, e := range p.Overrides {
+		if err != nil {
+			break // entries are checked by their type
+		}
 		if err := checkEntry(t, e); err != nil {
-			return adapters.Errorf(fmt.Sprintf("overrides[%d]", i), "%v", err)
+			errs = append(errs, adapters.Errorf(fmt.Sprintf("overrides[%d]", i), "%v", err))
 		}
 	}
 	if p.RefreshInterval < 0 || (p.RefreshInterval > 0 && p.RefreshInterval < 100*time.Millisecond) {
-		return adapters.Errorf("refreshInterval", "must be 0s (no polling) or at least 100ms")
+		errs = append(errs, adapters.Errorf("refreshInterval", "must be 0s (no polling) or at least 100ms"))
 	}
 	if p.ValidDuration < 0 {
-		return adapters.Errorf("validDuration", "must not be negative")
+		errs = append(errs, adapters.Errorf("validDuration", "must not be negative"))
 	}
 	if field, err := authorization.CheckHeaders(p.AllowHeaders); err != nil {
-		return adapters.Errorf("allowHeaders"+field, "%v", err)
+		errs = append(errs, adapters.Errorf("allowHeaders"+field, "%v", err))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Factory returns the list adapter's factory.

@@ -3,6 +3,7 @@
 package quotakit
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -53,64 +54,81 @@ type Override struct {
 const MinWindow = time.Millisecond
 
 // ValidateQuotas checks the quotas of a handler's params; errors carry field paths
-// such as "quotas[2].maxAmount".
+// such as "quotas[2].maxAmount". Every problem is reported at once (errors.Join),
+// for sluice validate; a limit is checked whole only once its parts are valid.
 func ValidateQuotas(qs []Quota) error {
+	var errs []error
 	names := map[string]int{}
 	for i := range qs {
-		q := &qs[i]
-		path := fmt.Sprintf("quotas[%d]", i)
-		if err := validName(q.Name); err != nil {
-			return adapters.Errorf(path+".name", "%v", err)
-		}
-		if j, dup := names[q.Name]; dup {
-			return adapters.Errorf(path+".name", "quota %q is already defined by quotas[%d]", q.Name, j)
-		}
+		errs = append(errs, validateQuota(&qs[i], fmt.Sprintf("quotas[%d]", i), i, names)...)
+	}
+	return errors.Join(errs...)
+}
+
+func validateQuota(q *Quota, path string, i int, names map[string]int) []error {
+	var errs []error
+	add := func(field, format string, a ...any) { errs = append(errs, adapters.Errorf(field, format, a...)) }
+	if err := validName(q.Name); err != nil {
+		add(path+".name", "%v", err)
+	} else if j, dup := names[q.Name]; dup {
+		add(path+".name", "quota %q is already defined by quotas[%d]", q.Name, j)
+	} else {
 		names[q.Name] = i
-		if q.MaxAmount < 1 {
-			return adapters.Errorf(path+".maxAmount", "must be at least 1 (an override with maxAmount 0 denies chosen dimensions)")
+	}
+	limitOK := true // amount, window and algorithm: what CheckLimit takes
+	if q.MaxAmount < 1 {
+		add(path+".maxAmount", "must be at least 1 (an override with maxAmount 0 denies chosen dimensions)")
+		limitOK = false
+	} else if q.MaxAmount > int64(MaxRequests) {
+		add(path+".maxAmount", "must be at most %d", MaxRequests)
+		limitOK = false
+	}
+	if err := validWindow(q.ValidDuration, true); err != nil {
+		add(path+".validDuration", "%v", err)
+		limitOK = false
+	}
+	alg, err := quota.ParseAlgorithm(q.Algorithm)
+	if err != nil {
+		add(path+".algorithm", "%v", err)
+		limitOK = false
+	}
+	seen := map[string]int{}
+	for j := range q.Overrides {
+		o := &q.Overrides[j]
+		opath := fmt.Sprintf("%s.overrides[%d]", path, j)
+		if len(o.Dimensions) == 0 {
+			add(opath+".dimensions", "an override needs at least one dimension to match")
 		}
-		if q.MaxAmount > int64(MaxRequests) {
-			return adapters.Errorf(path+".maxAmount", "must be at most %d", MaxRequests)
+		if _, empty := o.Dimensions[""]; empty {
+			add(opath+".dimensions", "a dimension name is empty")
 		}
-		if err := validWindow(q.ValidDuration, true); err != nil {
-			return adapters.Errorf(path+".validDuration", "%v", err)
-		}
-		alg, err := quota.ParseAlgorithm(q.Algorithm)
-		if err != nil {
-			return adapters.Errorf(path+".algorithm", "%v", err)
-		}
-		seen := map[string]int{}
-		for j := range q.Overrides {
-			o := &q.Overrides[j]
-			opath := fmt.Sprintf("%s.overrides[%d]", path, j)
-			if len(o.Dimensions) == 0 {
-				return adapters.Errorf(opath+".dimensions", "an override needs at least one dimension to match")
-			}
-			for k := range o.Dimensions {
-				if k == "" {
-					return adapters.Errorf(opath+".dimensions", "a dimension name is empty")
-				}
-			}
-			sig := dimsSignature(o.Dimensions)
-			if k, dup := seen[sig]; dup {
-				return adapters.Errorf(opath+".dimensions", "the same dimensions as overrides[%d]", k)
-			}
+		sig := dimsSignature(o.Dimensions)
+		if k, dup := seen[sig]; dup && len(o.Dimensions) > 0 {
+			add(opath+".dimensions", "the same dimensions as overrides[%d]", k)
+		} else {
 			seen[sig] = j
-			if o.MaxAmount != nil && (*o.MaxAmount < 0 || *o.MaxAmount > int64(MaxRequests)) {
-				return adapters.Errorf(opath+".maxAmount", "must be between 0 and %d", MaxRequests)
-			}
-			if err := validWindow(o.ValidDuration, false); err != nil {
-				return adapters.Errorf(opath+".validDuration", "%v", err)
-			}
-			if err := CheckLimit(overrideLimit(q, alg, o)); err != nil {
-				return adapters.Errorf(opath, "%v", err)
-			}
 		}
-		if err := CheckLimit(quotaLimit(q, alg)); err != nil {
-			return adapters.Errorf(path, "%v", err)
+		overrideOK := limitOK
+		if o.MaxAmount != nil && (*o.MaxAmount < 0 || *o.MaxAmount > int64(MaxRequests)) {
+			add(opath+".maxAmount", "must be between 0 and %d", MaxRequests)
+			overrideOK = false
+		}
+		if err := validWindow(o.ValidDuration, false); err != nil {
+			add(opath+".validDuration", "%v", err)
+			overrideOK = false
+		}
+		if overrideOK {
+			if err := CheckLimit(overrideLimit(q, alg, o)); err != nil {
+				add(opath, "%v", err)
+			}
 		}
 	}
-	return nil
+	if limitOK {
+		if err := CheckLimit(quotaLimit(q, alg)); err != nil {
+			add(path, "%v", err)
+		}
+	}
+	return errs
 }
 
 func validName(name string) error {

@@ -87,36 +87,37 @@ var policyName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._:/-]{0,126}[A-Za-z
 // Validate implements adapters.Params. The conditions are compiled by Bind and New,
 // which have a compiler.
 func (p *Params) Validate() error {
+	var errs []error // every problem at once, for sluice validate
 	if _, err := parseAction(p.Action); err != nil {
-		return adapters.Errorf("action", "%v", err)
+		errs = append(errs, adapters.Errorf("action", "%v", err))
 	}
 	if len(p.Policies) == 0 {
-		return adapters.Errorf("policies", "at least one policy is required")
+		errs = append(errs, adapters.Errorf("policies", "at least one policy is required"))
 	}
 	seen := map[string]int{}
 	for i, pol := range p.Policies {
 		path := fmt.Sprintf("policies[%d]", i)
 		if !policyName.MatchString(pol.Name) {
-			return adapters.Errorf(path+".name", "%q is not a policy name (1 to 128 letters, digits and . _ : / -, starting and ending with a letter or digit)", pol.Name)
+			errs = append(errs, adapters.Errorf(path+".name", "%q is not a policy name (1 to 128 letters, digits and . _ : / -, starting and ending with a letter or digit)", pol.Name))
+		} else if j, dup := seen[pol.Name]; dup {
+			errs = append(errs, adapters.Errorf(path+".name", "policy %q is also policies[%d]", pol.Name, j))
+		} else {
+			seen[pol.Name] = i
 		}
-		if j, dup := seen[pol.Name]; dup {
-			return adapters.Errorf(path+".name", "policy %q is also policies[%d]", pol.Name, j)
-		}
-		seen[pol.Name] = i
 		if strings.TrimSpace(pol.Condition) == "" {
-			return adapters.Errorf(path+".condition", "a condition is required (write true to match every request)")
+			errs = append(errs, adapters.Errorf(path+".condition", "a condition is required (write true to match every request)"))
 		}
 		if field, err := authorization.CheckHeaders(pol.Headers); err != nil {
-			return adapters.Errorf(path+".headers"+field, "%v", err)
+			errs = append(errs, adapters.Errorf(path+".headers"+field, "%v", err))
 		}
 	}
 	if p.ValidDuration < 0 {
-		return adapters.Errorf("validDuration", "must not be negative")
+		errs = append(errs, adapters.Errorf("validDuration", "must not be negative"))
 	}
 	if field, err := authorization.CheckHeaders(p.AllowHeaders); err != nil {
-		return adapters.Errorf("allowHeaders"+field, "%v", err)
+		errs = append(errs, adapters.Errorf("allowHeaders"+field, "%v", err))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // parseAction reads an action, case-insensitively; "" is ALLOW.
@@ -136,12 +137,17 @@ func compile(p *Params, c adapters.Compiler) ([]adapters.Predicate, error) {
 		return nil, errors.New("rbac needs an expression compiler, and none was given")
 	}
 	out := make([]adapters.Predicate, len(p.Policies))
+	var errs []error // every condition's error at once, for sluice validate
 	for i, pol := range p.Policies {
 		pred, err := c.CompileBool(pol.Condition)
 		if err != nil {
-			return nil, adapters.Errorf(fmt.Sprintf("policies[%d].condition", i), "%v", err)
+			errs = append(errs, adapters.Errorf(fmt.Sprintf("policies[%d].condition", i), "%v", err))
+			continue
 		}
 		out[i] = pred
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return out, nil
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sluicemesh/sluice/adapters"
 	"github.com/sluicemesh/sluice/adapters/all"
 	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/config"
@@ -91,12 +90,6 @@ func newValidate() *cobra.Command {
 				}
 				return exitError(1)
 			}
-			if errs := preflight(s); len(errs) > 0 {
-				for _, e := range errs {
-					fmt.Fprintln(cmd.OutOrStdout(), e)
-				}
-				return exitError(1)
-			}
 			user := 0
 			for _, o := range s.Objects {
 				if !o.Default {
@@ -111,40 +104,12 @@ func newValidate() *cobra.Command {
 	return cmd
 }
 
-// preflight runs the handlers' checks of what they need beyond the config (a list's
-// file), which serve meets only when it starts them.
-func preflight(s *config.Snapshot) []string {
-	var out []string
-	for _, h := range s.Handlers {
-		if h.Factory.Preflight == nil {
-			continue
-		}
-		err := h.Factory.Preflight(h.Params)
-		errs := []error{err}
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			errs = j.Unwrap() // one line each, as load's errors are
-		}
-		for _, err := range errs {
-			if err == nil {
-				continue
-			}
-			pos := h.Object.Pos
-			var fe *adapters.FieldError
-			if errors.As(err, &fe) {
-				pos = h.Object.PosOf("params." + fe.Path)
-			}
-			out = append(out, fmt.Sprintf("%s: handler %s: %v", pos, h.Name, err))
-		}
-	}
-	return out
-}
-
 func load(dir string) (*config.Snapshot, error) {
 	comp, err := expr.NewCompiler(attribute.NewVocabulary())
 	if err != nil {
 		return nil, err
 	}
-	l := &config.Loader{Dir: dir, Adapters: all.Registry(), Compiler: comp, Validators: routingValidators()}
+	l := &config.Loader{Dir: dir, Adapters: all.Registry(), Compiler: comp, Validators: routingValidators(), Preflight: true}
 	return l.Load()
 }
 

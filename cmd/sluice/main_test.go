@@ -110,6 +110,22 @@ func TestValidateListFiles(t *testing.T) {
 			}
 		})
 	}
+	// A list file's errors come in the same run as the config's own.
+	t.Run("with other errors", func(t *testing.T) {
+		if err := os.WriteFile(filepath.Join(dir, "list.yaml"), []byte(handler(filepath.Join(lists, "missing.txt"))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rule := "apiVersion: sluice.dev/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: shop}\nspec:\n  match: request.nosuch == 1\n  actions: [{handler: callers, instances: [nope]}]\n"
+		if err := os.WriteFile(filepath.Join(dir, "rule.yaml"), []byte(rule), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := run(t, "validate", "--config", dir)
+		for _, want := range []string{filepath.Join(dir, "list.yaml") + ":8: handler shop/callers: file: ", filepath.Join(dir, "rule.yaml") + ":5: match: ", filepath.Join(dir, "rule.yaml") + ":6: instance \"nope\" not found"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
 }
 
 func TestConfigDefaultsAndVersion(t *testing.T) {

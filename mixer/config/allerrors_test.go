@@ -216,6 +216,45 @@ func TestAllErrorsInOneLoad(t *testing.T) {
 			`b.yaml:1: Handler shop/h is already defined at `,
 			`b.yaml:4: unknown field "parmas"`,
 		}},
+		{"every params error of a handler", map[string]string{
+			"h.yaml": `apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: den, namespace: shop}
+spec:
+  adapter: denier
+  params:
+    status: {code: NOT_A_CODE}
+    httpStatus: 9999
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: q, namespace: shop}
+spec:
+  adapter: memquota
+  params:
+    quotas:
+    - name: q
+      maxAmount: 0
+      validDuration: -1s
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: pol, namespace: shop}
+spec:
+  adapter: rbac
+  params:
+    policies:
+    - {name: a, condition: 'request.headers["X-Role"] == "admin"'}
+    - {name: b, condition: 'request.method + 1 == 2'}
+`,
+		}, []string{
+			`h.yaml:7: params.status.code: "NOT_A_CODE" is not a gRPC code name`,
+			`h.yaml:8: params.httpStatus: 9999 is not an HTTP status`,
+			`h.yaml:18: params.quotas[0].maxAmount: must be at least 1`,
+			`h.yaml:19: params.quotas[0].validDuration: -1s is shorter than 1ms`,
+			`h.yaml:28: params.policies[0].condition: header names arrive lower-cased`,
+			`h.yaml:29: params.policies[1].condition: found no matching overload`,
+		}},
 		{"a mesh object's unknown field and bad value", map[string]string{
 			"w.yaml": "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec:\n  address: 1.2.3.4\n  adress: 1.2.3.4\n  weight: -1\n",
 		}, []string{

@@ -67,6 +67,10 @@ type Loader struct {
 	Adapters   *adapters.Registry
 	Compiler   *expr.Compiler
 	Validators []Validator
+	// Preflight also runs each handler's Preflight (a list's file read and parsed)
+	// and reports its errors with the rest: what sluice validate does, so that one
+	// run shows them. serve meets them when it starts the handlers.
+	Preflight bool
 }
 
 // DefaultLayers returns the embedded defaults as the only layer.
@@ -112,7 +116,7 @@ func (l *Loader) Load() (*Snapshot, error) {
 	merged, disabled, err := layer(objs, &failed)
 	c.addErr(Position{}, err)
 	s := &Snapshot{Objects: merged, Hash: contentHash(raw.Bytes()), disabled: disabled}
-	c.addErr(Position{}, compile(s, l.Adapters, l.Compiler, &failed))
+	c.addErr(Position{}, compile(s, l.Adapters, l.Compiler, &failed, l.Preflight))
 	if !failed.couldBeMesh() {
 		for _, v := range l.Validators {
 			c.addErr(Position{}, v.Validate(s))

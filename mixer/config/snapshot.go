@@ -159,7 +159,7 @@ func qualified(ns, name string) string { return ns + "/" + name }
 // compile resolves and compiles the mixer family of s. failed holds the documents
 // that did not parse, and compile adds the objects that do not compile: a reference
 // that may name one of them is not reported again as "not found".
-func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler, failed *failures) error {
+func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler, failed *failures, preflight bool) error {
 	var c collector
 	instances := map[string]*Instance{}
 	handlers := map[string]*Handler{}
@@ -189,6 +189,9 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler, failed *f
 		}
 		handlers[h.Name] = h
 		s.Handlers = append(s.Handlers, h)
+		if preflight && h.Factory.Preflight != nil {
+			c.addErr(o.Pos, preflightError(h, h.Factory.Preflight(h.Params)))
+		}
 	}
 	checkRateLimitHandler(&c, s, handlers, reg)
 	bound := map[*Handler]map[*Instance]bool{}
@@ -455,8 +458,21 @@ func compileHandler(o *Object, reg *adapters.Registry) (*Handler, error) {
 	return &Handler{Object: o, Name: qualified(o.Namespace, o.Name), Factory: f, Params: params}, nil
 }
 
-// paramsError positions an adapter's validation error at the field it names.
+// paramsError positions an adapter's validation error at the field it names. An
+// adapter reports several problems at once as errors.Join of them: each is
+// positioned on its own.
 func paramsError(o *Object, err error) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var l ErrorList
+		for _, e := range j.Unwrap() {
+			if e != nil {
+				l = append(l, Errors(paramsError(o, e))...)
+			}
+		}
+		if len(l) > 0 {
+			return l
+		}
+	}
 	var fe *adapters.FieldError
 	if errors.As(err, &fe) {
 		n := lookupPath(&o.Spec.(*HandlerSpec).Params, fe.Path)
@@ -467,6 +483,32 @@ func paramsError(o *Object, err error) error {
 		return &Error{Pos: pos, Msg: fmt.Sprintf("params.%s: %v", fe.Path, fe.Err)}
 	}
 	return &Error{Pos: o.PosOf("params"), Msg: "params: " + err.Error()}
+}
+
+// preflightError positions the errors of a handler's Preflight: one each, at the
+// field it names or at the handler, as "handler NAME: reason" (a list file's own
+// errors carry the file's line).
+func preflightError(h *Handler, err error) error {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	var l ErrorList
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		pos := h.Object.Pos
+		var fe *adapters.FieldError
+		if errors.As(err, &fe) {
+			pos = h.Object.PosOf("params." + fe.Path)
+		}
+		l = append(l, &Error{Pos: pos, Msg: fmt.Sprintf("handler %s: %v", h.Name, err)})
+	}
+	return l
 }
 
 // bindHandler asks the adapter to accept the bound instances and fingerprints the result.
