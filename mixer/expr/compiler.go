@@ -217,6 +217,11 @@ func (c *Compiler) keyReferences(a *ast.AST) ([]Ref, error) {
 			if !ok {
 				id, key, ok = c.mapMembership(a, e)
 			}
+			if !ok {
+				// m[?"k"], the optional index, reads the one key too (it is not
+				// mapIndex: the fast paths would answer the value, not an optional).
+				id, key, ok = c.mapKeyCall(a, e, operators.OptIndex, 0, 1)
+			}
 			if ok {
 				if keys[id] == nil {
 					keys[id] = map[string]bool{}
