@@ -487,6 +487,9 @@ func TestExtAuthzGuardFollowsConfig(t *testing.T) {
 		}
 	}
 	removes("x-sluice-caller", "x-sluice-debug", "x-sluice-policy", "x-sluice-trace", "x-sluice-unused")
+	if f, err := loadtest.Scrape(context.Background(), s.url); err != nil || f.Sum("sluice_check_cache_entries", nil) == 0 {
+		t.Fatalf("no cached answer before the reload (%v)", err)
+	}
 
 	tmp := filepath.Join(dir, ".upstream-headers.yaml.tmp")
 	if err := os.WriteFile(tmp, data[:cut], 0o644); err != nil {
@@ -501,6 +504,11 @@ func TestExtAuthzGuardFollowsConfig(t *testing.T) {
 			t.Fatal(err)
 		}
 		if f.Sum("sluice_config_version", nil) == 2 {
+			// The old config's cached answers are gone with it, before any check
+			// builds the new config's cache.
+			if n := f.Sum("sluice_check_cache_entries", nil); n != 0 {
+				t.Errorf("sluice_check_cache_entries = %v after the reload, want 0", n)
+			}
 			break
 		}
 		if time.Now().After(deadline) {

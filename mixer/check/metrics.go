@@ -117,7 +117,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_check_cache_entries", Help: "Entries in the check cache.",
 	}, func() float64 {
-		if p := s.plan.Load(); p != nil {
+		// A config's plan, and its empty cache, is built by its first check: until
+		// then the last plan's cache is no longer in use.
+		if p := s.plan.Load(); p != nil && s.opts.Dispatcher != nil && p.snap == s.opts.Dispatcher.Snapshot() {
 			return float64(p.cache.len())
 		}
 		return 0
