@@ -119,7 +119,7 @@ spec:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if strings.Contains(body, secret) || !strings.Contains(body, "redisServerUrl: invalid port") {
+	if strings.Contains(body, secret) || !strings.Contains(body, "redisServerUrl: is not a Redis URL") {
 		t.Errorf("/api/config after a URL that does not parse:\n%.3000s", body)
 	}
 }

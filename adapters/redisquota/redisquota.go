@@ -143,7 +143,12 @@ func (p *Params) addresses() (addrs []string, cluster bool, err error) {
 	case strings.Contains(p.RedisServerURL, "://"):
 		opt, err := redis.ParseURL(p.RedisServerURL)
 		if err != nil {
-			// url.Error repeats the URL, password included, into logs and /api/config.
+			if strings.Contains(p.RedisServerURL, "@") {
+				// Its errors repeat parts of the URL (url.Error the whole of it,
+				// go-redis what follows a colon), password included, into logs
+				// and /api/config: name the form instead.
+				return nil, false, adapters.Errorf("redisServerUrl", "is not a Redis URL (redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss://… or unix://[USER:PASSWORD@]PATH[?db=N]); the value is not shown, for it holds credentials")
+			}
 			var ue *url.Error
 			if errors.As(err, &ue) {
 				err = ue.Err
@@ -170,12 +175,19 @@ func (p *Params) addresses() (addrs []string, cluster bool, err error) {
 }
 
 func checkHostPort(a string) error {
-	host, port, err := net.SplitHostPort(a)
-	if err != nil {
+	bad := func() error {
+		if strings.Contains(a, "@") {
+			// Credentials, maybe: not repeated into logs and /api/config.
+			return errors.New("is not host:port (credentials go in a redis:// URL or in password); the value is not shown")
+		}
 		return fmt.Errorf("%q is not host:port", a)
 	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return bad()
+	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || host == "" {
-		return fmt.Errorf("%q is not host:port", a)
+		return bad()
 	}
 	return nil
 }

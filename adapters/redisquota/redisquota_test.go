@@ -68,6 +68,32 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestValidateHidesCredentials: an address that does not parse is refused without
+// repeating its credentials, which would reach logs and /api/config.
+func TestValidateHidesCredentials(t *testing.T) {
+	for _, tc := range []struct{ url, cluster string }{
+		{url: "redis://:hunter2@h:port"},
+		{url: "redis://:hunter2@h:6379,redis://:hunter2@g:6379"},
+		{url: "redis://:hun%zzter2@h"},
+		{url: "user:hunter2@h:6379"},
+		{cluster: "redis://:hunter2@h:6379"},
+	} {
+		p := defaults()
+		p.RedisServerURL = tc.url
+		if tc.cluster != "" {
+			p.ClusterAddresses = []string{tc.cluster}
+		}
+		err := p.Validate()
+		if err == nil {
+			t.Errorf("%q %q: accepted", tc.url, tc.cluster)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter") || strings.Contains(err.Error(), "zz") {
+			t.Errorf("%q %q: %v", tc.url, tc.cluster, err)
+		}
+	}
+}
+
 func TestDefaults(t *testing.T) {
 	p := defaults()
 	if p.Timeout != 50*time.Millisecond || p.FailPolicy != "open" || p.LocalCacheSize != 10000 {

@@ -143,9 +143,9 @@ func (h *HandlerSpec) MarshalJSON() ([]byte, error) {
 const Redacted = "[redacted]"
 
 // secretField matches the names of params that hold secrets in any adapter:
-// redisquota's password, and the apiKey, token, secret or credentials fields a
-// plugin's params would have.
-var secretField = regexp.MustCompile(`(?i)(password|passwd|secret|token|api_?key|credential)`)
+// redisquota's password, and the apiKey, accessKey, privateKey, token, secret,
+// credentials, pass or auth fields a plugin's params would have.
+var secretField = regexp.MustCompile(`(?i)(password|passwd|secret|token|api_?key|access_?key|private_?key|credential|^pass$|^auth$)`)
 
 // redactSecrets returns params data with the values of secret fields replaced by
 // Redacted, and the password of every URL (redis://:pw@host) hidden as url.URL's

@@ -20,8 +20,10 @@ func TestHandlerParamsRedacted(t *testing.T) {
 		{`{redisServerUrl: "redis://user:pw2@h:6379/0"}`, []string{`"redisServerUrl":"redis://user:xxxxx@h:6379/0"`}, "pw2"},
 		{`{redisServerUrl: "unix://:pw3@/run/redis.sock"}`, []string{`"redisServerUrl":"unix://:xxxxx@/run/redis.sock"`}, "pw3"},
 		{`{url: "redis://:pw4@h:port"}`, []string{`"url":"[redacted]"`}, "pw4"}, // does not parse
-		{`{exporters: [{apiKey: pw5, site: datadoghq.eu}], auth: {bearerToken: pw6}}`,
+		{`{exporters: [{apiKey: pw5, site: datadoghq.eu}], client: {bearerToken: pw6}}`,
 			[]string{`"apiKey":"[redacted]"`, `"site":"datadoghq.eu"`, `"bearerToken":"[redacted]"`}, "pw"},
+		{`{auth: "Basic pw7", pass: pw8, accessKey: pw9, privateKey: pw10, passes: 3}`,
+			[]string{`"auth":"[redacted]"`, `"pass":"[redacted]"`, `"accessKey":"[redacted]"`, `"privateKey":"[redacted]"`, `"passes":3`}, "pw"},
 		{`{redisServerUrl: "redis://h:6379", overrides: ["a@b"]}`, []string{`"redisServerUrl":"redis://h:6379"`, `"overrides":["a@b"]`}, "xxxxx"},
 	} {
 		doc := "apiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: h}\nspec: {adapter: x, params: " + tc.params + "}\n"

@@ -218,9 +218,13 @@ func (c *Compiler) keyReferences(a *ast.AST) ([]Ref, error) {
 				id, key, ok = c.mapMembership(a, e)
 			}
 			if !ok {
-				// m[?"k"], the optional index, reads the one key too (it is not
-				// mapIndex: the fast paths would answer the value, not an optional).
+				// m[?"k"] and m.?k, the optional index and select, read the one
+				// key too (they are not mapIndex: the fast paths would answer
+				// the value, not an optional).
 				id, key, ok = c.mapKeyCall(a, e, operators.OptIndex, 0, 1)
+			}
+			if !ok {
+				id, key, ok = c.mapKeyCall(a, e, operators.OptSelect, 0, 1)
 			}
 			if ok {
 				if keys[id] == nil {

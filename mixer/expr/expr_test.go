@@ -178,7 +178,7 @@ func TestCompileErrors(t *testing.T) {
 	for _, src := range []string{``, `request.pth`, `request.path +`, `response.code == "x"`, `foo(1)`,
 		// Header names arrive lower-cased: these could never match.
 		`request.headers["X-Block"] == "1"`, `has(response.headers.Location)`, `"X-Role" in request.headers`,
-		`request.headers[?"X-Debug"].hasValue()`,
+		`request.headers[?"X-Debug"].hasValue()`, `request.headers.?Authorization.hasValue()`,
 		// ... also where the expression reads the whole map besides.
 		`request.headers["X-Block"] == "1" && size(request.headers) > 0`,
 		`response.headers.exists(k, k == "x") || has(response.headers.Location)`} {
@@ -236,6 +236,7 @@ func TestKeyReferences(t *testing.T) {
 		{`request.headers["a"] == "1" && has(request.headers.b)`, `[request.headers["a"] request.headers["b"]]`},
 		{`"a" in request.headers`, `[request.headers["a"]]`},
 		{`request.headers[?"x-debug"].orValue("") == "1"`, `[request.headers["x-debug"]]`},
+		{`request.headers.?authorization.orValue("") == "1"`, `[request.headers["authorization"]]`},
 		{`!("x-role" in request.headers) || request.headers["x-role"] != "admin"`, `[request.headers["x-role"]]`},
 		{`source.principal in request.headers`, `[source.principal request.headers]`},
 		{`request.headers["a"] == "1" && size(request.headers) > 2`, `[request.headers]`},
