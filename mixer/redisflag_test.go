@@ -1,33 +1,14 @@
 package mixer_test
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
+	"github.com/sluicemesh/sluice/adapters/adaptertest"
+	"github.com/sluicemesh/sluice/loadtest"
 	"github.com/sluicemesh/sluice/mixer"
 )
-
-// lockedBuffer is a log sink the server's goroutines may write concurrently.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestRedisAddrReplacedWarns: a config may replace the quota handler --redis-addr
 // makes (it is a default), but then rate limits stop being shared through Redis,
@@ -51,7 +32,7 @@ spec: {adapter: memquota, params: {}}
 			for name, body := range tc.files {
 				writeFile(t, dir, name, body)
 			}
-			logs := &lockedBuffer{}
+			logs := &adaptertest.LogBuffer{}
 			h := start(t, dir, func(o *mixer.Options) {
 				// Never dialled: no check is made.
 				o.RedisAddr = "127.0.0.1:1"
@@ -77,17 +58,12 @@ spec: {adapter: memquota, params: {}}
 // does not parse.
 func TestAPIConfigHidesSecrets(t *testing.T) {
 	const secret = "s3cretpw"
+	handler := func(params string) string {
+		return "apiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: shared, namespace: shop}\nspec:\n  adapter: redisquota\n  params:\n" +
+			params + "    quotas: [{name: q, maxAmount: 5, validDuration: 1s}]\n"
+	}
 	dir := t.TempDir()
-	writeFile(t, dir, "quota.yaml", `apiVersion: sluice.dev/v1alpha1
-kind: Handler
-metadata: {name: shared, namespace: shop}
-spec:
-  adapter: redisquota
-  params:
-    redisServerUrl: 127.0.0.1:1
-    password: `+secret+`
-    quotas: [{name: q, maxAmount: 5, validDuration: 1s}]
-`)
+	writeFile(t, dir, "quota.yaml", handler("    redisServerUrl: 127.0.0.1:1\n    password: "+secret+"\n"))
 	h := start(t, dir, func(o *mixer.Options) {
 		o.RedisAddr = "redis://:" + secret + "@127.0.0.1:1" // never dialled: no check is made
 	})
@@ -103,22 +79,11 @@ spec:
 	}
 
 	// A URL that does not parse: its error, logged and shown, does not repeat it.
-	writeFile(t, dir, "quota.yaml", `apiVersion: sluice.dev/v1alpha1
-kind: Handler
-metadata: {name: shared, namespace: shop}
-spec:
-  adapter: redisquota
-  params:
-    redisServerUrl: "redis://:`+secret+`@127.0.0.1:port"
-    quotas: [{name: q, maxAmount: 5, validDuration: 1s}]
-`)
-	deadline := time.Now().Add(20 * time.Second)
-	for body = get(t, h.url+"/api/config"); !strings.Contains(body, "lastError"); body = get(t, h.url+"/api/config") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the bad edit was not rejected:\n%.3000s", body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	writeFile(t, dir, "quota.yaml", handler(`    redisServerUrl: "redis://:`+secret+"@127.0.0.1:port\"\n"))
+	h.waitMetric("the bad edit rejected", func(f loadtest.Families) bool {
+		return f.Sum("sluice_config_reloads_total", map[string]string{"result": "failure"}) >= 1
+	})
+	body = get(t, h.url+"/api/config")
 	if strings.Contains(body, secret) || !strings.Contains(body, "redisServerUrl: is not a Redis URL") {
 		t.Errorf("/api/config after a URL that does not parse:\n%.3000s", body)
 	}

@@ -3,7 +3,6 @@
 package redisquota
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,34 +20,17 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/adapters/adaptertest"
 	"github.com/sluicemesh/sluice/adapters/memquota"
 	"github.com/sluicemesh/sluice/adapters/quotakit"
 	"github.com/sluicemesh/sluice/adapters/quotakit/quotatest"
 	"github.com/sluicemesh/sluice/templates/quota"
 )
 
-// syncBuffer is a log destination safe for concurrent handlers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type testHandler struct {
 	*Handler
 	stats *quotatest.Stats
-	log   *syncBuffer
+	log   *adaptertest.LogBuffer
 }
 
 func newTestHandler(t *testing.T, addr string, mod func(*Params), instances ...string) testHandler {
@@ -72,7 +54,7 @@ func newClockedHandler(t *testing.T, addr string, now func() time.Time, mod func
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	th := testHandler{stats: &quotatest.Stats{}, log: &syncBuffer{}}
+	th := testHandler{stats: &quotatest.Stats{}, log: &adaptertest.LogBuffer{}}
 	env := adapters.Env{Name: "ns/redis", Stats: th.stats, Logger: slog.New(slog.NewTextHandler(th.log, nil)), Now: now}
 	h, err := New(context.Background(), env, p, instances)
 	if err != nil {

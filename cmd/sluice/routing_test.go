@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +24,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/sluicemesh/sluice/adapters/adaptertest"
 )
 
 func TestEnvoyBootstrapCommand(t *testing.T) {
@@ -91,7 +92,7 @@ func TestServeRouting(t *testing.T) {
 		{"check listener", []string{"--check-addr", "127.0.0.1:0"}, "checks (lean h2)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out := &syncBuffer{}
+			out := &adaptertest.LogBuffer{}
 			root := newRoot()
 			root.SetOut(out)
 			root.SetArgs(append([]string{"serve", "--config", dir, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
@@ -207,22 +208,4 @@ func get(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader in two goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

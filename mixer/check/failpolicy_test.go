@@ -3,8 +3,6 @@ package check_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -28,7 +26,6 @@ func TestFailPolicyAnswers(t *testing.T) {
 	for _, policy := range []string{"open", "closed"} {
 		t.Run(policy, func(t *testing.T) {
 			forListeners(t, func(t *testing.T, listener string) {
-				dir := t.TempDir()
 				// Port 1 refuses at once: every decision fails and goes to the policy.
 				handlers := fmt.Sprintf(`apiVersion: sluice.dev/v1alpha1
 kind: Handler
@@ -46,35 +43,12 @@ spec:
     redisServerUrl: "127.0.0.1:1"
     failPolicy: %[1]s
     quotas: [{name: per-user, maxAmount: 3, validDuration: 1m}]
----
-apiVersion: sluice.dev/v1alpha1
-kind: Instance
-metadata: {name: per-user, namespace: shop}
-spec:
-  template: quota
-  params:
-    dimensions:
-      user: request.headers["x-user"]
----
-apiVersion: sluice.dev/v1alpha1
-kind: Rule
-metadata: {name: user-quotas, namespace: shop}
-spec:
-  match: destination.service.namespace == "shop"
-  actions: [{handler: user-quota, instances: [per-user]}]
 `, policy)
-				files := map[string]string{
+				paths := writeConfig(t, map[string]string{
 					"handlers.yaml": handlers,
+					"rule.yaml":     readmeTestQuotaRule,
 					"limits.yaml":   "domain: fp\ndescriptors:\n- key: user\n  rate_limit: {unit: minute, requests_per_unit: 10}\n",
-				}
-				var paths []string
-				for name, body := range files {
-					p := filepath.Join(dir, name)
-					if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-						t.Fatal(err)
-					}
-					paths = append(paths, p)
-				}
+				})
 				s := startServer(t, func(o *mixer.Options) { o.RateLimitHeaders = true }, paths...)
 				ctx := context.Background()
 

@@ -75,6 +75,21 @@ func forListeners(t *testing.T, test func(t *testing.T, listener string)) {
 
 // startServer runs a whole Sluice on loopback with files as its config directory and
 // a clock that only moves when told.
+// writeConfig writes files (name to content) into a new directory, for startServer.
+func writeConfig(t testing.TB, files map[string]string) []string {
+	t.Helper()
+	dir := t.TempDir()
+	var paths []string
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	return paths
+}
+
 func startServer(t testing.TB, mod func(*mixer.Options), files ...string) *server {
 	t.Helper()
 	dir := t.TempDir()

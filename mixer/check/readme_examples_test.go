@@ -367,15 +367,7 @@ func TestREADMECheckExamples(t *testing.T) {
 				return
 			}
 			forListeners(t, func(t *testing.T, listener string) {
-				dir := t.TempDir()
-				var files []string
-				for name, content := range tc.files(t) { // a Redis of its own too
-					f := filepath.Join(dir, name)
-					if err := os.WriteFile(f, []byte(content), 0o644); err != nil {
-						t.Fatal(err)
-					}
-					files = append(files, f)
-				}
+				files := writeConfig(t, tc.files(t)) // a Redis of its own too
 				s := startServer(t, tc.mod, files...)
 				for _, st := range tc.steps {
 					s.clock.Advance(st.advance)
