@@ -148,10 +148,13 @@ func preflight(p *Params) error {
 	}
 	entries, errs := parseFile(p.File, data, t)
 	if len(errs) > 0 {
+		for i, err := range errs {
+			errs[i] = &adapters.FieldError{Path: "file", Err: err} // each at its own line of the file
+		}
 		return errors.Join(errs...)
 	}
 	if _, err := newMatcher(t, append(entries, p.Overrides...)); err != nil {
-		return fmt.Errorf("build list from %s: %w", p.File, err)
+		return adapters.Errorf("file", "build list from %s: %v", p.File, err)
 	}
 	return nil
 }

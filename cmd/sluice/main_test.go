@@ -83,8 +83,8 @@ func TestValidateListFiles(t *testing.T) {
 	}{
 		{"a good file", good, ""},
 		{"a path relative to the config file", relGood, ""},
-		{"a missing file", filepath.Join(lists, "missing.txt"), filepath.Join(dir, "list.yaml") + ":8: handler shop/callers: file: "},
-		{"bad entries, a line each", bad, filepath.Join(dir, "list.yaml") + ":1: handler shop/callers: " + bad + ":"},
+		{"a missing file", filepath.Join(lists, "missing.txt"), filepath.Join(dir, "list.yaml") + ":8: handler shop/callers: params.file: "},
+		{"bad entries, a line each", bad, filepath.Join(dir, "list.yaml") + ":8: handler shop/callers: params.file: " + bad + ":"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "list.yaml"), []byte(handler(tc.file)), 0o644); err != nil {
@@ -120,7 +120,7 @@ func TestValidateListFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		out, _ := run(t, "validate", "--config", dir)
-		for _, want := range []string{filepath.Join(dir, "list.yaml") + ":8: handler shop/callers: file: ", filepath.Join(dir, "rule.yaml") + ":5: match: ", filepath.Join(dir, "rule.yaml") + ":6: instance \"nope\" not found"} {
+		for _, want := range []string{filepath.Join(dir, "list.yaml") + ":8: handler shop/callers: params.file: ", filepath.Join(dir, "rule.yaml") + ":5: match: ", filepath.Join(dir, "rule.yaml") + ":6: instance \"nope\" not found"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q:\n%s", want, out)
 			}

@@ -485,28 +485,15 @@ func paramsError(o *Object, err error) error {
 	return &Error{Pos: o.PosOf("params"), Msg: "params: " + err.Error()}
 }
 
-// preflightError positions the errors of a handler's Preflight: one each, at the
-// field it names or at the handler, as "handler NAME: reason" (a list file's own
-// errors carry the file's line).
+// preflightError positions the errors of a handler's Preflight as paramsError
+// does, naming the handler: a list file's own errors carry the file's line too.
 func preflightError(h *Handler, err error) error {
 	if err == nil {
 		return nil
 	}
-	errs := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
-	}
-	var l ErrorList
-	for _, err := range errs {
-		if err == nil {
-			continue
-		}
-		pos := h.Object.Pos
-		var fe *adapters.FieldError
-		if errors.As(err, &fe) {
-			pos = h.Object.PosOf("params." + fe.Path)
-		}
-		l = append(l, &Error{Pos: pos, Msg: fmt.Sprintf("handler %s: %v", h.Name, err)})
+	l := Errors(paramsError(h.Object, err))
+	for _, e := range l {
+		e.Msg = "handler " + h.Name + ": " + e.Msg
 	}
 	return l
 }
