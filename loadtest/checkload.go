@@ -61,9 +61,11 @@ type CheckLoadOptions struct {
 	Rates     []int
 	Duration  time.Duration
 	// Services: ext_authz, ratelimit. Backends: memquota, redis, noop (a
-	// do-nothing grpc-go server: the floor of a grpc-go server on this machine) and
+	// do-nothing grpc-go server: the floor of a grpc-go server on this machine),
 	// noop-h2 (a do-nothing server speaking HTTP/2 by hand: the floor of any
-	// server). Caches: hit, miss.
+	// server) and noop-redis (noop-h2 counting each call in Redis before it
+	// answers: the floor of any server that hears from Redis; ServeNoopH2).
+	// Caches: hit, miss.
 	Services, Backends, Caches []string
 	// Listeners are Sluice's ports to load: grpc (the contract's gRPC port, grpc-go)
 	// and check (--check-addr, the lean HTTP/2 transport). The noop backends have
@@ -147,6 +149,13 @@ type CheckRow struct {
 	// carried on average during the run (0 without Redis, or when unknown): each
 	// pipeline costs a write and a read on both sides, however many it carries.
 	CallsPerPipeline float64
+	// HandedOff is the share of the lean listener's calls that were handed to
+	// a goroutine rather than run on their connection's reader, and
+	// ReaderPauses how many times the listener stopped running calls on readers
+	// (sluice_h2unary_calls_total, sluice_h2unary_reader_pauses_total); HandedOff
+	// is -1 when unknown or when the run had no such calls.
+	HandedOff    float64
+	ReaderPauses int
 	// Runs is how many runs the row stands for (Repeat); P99Low and P99High are
 	// the lowest and highest p99 among them. Errors are those of all the runs.
 	Runs            int
@@ -189,9 +198,9 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 	}
 	for _, b := range o.Backends {
 		switch b {
-		case "noop", "noop-h2", "memquota", "redis":
+		case "noop", "noop-h2", "noop-redis", "memquota", "redis":
 		default:
-			return nil, fmt.Errorf("unknown backend %q: noop, noop-h2, memquota or redis", b)
+			return nil, fmt.Errorf("unknown backend %q: noop, noop-h2, noop-redis, memquota or redis", b)
 		}
 	}
 	if o.Repeat < 0 {
@@ -351,18 +360,22 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if repeated {
 		header += "p99 of runs\t"
 	}
-	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tfallbacks\tprocs\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
+	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tfallbacks\tprocs\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\thanded off\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
 		if repeated {
 			fmt.Fprintf(w, "%s–%s\t", us(r.P99Low), us(r.P99High))
 		}
 		redis, batch := "-", "-"
-		if r.Backend == "redis" && r.RedisCPUPerReq >= 0 {
+		if usesRedis(r.Backend) && r.RedisCPUPerReq >= 0 {
 			redis = us(r.RedisCPUPerReq)
 		}
 		if r.CallsPerPipeline > 0 {
 			batch = fmt.Sprintf("%.2f", r.CallsPerPipeline)
+		}
+		handed := "-"
+		if r.HandedOff >= 0 {
+			handed = fmt.Sprintf("%.1f%% (%d pauses)", 100*r.HandedOff, r.ReaderPauses)
 		}
 		host := "-"
 		if r.Host.Duration > 0 {
@@ -372,8 +385,8 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		if r.ServerProcs > 0 {
 			procs = strconv.Itoa(r.ServerProcs)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, known(float64(r.Fallbacks)), procs, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, known(float64(r.Fallbacks)), procs, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, handed, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
 	}
 	w.Flush()
 	if repeated {
@@ -408,8 +421,12 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if len(o.ServerEnv) > 0 {
 		fmt.Fprintf(o.Out, "Server environment: %s.\n", strings.Join(o.ServerEnv, " "))
 	}
-	if slices.Contains(o.Backends, "redis") {
+	if slices.ContainsFunc(o.Backends, usesRedis) {
 		fmt.Fprintf(o.Out, "Redis: redis-server on this machine, reached through %s.\n", map[string]string{"tcp": "a loopback TCP port", "unix": "a Unix socket"}[o.RedisSocket])
+	}
+	if slices.Contains(o.Backends, "noop-redis") {
+		fmt.Fprintln(o.Out, "noop-redis: the noop-h2 server counting each call in Redis (one script call) before it answers, one round trip for what it read at once:\n"+
+			"the floor of any check server that hears from Redis, to read the redis rows against.")
 	}
 	if o.HostProbe > 0 {
 		fmt.Fprintf(o.Out, "Host stalls/s: before each run, for %s with the server idle, how many %s sleeps a second woke %s or more late\n"+
@@ -465,18 +482,27 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 	}
 	srv := &checkServer{grpcAddr: freeAddr(), adminAddr: freeAddr(), dir: dir, backend: backend, listener: listener}
 	srv.target = srv.grpcAddr
-	if backend == "noop" || backend == "noop-h2" {
+	var raddr string // the Redis the server uses, host:port or unix://PATH
+	if usesRedis(backend) {
+		if raddr, err = startRedis(ctx, o, srv); err != nil {
+			srv.stop()
+			return nil, err
+		}
+	}
+	if strings.HasPrefix(backend, "noop") {
 		// This very binary, as the do-nothing server.
 		self, err := os.Executable()
 		if err != nil {
+			srv.stop()
 			return nil, err
 		}
-		srv.cmd = exec.CommandContext(ctx, self, "noop-server", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr, "--h2="+strconv.FormatBool(backend == "noop-h2"))
+		srv.cmd = exec.CommandContext(ctx, self, "noop-server", "--grpc-addr", srv.grpcAddr, "--admin-addr", srv.adminAddr, "--h2="+strconv.FormatBool(backend != "noop"), "--redis-addr", raddr)
 		// The runtime setting `sluice serve` gives itself, so that the floor is
 		// measured alike (and, like it, left to a GODEBUG that sets schedtrace).
 		srv.cmd.Env, _ = sysmon.Environ(mergeEnv(os.Environ(), o.ServerEnv))
 		srv.cmd.Stderr = os.Stderr
 		if err := srv.cmd.Start(); err != nil {
+			srv.stop()
 			return nil, err
 		}
 		if err := waitReady(ctx, "http://"+srv.adminAddr+"/readyz"); err != nil {
@@ -492,36 +518,6 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 	}
 	spec := "  adapter: memquota\n  params:\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n"
 	if backend == "redis" {
-		raddr := freeAddr()
-		network, dialAddr := "tcp", raddr
-		_, port, _ := strings.Cut(raddr, ":")
-		rargs := []string{"--port", port, "--bind", "127.0.0.1"}
-		if o.RedisSocket == "unix" {
-			sock := filepath.Join(dir, "redis.sock")
-			if len(sock) >= maxSocketPath {
-				srv.stop()
-				return nil, fmt.Errorf("the Redis socket path %s is %d bytes, over the %d a Unix socket allows: set TMPDIR to a shorter directory", sock, len(sock), maxSocketPath-1)
-			}
-			rargs = []string{"--port", "0", "--unixsocket", sock, "--unixsocketperm", "700"}
-			raddr, network, dialAddr = "unix://"+sock, "unix", sock
-		}
-		// Warnings only, on stderr: why a Redis did not start, without its banner.
-		rargs = append(rargs, "--save", "", "--appendonly", "no", "--loglevel", "warning")
-		if o.RedisHz > 0 {
-			rargs = append(rargs, "--hz", strconv.Itoa(o.RedisHz))
-		}
-		srv.redis = exec.CommandContext(ctx, o.RedisServer, rargs...)
-		srv.redis.Stdout, srv.redis.Stderr = os.Stderr, os.Stderr
-		if err := srv.redis.Start(); err != nil {
-			srv.stop()
-			return nil, fmt.Errorf("start %s (install redis-server): %w", o.RedisServer, err)
-		}
-		// Sluice loads its scripts at start: a Redis not yet listening would
-		// have the first run's checks decided by the fail policy.
-		if err := waitRedis(ctx, network, dialAddr); err != nil {
-			srv.stop()
-			return nil, err
-		}
 		args = append(args, "--redis-addr", raddr)
 		spec = fmt.Sprintf("  adapter: redisquota\n  params:\n    redisServerUrl: %s\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n", raddr)
 	}
@@ -548,6 +544,42 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 	}
 	return srv, nil
 }
+
+// startRedis starts redis-server for srv, which stops it, and waits until it
+// answers; it returns its address, host:port or unix://PATH.
+func startRedis(ctx context.Context, o CheckLoadOptions, srv *checkServer) (string, error) {
+	raddr := freeAddr()
+	network, dialAddr := "tcp", raddr
+	_, port, _ := strings.Cut(raddr, ":")
+	rargs := []string{"--port", port, "--bind", "127.0.0.1"}
+	if o.RedisSocket == "unix" {
+		sock := filepath.Join(srv.dir, "redis.sock")
+		if len(sock) >= maxSocketPath {
+			return "", fmt.Errorf("the Redis socket path %s is %d bytes, over the %d a Unix socket allows: set TMPDIR to a shorter directory", sock, len(sock), maxSocketPath-1)
+		}
+		rargs = []string{"--port", "0", "--unixsocket", sock, "--unixsocketperm", "700"}
+		raddr, network, dialAddr = "unix://"+sock, "unix", sock
+	}
+	// Warnings only, on stderr: why a Redis did not start, without its banner.
+	rargs = append(rargs, "--save", "", "--appendonly", "no", "--loglevel", "warning")
+	if o.RedisHz > 0 {
+		rargs = append(rargs, "--hz", strconv.Itoa(o.RedisHz))
+	}
+	srv.redis = exec.CommandContext(ctx, o.RedisServer, rargs...)
+	srv.redis.Stdout, srv.redis.Stderr = os.Stderr, os.Stderr
+	if err := srv.redis.Start(); err != nil {
+		return "", fmt.Errorf("start %s (install redis-server): %w", o.RedisServer, err)
+	}
+	// The servers load their scripts at start: a Redis not yet listening would
+	// fail the floor, or have Sluice's first checks decided by the fail policy.
+	if err := waitRedis(ctx, network, dialAddr); err != nil {
+		return "", err
+	}
+	return raddr, nil
+}
+
+// usesRedis reports whether a backend's server is given a redis-server.
+func usesRedis(backend string) bool { return backend == "redis" || backend == "noop-redis" }
 
 // maxSocketPath is the size of a Unix socket address's path, its final NUL
 // included (sun_path on Linux).
@@ -890,7 +922,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	if redis1, err := srv.redisCPU(); err == nil && redisErr == nil {
 		row.RedisCPUPerReq = (redis1 - redis0) / time.Duration(total)
 	}
-	row.ServerBytesPerReq, row.ServerGCs, row.Fallbacks = -1, -1, -1
+	row.ServerBytesPerReq, row.ServerGCs, row.Fallbacks, row.HandedOff = -1, -1, -1, -1
 	if count1, err := serverCounters(ctx, srv.adminAddr); err == nil && countErr == nil {
 		row.ServerBytesPerReq = (count1.allocated - count0.allocated) / float64(total)
 		row.ServerGCs = int(count1.gcs - count0.gcs)
@@ -899,6 +931,10 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		if n := count1.pipelines - count0.pipelines; n > 0 {
 			row.CallsPerPipeline = (count1.pipelineCalls - count0.pipelineCalls) / n
 		}
+		if n := count1.calls - count0.calls; n > 0 {
+			row.HandedOff = (count1.handedOff - count0.handedOff) / n
+		}
+		row.ReaderPauses = int(count1.pauses - count0.pauses)
 	} else {
 		fmt.Fprintf(o.Out, "(server counters unknown: %v) ", errors.Join(countErr, err))
 	}
@@ -951,7 +987,12 @@ func answerTime(client string) string {
 
 // counters are a server's cumulative allocation counters, and its Redis
 // pipelines: how many, and the script calls they carried.
-type counters struct{ allocated, gcs, pipelines, pipelineCalls, fallbacks, procs float64 }
+type counters struct {
+	allocated, gcs, pipelines, pipelineCalls, fallbacks, procs float64
+	// The lean listener's calls, those handed to goroutines, and its reader
+	// pauses.
+	calls, handedOff, pauses float64
+}
 
 // serverCounters reads a server's counters from its /metrics.
 func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
@@ -967,6 +1008,9 @@ func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
 		gcs:       f.Sum("go_gc_duration_seconds", nil),
 		pipelines: f.Sum("sluice_redisquota_pipeline_calls", nil),
 		procs:     f.Sum("go_sched_gomaxprocs_threads", nil),
+		calls:     f.Sum("sluice_h2unary_calls_total", nil),
+		handedOff: f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "goroutine"}),
+		pauses:    f.Sum("sluice_h2unary_reader_pauses_total", nil),
 	}
 	for _, s := range f.Series("sluice_redisquota_pipeline_calls", nil) {
 		c.pipelineCalls += s.GetHistogram().GetSampleSum()

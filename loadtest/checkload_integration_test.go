@@ -55,6 +55,10 @@ func TestIntegrationCheckLoad(t *testing.T) {
 		if r.ServerBytesPerReq <= 0 || r.ServerCPUPerReq <= 0 {
 			t.Errorf("%s: server counters not read: %.0f B/req, %v CPU/req", name, r.ServerBytesPerReq, r.ServerCPUPerReq)
 		}
+		// The lean listener counts every call by how it ran.
+		if r.HandedOff < 0 || r.HandedOff > 1 || r.ReaderPauses < 0 {
+			t.Errorf("%s: handed off %.3f with %d reader pauses, want a share in [0, 1]", name, r.HandedOff, r.ReaderPauses)
+		}
 		switch r.Backend {
 		case "redis":
 			if r.CallsPerPipeline < 1 || r.RedisCPUPerReq <= 0 {
@@ -73,8 +77,10 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	if lines := strings.Count(string(logged), "\n"); lines != 4*500 {
 		t.Errorf("latency log has %d lines, want one per request of the four runs (2,000)", lines)
 	}
-	if !strings.Contains(out.String(), "calls/pipeline") {
-		t.Errorf("the table has no calls/pipeline column:\n%s", out.String())
+	for _, column := range []string{"calls/pipeline", "handed off"} {
+		if !strings.Contains(out.String(), column) {
+			t.Errorf("the table has no %s column:\n%s", column, out.String())
+		}
 	}
 
 	// Redis through a Unix socket, and the server on one processor: every

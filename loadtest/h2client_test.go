@@ -24,19 +24,26 @@ func startNoop(t *testing.T, lean bool) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	addr := freeAddr()
 	errc := make(chan error, 1)
-	go func() { errc <- ServeNoop(ctx, addr, freeAddr(), lean) }()
+	go func() { errc <- ServeNoop(ctx, addr, freeAddr(), lean, "") }()
 	t.Cleanup(func() {
 		cancel()
 		<-errc
 	})
+	waitListening(t, addr)
+	return addr
+}
+
+// waitListening waits until a server listens on addr, for up to 10 s.
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
-			return addr
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("noop server on %s: %v", addr, err)
+			t.Fatalf("server on %s: %v", addr, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

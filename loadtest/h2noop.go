@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -31,7 +32,22 @@ const (
 // call inline and writes all answers of what it read in one write. It is the floor
 // of any check server on this machine, below grpc-go's (ServeNoop): the difference
 // between the two is what grpc-go's transport costs. It serves until ctx ends.
-func ServeNoopH2(ctx context.Context, addr string) error {
+//
+// With a redisAddr (host:port or unix://PATH), each connection has one Redis
+// connection of its own, and counts every call in Redis (one script call, one per
+// descriptor for the rate-limit service, on FloorKey) before it answers: the
+// calls of what it read go out in one write and their answers come back in one
+// read. That is the floor of any check server that hears from Redis before it
+// answers; a call Redis answers with an error is answered UNAVAILABLE.
+func ServeNoopH2(ctx context.Context, addr, redisAddr string) error {
+	if redisAddr != "" {
+		// Refused now, not at the first connection.
+		f, err := dialRedisFloor(redisAddr)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
@@ -53,7 +69,7 @@ func ServeNoopH2(ctx context.Context, addr string) error {
 			defer wg.Done()
 			closeOnDone := context.AfterFunc(ctx, func() { conn.Close() })
 			defer closeOnDone()
-			_ = serveH2Conn(conn)
+			_ = serveH2Conn(conn, redisAddr)
 		}()
 	}
 }
@@ -75,6 +91,18 @@ type h2ServerConn struct {
 	path  string
 	free  []*h2Call
 	reply []byte
+	// With a Redis floor, calls wait in waiting until Redis has counted them;
+	// failed is count's answer, kept for reuse.
+	floor   *redisFloor
+	waiting []waitingCall
+	failed  []bool
+}
+
+// waitingCall is a call read in full, waiting for Redis to count it.
+type waitingCall struct {
+	id     uint32
+	call   *h2Call
+	counts int // its script calls
 }
 
 type h2Call struct {
@@ -82,10 +110,19 @@ type h2Call struct {
 	data []byte
 }
 
-// serveH2Conn serves one connection until it fails or the client leaves.
-func serveH2Conn(conn net.Conn) error {
+// serveH2Conn serves one connection until it fails or the client leaves, counting
+// each call in the Redis at redisAddr before answering it if that is not empty.
+func serveH2Conn(conn net.Conn, redisAddr string) error {
 	defer conn.Close()
 	c := &h2ServerConn{conn: conn, in: bufio.NewReaderSize(conn, 64<<10), streams: map[uint32]*h2Call{}}
+	if redisAddr != "" {
+		f, err := dialRedisFloor(redisAddr)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		c.floor = f
+	}
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.wr = http2.NewFramer(&c.out, nil)
 	msg, err := proto.Marshal(&authv3.CheckResponse{Status: &rpcstatus.Status{}})
@@ -111,7 +148,13 @@ func serveH2Conn(conn net.Conn) error {
 	})
 	for {
 		// Write what was answered once nothing more is waiting to be read: one
-		// write for every call that arrived together.
+		// write for every call that arrived together (and one round trip to
+		// Redis, with a floor).
+		if c.in.Buffered() == 0 && len(c.waiting) > 0 {
+			if err := c.answerWaiting(); err != nil {
+				return err
+			}
+		}
 		if c.in.Buffered() == 0 && c.out.Len() > 0 {
 			if _, err := conn.Write(c.out.Bytes()); err != nil {
 				return err
@@ -185,24 +228,64 @@ func (c *h2ServerConn) handle(f http2.Frame) error {
 // okDescriptorStatus encodes a DescriptorStatus of code OK (field 1 = 1).
 const okDescriptorStatus = "\x08\x01"
 
-// answer writes one call's response: headers, the message and the trailers.
+// answer writes one call's response, or, with a floor, keeps the call until
+// Redis has counted it.
 func (c *h2ServerConn) answer(id uint32, call *h2Call) error {
 	delete(c.streams, id)
+	if c.floor != nil {
+		// One count per descriptor for the rate-limit service, as a quota
+		// backend counts each; a request that does not decode is refused
+		// without one.
+		counts := 1
+		if call.path == rateLimitPath {
+			counts, _ = countDescriptors(call.data)
+		}
+		c.waiting = append(c.waiting, waitingCall{id, call, counts})
+		return nil
+	}
+	return c.respond(id, call, false)
+}
+
+// answerWaiting counts the waiting calls in Redis, in one round trip, and
+// answers them.
+func (c *h2ServerConn) answerWaiting() error {
+	n := 0
+	for _, w := range c.waiting {
+		n += w.counts
+	}
+	c.failed = slices.Grow(c.failed[:0], n)[:n]
+	if err := c.floor.count(n, c.failed); err != nil {
+		return err
+	}
+	i := 0
+	for _, w := range c.waiting {
+		// Unavailable if Redis refused any of its counts.
+		failed := slices.Contains(c.failed[i:i+w.counts], true)
+		i += w.counts
+		if err := c.respond(w.id, w.call, failed); err != nil {
+			return err
+		}
+	}
+	clear(c.waiting)
+	c.waiting = c.waiting[:0]
+	return nil
+}
+
+// respond writes one call's response: headers, the message and the trailers;
+// UNAVAILABLE if unavailable.
+func (c *h2ServerConn) respond(id uint32, call *h2Call, unavailable bool) error {
 	c.free = append(c.free, call)
 	var body []byte
 	status := "0"
-	switch call.path {
-	case checkPath:
+	switch {
+	case unavailable:
+		status = "14"
+	case call.path == checkPath:
 		body = c.okAuthz
-	case rateLimitPath:
+	case call.path == rateLimitPath:
 		// One OK status per descriptor (field 2), encoded by hand.
-		descriptors := 0
-		if len(call.data) < 5 || wireFields(call.data[5:], func(num protowire.Number, typ protowire.Type, _ []byte, _ uint64) error {
-			if num == 2 && typ == protowire.BytesType {
-				descriptors++
-			}
-			return nil
-		}) != nil {
+		descriptors, err := countDescriptors(call.data)
+		if err != nil {
 			status = "13"
 			break
 		}
@@ -234,6 +317,22 @@ func (c *h2ServerConn) answer(id uint32, call *h2Call) error {
 	c.hbuf.Reset()
 	_ = c.henc.WriteField(hpack.HeaderField{Name: "grpc-status", Value: status})
 	return c.wr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true, EndStream: true})
+}
+
+// countDescriptors counts the descriptors (field 2) of a rate-limit request, with
+// its gRPC prefix.
+func countDescriptors(data []byte) (int, error) {
+	if len(data) < 5 {
+		return 0, errors.New("no request message")
+	}
+	n := 0
+	err := wireFields(data[5:], func(num protowire.Number, typ protowire.Type, _ []byte, _ uint64) error {
+		if num == 2 && typ == protowire.BytesType {
+			n++
+		}
+		return nil
+	})
+	return n, err
 }
 
 // grpcFrame appends msg with gRPC's length prefix (uncompressed).

@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -35,8 +36,12 @@ func (noopServer) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitRequest
 }
 
 // ServeNoop runs the do-nothing check server on grpcAddr, with a /readyz on adminAddr,
-// until ctx ends: grpc-go's, or with lean the hand-written HTTP/2 one (ServeNoopH2).
-func ServeNoop(ctx context.Context, grpcAddr, adminAddr string, lean bool) error {
+// until ctx ends: grpc-go's, or with lean the hand-written HTTP/2 one (ServeNoopH2),
+// which counts each call in the Redis at redisAddr first if that is not empty.
+func ServeNoop(ctx context.Context, grpcAddr, adminAddr string, lean bool, redisAddr string) error {
+	if redisAddr != "" && !lean {
+		return errors.New("only the lean server (--h2) counts calls in Redis")
+	}
 	mux := http.NewServeMux()
 	// The runtime's metrics only: the load tool reads allocations and collections.
 	reg := prometheus.NewRegistry()
@@ -46,7 +51,7 @@ func ServeNoop(ctx context.Context, grpcAddr, adminAddr string, lean bool) error
 	go func() { _ = admin.ListenAndServe() }()
 	defer admin.Close()
 	if lean {
-		return ServeNoopH2(ctx, grpcAddr)
+		return ServeNoopH2(ctx, grpcAddr, redisAddr)
 	}
 	lis, err := net.Listen("tcp", grpcAddr)
 	if err != nil {

@@ -100,7 +100,8 @@ the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 	f.IntSliceVar(&o.Rates, "rate", []int{1000, 10000, 30000}, "offered requests per second, one row each")
 	f.DurationVar(&o.Duration, "duration", 10*time.Second, "how long each rate is offered")
 	f.StringSliceVar(&o.Services, "service", []string{"ext_authz", "ratelimit"}, "services to load")
-	f.StringSliceVar(&o.Backends, "backend", []string{"noop", "noop-h2", "memquota", "redis"}, "quota backends; noop is a do-nothing grpc-go server, noop-h2 a do-nothing server speaking HTTP/2 by hand: the machine's floors")
+	f.StringSliceVar(&o.Backends, "backend", []string{"noop", "noop-h2", "noop-redis", "memquota", "redis"}, "quota backends; noop is a do-nothing grpc-go server, noop-h2 a do-nothing server speaking HTTP/2 by hand: the machine's floors;\n"+
+		"noop-redis is noop-h2 counting each call in Redis before it answers (one script call, one per descriptor), the floor of any server that hears from Redis")
 	f.StringSliceVar(&o.Listeners, "listener", []string{"grpc", "check"}, "Sluice ports to load: grpc (the gRPC port, grpc-go) and check (--check-addr, the lean HTTP/2 transport)")
 	f.StringSliceVar(&o.Caches, "cache", []string{"hit", "miss"}, "check-cache scenarios (ext_authz)")
 	f.StringVar(&o.Client, "client", "loop", "loop: a lean HTTP/2 client that writes every request released at once in one write, as Envoy's event loop does,\n"+
@@ -121,19 +122,20 @@ the highest rate at which p99 stays under --target-p99 (refined by --search).`,
 }
 
 func newNoop() *cobra.Command {
-	var grpcAddr, adminAddr string
+	var grpcAddr, adminAddr, redisAddr string
 	var lean bool
 	cmd := &cobra.Command{
 		Use:    "noop-server",
 		Short:  "A do-nothing ext_authz and rate-limit server, the baseline of `check`",
 		Hidden: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return loadtest.ServeNoop(cmd.Context(), grpcAddr, adminAddr, lean)
+			return loadtest.ServeNoop(cmd.Context(), grpcAddr, adminAddr, lean, redisAddr)
 		},
 	}
 	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "127.0.0.1:0", "gRPC listen address")
 	cmd.Flags().StringVar(&adminAddr, "admin-addr", "127.0.0.1:0", "HTTP address of /metrics")
 	cmd.Flags().BoolVar(&lean, "h2", false, "speak HTTP/2 by hand instead of through grpc-go")
+	cmd.Flags().StringVar(&redisAddr, "redis-addr", "", "count each call in this Redis (host:port or unix://PATH) before answering it (with --h2)")
 	return cmd
 }
 
