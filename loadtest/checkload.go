@@ -425,7 +425,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		fmt.Fprintf(o.Out, "Redis: redis-server on this machine, reached through %s.\n", map[string]string{"tcp": "a loopback TCP port", "unix": "a Unix socket"}[o.RedisSocket])
 	}
 	if slices.Contains(o.Backends, "noop-redis") {
-		fmt.Fprintln(o.Out, "noop-redis: the noop-h2 server counting each call in Redis (one script call) before it answers, one round trip for what it read at once:\n"+
+		fmt.Fprintln(o.Out, "noop-redis: the noop-h2 server counting each call in Redis (one script call per check, one per descriptor) before it answers, one round trip for what it read at once:\n"+
 			"the floor of any check server that hears from Redis, to read the redis rows against.")
 	}
 	if o.HostProbe > 0 {
