@@ -65,6 +65,7 @@ fuzz:
 	$(GO) test ./mixer/check -run '^$$' -fuzz FuzzCheckRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./mixer/check -run '^$$' -fuzz FuzzRateLimitRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./adapters/list -run '^$$' -fuzz FuzzParseFile -fuzztime $(FUZZTIME)
+	$(GO) test ./adapters/redisquota -run '^$$' -fuzz FuzzReadReply -fuzztime $(FUZZTIME)
 	$(GO) test ./mixer/h2unary -run '^$$' -fuzz FuzzConn -fuzztime $(FUZZTIME)
 
 clean:

@@ -61,15 +61,17 @@ func (o *op) arg(v int64) {
 	o.cmd = append(o.cmd, &o.nums[n])
 }
 
-// script is a Lua script, with its EVALSHA and EVAL arguments boxed once.
+// script is a Lua script, with its EVALSHA and EVAL arguments boxed once (for
+// go-redis's commands) and as strings (for respConn's).
 type script struct {
 	*redis.Script
-	sha, src any
+	sha, src       any
+	digest, source string
 }
 
 func newScript(src string) *script {
 	s := redis.NewScript(src)
-	return &script{Script: s, sha: s.Hash(), src: src}
+	return &script{Script: s, sha: s.Hash(), src: src, digest: s.Hash(), source: src}
 }
 
 // Allow implements quota.RateLimiter: the requests not answered by the local cache
@@ -107,11 +109,11 @@ func (h *Handler) Allow(ctx context.Context, now time.Time, reqs []quota.Request
 		return err
 	}
 	defer h.releaseJob(j)
-	cmds := j.cmds
+	replies := j.replies
 	var failed []int
 	var failure error
 	for j, i := range pending {
-		d, denyUntil, err := decode(&ops[i], &reqs[i], cmds[j], at)
+		d, denyUntil, err := decode(&ops[i], &reqs[i], &replies[j], at)
 		if err != nil {
 			failed = append(failed, i)
 			failure = err
@@ -146,8 +148,7 @@ func (h *Handler) releaseJob(j *job) {
 		return // an outsized batch does not pin its memory
 	}
 	clear(j.ops) // the keys, scripts and arguments go with it
-	clear(j.cmds)
-	j.ops, j.pending, j.cmds = j.ops[:0], j.pending[:0], j.cmds[:0]
+	j.ops, j.pending, j.replies = j.ops[:0], j.pending[:0], j.replies[:0]
 	j.ctx, j.deadline, j.queued = nil, time.Time{}, false
 	j.state.Store(jobQueued)
 	h.jobs.Put(j)
@@ -156,24 +157,26 @@ func (h *Handler) releaseJob(j *job) {
 // slot is what one pipeline in flight holds: a connection of its own, and the
 // storage its calls reuse.
 type slot struct {
-	// conn is the slot's connection to a single Redis server, taken from the
-	// client's pool when first needed and given back when it fails or idles; nil
-	// with a Redis Cluster, whose client routes each pipeline over its pools.
-	// A pipeline on a connection of its own skips the pool's turn-taking and its
-	// health check, a system call per pipeline.
-	conn     *redis.Conn
-	pipe     redis.Pipeliner // on conn, or the client's; empty between pipelines
+	// rc is the slot's connection to a single Redis server, dialed when first
+	// needed and replaced when it fails; nil with a Redis Cluster, whose
+	// go-redis client routes each pipeline (pipe) over its pools.
+	rc       *respConn
+	pipe     redis.Pipeliner
 	lastUsed time.Time
 
-	calls  []*op
-	cmds   []*redis.Cmd
-	cmders []redis.Cmder
+	calls   []*op
+	replies []reply
+	// For a Redis Cluster's pipelines, and for the calls sent again in full.
+	cmds    []*redis.Cmd
+	cmders  []redis.Cmder
+	retry   []*op
+	retried []reply
 }
 
-// slotIdle is how long a slot keeps an unused connection. One idle longer goes
-// back to the pool and the next pipeline takes one through the pool's health
-// check, so that a connection Redis closed meanwhile (a restart, a timeout) is
-// found there rather than by a decision failing.
+// slotIdle is how long a slot uses its connection without a look at it: one
+// idle longer is first checked for a close by Redis meanwhile (a restart, a
+// timeout), so that such a connection is replaced rather than found closed by a
+// decision failing.
 const slotIdle = time.Second
 
 func newSlots(n int) []*slot {
@@ -197,105 +200,118 @@ func (h *Handler) sendJobs(ctx context.Context, s *slot, jobs []*job) {
 	}
 	h.run(ctx, s)
 	h.pipelineCalls.Observe(float64(len(s.calls)))
-	cmds := s.cmds
+	replies := s.replies
 	for _, j := range jobs {
-		j.cmds = append(j.cmds[:0], cmds[:len(j.pending)]...)
-		cmds = cmds[len(j.pending):]
+		j.replies = append(j.replies[:0], replies[:len(j.pending)]...)
+		replies = replies[len(j.pending):]
 		j.woken()
 	}
 	if cap(s.calls) > maxBatch {
-		s.calls, s.cmds, s.cmders = nil, nil, nil // an outsized batch does not pin its memory
+		s.calls, s.replies = nil, nil // an outsized batch does not pin its memory
+		s.cmds, s.cmders, s.retry, s.retried = nil, nil, nil, nil
 		return
 	}
 	clear(s.calls)
 	clear(s.cmds)
 	clear(s.cmders)
-	s.calls, s.cmds, s.cmders = s.calls[:0], s.cmds[:0], s.cmders[:0]
+	clear(s.retry)
+	s.calls, s.replies, s.cmds, s.cmders, s.retry = s.calls[:0], s.replies[:0], s.cmds[:0], s.cmders[:0], s.retry[:0]
 }
 
-// run sends the script calls of s in one pipeline, bounded by ctx, and leaves their
-// commands in s.cmds: Allow's pipeline carries its deadline, and a shared one the
-// earliest deadline of its callers. Scripts that Redis does not have cached (it
-// restarted, or its cache was flushed) did not run; they are sent again in full,
-// in a second pipeline.
+// run sends the script calls of s in one pipeline, bounded by ctx's deadline,
+// and leaves their answers in s.replies: Allow's pipeline carries its deadline,
+// and a shared one the earliest deadline of its callers. Scripts that Redis does
+// not have cached (it restarted, or its cache was flushed) did not run; they are
+// sent again in full, in a second pipeline.
 func (h *Handler) run(ctx context.Context, s *slot) {
 	n := len(s.calls)
-	s.cmds = slices.Grow(s.cmds[:0], n)[:n]
-	s.cmders = slices.Grow(s.cmders[:0], n)[:n]
-	for j, o := range s.calls {
-		s.cmds[j] = newCmd(ctx, o, "evalsha", o.script.sha)
-		s.cmders[j] = s.cmds[j]
-	}
+	s.replies = slices.Grow(s.replies[:0], n)[:n]
 	now := time.Now()
-	if d, ok := ctx.Deadline(); ok && !now.Before(d) {
+	deadline, _ := ctx.Deadline()
+	if !deadline.IsZero() && !now.Before(deadline) {
 		// Too late already (a caller's deadline ran out before its call got
 		// here): a write past its deadline fails without sending, and would cost
 		// the slot its connection.
-		for _, c := range s.cmds {
-			c.SetErr(context.DeadlineExceeded)
+		for j := range s.replies {
+			s.replies[j] = reply{err: context.DeadlineExceeded}
 		}
 		return
 	}
-	pipe := h.pipeline(s, now)
-	_ = pipe.BatchProcess(ctx, s.cmders...)
-	_, err := pipe.Exec(ctx)
-	if err == nil {
-		return
-	}
-	h.failed(s, err)
-	s.cmders = s.cmders[:0]
-	for j, c := range s.cmds {
-		if err := c.Err(); errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT") {
-			o := s.calls[j]
-			s.cmds[j] = newCmd(ctx, o, "eval", o.script.src)
-			s.cmders = append(s.cmders, s.cmds[j])
+	h.exec(ctx, s, now, s.calls, false, s.replies)
+	s.retry = s.retry[:0]
+	for j, r := range s.replies {
+		if noScript(r.err) {
+			s.retry = append(s.retry, s.calls[j])
 		}
 	}
-	if len(s.cmders) == 0 {
+	if len(s.retry) == 0 {
 		return
 	}
 	// Redis lost its scripts (a restart, a failover, SCRIPT FLUSH): counted, as
 	// each costs a round trip more, and many mean a Redis that keeps losing them.
 	h.env.Stats.Error(reasonScriptMissing)
-	pipe = h.pipeline(s, now)
-	_ = pipe.BatchProcess(ctx, s.cmders...)
-	if _, err := pipe.Exec(ctx); err != nil { // errors are read per command
-		h.failed(s, err)
-	}
-}
-
-// pipeline returns the pipeline of slot s, on its own connection to a single
-// server: kept while in use, replaced after slotIdle unused (as of now).
-func (h *Handler) pipeline(s *slot, now time.Time) redis.Pipeliner {
-	single, ok := h.client.(*redis.Client)
-	if !ok {
-		if s.pipe == nil {
-			s.pipe = h.client.Pipeline()
+	s.retried = slices.Grow(s.retried[:0], len(s.retry))[:len(s.retry)]
+	h.exec(ctx, s, now, s.retry, true, s.retried)
+	k := 0
+	for j := range s.replies {
+		if noScript(s.replies[j].err) {
+			s.replies[j] = s.retried[k]
+			k++
 		}
-		return s.pipe
 	}
-	if s.conn != nil && now.Sub(s.lastUsed) > slotIdle {
-		_ = s.conn.Close() // back to the pool
-		s.conn = nil
-	}
-	if s.conn == nil {
-		s.conn = single.Conn()
-		s.pipe = s.conn.Pipeline()
-	}
-	s.lastUsed = now
-	return s.pipe
 }
 
-// failed gives up the connection of slot s after err, unless err is an answer of
-// Redis's (such as NOSCRIPT), which leaves the connection as good as it was: a
-// connection that timed out or broke may hold a late answer, or none.
-func (h *Handler) failed(s *slot, err error) {
-	var answer redis.Error
-	if s.conn == nil || errors.As(err, &answer) {
+// exec sends calls in one pipeline on s, by EVALSHA or (eval) EVAL, and leaves
+// their answers in replies.
+func (h *Handler) exec(ctx context.Context, s *slot, now time.Time, calls []*op, eval bool, replies []reply) {
+	if h.dialer == nil {
+		h.execCluster(ctx, s, calls, eval, replies)
 		return
 	}
-	_ = s.conn.Close()
-	s.conn, s.pipe = nil, nil
+	if s.rc != nil && now.Sub(s.lastUsed) > slotIdle && !s.rc.alive() {
+		h.dialer.forget(s.rc)
+		s.rc = nil
+	}
+	if s.rc == nil {
+		rc, err := h.dialer.dial(ctx)
+		if err != nil {
+			for j := range replies {
+				replies[j] = reply{err: err}
+			}
+			return
+		}
+		s.rc = rc
+	}
+	s.lastUsed = now
+	deadline, _ := ctx.Deadline()
+	if err := s.rc.exec(deadline, calls, eval, replies); err != nil {
+		// A connection that failed or timed out may hold a late answer, or
+		// none: it is not used again.
+		h.dialer.forget(s.rc)
+		s.rc = nil
+	}
+}
+
+// execCluster is exec through a Redis Cluster's go-redis client.
+func (h *Handler) execCluster(ctx context.Context, s *slot, calls []*op, eval bool, replies []reply) {
+	if s.pipe == nil {
+		s.pipe = h.client.Pipeline()
+	}
+	s.cmds = slices.Grow(s.cmds[:0], len(calls))[:len(calls)]
+	s.cmders = slices.Grow(s.cmders[:0], len(calls))[:len(calls)]
+	for j, o := range calls {
+		if eval {
+			s.cmds[j] = newCmd(ctx, o, "eval", o.script.src)
+		} else {
+			s.cmds[j] = newCmd(ctx, o, "evalsha", o.script.sha)
+		}
+		s.cmders[j] = s.cmds[j]
+	}
+	_ = s.pipe.BatchProcess(ctx, s.cmders...)
+	_, _ = s.pipe.Exec(ctx) // errors are read per command
+	for j, c := range s.cmds {
+		replies[j] = fromCmd(c)
+	}
 }
 
 // newCmd is o's command run by verb (EVALSHA or EVAL) with script (its digest or
@@ -379,39 +395,35 @@ func (h *Handler) expiryJitter(key []byte, window int64) int64 {
 
 // decode reads a script's answer into a decision and the time until which every
 // hit of the key is denied (0 for none).
-func decode(o *op, r *quota.Request, c *redis.Cmd, now int64) (quota.Decision, int64, error) {
-	if err := c.Err(); err != nil {
-		return quota.Decision{}, 0, err
+func decode(o *op, r *quota.Request, rep *reply, now int64) (quota.Decision, int64, error) {
+	if rep.err != nil {
+		return quota.Decision{}, 0, rep.err
 	}
 	l := r.Limit
 	switch o.alg {
 	case quota.SlidingWindow:
-		v, err := c.Int64Slice()
-		if err != nil || len(v) != 4 {
-			return quota.Decision{}, 0, fmt.Errorf("sliding window script answered %v: %w", c.Val(), errOr(err))
+		v, err := rep.int64s(4)
+		if err != nil {
+			return quota.Decision{}, 0, fmt.Errorf("sliding window script answered %w", err)
 		}
 		return quotakit.SlidingDecision(l, v[0] == 1, uint64(v[1]), v[2], now), v[3], nil
 	case quota.TokenBucket:
-		v, err := c.Int64Slice()
-		if err != nil || len(v) != 3 {
-			return quota.Decision{}, 0, fmt.Errorf("token bucket script answered %v: %w", c.Val(), errOr(err))
+		v, err := rep.int64s(3)
+		if err != nil {
+			return quota.Decision{}, 0, fmt.Errorf("token bucket script answered %w", err)
 		}
 		d, denyUntil := o.scale.Decision(v[0] == 1, uint64(v[1]), v[2], r.Hits, now, l.Window)
 		return d, denyUntil, nil
 	}
-	n, err := c.Int64()
-	if err != nil || n < 0 {
-		return quota.Decision{}, 0, fmt.Errorf("fixed window script answered %v: %w", c.Val(), errOr(err))
+	n, err := rep.int64()
+	if err == nil && n < 0 {
+		err = fmt.Errorf("%d: %w", n, errUnexpected)
+	}
+	if err != nil {
+		return quota.Decision{}, 0, fmt.Errorf("fixed window script answered %w", err)
 	}
 	d, denyUntil := quotakit.FixedDecision(l, uint64(n), o.start, now)
 	return d, denyUntil, nil
 }
 
 var errUnexpected = errors.New("unexpected answer")
-
-func errOr(err error) error {
-	if err != nil {
-		return err
-	}
-	return errUnexpected
-}

@@ -125,8 +125,15 @@ func readCommand(r *bufio.Reader) ([]string, error) {
 // new connection, not the old (a slot that never gave up its connection fails
 // this test).
 func TestBrokenConnectionNotKept(t *testing.T) {
+	var mu sync.Mutex
+	first := -1 // the first connection to carry script calls
 	redis := startScriptedRedis(t, func(conn, call int) (string, bool) {
-		if conn != 0 {
+		mu.Lock()
+		defer mu.Unlock()
+		if first < 0 {
+			first = conn
+		}
+		if conn != first {
 			return "", false
 		}
 		switch call {

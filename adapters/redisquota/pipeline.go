@@ -6,8 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // DefaultMaxInFlight is how many pipelines a handler keeps in flight to Redis at
@@ -30,8 +28,8 @@ const (
 // job is one Allow call's script calls waiting for a pipeline.
 type job struct {
 	ops     []op
-	pending []int        // indexes into ops of the calls to send
-	cmds    []*redis.Cmd // one per pending; set before a queued job is woken
+	pending []int   // indexes into ops of the calls to send
+	replies []reply // one per pending; set before a queued job is woken
 	// ctx and deadline are its caller's, deadline being the handler's timeout
 	// or the caller's own deadline, whichever comes first.
 	ctx      context.Context
@@ -66,7 +64,7 @@ func (j *job) woken() {
 // its calls reuse.
 type coalescer struct {
 	// send runs the calls of jobs in one pipeline on slot s, bounded by ctx, and
-	// fills each job's cmds and wakes it.
+	// fills each job's replies and wakes it.
 	send func(ctx context.Context, s *slot, jobs []*job)
 
 	mu    sync.Mutex
@@ -86,7 +84,7 @@ func newCoalescer(slots []*slot, send func(context.Context, *slot, []*job)) *coa
 	return c
 }
 
-// do sends j's calls, alone or with others, and returns when j.cmds are set, or
+// do sends j's calls, alone or with others, and returns when j.replies are set, or
 // with an error when its calls were never sent: its deadline passed, or ctx
 // ended, while it waited for a pipeline. Once they are sent, j waits for their
 // answers, which a pipeline bounds by the earliest deadline of its callers.

@@ -3,14 +3,12 @@
 package redisquota
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"hash/maphash"
 	"net"
 	"net/url"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,9 +72,9 @@ type Params struct {
 	Password string `yaml:"password"`
 	// DB is the database of a single server; a cluster has only 0.
 	DB int `yaml:"db"`
-	// ConnectionPoolSize is the connections per Redis node; 0 for go-redis's default
-	// (10 per CPU). With a single server it is at least MaxInFlight, for each
-	// pipeline in flight keeps a connection.
+	// ConnectionPoolSize is the connections per Redis node of a Redis Cluster's
+	// client; 0 for go-redis's default (10 per CPU). A single server's decisions
+	// go over one connection per pipeline in flight (MaxInFlight), whatever it is.
 	ConnectionPoolSize int `yaml:"connectionPoolSize"`
 	// Timeout bounds each batch of decisions, from the call until Redis answers,
 	// time queued for a pipeline included; when Redis is slower, or down, the
@@ -229,6 +227,9 @@ type Handler struct {
 	env    adapters.Env
 	table  *quotakit.Table
 	client redis.UniversalClient
+	// dialer makes the hot path's connections to a single Redis server; nil
+	// with a Redis Cluster, whose pipelines go through client.
+	dialer *respDialer
 	guard  *quotakit.Guard
 	cache  *quotakit.DenyCache
 	// One script per algorithm; a Script is safe for concurrent use.
@@ -281,6 +282,9 @@ func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (
 			ConstLabels: prometheus.Labels{"handler": env.Name},
 			Buckets:     []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 		}),
+	}
+	if single, ok := client.(*redis.Client); ok {
+		h.dialer = newRespDialer(single.Options(), max(p.Timeout, time.Second))
 	}
 	h.pipes = newCoalescer(newSlots(p.MaxInFlight), h.sendJobs)
 	// Loading the scripts now spares the first batch its NOSCRIPT round trip. A
@@ -335,11 +339,6 @@ func newClient(p *Params) (redis.UniversalClient, error) {
 	if p.ConnectionPoolSize != 0 {
 		opt.PoolSize = p.ConnectionPoolSize
 	}
-	// Each pipeline in flight keeps a connection of its own (see slot): the pool
-	// holds at least one per slot, or slots would wait on each other's idle ones.
-	if slots := max(p.MaxInFlight, 1); slots > cmp.Or(opt.PoolSize, 10*runtime.GOMAXPROCS(0)) {
-		opt.PoolSize = slots
-	}
 	if opt.Protocol == 0 { // a URL's ?protocol=3 is kept
 		opt.Protocol = protocol
 	}
@@ -373,6 +372,9 @@ func (h *Handler) Collect(ch chan<- prometheus.Metric) { h.pipelineCalls.Collect
 
 // Close implements adapters.Handler.
 func (h *Handler) Close(context.Context) error {
+	if h.dialer != nil {
+		h.dialer.close()
+	}
 	if err := h.client.Close(); err != nil {
 		return fmt.Errorf("redisquota: close client: %w", err)
 	}

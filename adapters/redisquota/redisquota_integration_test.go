@@ -421,12 +421,12 @@ func TestIntegrationLateCall(t *testing.T) {
 	l := quota.Limit{Requests: 10, Window: time.Hour}
 	now := quotatest.Base()
 	quotatest.AllowOne(t, h, now, quota.Request{Key: "warm", Limit: l, Hits: 1})
-	conns := func() []*redis.Conn { // every slot is free between calls
+	conns := func() []*respConn { // every slot is free between calls
 		h.pipes.mu.Lock()
 		defer h.pipes.mu.Unlock()
-		var cs []*redis.Conn
+		var cs []*respConn
 		for _, sl := range h.pipes.free {
-			cs = append(cs, sl.conn)
+			cs = append(cs, sl.rc)
 		}
 		return cs
 	}

@@ -136,14 +136,24 @@ func TestClients(t *testing.T) {
 		}
 		_ = c.Close()
 	}
-	// A pool smaller than the pipelines in flight grows to one connection each.
-	for _, tc := range []struct{ pool, inflight, want int }{{0, 2, 0}, {4, 2, 4}, {4, 8, 8}, {0, 5000, 5000}} {
-		c, err := newClient(&Params{RedisServerURL: "127.0.0.1:1", Timeout: time.Second, ConnectionPoolSize: tc.pool, MaxInFlight: tc.inflight})
+	// The hot path's connections are set up as the URL says.
+	for _, tc := range []struct {
+		url, network, addr, user, password string
+		db                                 int
+		tls                                bool
+	}{
+		{"127.0.0.1:6379", "tcp", "127.0.0.1:6379", "", "", 0, false},
+		{"redis://u:pw@127.0.0.1:6380/3", "tcp", "127.0.0.1:6380", "u", "pw", 3, false},
+		{"rediss://:pw@redis.example:6380", "tcp", "redis.example:6380", "", "pw", 0, true},
+		{"unix:///run/redis.sock?db=2", "unix", "/run/redis.sock", "", "", 2, false},
+	} {
+		c, err := newClient(&Params{RedisServerURL: tc.url, Timeout: time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := c.(*redis.Client).Options().PoolSize; tc.want != 0 && got != tc.want {
-			t.Errorf("pool %d, %d in flight: pool size %d, want %d", tc.pool, tc.inflight, got, tc.want)
+		d := newRespDialer(c.(*redis.Client).Options(), time.Second)
+		if d.network != tc.network || d.addr != tc.addr || d.username != tc.user || d.password != tc.password || d.db != tc.db || (d.tls != nil) != tc.tls {
+			t.Errorf("%s: dialer %s %s user %q password %q db %d TLS %v", tc.url, d.network, d.addr, d.username, d.password, d.db, d.tls != nil)
 		}
 		_ = c.Close()
 	}

@@ -1,0 +1,448 @@
+package redisquota
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// reply is a script call's answer: an integer, an array of up to
+// len(ints) integers, or an error (Redis's, or the connection's).
+type reply struct {
+	err   error
+	array bool
+	n     int // integers in ints: 1 for an integer
+	ints  [4]int64
+}
+
+func (r *reply) int64() (int64, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	if r.array {
+		return 0, fmt.Errorf("an array of %d integers: %w", r.n, errUnexpected)
+	}
+	return r.ints[0], nil
+}
+
+func (r *reply) int64s(n int) ([]int64, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	if !r.array || r.n != n {
+		return nil, fmt.Errorf("%s, want %d integers: %w", r.describe(), n, errUnexpected)
+	}
+	return r.ints[:n], nil
+}
+
+func (r *reply) describe() string {
+	if r.array {
+		return fmt.Sprint(r.ints[:r.n])
+	}
+	return strconv.FormatInt(r.ints[0], 10)
+}
+
+// fromCmd reads a go-redis command's answer (a Redis Cluster's pipelines).
+func fromCmd(c *redis.Cmd) reply {
+	if err := c.Err(); err != nil {
+		return reply{err: err}
+	}
+	switch v := c.Val().(type) {
+	case int64:
+		return reply{n: 1, ints: [4]int64{v}}
+	case []any:
+		r := reply{array: true, n: len(v)}
+		if len(v) > len(r.ints) {
+			return reply{err: fmt.Errorf("an array of %d values: %w", len(v), errUnexpected)}
+		}
+		for i, e := range v {
+			n, ok := e.(int64)
+			if !ok {
+				return reply{err: fmt.Errorf("an array holding %v: %w", e, errUnexpected)}
+			}
+			r.ints[i] = n
+		}
+		return r
+	default:
+		return reply{err: fmt.Errorf("%v: %w", v, errUnexpected)}
+	}
+}
+
+// redisError is an error answer of Redis's: the connection stays in step.
+type redisError string
+
+func (e redisError) Error() string { return string(e) }
+
+// RedisError marks it as Redis's answer, as go-redis's errors are (redis.Error).
+func (redisError) RedisError() {}
+
+// noScript reports whether err is Redis's NOSCRIPT answer: the script is not in
+// its cache.
+func noScript(err error) bool {
+	if err == nil {
+		return false
+	}
+	if re, ok := err.(redisError); ok {
+		return strings.HasPrefix(string(re), "NOSCRIPT")
+	}
+	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// respDialer makes connections to a single Redis server, set up as go-redis's
+// options for it say (network, TLS, credentials, database), for the hot path's
+// pipelines (see respConn).
+type respDialer struct {
+	network, addr      string
+	tls                *tls.Config
+	username, password string
+	db                 int
+	timeout            time.Duration
+
+	mu     sync.Mutex
+	conns  map[*respConn]struct{} // open, closed by close
+	closed bool
+}
+
+func newRespDialer(opt *redis.Options, timeout time.Duration) *respDialer {
+	network := opt.Network
+	if network == "" {
+		network = "tcp"
+	}
+	return &respDialer{
+		network: network, addr: opt.Addr, tls: opt.TLSConfig,
+		username: opt.Username, password: opt.Password, db: opt.DB, timeout: timeout,
+		conns: map[*respConn]struct{}{},
+	}
+}
+
+// respConn is a connection to a single Redis server spoken to in RESP2 by hand:
+// a pipeline of script calls is one write and one read, with no object per call.
+// go-redis's commands, with their boxed arguments and the deadlines it sets
+// twice per pipeline, cost a Redis-bound check a measurable share of its CPU
+// and of its tail latency (see README.md, Performance).
+type respConn struct {
+	nc  net.Conn
+	in  *bufio.Reader
+	out []byte // the pipeline being written
+}
+
+// dial connects and sets the connection up: AUTH, then SELECT, when the
+// options ask for them.
+func (d *respDialer) dial(ctx context.Context) (*respConn, error) {
+	deadline := time.Now().Add(d.timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	dialer := &net.Dialer{Deadline: deadline}
+	var nc net.Conn
+	var err error
+	if d.tls != nil {
+		nc, err = (&tls.Dialer{NetDialer: dialer, Config: d.tls}).DialContext(ctx, d.network, d.addr)
+	} else {
+		nc, err = dialer.DialContext(ctx, d.network, d.addr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dial redis %s: %w", d.addr, err)
+	}
+	c := &respConn{nc: nc, in: bufio.NewReaderSize(nc, 16<<10)}
+	var setup [][]string
+	switch {
+	case d.password != "" && d.username != "":
+		setup = append(setup, []string{"AUTH", d.username, d.password})
+	case d.password != "":
+		setup = append(setup, []string{"AUTH", d.password})
+	}
+	if d.db != 0 {
+		setup = append(setup, []string{"SELECT", strconv.Itoa(d.db)})
+	}
+	if err := c.setup(deadline, setup); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("set up redis connection to %s: %w", d.addr, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		nc.Close()
+		return nil, errors.New("redisquota: handler closed")
+	}
+	d.conns[c] = struct{}{}
+	return c, nil
+}
+
+// setup sends commands that must each be answered +OK.
+func (c *respConn) setup(deadline time.Time, cmds [][]string) error {
+	if len(cmds) == 0 {
+		return nil
+	}
+	if err := c.nc.SetDeadline(deadline); err != nil {
+		return err
+	}
+	c.out = c.out[:0]
+	for _, args := range cmds {
+		c.out = appendArrayHeader(c.out, len(args))
+		for _, a := range args {
+			c.out = appendBulk(c.out, a)
+		}
+	}
+	if _, err := c.nc.Write(c.out); err != nil {
+		return err
+	}
+	for _, args := range cmds {
+		line, err := c.line()
+		if err != nil {
+			return err
+		}
+		if string(line) != "+OK" {
+			if len(line) > 0 && line[0] == '-' {
+				return fmt.Errorf("%s: %w", args[0], redisError(line[1:]))
+			}
+			return fmt.Errorf("%s answered %q", args[0], line)
+		}
+	}
+	return nil
+}
+
+// forget closes c and stops tracking it.
+func (d *respDialer) forget(c *respConn) {
+	c.nc.Close()
+	d.mu.Lock()
+	delete(d.conns, c)
+	d.mu.Unlock()
+}
+
+// close closes every connection, and makes later dials fail: pipelines in
+// flight fail with their connections.
+func (d *respDialer) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closed = true
+	for c := range d.conns {
+		c.nc.Close()
+	}
+	clear(d.conns)
+}
+
+// alive reports whether the server has not closed c while it idled, nor sent
+// it anything unasked: a look at the socket, without waiting. A connection it
+// cannot look at (TLS) is taken as alive.
+func (c *respConn) alive() bool {
+	if c.in.Buffered() > 0 {
+		return false
+	}
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	var buf [1]byte
+	err = raw.Read(func(fd uintptr) bool {
+		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = n < 0 && (rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK)
+		return true
+	})
+	return err == nil && alive
+}
+
+// exec sends the script calls in one write, by EVALSHA or (eval) EVAL, and reads
+// their answers into replies, by deadline. It returns an error when the
+// connection is no longer usable (it failed, timed out, or is out of step); the
+// calls it did not read an answer for then have that error.
+func (c *respConn) exec(deadline time.Time, calls []*op, eval bool, replies []reply) error {
+	c.out = c.out[:0]
+	for _, o := range calls {
+		c.out = o.appendCall(c.out, eval)
+	}
+	err := c.nc.SetDeadline(deadline)
+	if err == nil {
+		_, err = c.nc.Write(c.out)
+	}
+	i := 0
+	for err == nil && i < len(calls) {
+		if err = c.readReply(&replies[i]); err == nil {
+			i++
+		}
+	}
+	for ; i < len(calls); i++ { // not answered, the one that failed included
+		replies[i] = reply{err: err}
+	}
+	return err
+}
+
+// appendCall appends o's command: EVALSHA with the script's digest, or EVAL with
+// its source, then its keys and arguments.
+func (o *op) appendCall(b []byte, eval bool) []byte {
+	nargs := len(o.cmd) - 3 - len(o.keys)
+	b = appendArrayHeader(b, 3+len(o.keys)+nargs)
+	if eval {
+		b = appendBulk(appendBulk(b, "EVAL"), o.script.source)
+	} else {
+		b = appendBulk(appendBulk(b, "EVALSHA"), o.script.digest)
+	}
+	b = appendBulkInt(b, int64(len(o.keys)))
+	for _, k := range o.keys {
+		b = appendBulk(b, k)
+	}
+	for _, v := range o.nums[:nargs] {
+		b = appendBulkInt(b, v)
+	}
+	return b
+}
+
+func appendArrayHeader(b []byte, n int) []byte {
+	b = strconv.AppendInt(append(b, '*'), int64(n), 10)
+	return append(b, '\r', '\n')
+}
+
+func appendBulk(b []byte, s string) []byte {
+	b = strconv.AppendInt(append(b, '$'), int64(len(s)), 10)
+	b = append(append(b, '\r', '\n'), s...)
+	return append(b, '\r', '\n')
+}
+
+func appendBulkInt(b []byte, v int64) []byte {
+	var digits [20]byte
+	d := strconv.AppendInt(digits[:0], v, 10)
+	b = strconv.AppendInt(append(b, '$'), int64(len(d)), 10)
+	b = append(append(b, '\r', '\n'), d...)
+	return append(b, '\r', '\n')
+}
+
+// maxReplyLine bounds a reply line (an error's text): a longer one means a
+// connection out of step.
+const maxReplyLine = 4 << 10
+
+// line reads one RESP line, without its CRLF; it is valid until the next read.
+func (c *respConn) line() ([]byte, error) {
+	line, err := c.in.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return nil, fmt.Errorf("a reply line longer than %d bytes: connection out of step", c.in.Size())
+		}
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("redis closed the connection: %w", io.ErrUnexpectedEOF)
+		}
+		return nil, err
+	}
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return nil, fmt.Errorf("reply %q is not RESP: connection out of step", line)
+	}
+	return line[:len(line)-2], nil
+}
+
+// readReply reads a script call's answer into r. Redis's error answers and
+// answers of an unexpected shape are r's error, the connection staying in step;
+// the error returned means it is not.
+func (c *respConn) readReply(r *reply) error {
+	*r = reply{}
+	line, err := c.line()
+	if err != nil {
+		return err
+	}
+	switch line[0] {
+	case ':':
+		v, ok := parseInt(line[1:])
+		if !ok {
+			return fmt.Errorf("integer reply %q: connection out of step", line)
+		}
+		r.n, r.ints[0] = 1, v
+	case '-':
+		msg := line[1:]
+		if len(msg) > maxReplyLine {
+			msg = msg[:maxReplyLine]
+		}
+		r.err = redisError(msg)
+	case '*':
+		n, ok := parseLength(line[1:])
+		if !ok {
+			return fmt.Errorf("array reply %q: connection out of step", line)
+		}
+		r.array = true
+		for i := range max(n, 0) {
+			var e reply
+			if err := c.readReply(&e); err != nil {
+				return err
+			}
+			switch {
+			case r.err != nil:
+			case e.err != nil:
+				r.err = e.err
+			case e.array || i >= len(r.ints):
+				r.err = fmt.Errorf("an array of %d values, not integers: %w", n, errUnexpected)
+			default:
+				r.ints[i] = e.ints[0]
+				r.n++
+			}
+		}
+	case '$':
+		n, ok := parseLength(line[1:])
+		if !ok {
+			return fmt.Errorf("bulk reply %q: connection out of step", line)
+		}
+		if n >= 0 {
+			if _, err := c.in.Discard(n + 2); err != nil {
+				return err
+			}
+		}
+		r.err = fmt.Errorf("a string of %d bytes: %w", n, errUnexpected)
+	case '+':
+		r.err = fmt.Errorf("status %q: %w", line[1:], errUnexpected)
+	default:
+		return fmt.Errorf("reply %q: connection out of step", line)
+	}
+	return nil
+}
+
+// parseInt reads a RESP integer's decimal digits, with an optional minus sign,
+// without the string conversion strconv would need.
+func parseInt(b []byte) (int64, bool) {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	if len(b) == 0 || len(b) > 19 {
+		return 0, false
+	}
+	var v int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int64(c-'0')
+	}
+	if v < 0 { // 19 digits past int64's range
+		return 0, false
+	}
+	if neg {
+		v = -v
+	}
+	return v, true
+}
+
+// parseLength reads an array's or a bulk string's length: -1 (nil) or more, and
+// less than maxLength, for a length beyond what a script answers means a
+// connection out of step.
+func parseLength(b []byte) (int, bool) {
+	n, ok := parseInt(b)
+	if !ok || n < -1 || n > maxLength {
+		return 0, false
+	}
+	return int(n), true
+}
+
+// maxLength bounds the length of an array or string in a reply.
+const maxLength = 1 << 20
