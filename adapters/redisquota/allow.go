@@ -192,13 +192,13 @@ func newSlots(n int) []*slot {
 
 // sendJobs runs the calls of jobs in one pipeline on s, in order, and hands each
 // job its answers.
-func (h *Handler) sendJobs(ctx context.Context, s *slot, jobs []*job) {
+func (h *Handler) sendJobs(ctx context.Context, deadline time.Time, s *slot, jobs []*job) {
 	for _, j := range jobs {
 		for _, i := range j.pending {
 			s.calls = append(s.calls, &j.ops[i])
 		}
 	}
-	h.run(ctx, s)
+	h.run(ctx, deadline, s)
 	h.pipelineCalls.Observe(float64(len(s.calls)))
 	replies := s.replies
 	for _, j := range jobs {
@@ -218,16 +218,15 @@ func (h *Handler) sendJobs(ctx context.Context, s *slot, jobs []*job) {
 	s.calls, s.replies, s.cmds, s.cmders, s.retry = s.calls[:0], s.replies[:0], s.cmds[:0], s.cmders[:0], s.retry[:0]
 }
 
-// run sends the script calls of s in one pipeline, bounded by ctx's deadline,
+// run sends the script calls of s in one pipeline, bounded by deadline,
 // and leaves their answers in s.replies: Allow's pipeline carries its deadline,
 // and a shared one the earliest deadline of its callers. Scripts that Redis does
 // not have cached (it restarted, or its cache was flushed) did not run; they are
 // sent again in full, in a second pipeline.
-func (h *Handler) run(ctx context.Context, s *slot) {
+func (h *Handler) run(ctx context.Context, deadline time.Time, s *slot) {
 	n := len(s.calls)
 	s.replies = slices.Grow(s.replies[:0], n)[:n]
 	now := time.Now()
-	deadline, _ := ctx.Deadline()
 	if !deadline.IsZero() && !now.Before(deadline) {
 		// Too late already (a caller's deadline ran out before its call got
 		// here): a write past its deadline fails without sending, and would cost
@@ -237,7 +236,7 @@ func (h *Handler) run(ctx context.Context, s *slot) {
 		}
 		return
 	}
-	h.exec(ctx, s, now, s.calls, false, s.replies)
+	h.exec(ctx, deadline, s, now, s.calls, false, s.replies)
 	s.retry = s.retry[:0]
 	for j, r := range s.replies {
 		if noScript(r.err) {
@@ -251,7 +250,7 @@ func (h *Handler) run(ctx context.Context, s *slot) {
 	// each costs a round trip more, and many mean a Redis that keeps losing them.
 	h.env.Stats.Error(reasonScriptMissing)
 	s.retried = slices.Grow(s.retried[:0], len(s.retry))[:len(s.retry)]
-	h.exec(ctx, s, now, s.retry, true, s.retried)
+	h.exec(ctx, deadline, s, now, s.retry, true, s.retried)
 	k := 0
 	for j := range s.replies {
 		if noScript(s.replies[j].err) {
@@ -263,9 +262,11 @@ func (h *Handler) run(ctx context.Context, s *slot) {
 
 // exec sends calls in one pipeline on s, by EVALSHA or (eval) EVAL, and leaves
 // their answers in replies.
-func (h *Handler) exec(ctx context.Context, s *slot, now time.Time, calls []*op, eval bool, replies []reply) {
+func (h *Handler) exec(ctx context.Context, deadline time.Time, s *slot, now time.Time, calls []*op, eval bool, replies []reply) {
 	if h.dialer == nil {
-		h.execCluster(ctx, s, calls, eval, replies)
+		cctx, dc := withDeadline(ctx, deadline)
+		h.execCluster(cctx, s, calls, eval, replies)
+		dc.Cancel()
 		return
 	}
 	if s.rc != nil && now.Sub(s.lastUsed) > slotIdle && !s.rc.alive() {
@@ -273,7 +274,7 @@ func (h *Handler) exec(ctx context.Context, s *slot, now time.Time, calls []*op,
 		s.rc = nil
 	}
 	if s.rc == nil {
-		rc, err := h.dialer.dial(ctx)
+		rc, err := h.dialer.dial(ctx, deadline)
 		if err != nil {
 			for j := range replies {
 				replies[j] = reply{err: err}
@@ -283,7 +284,6 @@ func (h *Handler) exec(ctx context.Context, s *slot, now time.Time, calls []*op,
 		s.rc = rc
 	}
 	s.lastUsed = now
-	deadline, _ := ctx.Deadline()
 	if err := s.rc.exec(deadline, calls, eval, replies); err != nil {
 		// A connection that failed or timed out may hold a late answer, or
 		// none: it is not used again.

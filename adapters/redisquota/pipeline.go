@@ -63,9 +63,11 @@ func (j *job) woken() {
 // Each pipeline in flight holds a slot: a connection of its own and the storage
 // its calls reuse.
 type coalescer struct {
-	// send runs the calls of jobs in one pipeline on slot s, bounded by ctx, and
-	// fills each job's replies and wakes it.
-	send func(ctx context.Context, s *slot, jobs []*job)
+	// send runs the calls of jobs in one pipeline on slot s, bounded by
+	// deadline, and fills each job's replies and wakes it. The deadline is
+	// passed apart from ctx (which a connection it dials observes) so that a
+	// pipeline costs no context of its own.
+	send func(ctx context.Context, deadline time.Time, s *slot, jobs []*job)
 
 	mu    sync.Mutex
 	queue []*job
@@ -77,7 +79,7 @@ type coalescer struct {
 	expiryAt time.Time
 }
 
-func newCoalescer(slots []*slot, send func(context.Context, *slot, []*job)) *coalescer {
+func newCoalescer(slots []*slot, send func(context.Context, time.Time, *slot, []*job)) *coalescer {
 	c := &coalescer{send: send, free: slices.Clone(slots)}
 	c.expiry = time.AfterFunc(time.Hour, c.expire)
 	c.expiry.Stop()
@@ -98,11 +100,9 @@ func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
 		c.free = c.free[:n-1]
 		c.mu.Unlock()
 		j.state.Store(jobTaken)
-		sctx, dc := withDeadline(ctx, deadline)
 		j.alone[0] = j
-		c.send(sctx, s, j.alone[:])
+		c.send(ctx, deadline, s, j.alone[:])
 		j.alone[0] = nil
-		dc.Cancel()
 		// Calls that queued meanwhile go out on a goroutine of their own, so that
 		// this caller answers now rather than after another round trip.
 		if next := c.next(s); next != nil {
@@ -152,9 +152,7 @@ func (c *coalescer) sendShared(s *slot, batch []*job) {
 			earliest = j.deadline
 		}
 	}
-	ctx, dc := withDeadline(context.Background(), earliest)
-	c.send(ctx, s, batch)
-	dc.Cancel()
+	c.send(context.Background(), earliest, s, batch)
 }
 
 // next takes the queued jobs for the pipeline slot s, which the caller holds, or

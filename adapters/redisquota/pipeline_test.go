@@ -24,7 +24,7 @@ type echoSend struct {
 	maxFlight int
 }
 
-func (e *echoSend) send(ctx context.Context, _ *slot, jobs []*job) {
+func (e *echoSend) send(ctx context.Context, deadline time.Time, _ *slot, jobs []*job) {
 	e.mu.Lock()
 	e.inFlight++
 	e.maxFlight = max(e.maxFlight, e.inFlight)
@@ -41,6 +41,8 @@ func (e *echoSend) send(ctx context.Context, _ *slot, jobs []*job) {
 			r := reply{n: 1, ints: [4]int64{o.nums[0]}}
 			if err := ctx.Err(); err != nil {
 				r = reply{err: err}
+			} else if !time.Now().Before(deadline) {
+				r = reply{err: context.DeadlineExceeded}
 			}
 			j.replies = append(j.replies, r)
 		}
@@ -48,8 +50,7 @@ func (e *echoSend) send(ctx context.Context, _ *slot, jobs []*job) {
 	e.mu.Lock()
 	e.inFlight--
 	e.pipelines = append(e.pipelines, keys)
-	d, _ := ctx.Deadline()
-	e.deadlines = append(e.deadlines, d)
+	e.deadlines = append(e.deadlines, deadline)
 	e.mu.Unlock()
 	for _, j := range jobs {
 		j.woken()

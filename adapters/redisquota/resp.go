@@ -137,12 +137,12 @@ type respConn struct {
 	out []byte // the pipeline being written
 }
 
-// dial connects and sets the connection up: AUTH, then SELECT, when the
-// options ask for them.
-func (d *respDialer) dial(ctx context.Context) (*respConn, error) {
-	deadline := time.Now().Add(d.timeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
+// dial connects and sets the connection up (AUTH, then SELECT, when the
+// options ask for them), by deadline (zero for none) and within the dialer's
+// timeout.
+func (d *respDialer) dial(ctx context.Context, deadline time.Time) (*respConn, error) {
+	if limit := time.Now().Add(d.timeout); deadline.IsZero() || limit.Before(deadline) {
+		deadline = limit
 	}
 	dialer := &net.Dialer{Deadline: deadline}
 	var nc net.Conn
