@@ -148,6 +148,7 @@ func (h *Handler) releaseJob(j *job) {
 		return // an outsized batch does not pin its memory
 	}
 	clear(j.ops) // the keys, scripts and arguments go with it
+	clear(j.replies)
 	j.ops, j.pending, j.replies = j.ops[:0], j.pending[:0], j.replies[:0]
 	j.ctx, j.deadline, j.queued = nil, time.Time{}, false
 	j.state.Store(jobQueued)
@@ -212,6 +213,7 @@ func (h *Handler) sendJobs(ctx context.Context, deadline time.Time, s *slot, job
 		return
 	}
 	clear(s.calls)
+	clear(s.replies)
 	clear(s.cmds)
 	clear(s.cmders)
 	clear(s.retry)
@@ -274,6 +276,14 @@ func (h *Handler) exec(ctx context.Context, deadline time.Time, s *slot, now tim
 		s.rc = nil
 	}
 	if s.rc == nil {
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			// No time left to connect in (a retry after a pipeline that timed
+			// out): failing the dial would hold back the next ones for nothing.
+			for j := range replies {
+				replies[j] = reply{err: context.DeadlineExceeded}
+			}
+			return
+		}
 		rc, err := h.dialer.dial(ctx, deadline)
 		if err != nil {
 			for j := range replies {

@@ -112,7 +112,15 @@ type respDialer struct {
 	mu     sync.Mutex
 	conns  map[*respConn]struct{} // open, closed by close
 	closed bool
+	// failedUntil and lastErr hold back dials after one failed: a Redis that is
+	// down or refuses the credentials is tried again after dialBackoff, not by
+	// every pipeline (thousands a second), and its decisions fail at once meanwhile.
+	failedUntil time.Time
+	lastErr     error
 }
+
+// dialBackoff is how long after a failed dial (or set-up) the next is held back.
+const dialBackoff = 100 * time.Millisecond
 
 func newRespDialer(opt *redis.Options, timeout time.Duration) *respDialer {
 	network := opt.Network
@@ -137,10 +145,37 @@ type respConn struct {
 	out []byte // the pipeline being written
 }
 
-// dial connects and sets the connection up (AUTH, then SELECT, when the
+// dial returns a new connection, set up (see connect) and tracked for close.
+// After a failure, dials are held back for dialBackoff, failing at once with
+// that failure's error.
+func (d *respDialer) dial(ctx context.Context, deadline time.Time) (*respConn, error) {
+	now := time.Now()
+	d.mu.Lock()
+	held, lastErr := now.Before(d.failedUntil), d.lastErr
+	d.mu.Unlock()
+	if held {
+		return nil, fmt.Errorf("not dialing redis again for %v after: %w", dialBackoff, lastErr)
+	}
+	c, err := d.connect(ctx, deadline)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		d.failedUntil, d.lastErr = time.Now().Add(dialBackoff), err
+		return nil, err
+	}
+	d.failedUntil, d.lastErr = time.Time{}, nil
+	if d.closed {
+		c.nc.Close()
+		return nil, errors.New("redisquota: handler closed")
+	}
+	d.conns[c] = struct{}{}
+	return c, nil
+}
+
+// connect dials and sets the connection up (AUTH, then SELECT, when the
 // options ask for them), by deadline (zero for none) and within the dialer's
 // timeout.
-func (d *respDialer) dial(ctx context.Context, deadline time.Time) (*respConn, error) {
+func (d *respDialer) connect(ctx context.Context, deadline time.Time) (*respConn, error) {
 	if limit := time.Now().Add(d.timeout); deadline.IsZero() || limit.Before(deadline) {
 		deadline = limit
 	}
@@ -170,13 +205,6 @@ func (d *respDialer) dial(ctx context.Context, deadline time.Time) (*respConn, e
 		nc.Close()
 		return nil, fmt.Errorf("set up redis connection to %s: %w", d.addr, err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		nc.Close()
-		return nil, errors.New("redisquota: handler closed")
-	}
-	d.conns[c] = struct{}{}
 	return c, nil
 }
 

@@ -2,6 +2,7 @@ package redisquota
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicemesh/sluice/templates/quota"
 )
@@ -224,6 +227,62 @@ func TestAlive(t *testing.T) {
 				t.Errorf("alive %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestDialBackoff: a failed set-up (a wrong password here) holds back the next
+// dials for dialBackoff, which fail at once with its error; then the dialer
+// tries again.
+func TestDialBackoff(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan []string, 10)
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				args, err := readCommand(bufio.NewReader(nc))
+				if err != nil {
+					return
+				}
+				accepted <- args
+				_, _ = io.WriteString(nc, "-WRONGPASS invalid username-password pair\r\n")
+			}()
+		}
+	}()
+	d := newRespDialer(&redis.Options{Addr: l.Addr().String(), Password: "guess"}, time.Second)
+	defer d.close()
+	if _, err := d.dial(context.Background(), time.Time{}); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("first dial: %v, want Redis's WRONGPASS", err)
+	}
+	if args := <-accepted; len(args) != 2 || args[0] != "AUTH" || args[1] != "guess" {
+		t.Errorf("set-up sent %q, want AUTH and the password", args)
+	}
+	start := time.Now()
+	_, err = d.dial(context.Background(), time.Time{})
+	if err == nil || !strings.Contains(err.Error(), "not dialing redis again") || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Errorf("a dial right after: %v, want it held back with the failure's error", err)
+	}
+	time.Sleep(dialBackoff - time.Since(start) + 10*time.Millisecond)
+	if _, err := d.dial(context.Background(), time.Time{}); err == nil || strings.Contains(err.Error(), "not dialing") {
+		t.Errorf("a dial after the backoff: %v, want a new attempt", err)
+	}
+	select {
+	case <-accepted:
+	case <-time.After(2 * time.Second):
+		t.Fatal("no new connection after the backoff")
+	}
+	select {
+	case args := <-accepted:
+		t.Errorf("a held-back dial connected (%q)", args)
+	default:
 	}
 }
 
