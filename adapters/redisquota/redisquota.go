@@ -339,7 +339,9 @@ func newClient(p *Params) (redis.UniversalClient, error) {
 	if p.ConnectionPoolSize != 0 {
 		opt.PoolSize = p.ConnectionPoolSize
 	}
-	if opt.Protocol == 0 { // a URL's ?protocol=3 is kept
+	// A URL's ?protocol=3 is kept for this client (scripts loaded at start); the
+	// decisions' own connections speak RESP2 (see respConn).
+	if opt.Protocol == 0 {
 		opt.Protocol = protocol
 	}
 	opt.ContextTimeoutEnabled = true

@@ -371,8 +371,8 @@ func TestIntegrationRedisDown(t *testing.T) {
 }
 
 // TestIntegrationConnectionKilled: a handler's pipelines keep connections of
-// their own. One that Redis closed while it idled is replaced before use, through
-// the pool's health check; one closed while in use fails its next pipeline, which
+// their own. One that Redis closed while it idled is replaced before use, found
+// by a peek at its socket; one closed while in use fails its next pipeline, which
 // is decided by the fail policy and counted, and the handler connects again.
 func TestIntegrationConnectionKilled(t *testing.T) {
 	s := startRedis(t)

@@ -2,6 +2,7 @@ package redisquota
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -11,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -154,13 +154,21 @@ func (d *respDialer) dial(ctx context.Context, deadline time.Time) (*respConn, e
 	held, lastErr := now.Before(d.failedUntil), d.lastErr
 	d.mu.Unlock()
 	if held {
-		return nil, fmt.Errorf("not dialing redis again for %v after: %w", dialBackoff, lastErr)
+		// Not wrapped: a decision failed by the backoff is not a timeout, even
+		// when the connect that started it timed out.
+		return nil, fmt.Errorf("not dialing redis again for %v after: %v", dialBackoff, lastErr)
 	}
-	c, err := d.connect(ctx, deadline)
+	limit := now.Add(d.timeout)
+	c, err := d.connect(ctx, deadline, limit)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err != nil {
-		d.failedUntil, d.lastErr = time.Now().Add(dialBackoff), err
+		// A connect cut short by its caller (its context ended, or its own
+		// deadline, shorter than the dialer's, passed) says nothing of Redis.
+		cut := ctx.Err() != nil || (!deadline.IsZero() && deadline.Before(limit) && !time.Now().Before(deadline))
+		if !cut {
+			d.failedUntil, d.lastErr = time.Now().Add(dialBackoff), err
+		}
 		return nil, err
 	}
 	d.failedUntil, d.lastErr = time.Time{}, nil
@@ -173,10 +181,10 @@ func (d *respDialer) dial(ctx context.Context, deadline time.Time) (*respConn, e
 }
 
 // connect dials and sets the connection up (AUTH, then SELECT, when the
-// options ask for them), by deadline (zero for none) and within the dialer's
-// timeout.
-func (d *respDialer) connect(ctx context.Context, deadline time.Time) (*respConn, error) {
-	if limit := time.Now().Add(d.timeout); deadline.IsZero() || limit.Before(deadline) {
+// options ask for them), by deadline (zero for none) or limit, whichever comes
+// first.
+func (d *respDialer) connect(ctx context.Context, deadline, limit time.Time) (*respConn, error) {
+	if deadline.IsZero() || limit.Before(deadline) {
 		deadline = limit
 	}
 	dialer := &net.Dialer{Deadline: deadline}
@@ -261,31 +269,6 @@ func (d *respDialer) close() {
 	clear(d.conns)
 }
 
-// alive reports whether the server has not closed c while it idled, nor sent
-// it anything unasked: a look at the socket, without waiting. A connection it
-// cannot look at (TLS) is taken as alive.
-func (c *respConn) alive() bool {
-	if c.in.Buffered() > 0 {
-		return false
-	}
-	sc, ok := c.nc.(syscall.Conn)
-	if !ok {
-		return true
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	alive := false
-	var buf [1]byte
-	err = raw.Read(func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		alive = n < 0 && (rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK)
-		return true
-	})
-	return err == nil && alive
-}
-
 // exec sends the script calls in one write, by EVALSHA or (eval) EVAL, and reads
 // their answers into replies, by deadline. It returns an error when the
 // connection is no longer usable (it failed, timed out, or is out of step); the
@@ -307,6 +290,9 @@ func (c *respConn) exec(deadline time.Time, calls []*op, eval bool, replies []re
 	}
 	for ; i < len(calls); i++ { // not answered, the one that failed included
 		replies[i] = reply{err: err}
+	}
+	if cap(c.out) > maxKeptOut {
+		c.out = nil // an outsized pipeline (a batch sent again in full) does not pin its memory
 	}
 	return err
 }
@@ -350,17 +336,27 @@ func appendBulkInt(b []byte, v int64) []byte {
 	return append(b, '\r', '\n')
 }
 
-// maxReplyLine bounds a reply line (an error's text): a longer one means a
-// connection out of step.
+// maxKeptOut bounds the write buffer a connection keeps between pipelines.
+const maxKeptOut = 64 << 10
+
+// maxReplyLine bounds what is kept of a reply line (an error's text): the rest
+// of a longer one is read and dropped.
 const maxReplyLine = 4 << 10
 
 // line reads one RESP line, without its CRLF; it is valid until the next read.
 func (c *respConn) line() ([]byte, error) {
 	line, err := c.in.ReadSlice('\n')
-	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return nil, fmt.Errorf("a reply line longer than %d bytes: connection out of step", c.in.Size())
+	if errors.Is(err, bufio.ErrBufferFull) {
+		// Longer than the buffer: keep its start, and read on to its end.
+		kept := bytes.Clone(line[:min(len(line), maxReplyLine)])
+		for errors.Is(err, bufio.ErrBufferFull) {
+			line, err = c.in.ReadSlice('\n')
 		}
+		if err == nil {
+			line = append(kept, "\r\n"...)
+		}
+	}
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("redis closed the connection: %w", io.ErrUnexpectedEOF)
 		}
@@ -370,6 +366,16 @@ func (c *respConn) line() ([]byte, error) {
 		return nil, fmt.Errorf("reply %q is not RESP: connection out of step", line)
 	}
 	return line[:len(line)-2], nil
+}
+
+// readElement reads an array's element into e: a script answers flat arrays,
+// so an array within one is taken as a connection out of step, rather than read
+// by recursion as deep as a server cares to nest.
+func (c *respConn) readElement(e *reply) error {
+	if b, err := c.in.Peek(1); err == nil && b[0] == '*' {
+		return errors.New("an array within an array: connection out of step")
+	}
+	return c.readReply(e)
 }
 
 // readReply reads a script call's answer into r. Redis's error answers and
@@ -389,11 +395,7 @@ func (c *respConn) readReply(r *reply) error {
 		}
 		r.n, r.ints[0] = 1, v
 	case '-':
-		msg := line[1:]
-		if len(msg) > maxReplyLine {
-			msg = msg[:maxReplyLine]
-		}
-		r.err = redisError(msg)
+		r.err = redisError(line[1:])
 	case '*':
 		n, ok := parseLength(line[1:])
 		if !ok {
@@ -402,7 +404,7 @@ func (c *respConn) readReply(r *reply) error {
 		r.array = true
 		for i := range max(n, 0) {
 			var e reply
-			if err := c.readReply(&e); err != nil {
+			if err := c.readElement(&e); err != nil {
 				return err
 			}
 			switch {

@@ -39,7 +39,8 @@ func TestReadReply(t *testing.T) {
 		{"array too long", "*5\r\n:1\r\n:2\r\n:3\r\n:4\r\n:5\r\n", "error an array of 5 values, not integers: unexpected answer", false},
 		{"array holding a string", "*2\r\n:1\r\n$1\r\nx\r\n", "error a string of 1 bytes: unexpected answer", false},
 		{"array holding an error", "*2\r\n-ERR x\r\n:1\r\n", "error ERR x", false},
-		{"nested array", "*1\r\n*1\r\n:1\r\n", "error an array of 1 values, not integers: unexpected answer", false},
+		{"nested array", "*1\r\n*1\r\n:1\r\n", "", true},
+		{"error longer than the buffer", "-ERR " + strings.Repeat("x", 5000) + "\r\n", "error ERR " + strings.Repeat("x", 59), false},
 		{"bulk string", "$3\r\nabc\r\n", "error a string of 3 bytes: unexpected answer", false},
 		{"nil bulk string", "$-1\r\n", "error a string of -1 bytes: unexpected answer", false},
 		{"status", "+OK\r\n", `error status "OK": unexpected answer`, false},
@@ -218,6 +219,11 @@ func TestAlive(t *testing.T) {
 			defer srv.Close()
 			tc.do(srv)
 			c := &respConn{nc: nc, in: bufio.NewReader(nc)}
+			// As after a pipeline: its deadline has passed since.
+			if err := nc.SetDeadline(time.Now().Add(time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(5 * time.Millisecond)
 			// A close or a write takes a moment to reach the client's socket.
 			deadline := time.Now().Add(2 * time.Second)
 			for c.alive() != tc.want && time.Now().Before(deadline) {
@@ -283,6 +289,55 @@ func TestDialBackoff(t *testing.T) {
 	case args := <-accepted:
 		t.Errorf("a held-back dial connected (%q)", args)
 	default:
+	}
+}
+
+// TestDialCutShort: a connect that its caller cuts short (its own deadline,
+// shorter than the dialer's timeout, or its context ended) does not hold back
+// the next dial: it says nothing of Redis.
+func TestDialCutShort(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan struct{}, 10)
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- struct{}{}
+			defer nc.Close() // never answers AUTH
+		}
+	}()
+	d := newRespDialer(&redis.Options{Addr: l.Addr().String(), Password: "pw"}, time.Second)
+	defer d.close()
+	soon := func() (context.Context, time.Time) {
+		return context.Background(), time.Now().Add(20 * time.Millisecond)
+	}
+	for _, tc := range []struct {
+		name  string
+		start func() (context.Context, time.Time)
+	}{
+		{"the caller's deadline", soon},
+		{"the caller's context", func() (context.Context, time.Time) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(20*time.Millisecond, cancel)
+			return ctx, time.Time{}
+		}},
+		{"the next dial", soon},
+	} {
+		ctx, deadline := tc.start()
+		if _, err := d.dial(ctx, deadline); err == nil || strings.Contains(err.Error(), "not dialing") {
+			t.Errorf("%s: %v, want a connect that timed out", tc.name, err)
+		}
+		select {
+		case <-accepted:
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%s: no connection made", tc.name)
+		}
 	}
 }
 

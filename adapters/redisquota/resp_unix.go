@@ -1,0 +1,38 @@
+//go:build unix
+
+package redisquota
+
+import (
+	"syscall"
+	"time"
+)
+
+// alive reports whether the server has not closed c while it idled, nor sent
+// it anything unasked: a look at the socket, without waiting. A connection it
+// cannot look at (TLS) is taken as alive.
+func (c *respConn) alive() bool {
+	if c.in.Buffered() > 0 {
+		return false
+	}
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	// The last pipeline's deadline has passed: the poller would refuse the read
+	// before the peek ran.
+	if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	var buf [1]byte
+	err = raw.Read(func(fd uintptr) bool {
+		_, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK
+		return true
+	})
+	return err == nil && alive
+}
