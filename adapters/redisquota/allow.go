@@ -228,17 +228,7 @@ func (h *Handler) sendJobs(ctx context.Context, deadline time.Time, s *slot, job
 func (h *Handler) run(ctx context.Context, deadline time.Time, s *slot) {
 	n := len(s.calls)
 	s.replies = slices.Grow(s.replies[:0], n)[:n]
-	now := time.Now()
-	if !deadline.IsZero() && !now.Before(deadline) {
-		// Too late already (a caller's deadline ran out before its call got
-		// here): a write past its deadline fails without sending, and would cost
-		// the slot its connection.
-		for j := range s.replies {
-			s.replies[j] = reply{err: context.DeadlineExceeded}
-		}
-		return
-	}
-	h.exec(ctx, deadline, s, now, s.calls, false, s.replies)
+	h.exec(ctx, deadline, s, time.Now(), s.calls, false, s.replies)
 	s.retry = s.retry[:0]
 	for j, r := range s.replies {
 		if noScript(r.err) {
@@ -252,7 +242,7 @@ func (h *Handler) run(ctx context.Context, deadline time.Time, s *slot) {
 	// each costs a round trip more, and many mean a Redis that keeps losing them.
 	h.env.Stats.Error(reasonScriptMissing)
 	s.retried = slices.Grow(s.retried[:0], len(s.retry))[:len(s.retry)]
-	h.exec(ctx, deadline, s, now, s.retry, true, s.retried)
+	h.exec(ctx, deadline, s, time.Now(), s.retry, true, s.retried)
 	k := 0
 	for j := range s.replies {
 		if noScript(s.replies[j].err) {
@@ -263,8 +253,16 @@ func (h *Handler) run(ctx context.Context, deadline time.Time, s *slot) {
 }
 
 // exec sends calls in one pipeline on s, by EVALSHA or (eval) EVAL, and leaves
-// their answers in replies.
+// their answers in replies; now is the time it starts.
 func (h *Handler) exec(ctx context.Context, deadline time.Time, s *slot, now time.Time, calls []*op, eval bool, replies []reply) {
+	if !deadline.IsZero() && !now.Before(deadline) {
+		// Too late already (a caller's deadline ran out before its call got
+		// here, or a retry after a pipeline that timed out): a write past its
+		// deadline fails without sending and would cost the slot its connection,
+		// and a dial would hold back the next ones for nothing.
+		fill(replies, context.DeadlineExceeded)
+		return
+	}
 	if h.dialer == nil {
 		cctx, dc := withDeadline(ctx, deadline)
 		h.execCluster(cctx, s, calls, eval, replies)
@@ -276,19 +274,9 @@ func (h *Handler) exec(ctx context.Context, deadline time.Time, s *slot, now tim
 		s.rc = nil
 	}
 	if s.rc == nil {
-		if !deadline.IsZero() && !time.Now().Before(deadline) {
-			// No time left to connect in (a retry after a pipeline that timed
-			// out): failing the dial would hold back the next ones for nothing.
-			for j := range replies {
-				replies[j] = reply{err: context.DeadlineExceeded}
-			}
-			return
-		}
 		rc, err := h.dialer.dial(ctx, deadline)
 		if err != nil {
-			for j := range replies {
-				replies[j] = reply{err: err}
-			}
+			fill(replies, err)
 			return
 		}
 		s.rc = rc

@@ -84,8 +84,12 @@ type redisError string
 
 func (e redisError) Error() string { return string(e) }
 
-// RedisError marks it as Redis's answer, as go-redis's errors are (redis.Error).
-func (redisError) RedisError() {}
+// fill gives every one of replies the error err.
+func fill(replies []reply, err error) {
+	for i := range replies {
+		replies[i] = reply{err: err}
+	}
+}
 
 // noScript reports whether err is Redis's NOSCRIPT answer: the script is not in
 // its cache.
@@ -288,9 +292,7 @@ func (c *respConn) exec(deadline time.Time, calls []*op, eval bool, replies []re
 			i++
 		}
 	}
-	for ; i < len(calls); i++ { // not answered, the one that failed included
-		replies[i] = reply{err: err}
-	}
+	fill(replies[i:], err) // not answered, the one that failed included
 	if cap(c.out) > maxKeptOut {
 		c.out = nil // an outsized pipeline (a batch sent again in full) does not pin its memory
 	}
@@ -389,8 +391,8 @@ func (c *respConn) readReply(r *reply) error {
 	}
 	switch line[0] {
 	case ':':
-		v, ok := parseInt(line[1:])
-		if !ok {
+		v, err := strconv.ParseInt(string(line[1:]), 10, 64)
+		if err != nil {
 			return fmt.Errorf("integer reply %q: connection out of step", line)
 		}
 		r.n, r.ints[0] = 1, v
@@ -411,8 +413,8 @@ func (c *respConn) readReply(r *reply) error {
 			case r.err != nil:
 			case e.err != nil:
 				r.err = e.err
-			case e.array || i >= len(r.ints):
-				r.err = fmt.Errorf("an array of %d values, not integers: %w", n, errUnexpected)
+			case i >= len(r.ints):
+				r.err = fmt.Errorf("an array of %d values: %w", n, errUnexpected)
 			default:
 				r.ints[i] = e.ints[0]
 				r.n++
@@ -437,41 +439,15 @@ func (c *respConn) readReply(r *reply) error {
 	return nil
 }
 
-// parseInt reads a RESP integer's decimal digits, with an optional minus sign,
-// without the string conversion strconv would need.
-func parseInt(b []byte) (int64, bool) {
-	neg := len(b) > 0 && b[0] == '-'
-	if neg {
-		b = b[1:]
-	}
-	if len(b) == 0 || len(b) > 19 {
-		return 0, false
-	}
-	var v int64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		v = v*10 + int64(c-'0')
-	}
-	if v < 0 { // 19 digits past int64's range
-		return 0, false
-	}
-	if neg {
-		v = -v
-	}
-	return v, true
-}
-
 // parseLength reads an array's or a bulk string's length: -1 (nil) or more, and
 // less than maxLength, for a length beyond what a script answers means a
 // connection out of step.
 func parseLength(b []byte) (int, bool) {
-	n, ok := parseInt(b)
-	if !ok || n < -1 || n > maxLength {
+	n, err := strconv.Atoi(string(b))
+	if err != nil || n < -1 || n > maxLength {
 		return 0, false
 	}
-	return int(n), true
+	return n, true
 }
 
 // maxLength bounds the length of an array or string in a reply.

@@ -36,7 +36,7 @@ func TestReadReply(t *testing.T) {
 		{"empty array", "*0\r\n", "[]", false},
 		{"nil array", "*-1\r\n", "[]", false},
 		{"redis error", "-NOSCRIPT No matching script\r\n", "error NOSCRIPT No matching script", false},
-		{"array too long", "*5\r\n:1\r\n:2\r\n:3\r\n:4\r\n:5\r\n", "error an array of 5 values, not integers: unexpected answer", false},
+		{"array too long", "*5\r\n:1\r\n:2\r\n:3\r\n:4\r\n:5\r\n", "error an array of 5 values: unexpected answer", false},
 		{"array holding a string", "*2\r\n:1\r\n$1\r\nx\r\n", "error a string of 1 bytes: unexpected answer", false},
 		{"array holding an error", "*2\r\n-ERR x\r\n:1\r\n", "error ERR x", false},
 		{"nested array", "*1\r\n*1\r\n:1\r\n", "", true},
