@@ -3,16 +3,10 @@ package h2unary
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"strings"
@@ -28,6 +22,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/sluicemesh/sluice/adapters/adaptertest"
 )
 
 // rawClient speaks HTTP/2 frame by frame, to do what a well-behaved client never
@@ -713,18 +709,11 @@ func TestUnansweredCallsCounted(t *testing.T) {
 // (here, one speaking plaintext HTTP/2) is counted as tls_handshake, not as a
 // client breaking HTTP/2's rules; a TLS client is served.
 func TestTLSHandshakeCounted(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert, err := tls.X509KeyPair(adaptertest.SelfSigned(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sluice"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := startServer(t, Options{TLS: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}, false)
+	ts := startServer(t, Options{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}}, false)
 
 	plain := ts.dial(t)
 	if _, err := echo(context.Background(), plain, []byte{0, 'x'}); err == nil {
