@@ -104,13 +104,14 @@ func noScript(err error) bool {
 }
 
 // respDialer makes connections to a single Redis server, set up as go-redis's
-// options for it say (network, TLS, credentials, database), for the hot path's
-// pipelines (see respConn).
+// options for it say (network, TLS, credentials, database, client name), for the
+// hot path's pipelines (see respConn).
 type respDialer struct {
 	network, addr      string
 	tls                *tls.Config
 	username, password string
 	db                 int
+	clientName         string
 	timeout            time.Duration
 
 	mu     sync.Mutex
@@ -133,8 +134,9 @@ func newRespDialer(opt *redis.Options, timeout time.Duration) *respDialer {
 	}
 	return &respDialer{
 		network: network, addr: opt.Addr, tls: opt.TLSConfig,
-		username: opt.Username, password: opt.Password, db: opt.DB, timeout: timeout,
-		conns: map[*respConn]struct{}{},
+		username: opt.Username, password: opt.Password, db: opt.DB, clientName: opt.ClientName,
+		timeout: timeout,
+		conns:   map[*respConn]struct{}{},
 	}
 }
 
@@ -184,8 +186,8 @@ func (d *respDialer) dial(ctx context.Context, deadline time.Time) (*respConn, e
 	return c, nil
 }
 
-// connect dials and sets the connection up (AUTH, then SELECT, when the
-// options ask for them), by deadline (zero for none) or limit, whichever comes
+// connect dials and sets the connection up (AUTH, SELECT and CLIENT SETNAME,
+// when the options ask for them), by deadline (zero for none) or limit, whichever comes
 // first.
 func (d *respDialer) connect(ctx context.Context, deadline, limit time.Time) (*respConn, error) {
 	if deadline.IsZero() || limit.Before(deadline) {
@@ -212,6 +214,11 @@ func (d *respDialer) connect(ctx context.Context, deadline, limit time.Time) (*r
 	}
 	if d.db != 0 {
 		setup = append(setup, []string{"SELECT", strconv.Itoa(d.db)})
+	}
+	if d.clientName != "" {
+		// As go-redis names its own connections, so that CLIENT LIST shows the
+		// hot path's under the URL's client_name too.
+		setup = append(setup, []string{"CLIENT", "SETNAME", d.clientName})
 	}
 	if err := c.setup(deadline, setup); err != nil {
 		nc.Close()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,7 +20,8 @@ import (
 )
 
 // TestIntegrationTLS: a rediss:// URL's decisions go over TLS, to Redis's TLS
-// port, with the URL's password and database.
+// port, with the URL's password, database and client name; a TLS connection
+// that Redis closed while it idled is replaced before use, as a plain one is.
 func TestIntegrationTLS(t *testing.T) {
 	dir := t.TempDir()
 	certPEM, keyPEM := adaptertest.SelfSigned(t)
@@ -34,7 +36,7 @@ func TestIntegrationTLS(t *testing.T) {
 	s := startRedis(t, "--requirepass", "s3cret", "--tls-port", tlsPort, "--tls-cert-file", cert,
 		"--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no")
 	h := newTestHandler(t, "", func(p *Params) {
-		p.RedisServerURL = "rediss://:s3cret@" + tlsAddr + "/3?skip_verify=true"
+		p.RedisServerURL = "rediss://:s3cret@" + tlsAddr + "/3?skip_verify=true&client_name=sluice-tls"
 		p.FailPolicy = "closed"
 	})
 	l := quota.Limit{Requests: 1, Window: time.Minute}
@@ -49,6 +51,31 @@ func TestIntegrationTLS(t *testing.T) {
 	defer admin.Close()
 	if n, err := admin.DBSize(context.Background()).Result(); err != nil || n != 1 {
 		t.Errorf("db 3 holds %d keys (%v), want the one counted over TLS", n, err)
+	}
+	// Every connection of the handler's, the hot path's included, carries the
+	// URL's client name.
+	list, err := admin.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var named, others int
+	for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
+		switch {
+		case strings.Contains(line, " name=sluice-tls "):
+			named++
+		case !strings.Contains(line, " cmd=client|list "):
+			others++
+		}
+	}
+	if named == 0 || others != 0 {
+		t.Errorf("%d connections named sluice-tls and %d others, want all the handler's named:\n%s", named, others, list)
+	}
+	if err := admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(slotIdle + 100*time.Millisecond)
+	if d := quotatest.AllowOne(t, h, now, quota.Request{Key: "tls-after-idle", Limit: l, Hits: 1}); !d.Allowed || d.ByPolicy {
+		t.Errorf("after an idle TLS connection was killed: %+v", d)
 	}
 	if n := h.stats.Errors(quotakit.ReasonError) + h.stats.Errors(quotakit.ReasonTimeout); n != 0 {
 		t.Errorf("%d failures counted", n)
