@@ -255,6 +255,37 @@ spec:
 			`h.yaml:28: params.policies[0].condition: header names arrive lower-cased`,
 			`h.yaml:29: params.policies[1].condition: found no matching overload`,
 		}},
+		{"a handler's unknown params key and its written fields' errors", map[string]string{
+			"h.yaml": `apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: callers, namespace: shop}
+spec:
+  adapter: list
+  params:
+    entryType: STRINGZ
+    overides: [a]
+    validDuration: -5s
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: den, namespace: shop}
+spec:
+  adapter: denier
+  params:
+    httpStatus: nine
+    bogus: 1
+    status: {code: NOT_A_CODE}
+`,
+		}, []string{
+			// Not "overrides: a list needs entries", which follows from the misspelling.
+			`h.yaml:7: params.entryType: entry type "STRINGZ" is not one of`,
+			`h.yaml:8: unknown field "overides"`,
+			`h.yaml:9: params.validDuration: must not be negative`,
+			// A value that did not decode stops the adapter's checks, which would
+			// report its zero value.
+			`h.yaml:17: httpStatus: "nine" is not a whole number`,
+			`h.yaml:18: unknown field "bogus"`,
+		}},
 		{"a mesh object's unknown field and bad value", map[string]string{
 			"w.yaml": "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec:\n  address: 1.2.3.4\n  adress: 1.2.3.4\n  weight: -1\n",
 		}, []string{

@@ -248,6 +248,8 @@ func FuzzParseFile(f *testing.F) {
 	f.Add([]byte("domain: d\ndescriptors:\n- key: k\n  value: v\n  rate_limit: {unit: second, requests_per_unit: 5}\n  descriptors: [{key: x}]\n"))
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}}]}]}\n"))
 	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("apiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: h}\nspec:\n  adapter: list\n" +
+		"  params: {entryType: X, bogus: 1, overrides: &o [a], allowHeaders: [{name: *o}]}\n"))
 	l := loader(f, "")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		l := *l

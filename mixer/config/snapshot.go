@@ -442,9 +442,12 @@ func compileHandler(o *Object, reg *adapters.Registry) (*Handler, error) {
 		return nil, &Error{Pos: o.PosOf("adapter"), Msg: fmt.Sprintf("unknown adapter %q (known: %s)", spec.Adapter, reg)}
 	}
 	params := f.NewParams()
+	var c collector // the unknown keys of params, if that is all that is wrong
 	if spec.Params.Kind != 0 {
-		if err := decodeStrict(o.Pos.File, &spec.Params, params); err != nil {
-			return nil, err
+		if _, clean := decodeValues(&c, o.Pos.File, &spec.Params, params); !clean {
+			// A value that did not decode was left at its zero value: the adapter's
+			// checks would report that as a mistake of its own.
+			return nil, c.err()
 		}
 	}
 	if fp, ok := params.(adapters.FileParams); ok && !o.Default {
@@ -453,9 +456,40 @@ func compileHandler(o *Object, reg *adapters.Registry) (*Handler, error) {
 		fp.ResolveFiles(filepath.Dir(o.Pos.File))
 	}
 	if err := params.Validate(); err != nil {
-		return nil, paramsError(o, err)
+		if len(c.errs) > 0 {
+			err = aboutWritten(&spec.Params, err)
+		}
+		if err != nil {
+			c.addErr(o.PosOf("params"), paramsError(o, err))
+		}
+	}
+	if err := c.err(); err != nil {
+		return nil, err
 	}
 	return &Handler{Object: o, Name: qualified(o.Namespace, o.Name), Factory: f, Params: params}, nil
+}
+
+// aboutWritten keeps of an adapter's validation errors those about fields
+// written in params. When params has an unknown key, an error about a field
+// left out, or about params as a whole, may be that key's consequence (the
+// field misspelt), and the unknown key is reported already.
+func aboutWritten(params *yaml.Node, err error) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var kept []error
+		for _, e := range j.Unwrap() {
+			if e != nil {
+				if e = aboutWritten(params, e); e != nil {
+					kept = append(kept, e)
+				}
+			}
+		}
+		return errors.Join(kept...)
+	}
+	var fe *adapters.FieldError
+	if errors.As(err, &fe) && pathWritten(params, fe.Path) {
+		return err
+	}
+	return nil
 }
 
 // paramsError positions an adapter's validation error at the field it names. An

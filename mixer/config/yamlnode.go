@@ -26,19 +26,27 @@ func decodeStrict(file string, node *yaml.Node, v any) error {
 // the node; not when the node's structure (an alias cycle, a merge key of a
 // scalar) stopped it.
 func decodeInto(c *collector, file string, node *yaml.Node, v any) bool {
+	decoded, _ := decodeValues(c, file, node, v)
+	return decoded
+}
+
+// decodeValues is decodeInto, and also reports whether every value written was
+// decoded: no type error, nor anything that stopped decoding. Unknown keys, which
+// are reported, do not count.
+func decodeValues(c *collector, file string, node *yaml.Node, v any) (decoded, clean bool) {
 	var kc collector
 	checkKnownFields(&kc, file, node, reflect.TypeOf(v), "", map[anchorVisit]bool{})
 	c.errs = append(c.errs, kc.errs...)
 	if kc.halt {
-		return false // decoding would fail on it too, and say so without a line
+		return false, false // decoding would fail on it too, and say so without a line
 	}
 	err := node.Decode(v)
 	if err == nil {
-		return true
+		return true, true
 	}
 	c.addErr(Position{File: file, Line: node.Line}, yamlError(file, node, err))
 	var te *yaml.TypeError
-	return asTypeError(err, &te) // yaml.v3 decodes the rest past a type error
+	return asTypeError(err, &te), false // yaml.v3 decodes the rest past a type error
 }
 
 // fieldTrust tells which fields of a mapping, decoded into a struct, hold what was
@@ -571,6 +579,32 @@ func lookupPath(node *yaml.Node, path string) *yaml.Node {
 		cur = next
 	}
 	return cur
+}
+
+// pathWritten reports whether path names a node that node holds: a field written,
+// not one left to its default.
+func pathWritten(node *yaml.Node, path string) bool {
+	cur := node
+	for _, seg := range splitPath(path) {
+		if cur.Kind == yaml.DocumentNode && len(cur.Content) > 0 {
+			cur = cur.Content[0]
+		}
+		cur = resolveAlias(cur)
+		if cur == nil {
+			return false
+		}
+		switch {
+		case seg.index >= 0 && cur.Kind == yaml.SequenceNode && seg.index < len(cur.Content):
+			cur = cur.Content[seg.index]
+		case seg.index < 0 && cur.Kind == yaml.MappingNode:
+			if _, cur = nodeEntry(cur, seg.key); cur == nil {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 type pathSeg struct {
