@@ -17,6 +17,11 @@ import (
 )
 
 // Params are an adapter's own settings, decoded strictly from a Handler's spec.params.
+//
+// /api/config shows them to anyone who reaches the admin port. Fields named like
+// secrets (password, token, apiKey, ...) are hidden there; tag any other field
+// that holds one `sluice:"secret"` (a signing key, a seed) and it is hidden too,
+// at any depth.
 type Params interface {
 	// Validate checks the params. Return a *FieldError to point at the offending field.
 	Validate() error

@@ -69,7 +69,7 @@ type Params struct {
 	// ClusterAddresses are seed nodes of a Redis Cluster, instead of RedisServerURL.
 	ClusterAddresses []string `yaml:"clusterAddresses"`
 	// Password authenticates to Redis (AUTH); empty for none.
-	Password string `yaml:"password"`
+	Password string `yaml:"password" sluice:"secret"`
 	// DB is the database of a single server; a cluster has only 0.
 	DB int `yaml:"db"`
 	// ConnectionPoolSize is the connections per Redis node of a Redis Cluster's

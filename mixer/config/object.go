@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -125,6 +127,9 @@ func (o *Object) Disabled() bool { return o.Annotations[DisabledAnnotation] == "
 type HandlerSpec struct {
 	Adapter string    `yaml:"adapter" json:"adapter"`
 	Params  yaml.Node `yaml:"params" json:"-"`
+	// paramsType is the adapter's params type, once the handler is compiled: its
+	// fields tagged sluice:"secret" are hidden whatever their names.
+	paramsType reflect.Type
 }
 
 // InstanceSpec is the spec of an Instance: a template filled by expressions.
@@ -136,7 +141,11 @@ type InstanceSpec struct {
 // MarshalJSON shows the params as data in /api/config, with their secrets hidden
 // (see redactSecrets): the admin port is the one every scraper reaches.
 func (h *HandlerSpec) MarshalJSON() ([]byte, error) {
-	return json.Marshal(map[string]any{"adapter": h.Adapter, "params": redactSecrets(nodeData(&h.Params))})
+	params := nodeData(&h.Params)
+	if h.paramsType != nil {
+		params = redactTagged(params, h.paramsType)
+	}
+	return json.Marshal(map[string]any{"adapter": h.Adapter, "params": redactSecrets(params)})
 }
 
 // Redacted is what /api/config shows in place of a secret.
@@ -168,6 +177,68 @@ func redactSecrets(v any) any {
 		return redactURL(v)
 	}
 	return v
+}
+
+// redactTagged replaces by Redacted the values of params data v, decoded into
+// type t, that t's fields tagged sluice:"secret" hold (see adapters.Params).
+func redactTagged(v any, t reflect.Type) any {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return v
+		}
+		fields := map[string]reflect.StructField{}
+		structFields(t, fields)
+		for k, x := range m {
+			f, known := fields[k]
+			switch {
+			case !known || x == nil:
+			case slices.Contains(strings.Split(f.Tag.Get("sluice"), ","), "secret"):
+				m[k] = Redacted
+			default:
+				m[k] = redactTagged(x, f.Type)
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		if l, ok := v.([]any); ok {
+			for i, x := range l {
+				l[i] = redactTagged(x, t.Elem())
+			}
+		}
+	case reflect.Map:
+		if m, ok := v.(map[string]any); ok {
+			for k, x := range m {
+				m[k] = redactTagged(x, t.Elem())
+			}
+		}
+	}
+	return v
+}
+
+// structFields maps the YAML keys of struct type t, its inlined structs' too, to
+// their fields.
+func structFields(t reflect.Type, out map[string]reflect.StructField) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, inline, skip := yamlFieldName(f)
+		switch {
+		case skip:
+		case inline:
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				structFields(ft, out)
+			}
+		default:
+			out[name] = f
+		}
+	}
 }
 
 // redactURL hides the password of a URL; other strings are returned as they are.

@@ -1,11 +1,16 @@
 package config_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
+	"github.com/sluicemesh/sluice/adapters"
+	"github.com/sluicemesh/sluice/mixer/attribute"
 	"github.com/sluicemesh/sluice/mixer/config"
+	"github.com/sluicemesh/sluice/mixer/expr"
 )
 
 // TestHandlerParamsRedacted: what /api/config shows of a handler's params hides
@@ -43,6 +48,76 @@ func TestHandlerParamsRedacted(t *testing.T) {
 		}
 		if strings.Contains(got, tc.forbidden) {
 			t.Errorf("%s: shown as %s, which holds %q", tc.params, got, tc.forbidden)
+		}
+	}
+}
+
+// pluginParams are a plugin's params, whose secrets are not named like secrets:
+// the tag hides them.
+type pluginParams struct {
+	Endpoint string `yaml:"endpoint"`
+	Sig      string `yaml:"sig" sluice:"secret"`
+	Backends []struct {
+		Name string `yaml:"name"`
+		Seed int    `yaml:"seed" sluice:"secret"`
+	} `yaml:"backends"`
+	Shared `yaml:",inline"`
+}
+
+// Shared is inlined in pluginParams.
+type Shared struct {
+	Phrase map[string]string `yaml:"phrase" sluice:"secret"`
+	Labels map[string]string `yaml:"labels"`
+}
+
+func (*pluginParams) Validate() error { return nil }
+
+// TestTaggedParamsRedacted: a plugin's params fields tagged sluice:"secret" are
+// hidden on /api/config whatever their names, at any depth and inlined; the
+// other fields are shown.
+func TestTaggedParamsRedacted(t *testing.T) {
+	reg, err := adapters.NewRegistry(&adapters.Factory{
+		Name: "plugin", Templates: []string{"logentry"},
+		NewParams: func() adapters.Params { return &pluginParams{} },
+		New: func(context.Context, adapters.Env, adapters.Params, adapters.Instances) (adapters.Handler, error) {
+			return nil, errors.New("not built in this test")
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	comp, err := expr.NewCompiler(attribute.NewVocabulary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeDir(t, map[string]string{"h.yaml": "apiVersion: sluice.dev/v1alpha1\nkind: Handler\nmetadata: {name: h, namespace: shop}\n" +
+		"spec:\n  adapter: plugin\n  params:\n    endpoint: https://collector\n    sig: pw1\n" +
+		"    backends: [{name: a, seed: 42424242}]\n    phrase: {k: pw3}\n    labels: {team: pay}\n"})
+	l := &config.Loader{Dir: dir, Adapters: reg, Compiler: comp, Layers: []config.Layer{}}
+	s, err := l.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec any
+	for _, o := range s.Objects {
+		if o.Kind == config.KindHandler && o.Name == "h" {
+			spec = o.Spec
+		}
+	}
+	js, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(js)
+	for _, w := range []string{`"sig":"[redacted]"`, `"seed":"[redacted]"`, `"phrase":"[redacted]"`,
+		`"endpoint":"https://collector"`, `"name":"a"`, `"labels":{"team":"pay"}`} {
+		if !strings.Contains(got, w) {
+			t.Errorf("shown as %s, want %s", got, w)
+		}
+	}
+	for _, secret := range []string{"pw1", "42424242", "pw3"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("shown as %s, which holds %q", got, secret)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 
@@ -442,6 +443,7 @@ func compileHandler(o *Object, reg *adapters.Registry) (*Handler, error) {
 		return nil, &Error{Pos: o.PosOf("adapter"), Msg: fmt.Sprintf("unknown adapter %q (known: %s)", spec.Adapter, reg)}
 	}
 	params := f.NewParams()
+	spec.paramsType = reflect.TypeOf(params)
 	var c collector // the unknown keys of params, if that is all that is wrong
 	if spec.Params.Kind != 0 {
 		if _, clean := decodeValues(&c, o.Pos.File, &spec.Params, params); !clean {
