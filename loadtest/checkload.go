@@ -516,7 +516,7 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 		srv.target = freeAddr()
 		args = append(args, "--check-addr", srv.target)
 	}
-	spec := "  adapter: memquota\n  params:\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n"
+	spec := memquotaSpec
 	if backend == "redis" {
 		args = append(args, "--redis-addr", raddr)
 		spec = fmt.Sprintf("  adapter: redisquota\n  params:\n    redisServerUrl: %s\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n", raddr)
@@ -630,6 +630,39 @@ func mergeEnv(base, extra []string) []string {
 	}
 	return append(out, extra...)
 }
+
+// memquotaSpec is the benchmark config's quota handler in memquota.
+const memquotaSpec = "  adapter: memquota\n  params:\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n"
+
+// BenchConfig is the config of the check benchmark's memquota runs, for
+// benchmarks of the check path in process (mixer/check).
+func BenchConfig() ([]byte, error) { return benchConfig(memquotaSpec) }
+
+// BenchScenario is the requests of one of the check benchmark's scenarios, for
+// benchmarks of the check path in process: the work the load tool's runs ask of
+// the server, without the network.
+type BenchScenario struct {
+	// Method is the gRPC method path the requests go to.
+	Method string
+	sc     *scenario
+}
+
+// NewBenchScenario returns the scenario of svc (ext_authz or ratelimit) and
+// cache (hit or miss; ratelimit has no cache).
+func NewBenchScenario(svc, cache string) (*BenchScenario, error) {
+	sc, err := newScenario(svc, cache)
+	if err != nil {
+		return nil, err
+	}
+	return &BenchScenario{Method: sc.method, sc: sc}, nil
+}
+
+// Request returns the i-th request, encoded, without gRPC's prefix; it is
+// shared in cache-hit scenarios, and must not be written to.
+func (b *BenchScenario) Request(i int64) []byte { return b.sc.request(i) }
+
+// Check accepts an encoded answer that allows the request.
+func (b *BenchScenario) Check(resp []byte) error { return b.sc.check(resp) }
 
 // benchConfig is the check benchmark's config with quotaSpec as the spec of its
 // quota handler.

@@ -1,0 +1,136 @@
+package check_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicemesh/sluice/adapters/all"
+	"github.com/sluicemesh/sluice/loadtest"
+	"github.com/sluicemesh/sluice/mixer/attribute"
+	"github.com/sluicemesh/sluice/mixer/check"
+	"github.com/sluicemesh/sluice/mixer/config"
+	"github.com/sluicemesh/sluice/mixer/dispatch"
+	"github.com/sluicemesh/sluice/mixer/expr"
+	"github.com/sluicemesh/sluice/mixer/h2unary"
+	"github.com/sluicemesh/sluice/mixer/registry"
+)
+
+// BenchmarkCheck: the check path's own work per request, in process, as the lean
+// listener calls it (from the encoded request to the encoded answer), on the
+// load tool's memquota config and requests. It is the server's CPU per check
+// that does not go to the network, the kernel or the scheduler: the share
+// Sluice's code can cut.
+func BenchmarkCheck(b *testing.B) {
+	for _, sc := range []struct{ svc, cache string }{
+		{"ext_authz", "hit"}, {"ext_authz", "miss"}, {"ratelimit", ""},
+	} {
+		name := sc.svc
+		if sc.cache != "" {
+			name += "/cache-" + sc.cache
+		}
+		b.Run(name, func(b *testing.B) {
+			bench, err := loadtest.NewBenchScenario(sc.svc, sc.cache)
+			if err != nil {
+				b.Fatal(err)
+			}
+			call, metrics := benchMethod(b, bench.Method)
+			ctx := context.Background()
+			dst := make([]byte, 0, 512)
+			// Warm the cache and the quota keys, as the load tool's first second does.
+			for i := range int64(1000) {
+				if _, err := call(ctx, bench.Request(i), append(dst[:0], 0, 0, 0, 0, 0)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := int64(0); b.Loop(); i++ {
+				resp, err := call(ctx, bench.Request(i), append(dst[:0], 0, 0, 0, 0, 0))
+				if err != nil {
+					b.Fatal(err)
+				}
+				dst = resp[:0]
+			}
+			b.StopTimer()
+			resp, err := call(ctx, bench.Request(7), append(dst[:0], 0, 0, 0, 0, 0))
+			if err == nil {
+				err = bench.Check(resp[5:])
+			}
+			if err != nil {
+				b.Fatalf("the last answer: %v", err)
+			}
+			// The rule matched: the policy was decided, from the cache or not.
+			if sc.svc == "ext_authz" && counter(b, metrics, "sluice_check_cache_hits_total")+counter(b, metrics, "sluice_check_cache_misses_total") == 0 {
+				b.Fatal("no policy check ran: the benchmark's rule did not match")
+			}
+		})
+	}
+}
+
+// benchMethod starts a check server on the benchmark's config and returns the
+// lean listener's method at path, and the server's metrics.
+func benchMethod(b *testing.B, path string) (func(context.Context, []byte, []byte) ([]byte, error), prometheus.Gatherer) {
+	b.Helper()
+	cfg, err := loadtest.BenchConfig()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bench.yaml"), cfg, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	comp, err := expr.NewCompiler(attribute.NewVocabulary())
+	if err != nil {
+		b.Fatal(err)
+	}
+	snap, err := (&config.Loader{Dir: dir, Adapters: all.Registry(), Compiler: comp}).Load()
+	if err != nil {
+		b.Fatal(err)
+	}
+	reg := registry.New("cluster.local")
+	disp, err := dispatch.New(dispatch.Options{Registry: reg, TrustDomain: reg.TrustDomain(), Compiler: comp, Metrics: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = disp.Close(context.Background()) })
+	if err := disp.Apply(context.Background(), snap); err != nil {
+		b.Fatal(err)
+	}
+	metrics := prometheus.NewRegistry()
+	s, err := check.New(check.Options{Dispatcher: disp, Registry: reg, Compiler: comp, Metrics: metrics})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var found *h2unary.Method
+	for _, m := range s.Methods() {
+		if m.Path == path {
+			found = &m
+		}
+	}
+	if found == nil {
+		b.Fatalf("no method %s", path)
+	}
+	return found.Call, metrics
+}
+
+// counter is the sum of the counter name's series in g.
+func counter(b *testing.B, g prometheus.Gatherer, name string) float64 {
+	b.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
