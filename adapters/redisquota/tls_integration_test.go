@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +55,7 @@ func TestIntegrationTLS(t *testing.T) {
 	}
 	// Every connection of the handler's, the hot path's included, carries the
 	// URL's client name.
+	connectionsBefore := received(t, admin)
 	list, err := admin.ClientList(context.Background()).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +72,15 @@ func TestIntegrationTLS(t *testing.T) {
 	if named == 0 || others != 0 {
 		t.Errorf("%d connections named sluice-tls and %d others, want all the handler's named:\n%s", named, others, list)
 	}
+	// An idle TLS connection that Redis did not close is kept: nothing the TLS
+	// session sent (its tickets) is taken for a close.
+	time.Sleep(slotIdle + 100*time.Millisecond)
+	if d := quotatest.AllowOne(t, h, now, quota.Request{Key: "tls-idle", Limit: l, Hits: 1}); !d.Allowed || d.ByPolicy {
+		t.Errorf("after an idle second over TLS: %+v", d)
+	}
+	if n := received(t, admin); n != connectionsBefore {
+		t.Errorf("an idle TLS connection was replaced: Redis received %d connections, %d before", n, connectionsBefore)
+	}
 	if err := admin.Do(context.Background(), "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -80,4 +91,24 @@ func TestIntegrationTLS(t *testing.T) {
 	if n := h.stats.Errors(quotakit.ReasonError) + h.stats.Errors(quotakit.ReasonTimeout); n != 0 {
 		t.Errorf("%d failures counted", n)
 	}
+}
+
+// received is Redis's count of the connections it has accepted, this one's included.
+func received(t *testing.T, c *redis.Client) int {
+	t.Helper()
+	info, err := c.Info(context.Background(), "stats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "total_connections_received:"); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no total_connections_received in INFO stats:\n%s", info)
+	return 0
 }
