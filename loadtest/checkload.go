@@ -657,9 +657,16 @@ func NewBenchScenario(svc, cache string) (*BenchScenario, error) {
 	return &BenchScenario{Method: sc.method, sc: sc}, nil
 }
 
-// Request returns the i-th request, encoded, without gRPC's prefix; it is
-// shared in cache-hit scenarios, and must not be written to.
-func (b *BenchScenario) Request(i int64) []byte { return b.sc.request(i) }
+// AppendRequest appends the i-th request, encoded, without gRPC's prefix, to
+// dst: a benchmark reuses one buffer, as the lean listener does.
+func (b *BenchScenario) AppendRequest(dst []byte, i int64) []byte {
+	msg := b.sc.template(i)
+	dst = append(dst, msg...)
+	if b.sc.stamp != nil {
+		b.sc.stamp(dst[len(dst)-len(msg):], i)
+	}
+	return dst
+}
 
 // Check accepts an encoded answer that allows the request.
 func (b *BenchScenario) Check(resp []byte) error { return b.sc.check(resp) }
