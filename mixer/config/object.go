@@ -192,7 +192,7 @@ func redactTagged(v any, t reflect.Type) any {
 			return v
 		}
 		fields := map[string]reflect.StructField{}
-		structFields(t, fields)
+		collectFields(t, fields)
 		for k, x := range m {
 			f, known := fields[k]
 			switch {
@@ -217,28 +217,6 @@ func redactTagged(v any, t reflect.Type) any {
 		}
 	}
 	return v
-}
-
-// structFields maps the YAML keys of struct type t, its inlined structs' too, to
-// their fields.
-func structFields(t reflect.Type, out map[string]reflect.StructField) {
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, inline, skip := yamlFieldName(f)
-		switch {
-		case skip:
-		case inline:
-			ft := f.Type
-			for ft.Kind() == reflect.Pointer {
-				ft = ft.Elem()
-			}
-			if ft.Kind() == reflect.Struct {
-				structFields(ft, out)
-			}
-		default:
-			out[name] = f
-		}
-	}
 }
 
 // redactURL hides the password of a URL; other strings are returned as they are.

@@ -54,7 +54,7 @@ func decodeValues(c *collector, file string, node *yaml.Node, v any) (decoded, c
 // error already reported (see ok).
 type fieldTrust struct {
 	m      *yaml.Node
-	fields map[string]reflect.Type
+	fields map[string]reflect.StructField
 	// sound is false when yaml.v3 decoded none of m (a key written twice);
 	// unknownKey when m has a key that t does not declare.
 	sound, unknownKey bool
@@ -66,7 +66,7 @@ func trustFields(m *yaml.Node, t reflect.Type) fieldTrust {
 	if m == nil || m.Kind != yaml.MappingNode {
 		return fieldTrust{sound: true}
 	}
-	ft := fieldTrust{m: m, fields: map[string]reflect.Type{}}
+	ft := fieldTrust{m: m, fields: map[string]reflect.StructField{}}
 	collectFields(t, ft.fields)
 	ft.sound = mappingSound(m, 0)
 	ft.unknownKey = hasUnknownKey(m, ft.fields, 0)
@@ -88,11 +88,11 @@ func (ft fieldTrust) ok(key string) bool {
 	if v == nil {
 		return !ft.unknownKey
 	}
-	t, known := ft.fields[key]
+	f, known := ft.fields[key]
 	if !known {
 		return true
 	}
-	return v.Decode(reflect.New(t).Interface()) == nil
+	return v.Decode(reflect.New(f.Type).Interface()) == nil
 }
 
 // maxMergeDepth bounds the walks of merge keys below (cycles are refused before).
@@ -136,7 +136,7 @@ func hasDuplicateKey(m *yaml.Node) bool {
 
 // hasUnknownKey reports whether mapping m, or one that its merge key brings in,
 // has a key that is not one of fields.
-func hasUnknownKey(m *yaml.Node, fields map[string]reflect.Type, depth int) bool {
+func hasUnknownKey(m *yaml.Node, fields map[string]reflect.StructField, depth int) bool {
 	m = resolveAlias(m)
 	if m == nil || m.Kind != yaml.MappingNode || depth > maxMergeDepth {
 		return false
@@ -434,7 +434,7 @@ func checkKnownFields(c *collector, file string, node *yaml.Node, t reflect.Type
 		if node.Kind != yaml.MappingNode {
 			return // node.Decode reports the type mismatch
 		}
-		fields := map[string]reflect.Type{}
+		fields := map[string]reflect.StructField{}
 		collectFields(t, fields)
 		for i := 0; i+1 < len(node.Content); i += 2 {
 			k, val := node.Content[i], node.Content[i+1]
@@ -442,12 +442,12 @@ func checkKnownFields(c *collector, file string, node *yaml.Node, t reflect.Type
 				checkMerge(c, file, k, val, t, path, seen)
 				continue
 			}
-			ft, ok := fields[k.Value]
+			f, ok := fields[k.Value]
 			if !ok {
 				c.add(Position{File: file, Line: k.Line}, "unknown field %q%s (known: %s)", k.Value, inPath(path), knownList(fields))
 				continue
 			}
-			checkKnownFields(c, file, val, ft, join(path, k.Value), seen)
+			checkKnownFields(c, file, val, f.Type, join(path, k.Value), seen)
 		}
 	case reflect.Slice, reflect.Array:
 		if node.Kind != yaml.SequenceNode {
@@ -505,7 +505,9 @@ func resolveAlias(n *yaml.Node) *yaml.Node {
 	return n
 }
 
-func collectFields(t reflect.Type, out map[string]reflect.Type) {
+// collectFields maps the YAML keys of struct type t, its inlined structs' too, to
+// their fields.
+func collectFields(t reflect.Type, out map[string]reflect.StructField) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name, inline, skip := yamlFieldName(f)
@@ -522,11 +524,11 @@ func collectFields(t reflect.Type, out map[string]reflect.Type) {
 			}
 			continue
 		}
-		out[name] = f.Type
+		out[name] = f
 	}
 }
 
-func knownList(fields map[string]reflect.Type) string {
+func knownList(fields map[string]reflect.StructField) string {
 	names := make([]string, 0, len(fields))
 	for n := range fields {
 		names = append(names, n)
@@ -553,10 +555,24 @@ func join(path, key string) string {
 // positioning errors that adapters report by path, following aliases and merge keys as
 // decoding does. It returns the deepest node found.
 func lookupPath(node *yaml.Node, path string) *yaml.Node {
+	n, _ := walkPath(node, path)
+	return n
+}
+
+// pathWritten reports whether path names a node that node holds: a field written,
+// not one left to its default.
+func pathWritten(node *yaml.Node, path string) bool {
+	_, whole := walkPath(node, path)
+	return whole
+}
+
+// walkPath follows path below node as lookupPath describes, and reports whether it
+// found every step.
+func walkPath(node *yaml.Node, path string) (deepest *yaml.Node, whole bool) {
 	cur := node
 	for _, seg := range splitPath(path) {
 		if cur == nil {
-			break
+			return nil, false
 		}
 		if cur.Kind == yaml.DocumentNode && len(cur.Content) > 0 {
 			cur = cur.Content[0]
@@ -574,37 +590,11 @@ func lookupPath(node *yaml.Node, path string) *yaml.Node {
 			}
 		}
 		if next == nil {
-			break
+			return cur, false
 		}
 		cur = next
 	}
-	return cur
-}
-
-// pathWritten reports whether path names a node that node holds: a field written,
-// not one left to its default.
-func pathWritten(node *yaml.Node, path string) bool {
-	cur := node
-	for _, seg := range splitPath(path) {
-		if cur.Kind == yaml.DocumentNode && len(cur.Content) > 0 {
-			cur = cur.Content[0]
-		}
-		cur = resolveAlias(cur)
-		if cur == nil {
-			return false
-		}
-		switch {
-		case seg.index >= 0 && cur.Kind == yaml.SequenceNode && seg.index < len(cur.Content):
-			cur = cur.Content[seg.index]
-		case seg.index < 0 && cur.Kind == yaml.MappingNode:
-			if _, cur = nodeEntry(cur, seg.key); cur == nil {
-				return false
-			}
-		default:
-			return false
-		}
-	}
-	return true
+	return cur, cur != nil
 }
 
 type pathSeg struct {
