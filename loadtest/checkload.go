@@ -519,7 +519,7 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 	spec := memquotaSpec
 	if backend == "redis" {
 		args = append(args, "--redis-addr", raddr)
-		spec = fmt.Sprintf("  adapter: redisquota\n  params:\n    redisServerUrl: %s\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n", raddr)
+		spec = fmt.Sprintf("  adapter: redisquota\n  params:\n    redisServerUrl: %s\n%s", raddr, perUserQuota)
 	}
 	body, err := benchConfig(spec)
 	if err == nil {
@@ -631,8 +631,12 @@ func mergeEnv(base, extra []string) []string {
 	return append(out, extra...)
 }
 
+// perUserQuota is the benchmark quota handler's quotas param: high enough never
+// to deny.
+const perUserQuota = "    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n"
+
 // memquotaSpec is the benchmark config's quota handler in memquota.
-const memquotaSpec = "  adapter: memquota\n  params:\n    quotas:\n    - {name: per-user, maxAmount: 1000000000, validDuration: 1s}\n"
+const memquotaSpec = "  adapter: memquota\n  params:\n" + perUserQuota
 
 // BenchConfig is the config of the check benchmark's memquota runs, for
 // benchmarks of the check path in process (mixer/check).
@@ -659,14 +663,7 @@ func NewBenchScenario(svc, cache string) (*BenchScenario, error) {
 
 // AppendRequest appends the i-th request, encoded, without gRPC's prefix, to
 // dst: a benchmark reuses one buffer, as the lean listener does.
-func (b *BenchScenario) AppendRequest(dst []byte, i int64) []byte {
-	msg := b.sc.template(i)
-	dst = append(dst, msg...)
-	if b.sc.stamp != nil {
-		b.sc.stamp(dst[len(dst)-len(msg):], i)
-	}
-	return dst
-}
+func (b *BenchScenario) AppendRequest(dst []byte, i int64) []byte { return b.sc.appendRequest(dst, i) }
 
 // Check accepts an encoded answer that allows the request.
 func (b *BenchScenario) Check(resp []byte) error { return b.sc.check(resp) }
@@ -706,12 +703,20 @@ type scenario struct {
 // generator collect garbage on the cores the server runs on, which added 0.3 ms
 // to the p99 of cache-miss runs.
 func (sc *scenario) request(i int64) []byte {
-	msg := sc.template(i)
-	if sc.stamp != nil {
-		msg = append([]byte(nil), msg...)
-		sc.stamp(msg, i)
+	if sc.stamp == nil {
+		return sc.template(i)
 	}
-	return msg
+	return sc.appendRequest(nil, i)
+}
+
+// appendRequest appends the i-th request to dst.
+func (sc *scenario) appendRequest(dst []byte, i int64) []byte {
+	msg := sc.template(i)
+	dst = append(dst, msg...)
+	if sc.stamp != nil {
+		sc.stamp(dst[len(dst)-len(msg):], i)
+	}
+	return dst
 }
 
 // newScenario prepares a scenario's requests. They are encoded before the run, the
