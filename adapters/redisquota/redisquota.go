@@ -160,6 +160,12 @@ func (p *Params) addresses() (addrs []string, cluster bool, err error) {
 				return nil, false, adapters.Errorf("redisServerUrl", "%v", err)
 			}
 		}
+		// Redis refuses a name with a space or a control character, and would
+		// refuse every connection: at start, and pipeline by pipeline, decided by
+		// failPolicy.
+		if i := strings.IndexFunc(opt.ClientName, func(r rune) bool { return r <= ' ' || r > '~' }); i >= 0 {
+			return nil, false, adapters.Errorf("redisServerUrl", "client_name %q: Redis takes names of printable ASCII characters without spaces", opt.ClientName)
+		}
 		return []string{p.RedisServerURL}, false, nil
 	}
 	addrs = strings.Split(p.RedisServerURL, ",")
