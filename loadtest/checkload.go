@@ -156,6 +156,10 @@ type CheckRow struct {
 	// is -1 when unknown or when the run had no such calls.
 	HandedOff    float64
 	ReaderPauses int
+	// InBursts is the share of the lean listener's calls run on their reader
+	// as part of a burst, the requests read together, their Redis calls sent
+	// together (mode burst of sluice_h2unary_calls_total); -1 when unknown.
+	InBursts float64
 	// Runs is how many runs the row stands for (Repeat); P99Low and P99High are
 	// the lowest and highest p99 among them. Errors are those of all the runs.
 	Runs            int
@@ -360,7 +364,7 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if repeated {
 		header += "p99 of runs\t"
 	}
-	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tfallbacks\tprocs\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\thanded off\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
+	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tfallbacks\tprocs\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\thanded off\tin bursts\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
 		if repeated {
@@ -377,6 +381,10 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		if r.HandedOff >= 0 {
 			handed = fmt.Sprintf("%.1f%% (%d pauses)", 100*r.HandedOff, r.ReaderPauses)
 		}
+		bursts := "-"
+		if r.InBursts >= 0 {
+			bursts = fmt.Sprintf("%.1f%%", 100*r.InBursts)
+		}
 		host := "-"
 		if r.Host.Duration > 0 {
 			host = fmt.Sprintf("%.1f (worst %.1fms)", r.Host.PerSecond(), float64(r.Host.Worst)/1e6)
@@ -385,8 +393,8 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		if r.ServerProcs > 0 {
 			procs = strconv.Itoa(r.ServerProcs)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, known(float64(r.Fallbacks)), procs, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, handed, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, known(float64(r.Fallbacks)), procs, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, handed, bursts, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
 	}
 	w.Flush()
 	if repeated {
@@ -967,7 +975,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 	if redis1, err := srv.redisCPU(); err == nil && redisErr == nil {
 		row.RedisCPUPerReq = (redis1 - redis0) / time.Duration(total)
 	}
-	row.ServerBytesPerReq, row.ServerGCs, row.Fallbacks, row.HandedOff = -1, -1, -1, -1
+	row.ServerBytesPerReq, row.ServerGCs, row.Fallbacks, row.HandedOff, row.InBursts = -1, -1, -1, -1, -1
 	if count1, err := serverCounters(ctx, srv.adminAddr); err == nil && countErr == nil {
 		row.ServerBytesPerReq = (count1.allocated - count0.allocated) / float64(total)
 		row.ServerGCs = int(count1.gcs - count0.gcs)
@@ -978,6 +986,7 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		}
 		if n := count1.calls - count0.calls; n > 0 {
 			row.HandedOff = (count1.handedOff - count0.handedOff) / n
+			row.InBursts = (count1.inBursts - count0.inBursts) / n
 		}
 		row.ReaderPauses = int(count1.pauses - count0.pauses)
 	} else {
@@ -1036,7 +1045,7 @@ type counters struct {
 	allocated, gcs, pipelines, pipelineCalls, fallbacks, procs float64
 	// The lean listener's calls, those handed to goroutines, and its reader
 	// pauses.
-	calls, handedOff, pauses float64
+	calls, handedOff, inBursts, pauses float64
 }
 
 // serverCounters reads a server's counters from its /metrics.
@@ -1055,6 +1064,7 @@ func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
 		procs:     f.Sum("go_sched_gomaxprocs_threads", nil),
 		calls:     f.Sum("sluice_h2unary_calls_total", nil),
 		handedOff: f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "goroutine"}),
+		inBursts:  f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "burst"}),
 		pauses:    f.Sum("sluice_h2unary_reader_pauses_total", nil),
 	}
 	for _, s := range f.Series("sluice_redisquota_pipeline_calls", nil) {

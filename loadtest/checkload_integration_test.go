@@ -56,8 +56,8 @@ func TestIntegrationCheckLoad(t *testing.T) {
 			t.Errorf("%s: server counters not read: %.0f B/req, %v CPU/req", name, r.ServerBytesPerReq, r.ServerCPUPerReq)
 		}
 		// The lean listener counts every call by how it ran.
-		if r.HandedOff < 0 || r.HandedOff > 1 || r.ReaderPauses < 0 {
-			t.Errorf("%s: handed off %.3f with %d reader pauses, want a share in [0, 1]", name, r.HandedOff, r.ReaderPauses)
+		if r.HandedOff < 0 || r.InBursts < 0 || r.HandedOff+r.InBursts > 1 || r.ReaderPauses < 0 {
+			t.Errorf("%s: handed off %.3f and in bursts %.3f with %d reader pauses, want shares in [0, 1]", name, r.HandedOff, r.InBursts, r.ReaderPauses)
 		}
 		switch r.Backend {
 		case "redis":
@@ -77,7 +77,7 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	if lines := strings.Count(string(logged), "\n"); lines != 4*500 {
 		t.Errorf("latency log has %d lines, want one per request of the four runs (2,000)", lines)
 	}
-	for _, column := range []string{"calls/pipeline", "handed off"} {
+	for _, column := range []string{"calls/pipeline", "handed off", "in bursts"} {
 		if !strings.Contains(out.String(), column) {
 			t.Errorf("the table has no %s column:\n%s", column, out.String())
 		}

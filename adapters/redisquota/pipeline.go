@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluicemesh/sluice/adapters/burst"
 )
 
 // DefaultMaxInFlight is how many pipelines a handler keeps in flight to Redis at
@@ -91,7 +93,14 @@ func newCoalescer(slots []*slot, send func(context.Context, time.Time, *slot, []
 // ended, while it waited for a pipeline. Once they are sent, j waits for their
 // answers, which a pipeline bounds by the earliest deadline of its callers.
 // deadline is not zero.
+//
+// A call of a burst on a listener's reader (burst.Park) parks j instead: the
+// burst's jobs go out together when it is read (SendParked).
 func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
+	j.ctx, j.deadline = ctx, deadline
+	if burst.Park(ctx, c, j) {
+		return j.outcome()
+	}
 	c.mu.Lock()
 	if n := len(c.free); n > 0 {
 		// A free slot means an empty queue (next empties it before freeing one),
@@ -113,24 +122,88 @@ func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
 	if j.wake == nil {
 		j.wake = make(chan struct{}, 1)
 	}
-	j.ctx, j.deadline, j.queued = ctx, deadline, true
-	c.queue = append(c.queue, j)
-	if c.expiryAt.IsZero() || deadline.Before(c.expiryAt) {
-		c.expiryAt = deadline
-		c.expiry.Reset(time.Until(deadline))
-	}
+	c.queueLocked(j)
 	c.mu.Unlock()
 	// A caller's context ending is seen when a pipeline comes back or the
 	// deadline passes, not at once: waiting on its Done would arm a timer per
 	// call (see lazyctx).
 	<-j.wake
+	return j.outcome()
+}
+
+// queueLocked queues j, whose ctx and deadline are set, for the next pipeline.
+func (c *coalescer) queueLocked(j *job) {
+	if j.wake == nil {
+		j.wake = make(chan struct{}, 1)
+	}
+	j.queued = true
+	c.queue = append(c.queue, j)
+	if c.expiryAt.IsZero() || j.deadline.Before(c.expiryAt) {
+		c.expiryAt = j.deadline
+		c.expiry.Reset(time.Until(j.deadline))
+	}
+}
+
+// outcome is what became of j, sent or not, once its wait has ended.
+func (j *job) outcome() error {
 	switch j.state.Load() {
 	case jobExpired:
 		return context.DeadlineExceeded
 	case jobAbandoned:
-		return ctx.Err()
+		return j.ctx.Err()
 	}
 	return nil
+}
+
+// SendParked implements burst.Sender: the jobs that the calls of one burst
+// parked (see do) go out in one pipeline when a slot is free (more than one
+// when they pass maxBatch), under the earliest of their deadlines, and queue
+// for the next pipeline to come back otherwise. It returns when each has its
+// answers or has ended unsent (its deadline passed, or its caller went, before
+// it was sent).
+func (c *coalescer) SendParked(items []any) {
+	batch := make([]*job, 0, len(items))
+	now := time.Now()
+	c.mu.Lock()
+	for _, it := range items {
+		j := it.(*job)
+		if !c.endedLocked(j, now) {
+			batch = append(batch, j)
+		}
+	}
+	n := len(c.free)
+	if n == 0 {
+		for _, j := range batch {
+			c.queueLocked(j)
+		}
+		c.mu.Unlock()
+		for _, j := range batch {
+			<-j.wake
+		}
+		return
+	}
+	if len(batch) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	s := c.free[n-1]
+	c.free = c.free[:n-1]
+	for _, j := range batch {
+		j.state.Store(jobTaken)
+	}
+	c.mu.Unlock()
+	for len(batch) > 0 {
+		k, calls := 1, len(batch[0].pending)
+		for k < len(batch) && calls+len(batch[k].pending) <= maxBatch {
+			calls += len(batch[k].pending)
+			k++
+		}
+		c.sendShared(s, batch[:k])
+		batch = batch[k:]
+	}
+	if next := c.next(s); next != nil {
+		go c.drain(s, next)
+	}
 }
 
 // drain sends batch on s, and whatever queues behind it, until the queue is

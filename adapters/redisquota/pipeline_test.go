@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluicemesh/sluice/adapters/burst"
 )
 
 // echoSend answers every call with its own number (see jobOf), so that a test
@@ -259,5 +261,104 @@ func waitFor(t *testing.T, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not reached in 5s")
 		}
+	}
+}
+
+// TestCoalescerBurst checks the jobs that the calls of one burst park
+// (burst.Park): nothing is sent while they park; when the burst is flushed
+// they go out in one pipeline under the earliest deadline (more than one past
+// maxBatch calls), a job whose deadline passed or whose caller went is left out
+// and told so, and with every slot taken they wait for the next pipeline back.
+func TestCoalescerBurst(t *testing.T) {
+	type call struct {
+		keys     []string
+		deadline time.Duration // from now
+		cancel   bool          // its caller's context ended before the flush
+		want     error
+	}
+	many := make([]string, maxBatch-1)
+	for i := range many {
+		many[i] = fmt.Sprint("many", i)
+	}
+	for _, tc := range []struct {
+		name      string
+		calls     []call
+		held      bool // a pipeline holds the only slot until after the flush
+		pipelines string
+	}{
+		{name: "one pipeline", calls: []call{{keys: []string{"a", "b"}}, {keys: []string{"c"}}, {keys: []string{"d"}}},
+			pipelines: "[[a b c d]]"},
+		{name: "expired and gone left out", calls: []call{{keys: []string{"a"}}, {keys: []string{"late"}, deadline: -time.Millisecond, want: context.DeadlineExceeded},
+			{keys: []string{"gone"}, cancel: true, want: context.Canceled}, {keys: []string{"b"}}}, pipelines: "[[a b]]"},
+		{name: "past maxBatch", calls: []call{{keys: many}, {keys: []string{"x", "y"}}, {keys: []string{"z"}}},
+			pipelines: fmt.Sprintf("[%v [x y z]]", many)},
+		{name: "slots taken", held: true, calls: []call{{keys: []string{"a"}}, {keys: []string{"b"}}},
+			pipelines: "[[holder] [a b]]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := &echoSend{}
+			c := newCoalescer(newSlots(1), e.send)
+			var wg sync.WaitGroup
+			if tc.held {
+				e.gate = make(chan struct{})
+				wg.Go(func() { _ = c.do(context.Background(), time.Now().Add(time.Hour), jobOf("holder")) })
+				waitFor(t, func() bool { free, _ := c.lens(); return free == 0 })
+			}
+			r := burst.NewRunner(context.Background())
+			jobs := make([]*job, len(tc.calls))
+			errs := make([]error, len(tc.calls))
+			cancels := make([]context.CancelFunc, len(tc.calls))
+			now := time.Now()
+			for i, cl := range tc.calls {
+				jobs[i] = jobOf(cl.keys...)
+				deadline := now.Add(time.Hour)
+				if cl.deadline != 0 {
+					deadline = now.Add(cl.deadline)
+				}
+				ctx, cancel := context.WithCancel(r.Context())
+				cancels[i] = cancel
+				r.Start(func(any) { errs[i] = c.do(ctx, deadline, jobs[i]) }, nil)
+			}
+			if r.Parked() != len(tc.calls) {
+				t.Fatalf("%d calls parked, want %d", r.Parked(), len(tc.calls))
+			}
+			for i, cl := range tc.calls {
+				if cl.cancel {
+					cancels[i]()
+				}
+			}
+			if tc.held {
+				go func() {
+					waitFor(t, func() bool { _, queued := c.lens(); return queued == len(tc.calls) })
+					close(e.gate)
+				}()
+			} else if len(e.pipelines) != 0 {
+				t.Fatalf("pipelines %v sent before the flush", e.pipelines)
+			}
+			r.Flush()
+			wait(t, &wg)
+			for i, cl := range tc.calls {
+				cancels[i]()
+				if !errors.Is(errs[i], cl.want) || (cl.want == nil) != (errs[i] == nil) {
+					t.Errorf("call %d: %v, want %v", i, errs[i], cl.want)
+				}
+				if cl.want == nil && !answered(jobs[i], cl.keys...) {
+					t.Errorf("call %d got %v, want its own answers in order", i, jobs[i].replies)
+				}
+			}
+			waitFor(t, func() bool { free, queued := c.lens(); return free == 1 && queued == 0 })
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			if got := fmt.Sprint(e.pipelines); got != tc.pipelines {
+				t.Errorf("pipelines %v, want %v", got, tc.pipelines)
+			}
+			if !tc.held {
+				for _, d := range e.deadlines {
+					if !d.Equal(now.Add(time.Hour)) {
+						t.Errorf("pipeline deadline %v, want the earliest of its calls', %v", d, now.Add(time.Hour))
+					}
+				}
+			}
+		})
 	}
 }

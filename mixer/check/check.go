@@ -180,7 +180,7 @@ func (s *Server) Methods() []h2unary.Method {
 	// on a healthy Redis: on a reader with nothing else to read it runs there,
 	// and h2unary stops that while Redis is slow.
 	always := func() bool { return true }
-	authz.OnIdleReader, rls.OnIdleReader = always, always
+	authz.OnReader, rls.OnReader = always, always
 	return []h2unary.Method{authz, rls}
 }
 

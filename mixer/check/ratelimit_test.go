@@ -299,7 +299,7 @@ func TestRateLimitRunsInline(t *testing.T) {
 	}
 	mode := func(m string) float64 { return f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": m}) }
 	// The first call, before the plan is known, may wait: with nothing else to
-	// read, it runs on the reader all the same (Method.OnIdleReader).
+	// read, it runs on the reader all the same (Method.OnReader).
 	if inline, reader, goroutine := mode("inline"), mode("reader"), mode("goroutine"); inline != 2 || reader != 1 || goroutine != 0 {
 		t.Errorf("calls inline %v, on the reader %v, on goroutines %v; want the first on the reader and the last two inline", inline, reader, goroutine)
 	}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sluicemesh/sluice/adapters/burst"
 	"github.com/sluicemesh/sluice/adapters/lazyctx"
 )
 
@@ -49,6 +50,9 @@ const (
 	// maxHeldOut bounds the frames a returning call leaves for the next one to
 	// write (see conn.call).
 	maxHeldOut = 64 << 10
+	// maxBurst bounds the calls of a burst parked on the reader (see
+	// dispatchLocked): past it, their backends' work is sent before more is read.
+	maxBurst = 64
 )
 
 // conn is one client connection. The reader goroutine (serve) owns the read side;
@@ -73,6 +77,10 @@ type conn struct {
 	hdr      *headerReader
 	receives map[uint32]*stream
 	reply    []byte // inline calls' answers are encoded here
+	// burst runs the calls of a burst that may wait on a backend (see
+	// dispatchLocked); runBurst is its function, made once.
+	burst    *burst.Runner
+	runBurst func(any)
 
 	// answering counts goroutine calls that returned and have not yet queued
 	// their answers (see call); shared, hence atomic.
@@ -140,6 +148,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.cond = sync.NewCond(&c.mu)
 	c.ctx, c.end = context.WithCancel(context.Background())
+	c.burst = burst.NewRunner(c.ctx)
+	c.runBurst = func(st any) { c.answerBurst(st.(*stream)) }
 	c.wr = http2.NewFramer(writerFunc(c.appendOut), nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	// The server's SETTINGS must be its first frame: queue them before anything
@@ -188,6 +198,11 @@ func (c *conn) serve() {
 	rd.SetReuseFrames()
 	var se http2.StreamError // declared once: errors.As takes its address
 	for {
+		if c.burst.Parked() > 0 && !c.frameBuffered() {
+			// The burst is read: send what its calls wait for, before waiting
+			// for more input.
+			c.flushBurst()
+		}
 		c.mu.Lock()
 		for c.writing && len(c.out) > maxQueued && !c.closed {
 			c.cond.Wait()
@@ -258,6 +273,11 @@ func (c *conn) finish() {
 	for _, st := range c.open {
 		c.closeStreamLocked(st)
 	}
+	// Calls of a burst parked on the reader end now, their contexts cancelled:
+	// their backends send nothing for them.
+	c.mu.Unlock()
+	c.burst.Close()
+	c.mu.Lock()
 	for c.inflight > 0 {
 		c.cond.Wait()
 	}
@@ -566,7 +586,7 @@ func (c *conn) frameBuffered() bool {
 
 // dispatchLocked starts a call whose request is complete, or answers its refusal.
 // An inline call runs here, on the reader, with mu released meanwhile, and so does
-// a call that may wait when nothing else waits to be read (Method.OnIdleReader).
+// a call that may wait when nothing else waits to be read (Method.OnReader).
 func (c *conn) dispatchLocked(st *stream) {
 	if st.err == nil {
 		if st.err = checkMessage(st.data); st.err != nil {
@@ -610,10 +630,28 @@ func (c *conn) dispatchLocked(st *stream) {
 	// The call's context ends with the connection, its deadline, or the client's
 	// RST_STREAM. It arms a timer only if the call waits on it: most calls decide
 	// without waiting, or wait on a backend client that reads only the deadline.
+	onReader := st.method.OnReader != nil && st.method.OnReader()
+	if onReader && (c.frameBuffered() || c.burst.Parked() > 0) && c.srv.readerPause.allows(time.Now()) {
+		// One of several calls read together: it runs on the reader too, on a
+		// coroutine that parks while its backend waits (burst.Park), so that the
+		// burst's round trips leave together when it is read, and no call costs
+		// a hand-off to another thread.
+		st.call = lazyctx.New(c.burst.Context(), st.deadline)
+		st.ctx = st.call
+		st.reply = c.takeBufferLocked()
+		c.srv.burstCalls.Inc()
+		c.mu.Unlock()
+		c.burst.Start(c.runBurst, st)
+		if c.burst.Parked() >= maxBurst || !c.frameBuffered() {
+			c.flushBurst()
+		}
+		c.mu.Lock()
+		return
+	}
 	st.call = lazyctx.New(c.ctx, st.deadline)
 	st.ctx = st.call
 	st.reply = c.takeBufferLocked()
-	if st.method.OnIdleReader != nil && !c.frameBuffered() && st.method.OnIdleReader() {
+	if onReader && !c.frameBuffered() {
 		if start := time.Now(); c.srv.readerPause.allows(start) {
 			c.srv.readerCalls.Inc()
 			c.mu.Unlock()
@@ -704,23 +742,7 @@ func checkMessage(data []byte) *status.Status {
 
 // call runs a call on its own goroutine and answers.
 func (c *conn) call(st *stream) {
-	// Its answer is encoded into a buffer of its own (it may wait for window
-	// after the call returns), a spare one or one sized for a check's answer.
-	dst := st.reply
-	st.reply = nil
-	if dst == nil {
-		dst = make([]byte, 0, 512)
-	}
-	resp, err := c.run(st, dst)
-	request := st.data // the stream's release drops it
-	c.answering.Add(1)
-	c.mu.Lock()
-	c.endCallLocked(st, resp, err)
-	if resp == nil {
-		resp = dst // failed: the buffer is still the connection's
-	}
-	kept := c.putBufferLocked(resp)
-	c.recycleLocked(st, request, kept)
+	c.runAndAnswer(st, true)
 	// Calls that wait on the same backend round trip return together: while
 	// another answer is on its way to mu, this one leaves the write to it, so
 	// that they leave in one write (and the client reads them in one read). The
@@ -730,6 +752,47 @@ func (c *conn) call(st *stream) {
 		return
 	}
 	c.flushLocked()
+}
+
+// answerBurst runs a call of a burst, on the reader's coroutine, and queues its
+// answer: the reader writes the burst's answers together once it is read.
+func (c *conn) answerBurst(st *stream) {
+	c.runAndAnswer(st, false)
+	c.mu.Unlock()
+}
+
+// flushBurst sends what the parked calls of a burst wait for and runs them to
+// their ends, on the reader; mu is not held. A burst that takes long pauses
+// calls on readers, as a slow call there does.
+func (c *conn) flushBurst() {
+	start := time.Now()
+	c.burst.Flush()
+	c.srv.readerPause.ended(start, time.Now())
+}
+
+// runAndAnswer runs a call that may wait and queues its answer; it returns with
+// mu held. A call on a goroutine counts itself answering (see call) from its
+// return until then.
+func (c *conn) runAndAnswer(st *stream, goroutine bool) {
+	// Its answer is encoded into a buffer of its own (it may wait for window
+	// after the call returns), a spare one or one sized for a check's answer.
+	dst := st.reply
+	st.reply = nil
+	if dst == nil {
+		dst = make([]byte, 0, 512)
+	}
+	resp, err := c.run(st, dst)
+	request := st.data // the stream's release drops it
+	if goroutine {
+		c.answering.Add(1)
+	}
+	c.mu.Lock()
+	c.endCallLocked(st, resp, err)
+	if resp == nil {
+		resp = dst // failed: the buffer is still the connection's
+	}
+	kept := c.putBufferLocked(resp)
+	c.recycleLocked(st, request, kept)
 }
 
 // run runs the method, its answer encoded after dst's gRPC prefix; mu is not held.

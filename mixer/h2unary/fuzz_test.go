@@ -55,7 +55,7 @@ func FuzzConn(f *testing.F) {
 	methods := testMethods(ts)
 	// Echo on goroutines, Fail inline, Raw on the reader when it is idle.
 	methods[1].Inline = func() bool { return true }
-	methods[2].OnIdleReader = func() bool { return true }
+	methods[2].OnReader = func() bool { return true }
 	s, err := New(Options{Methods: methods, MaxRecvMsgSize: 1 << 16, MaxConcurrentStreams: 8})
 	if err != nil {
 		f.Fatal(err)

@@ -1,5 +1,6 @@
 // Package h2unary serves unary gRPC methods over HTTP/2 written by hand: one reader
-// per connection, calls inline on it or on goroutines, answers batched into few writes.
+// per connection, calls run on it (a burst's on its coroutines) or on goroutines,
+// answers batched into few writes.
 //
 // It exists for the check path. On the 2-core reference machine a do-nothing grpc-go
 // server spends ~100 µs of CPU per unary call, nearly all of it transport (goroutine
@@ -57,23 +58,28 @@ type Method struct {
 	// returns, so it must only say true for calls that never block. An inline call's
 	// context carries no deadline: the client's is checked before the call starts.
 	Inline func() bool
-	// OnIdleReader, when set and true at a call that is not inline, runs the call
-	// on the connection's reader if no whole frame is waiting to be read there,
-	// and on a goroutine otherwise. A call that waits briefly on a backend (a
-	// Redis round trip) then costs no hand-off: waking another thread for the
-	// goroutine and putting the reader's to sleep cost more CPU on a small VM than
-	// the rest of such a call. Meanwhile the connection reads nothing: a request
-	// arriving waits for the call, and a RST_STREAM, or the client closing the
-	// connection, is seen only after it (the call is not cancelled by them, nor
-	// counted as reset_by_client). So that a slow backend does not hold readers,
-	// a call on a reader that takes longer than readerCallSlow, or calls that take
-	// longer than readerMeanSlow on average, stop the listener doing this for a
-	// while (see readerPause). The call's context carries its deadline, as a
-	// goroutine's does, and a Shutdown that runs out of time cancels it.
-	OnIdleReader func() bool
+	// OnReader, when set and true at a call that is not inline, runs the call on
+	// the connection's reader too. A call that waits briefly on a backend (a Redis
+	// round trip) then costs no hand-off: waking another thread for a goroutine
+	// and putting the reader's to sleep cost more CPU on a small VM than the rest
+	// of such a call. A call read alone runs on the reader itself. The calls of a
+	// burst (requests read together) each run on a coroutine of the reader
+	// (package burst): a backend that parks its work there (burst.Park) gets the
+	// work of all of them in one call once the burst is read, and they finish
+	// when it returns; a backend that does not park runs them one after the
+	// other. Meanwhile the connection reads nothing: a request arriving waits for
+	// the call, and a RST_STREAM, or the client closing the connection, is seen
+	// only after it (the call is not cancelled by them, nor counted as
+	// reset_by_client). So that a slow backend does not hold readers, a call (or
+	// a burst's flush) on a reader that takes longer than readerCallSlow, or
+	// calls that take longer than readerMeanSlow on average, stop the listener
+	// doing this for a while (see readerPause): calls then run on goroutines. The
+	// call's context carries its deadline, as a goroutine's does, and a Shutdown
+	// that runs out of time cancels it.
+	OnReader func() bool
 }
 
-// A call run on an idle reader (Method.OnIdleReader) that takes longer than
+// A call run on a reader (Method.OnReader), or a burst's flush, that takes longer than
 // readerCallSlow pauses calls on readers, and so do calls whose running mean
 // (weight 1/readerMeanWeight per call) passes readerMeanSlow: a backend that
 // answers in a few milliseconds every time holds each request arriving meanwhile
@@ -95,7 +101,7 @@ const (
 	readerPauseReset = 10 * time.Second
 )
 
-// readerPause decides when calls may run on idle readers (Method.OnIdleReader).
+// readerPause decides when calls may run on readers (Method.OnReader).
 type readerPause struct {
 	until atomic.Int64 // Unix nanoseconds: calls run on readers from then on
 	// began is when the last pause began (Unix nanoseconds): calls that started
@@ -267,7 +273,8 @@ type Server struct {
 	// with nothing else to read), goCalls on goroutines of their own.
 	calls                             *prometheus.CounterVec
 	inlineCalls, readerCalls, goCalls prometheus.Counter
-	// readerPause pauses calls on idle readers after one was slow, or while
+	burstCalls                        prometheus.Counter
+	// readerPause pauses calls on readers after one was slow, or while
 	// they are on average; pauses counts its pauses.
 	readerPause readerPause
 	pauses      *prometheus.CounterVec
@@ -338,17 +345,18 @@ func New(opts Options) (*Server, error) {
 		}),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_h2unary_calls_total",
-			Help: "Calls of the lean check listener started, by mode: inline (on the connection's reader, no hand-off), reader (a call that may wait on a backend, run on a reader that had nothing else to read) or goroutine (a call that may wait on a backend, handed to a goroutine).",
+			Help: "Calls of the lean check listener started, by mode: inline (on the connection's reader, no hand-off), reader (a call that may wait on a backend, run on a reader that had nothing else to read), burst (such a call read together with others, run on the reader, its backend's work sent with theirs) or goroutine (a call that may wait on a backend, handed to a goroutine).",
 		}, []string{"mode"}),
 		pauses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_h2unary_reader_pauses_total",
-			Help: "Pauses of calls on idle readers (all such calls go to goroutines for 50 ms to 5 s), by cause: slow_call (one took over 10 ms) or slow_average (their running mean passed 2 ms). Frequent pauses mean a slow backend.",
+			Help: "Pauses of calls on readers (all such calls go to goroutines for 50 ms to 5 s), by cause: slow_call (one took over 10 ms) or slow_average (their running mean passed 2 ms). Frequent pauses mean a slow backend.",
 		}, []string{"cause"}),
 	}
 	s.readerPause = newReaderPause(s.pauses)
 	s.pauses.WithLabelValues(PauseSlowCall)
 	s.pauses.WithLabelValues(PauseSlowAverage)
 	s.inlineCalls, s.readerCalls, s.goCalls = s.calls.WithLabelValues("inline"), s.calls.WithLabelValues("reader"), s.calls.WithLabelValues("goroutine")
+	s.burstCalls = s.calls.WithLabelValues("burst")
 	for _, r := range []string{ReasonProtocol, ReasonTooLarge, ReasonUnknownMethod, ReasonBadRequest, ReasonRefused, ReasonReset,
 		ReasonStream, ReasonDeadline, ReasonConnClosed, ReasonWriteTimeout, ReasonTLS, ReasonAccept, ReasonConnLimit} {
 		s.errs.WithLabelValues(r)
@@ -479,7 +487,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		for _, c := range conns {
 			c.nc.Close()
-			// A call on the reader (Method.OnIdleReader) is cancelled here, not
+			// A call on the reader (Method.OnReader) is cancelled here, not
 			// when its reader sees the close, which it reads only after the call.
 			c.end()
 		}

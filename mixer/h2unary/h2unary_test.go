@@ -57,7 +57,7 @@ func startServer(t *testing.T, opts Options, inline bool) *testServer {
 
 // startServerMode serves the test methods with Echo, Fail and Raw run as mode says:
 // goroutine (by default), inline (Echo and Fail on the reader), or reader (the
-// three on a reader with nothing else to read, Method.OnIdleReader).
+// three on a reader with nothing else to read, Method.OnReader).
 func startServerMode(t *testing.T, opts Options, mode string) *testServer {
 	t.Helper()
 	ts := &testServer{reg: prometheus.NewRegistry(), release: make(chan struct{}), waiting: make(chan struct{}, 100), exited: make(chan error, 100), served: make(chan error, 1)}
@@ -68,7 +68,7 @@ func startServerMode(t *testing.T, opts Options, mode string) *testServer {
 	case "inline":
 		opts.Methods[0].Inline, opts.Methods[1].Inline = yes, yes
 	case "reader":
-		opts.Methods[0].OnIdleReader, opts.Methods[1].OnIdleReader, opts.Methods[2].OnIdleReader = yes, yes, yes
+		opts.Methods[0].OnReader, opts.Methods[1].OnReader, opts.Methods[2].OnReader = yes, yes, yes
 	}
 	s, err := New(opts)
 	if err != nil {
@@ -538,7 +538,7 @@ func TestNewRejects(t *testing.T) {
 	}
 }
 
-// TestIdleReaderCalls: a method that may wait (Method.OnIdleReader) runs on the
+// TestIdleReaderCalls: a method that may wait (Method.OnReader) runs on the
 // connection's reader when nothing else is there to read, on a goroutine when
 // more requests wait behind it, and on goroutines only for a pause after one such
 // call took longer than readerCallSlow, a pause that doubles when slow calls
@@ -551,7 +551,7 @@ func TestIdleReaderCalls(t *testing.T) {
 			time.Sleep(time.Duration(req.Value) * time.Millisecond)
 			return req, nil
 		})
-		m.OnIdleReader = func() bool { return true }
+		m.OnReader = func() bool { return true }
 		return m
 	}()}})
 	if err != nil {
@@ -609,7 +609,7 @@ func TestIdleReaderCalls(t *testing.T) {
 	}
 
 	// Requests that reach the reader together: all but the last have frames
-	// behind them, and go to goroutines.
+	// behind them, and run on the reader as a burst.
 	r := dialRaw(t, ts.addr)
 	var batch bytes.Buffer
 	fr := http2.NewFramer(&batch, nil)
@@ -638,9 +638,9 @@ func TestIdleReaderCalls(t *testing.T) {
 			ended++
 		}
 	}
-	reader, goroutine := testutil.ToFloat64(s.readerCalls), testutil.ToFloat64(s.goCalls)
-	if reader+goroutine != 15 || goroutine-3 < 4 {
-		t.Errorf("of five requests read together, %v ran on goroutines and %v on the reader; want at least the first four on goroutines", goroutine-3, reader-7)
+	reader, inBurst, goroutine := testutil.ToFloat64(s.readerCalls), testutil.ToFloat64(s.burstCalls), testutil.ToFloat64(s.goCalls)
+	if reader+inBurst+goroutine != 15 || goroutine != 3 || inBurst < 4 {
+		t.Errorf("of five requests read together, %v ran in a burst, %v alone on the reader and %v on goroutines; want at least the first four in a burst, none on goroutines", inBurst, reader-7, goroutine-3)
 	}
 }
 
