@@ -586,7 +586,10 @@ func (c *conn) frameBuffered() bool {
 
 // dispatchLocked starts a call whose request is complete, or answers its refusal.
 // An inline call runs here, on the reader, with mu released meanwhile, and so does
-// a call that may wait when nothing else waits to be read (Method.OnReader).
+// a call that may wait when nothing else waits to be read (Method.OnReader). Such a
+// call with more frames read behind it, or with calls of its burst parked, starts
+// on a coroutine of the reader (c.burst) and may park there; the parked calls go
+// on when the burst is read (flushBurst), or when maxBurst of them wait.
 func (c *conn) dispatchLocked(st *stream) {
 	if st.err == nil {
 		if st.err = checkMessage(st.data); st.err != nil {
@@ -630,6 +633,8 @@ func (c *conn) dispatchLocked(st *stream) {
 	// The call's context ends with the connection, its deadline, or the client's
 	// RST_STREAM. It arms a timer only if the call waits on it: most calls decide
 	// without waiting, or wait on a backend client that reads only the deadline.
+	// A call of a burst's derives from the burst's Runner, so that its backend
+	// can park.
 	onReader := st.method.OnReader != nil && st.method.OnReader()
 	if onReader && (c.frameBuffered() || c.burst.Parked() > 0) && c.srv.readerPause.allows(time.Now()) {
 		// One of several calls read together: it runs on the reader too, on a
