@@ -16,7 +16,9 @@ import (
 	"iter"
 )
 
-// Sender sends work that calls of one burst parked (Park), together.
+// Sender sends work that calls of one burst parked (Park), together. Flush
+// groups parked items by Sender with ==, so a Sender must be comparable (a
+// pointer, in practice).
 type Sender interface {
 	// SendParked sends items, parked with this Sender by calls of one burst, and
 	// returns when each has its answer or has ended unsent: the calls that

@@ -272,7 +272,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestCoalescerBurst(t *testing.T) {
 	type call struct {
 		keys     []string
-		deadline time.Duration // from now
+		deadline time.Duration // from now; an hour when zero
 		cancel   bool          // its caller's context ended before the flush
 		want     error
 	}
@@ -285,9 +285,10 @@ func TestCoalescerBurst(t *testing.T) {
 		calls     []call
 		held      bool // a pipeline holds the only slot until after the flush
 		pipelines string
+		deadline  time.Duration // of the burst's pipelines, from now; an hour when zero
 	}{
-		{name: "one pipeline", calls: []call{{keys: []string{"a", "b"}}, {keys: []string{"c"}}, {keys: []string{"d"}}},
-			pipelines: "[[a b c d]]"},
+		{name: "one pipeline", calls: []call{{keys: []string{"a", "b"}, deadline: 2 * time.Hour}, {keys: []string{"c"}, deadline: 30 * time.Minute},
+			{keys: []string{"d"}}}, pipelines: "[[a b c d]]", deadline: 30 * time.Minute},
 		{name: "expired and gone left out", calls: []call{{keys: []string{"a"}}, {keys: []string{"late"}, deadline: -time.Millisecond, want: context.DeadlineExceeded},
 			{keys: []string{"gone"}, cancel: true, want: context.Canceled}, {keys: []string{"b"}}}, pipelines: "[[a b]]"},
 		{name: "past maxBatch", calls: []call{{keys: many}, {keys: []string{"x", "y"}}, {keys: []string{"z"}}},
@@ -329,7 +330,13 @@ func TestCoalescerBurst(t *testing.T) {
 			}
 			if tc.held {
 				go func() {
-					waitFor(t, func() bool { _, queued := c.lens(); return queued == len(tc.calls) })
+					// Off the test's goroutine: no t.Fatal here. Should the jobs never
+					// queue, the gate opens after 5s and the pipelines are wrong.
+					for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+						if _, queued := c.lens(); queued == len(tc.calls) {
+							break
+						}
+					}
 					close(e.gate)
 				}()
 			} else if len(e.pipelines) != 0 {
@@ -353,9 +360,13 @@ func TestCoalescerBurst(t *testing.T) {
 				t.Errorf("pipelines %v, want %v", got, tc.pipelines)
 			}
 			if !tc.held {
+				want := now.Add(time.Hour)
+				if tc.deadline != 0 {
+					want = now.Add(tc.deadline)
+				}
 				for _, d := range e.deadlines {
-					if !d.Equal(now.Add(time.Hour)) {
-						t.Errorf("pipeline deadline %v, want the earliest of its calls', %v", d, now.Add(time.Hour))
+					if !d.Equal(want) {
+						t.Errorf("pipeline deadline %v, want the earliest of its calls', %v", d, want)
 					}
 				}
 			}

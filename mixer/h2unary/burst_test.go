@@ -5,11 +5,15 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/proto"
@@ -160,6 +164,9 @@ func TestBurstParked(t *testing.T) {
 		t.Errorf("a lone call: %d sent alone, %d sends of parked calls; want 1 and still 1", b.alone, len(b.batches))
 	}
 	b.mu.Unlock()
+	if reader, goroutine := testutil.ToFloat64(s.readerCalls), testutil.ToFloat64(s.goCalls); reader != 1 || goroutine != 0 {
+		t.Errorf("a lone call: %v on the reader, %v on goroutines; want 1 and 0", reader, goroutine)
+	}
 
 	// Two calls, then a frame that breaks the connection (DATA on stream 0),
 	// read together: the calls are parked when the reader meets the error.
@@ -185,5 +192,47 @@ func TestBurstParked(t *testing.T) {
 	defer cancel()
 	if err := s.Shutdown(ctx); err != nil {
 		t.Errorf("Shutdown: %v (a parked call left running?)", err)
+	}
+}
+
+// TestReaderPanicCrashes: a method that panics on the reader (here on a
+// coroutine of a burst) crashes the process, as a panic in a goroutine call
+// does, rather than leave the connection and Shutdown waiting for a call that
+// will never return. The server runs in a child process.
+func TestReaderPanicCrashes(t *testing.T) {
+	if os.Getenv("H2UNARY_PANIC_CHILD") == "1" {
+		b := &batchSender{}
+		m := Unary(parkPath, func(ctx context.Context, req *wrapperspb.Int64Value) (*wrapperspb.Int64Value, error) {
+			burst.Park(ctx, b, &parkItem{ctx: ctx, v: req.Value})
+			panic("boom in a burst")
+		})
+		m.OnReader = func() bool { return true }
+		s, err := New(Options{Methods: []Method{m}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = s.Serve(lis) }()
+		// Two calls park; a PING behind them has the reader resume them at the
+		// top of its loop, where no lock is held (a panic under one of the
+		// listener's locks crashed the process anyway).
+		r := dialRaw(t, lis.Addr().String())
+		ping := []byte{0, 0, 8, byte(http2.FramePing), 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}
+		if _, err := r.c.Write(append(requests(r, 2), ping...)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Second) // the panic ends the process before this does
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestReaderPanicCrashes$")
+	cmd.Env = append(os.Environ(), "H2UNARY_PANIC_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "boom in a burst") {
+		t.Fatalf("the child process: %v, want it to crash with the method's panic; output:\n%s", err, out)
 	}
 }

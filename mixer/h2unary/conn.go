@@ -178,7 +178,16 @@ func (c *conn) appendOut(p []byte) (int, error) {
 
 // serve reads frames until the connection ends, then waits for its calls.
 func (c *conn) serve() {
-	defer c.finish()
+	defer func() {
+		if v := recover(); v != nil {
+			// A method that panicked on the reader (inline, or on a coroutine of a
+			// burst) left its call, and perhaps mu, behind: waiting for it in
+			// finish would hang the connection and Shutdown. Crash, as a panic in a
+			// goroutine call does.
+			panic(v)
+		}
+		c.finish()
+	}()
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := handshake(tc); err != nil {
 			c.srv.count(ReasonTLS)
@@ -646,7 +655,11 @@ func (c *conn) dispatchLocked(st *stream) {
 		st.reply = c.takeBufferLocked()
 		c.srv.burstCalls.Inc()
 		c.mu.Unlock()
+		// Timed as a call on the reader: one whose backend blocks rather than
+		// parks holds the reader as long, and pauses calls on readers alike.
+		start := time.Now()
 		c.burst.Start(c.runBurst, st)
+		c.srv.readerPause.ended(start, time.Now())
 		if c.burst.Parked() >= maxBurst || !c.frameBuffered() {
 			c.flushBurst()
 		}

@@ -67,7 +67,9 @@ type Method struct {
 	// (package burst): a backend that parks its work there (burst.Park) gets the
 	// work of all of them in one call once the burst is read, and they finish
 	// when it returns; a backend that does not park runs them one after the
-	// other. Meanwhile the connection reads nothing: a request arriving waits for
+	// other, so it must wait only briefly. A call's context is only for the
+	// call's own goroutine: Park, from a goroutine the call started, would
+	// resume the wrong one. Meanwhile the connection reads nothing: a request arriving waits for
 	// the call, and a RST_STREAM, or the client closing the connection, is seen
 	// only after it (the call is not cancelled by them, nor counted as
 	// reset_by_client). So that a slow backend does not hold readers, a call (or
