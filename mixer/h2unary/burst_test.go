@@ -53,9 +53,9 @@ func (b *batchSender) SendParked(items []any) {
 	}
 }
 
-// parkingServer serves a method that parks its request's value with b, or
-// answers it alone outside a burst, and answers ten times the value.
-func parkingServer(t *testing.T, b *batchSender) (*Server, string) {
+// parkMethod parks its request's value with b, or answers it alone outside a
+// burst, and answers ten times the value.
+func parkMethod(b *batchSender) Method {
 	m := Unary(parkPath, func(ctx context.Context, req *wrapperspb.Int64Value) (*wrapperspb.Int64Value, error) {
 		it := &parkItem{ctx: ctx, v: req.Value}
 		if !burst.Park(ctx, b, it) {
@@ -67,7 +67,12 @@ func parkingServer(t *testing.T, b *batchSender) (*Server, string) {
 		return wrapperspb.Int64(it.answer), nil
 	})
 	m.OnReader = func() bool { return true }
-	s, err := New(Options{Metrics: prometheus.NewRegistry(), Methods: []Method{m}})
+	return m
+}
+
+// parkingServer serves parkMethod.
+func parkingServer(t *testing.T, b *batchSender) (*Server, string) {
+	s, err := New(Options{Metrics: prometheus.NewRegistry(), Methods: []Method{parkMethod(b)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,14 +48,23 @@ func FuzzConn(f *testing.F) {
 	f.Add(clientFrames(echoPath, nil))
 	f.Add(clientFrames(rawPath, req))
 	f.Add(clientFrames(failPath, req))
+	// A burst of calls that park, one of them reset, and one that breaks the
+	// connection behind them.
+	seed := &rawClient{}
+	seed.enc = hpack.NewEncoder(&seed.hb)
+	calls := requests(seed, 3)
+	f.Add(calls)
+	f.Add(append(append(calls[:len(calls):len(calls)], 0, 0, 4, byte(http2.FrameRSTStream), 0, 0, 0, 0, 3, 0, 0, 0, 8), 0, 0, 1, 0, 0, 0, 0, 0, 0))
 	f.Add([]byte{0, 0, 0, 4, 0, 0, 0, 0, 0})       // an empty SETTINGS
 	f.Add([]byte{0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2}) // a truncated PING
 	ts := &testServer{waiting: make(chan struct{}, 1<<20), exited: make(chan error, 1<<20), release: make(chan struct{})}
 	close(ts.release)
 	methods := testMethods(ts)
-	// Echo on goroutines, Fail inline, Raw on the reader when it is idle.
+	// Echo on goroutines, Fail inline, Raw on the reader (in bursts on its
+	// coroutines), Park on the reader, parking in bursts.
 	methods[1].Inline = func() bool { return true }
 	methods[2].OnReader = func() bool { return true }
+	methods = append(methods, parkMethod(&batchSender{}))
 	s, err := New(Options{Methods: methods, MaxRecvMsgSize: 1 << 16, MaxConcurrentStreams: 8})
 	if err != nil {
 		f.Fatal(err)
