@@ -37,6 +37,17 @@ type FileParams interface {
 	ResolveFiles(dir string)
 }
 
+// ExprParams is implemented by params that hold expressions (CEL conditions),
+// which Validate cannot compile without a compiler. The config loader calls
+// ValidateExprs with its compiler beside Validate, so that a config's expression
+// errors are reported in the same run as its params' other errors (sluice
+// validate). Expressions Validate reports as missing are left to it. Bind or New
+// still compiles them for use.
+type ExprParams interface {
+	Params
+	ValidateExprs(c Compiler) error
+}
+
 // FieldError is a params error located at a field path such as "metrics[2].buckets",
 // so that the config loader can report the file and line of that field.
 type FieldError struct {

@@ -84,8 +84,10 @@ type Policy struct {
 
 var policyName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$`)
 
-// Validate implements adapters.Params. The conditions are compiled by Bind and New,
-// which have a compiler.
+var _ adapters.ExprParams = (*Params)(nil)
+
+// Validate implements adapters.Params. The conditions are compiled by
+// ValidateExprs, Bind and New, which have a compiler.
 func (p *Params) Validate() error {
 	var errs []error // every problem at once, for sluice validate
 	if _, err := parseAction(p.Action); err != nil {
@@ -136,9 +138,25 @@ func compile(p *Params, c adapters.Compiler) ([]adapters.Predicate, error) {
 	if c == nil {
 		return nil, errors.New("rbac needs an expression compiler, and none was given")
 	}
+	return compileConditions(p, c, false)
+}
+
+// ValidateExprs implements adapters.ExprParams: every condition must compile.
+// An empty one is Validate's to report.
+func (p *Params) ValidateExprs(c adapters.Compiler) error {
+	_, err := compileConditions(p, c, true)
+	return err
+}
+
+// compileConditions compiles the policies' conditions, every one's error at once
+// (for sluice validate), each at its field path; skipEmpty leaves out empty ones.
+func compileConditions(p *Params, c adapters.Compiler, skipEmpty bool) ([]adapters.Predicate, error) {
 	out := make([]adapters.Predicate, len(p.Policies))
-	var errs []error // every condition's error at once, for sluice validate
+	var errs []error
 	for i, pol := range p.Policies {
+		if skipEmpty && strings.TrimSpace(pol.Condition) == "" {
+			continue
+		}
 		pred, err := c.CompileBool(pol.Condition)
 		if err != nil {
 			errs = append(errs, adapters.Errorf(fmt.Sprintf("policies[%d].condition", i), "%v", err))

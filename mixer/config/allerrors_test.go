@@ -286,6 +286,39 @@ spec:
 			`h.yaml:17: httpStatus: "nine" is not a whole number`,
 			`h.yaml:18: unknown field "bogus"`,
 		}},
+		{"an rbac handler's condition errors with its other params errors", map[string]string{
+			"h.yaml": `apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: pol, namespace: shop}
+spec:
+  adapter: rbac
+  params:
+    action: MAYBE
+    validDuration: -1s
+    policies:
+    - {name: a, condition: 'request.method + 1 == 2'}
+    - {name: b, condition: ''}
+    - {name: c, condition: 'request.path == "/"'}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Handler
+metadata: {name: typo, namespace: shop}
+spec:
+  adapter: rbac
+  params:
+    polices: []
+    policies:
+    - {name: a, condition: 'request.path.size('}
+`,
+		}, []string{
+			`h.yaml:7: params.action: action "MAYBE" is not ALLOW or DENY`,
+			`h.yaml:8: params.validDuration: must not be negative`,
+			`h.yaml:10: params.policies[0].condition: found no matching overload`,
+			// Validate's, and not the compiler's as well.
+			`h.yaml:11: params.policies[1].condition: a condition is required`,
+			`h.yaml:20: unknown field "polices"`,
+			`h.yaml:22: params.policies[0].condition: `,
+		}},
 		{"a mesh object's unknown field and bad value", map[string]string{
 			"w.yaml": "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec:\n  address: 1.2.3.4\n  adress: 1.2.3.4\n  weight: -1\n",
 		}, []string{

@@ -182,7 +182,7 @@ func compile(s *Snapshot, reg *adapters.Registry, comp *expr.Compiler, failed *f
 		s.Instances = append(s.Instances, inst)
 	}
 	for _, o := range s.ByKind(KindHandler) {
-		h, err := compileHandler(o, reg)
+		h, err := compileHandler(o, reg, comp)
 		if err != nil {
 			c.addErr(o.Pos, err)
 			failed.addKey(o.Key, o.Family)
@@ -436,7 +436,7 @@ func typeFits(want templates.ValueType, got expr.Type) bool {
 	return false
 }
 
-func compileHandler(o *Object, reg *adapters.Registry) (*Handler, error) {
+func compileHandler(o *Object, reg *adapters.Registry, comp *expr.Compiler) (*Handler, error) {
 	spec := o.Spec.(*HandlerSpec)
 	f, ok := reg.Get(spec.Adapter)
 	if !ok {
@@ -457,13 +457,17 @@ func compileHandler(o *Object, reg *adapters.Registry) (*Handler, error) {
 		// files are embedded, with nothing beside them.
 		fp.ResolveFiles(filepath.Dir(o.Pos.File))
 	}
-	if err := params.Validate(); err != nil {
-		if len(c.errs) > 0 {
+	report := func(err error) {
+		if err != nil && len(c.errs) > 0 {
 			err = aboutWritten(&spec.Params, err)
 		}
 		if err != nil {
 			c.addErr(o.PosOf("params"), paramsError(o, err))
 		}
+	}
+	report(params.Validate())
+	if ep, ok := params.(adapters.ExprParams); ok && comp != nil {
+		report(ep.ValidateExprs(comp))
 	}
 	if err := c.err(); err != nil {
 		return nil, err
