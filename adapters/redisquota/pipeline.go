@@ -119,9 +119,6 @@ func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
 		}
 		return nil
 	}
-	if j.wake == nil {
-		j.wake = make(chan struct{}, 1)
-	}
 	c.queueLocked(j)
 	c.mu.Unlock()
 	// A caller's context ending is seen when a pipeline comes back or the
