@@ -3,10 +3,8 @@ package burst_test
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/sluicemesh/sluice/adapters/burst"
 )
@@ -77,47 +75,6 @@ func TestRunner(t *testing.T) {
 	r.Close()
 	if got := events[len(events)-1]; got != "five done" || sends[len(sends)-1] != "b[5]" {
 		t.Errorf("after Close: last event %q, last send %q; want five done, b[5]", got, sends[len(sends)-1])
-	}
-}
-
-// TestRunnerReusesCoroutines: a coroutine is a goroutine; a Runner keeps those
-// of calls that returned for the next ones, up to 16, and Close ends them.
-func TestRunnerReusesCoroutines(t *testing.T) {
-	var sends []string
-	s := recorder{"s", &sends}
-	r := burst.NewRunner(context.Background())
-	ctx := r.Context()
-	park := func(arg any) { burst.Park(ctx, s, arg) }
-	before := runtime.NumGoroutine()
-	// grew is how many more goroutines there are than before, once a coroutine
-	// that was stopped has had a moment to exit.
-	grew := func(want int) int {
-		n := runtime.NumGoroutine() - before
-		for end := time.Now().Add(2 * time.Second); n != want && time.Now().Before(end); time.Sleep(time.Millisecond) {
-			n = runtime.NumGoroutine() - before
-		}
-		return n
-	}
-	x := make([]int, 8)
-	for range 100 {
-		for i := range x {
-			r.Start(park, &x[i])
-		}
-		r.Flush()
-	}
-	if n := grew(len(x)); n != len(x) {
-		t.Errorf("100 bursts of %d calls left %d more goroutines, want %d (the coroutines kept)", len(x), n, len(x))
-	}
-	for range 40 {
-		r.Start(park, &x[0])
-	}
-	r.Flush() // 40 coroutines at once: 16 are kept
-	if n := grew(16); n != 16 {
-		t.Errorf("after a burst of 40 calls, %d more goroutines, want 16", n)
-	}
-	r.Close()
-	if n := grew(0); n != 0 {
-		t.Errorf("after Close, %d more goroutines, want none", n)
 	}
 }
 
