@@ -1043,8 +1043,8 @@ func answerTime(client string) string {
 // pipelines: how many, and the script calls they carried.
 type counters struct {
 	allocated, gcs, pipelines, pipelineCalls, fallbacks, procs float64
-	// The lean listener's calls, those handed to goroutines, and its reader
-	// pauses.
+	// The lean listener's calls, those handed to goroutines and those run in
+	// bursts, and its reader pauses.
 	calls, handedOff, inBursts, pauses float64
 }
 

@@ -87,19 +87,19 @@ func parkingServer(t *testing.T, b *batchSender) (*Server, string) {
 
 const parkPath = "/test.Svc/Park"
 
-// requests encodes n calls of the parking method, streams 1, 3, ..., with the
-// values 1..n, to be written in one write.
-func requests(r *rawClient, n int) []byte {
+// requests encodes calls of the method at path, one per value (its request),
+// on streams 1, 3, 5..., to be written in one write.
+func requests(r *rawClient, path string, values ...int64) []byte {
 	var batch bytes.Buffer
 	fr := http2.NewFramer(&batch, nil)
-	for i := 1; i <= n; i++ {
-		id := uint32(2*i - 1)
+	for i, v := range values {
+		id := uint32(2*i + 1)
 		r.hb.Reset()
-		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", parkPath}, {":authority", "x"}, {"content-type", "application/grpc"}} {
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", path}, {":authority", "x"}, {"content-type", "application/grpc"}} {
 			_ = r.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 		}
 		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.hb.Bytes(), EndHeaders: true})
-		body, _ := proto.Marshal(wrapperspb.Int64(int64(i)))
+		body, _ := proto.Marshal(wrapperspb.Int64(v))
 		_ = fr.WriteData(id, true, append(grpcPrefix(nil, len(body)), body...))
 	}
 	return batch.Bytes()
@@ -114,7 +114,7 @@ func TestBurstParked(t *testing.T) {
 	b := &batchSender{}
 	s, addr := parkingServer(t, b)
 	r := dialRaw(t, addr)
-	if _, err := r.c.Write(requests(r, 5)); err != nil {
+	if _, err := r.c.Write(requests(r, parkPath, 1, 2, 3, 4, 5)); err != nil {
 		t.Fatal(err)
 	}
 	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -152,7 +152,7 @@ func TestBurstParked(t *testing.T) {
 
 	// A lone call runs on the idle reader, unparked.
 	r2 := dialRaw(t, addr)
-	if _, err := r2.c.Write(requests(r2, 1)); err != nil {
+	if _, err := r2.c.Write(requests(r2, parkPath, 1)); err != nil {
 		t.Fatal(err)
 	}
 	_ = r2.c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -176,7 +176,7 @@ func TestBurstParked(t *testing.T) {
 	// Two calls, then a frame that breaks the connection (DATA on stream 0),
 	// read together: the calls are parked when the reader meets the error.
 	r3 := dialRaw(t, addr)
-	bad := append(requests(r3, 2), 0, 0, 1, byte(http2.FrameData), 0, 0, 0, 0, 0, 0)
+	bad := append(requests(r3, parkPath, 1, 2), 0, 0, 1, byte(http2.FrameData), 0, 0, 0, 0, 0, 0)
 	if _, err := r3.c.Write(bad); err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func TestReaderPanicCrashes(t *testing.T) {
 		// listener's locks crashed the process anyway).
 		r := dialRaw(t, lis.Addr().String())
 		ping := []byte{0, 0, 8, byte(http2.FramePing), 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}
-		if _, err := r.c.Write(append(requests(r, 2), ping...)); err != nil {
+		if _, err := r.c.Write(append(requests(r, parkPath, 1, 2), ping...)); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(10 * time.Second) // the panic ends the process before this does
@@ -239,5 +239,47 @@ func TestReaderPanicCrashes(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "boom in a burst") {
 		t.Fatalf("the child process: %v, want it to crash with the method's panic; output:\n%s", err, out)
+	}
+}
+
+// TestBurstSlowCallPauses: a call of a burst whose backend blocks instead of
+// parking holds the reader as a lone call there does, and pauses calls on
+// readers alike: of three calls read together, the first blocks 200 ms, and
+// the two behind it go to goroutines.
+func TestBurstSlowCallPauses(t *testing.T) {
+	const sleepPath = "/test.Svc/Sleep" // sleeps for the request's milliseconds
+	m := Unary(sleepPath, func(_ context.Context, req *wrapperspb.Int64Value) (*wrapperspb.Int64Value, error) {
+		time.Sleep(time.Duration(req.Value) * time.Millisecond)
+		return req, nil
+	})
+	m.OnReader = func() bool { return true }
+	s, err := New(Options{Metrics: prometheus.NewRegistry(), Methods: []Method{m}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.readerPause.slowAfter, s.readerPause.min = 100*time.Millisecond, 5*time.Second
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	r := dialRaw(t, lis.Addr().String())
+	if _, err := r.c.Write(requests(r, sleepPath, 200, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for ended := 0; ended < 3; {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("%d of 3 answered: %v", ended, err)
+		}
+		if h, ok := f.(*http2.MetaHeadersFrame); ok && h.StreamEnded() {
+			ended++
+		}
+	}
+	inBurst, goroutine := testutil.ToFloat64(s.burstCalls), testutil.ToFloat64(s.goCalls)
+	if pauses := testutil.ToFloat64(s.pauses.WithLabelValues(PauseSlowCall)); inBurst != 1 || goroutine != 2 || pauses != 1 {
+		t.Errorf("%v calls in a burst, %v on goroutines, %v pauses; want 1, 2 and 1", inBurst, goroutine, pauses)
 	}
 }

@@ -645,26 +645,27 @@ func (c *conn) dispatchLocked(st *stream) {
 	// A call of a burst's derives from the burst's Runner, so that its backend
 	// can park.
 	onReader := st.method.OnReader != nil && st.method.OnReader()
-	if onReader && (c.frameBuffered() || c.burst.Parked() > 0) && c.srv.readerPause.allows(time.Now()) {
-		// One of several calls read together: it runs on the reader too, on a
-		// coroutine that parks while its backend waits (burst.Park), so that the
-		// burst's round trips leave together when it is read, and no call costs
-		// a hand-off to another thread.
-		st.call = lazyctx.New(c.burst.Context(), st.deadline)
-		st.ctx = st.call
-		st.reply = c.takeBufferLocked()
-		c.srv.burstCalls.Inc()
-		c.mu.Unlock()
-		// Timed as a call on the reader: one whose backend blocks rather than
-		// parks holds the reader as long, and pauses calls on readers alike.
-		start := time.Now()
-		c.burst.Start(c.runBurst, st)
-		c.srv.readerPause.ended(start, time.Now())
-		if c.burst.Parked() >= maxBurst || !c.frameBuffered() {
-			c.flushBurst()
+	if onReader && (c.frameBuffered() || c.burst.Parked() > 0) {
+		if start := time.Now(); c.srv.readerPause.allows(start) {
+			// One of several calls read together: it runs on the reader too, on
+			// a coroutine that parks while its backend waits (burst.Park), so
+			// that the burst's round trips leave together when it is read, and no
+			// call costs a hand-off to another thread.
+			st.call = lazyctx.New(c.burst.Context(), st.deadline)
+			st.ctx = st.call
+			st.reply = c.takeBufferLocked()
+			c.srv.burstCalls.Inc()
+			c.mu.Unlock()
+			c.burst.Start(c.runBurst, st)
+			// Timed as a call on the reader: one whose backend blocks rather than
+			// parks holds the reader as long, and pauses calls on readers alike.
+			c.srv.readerPause.ended(start, time.Now())
+			if c.burst.Parked() >= maxBurst || !c.frameBuffered() {
+				c.flushBurst()
+			}
+			c.mu.Lock()
+			return
 		}
-		c.mu.Lock()
-		return
 	}
 	st.call = lazyctx.New(c.ctx, st.deadline)
 	st.ctx = st.call

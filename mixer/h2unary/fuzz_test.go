@@ -52,7 +52,7 @@ func FuzzConn(f *testing.F) {
 	// connection behind them.
 	seed := &rawClient{}
 	seed.enc = hpack.NewEncoder(&seed.hb)
-	calls := requests(seed, 3)
+	calls := requests(seed, parkPath, 1, 2, 3)
 	f.Add(calls)
 	f.Add(append(append(calls[:len(calls):len(calls)], 0, 0, 4, byte(http2.FrameRSTStream), 0, 0, 0, 0, 3, 0, 0, 0, 8), 0, 0, 1, 0, 0, 0, 0, 0, 0))
 	f.Add([]byte{0, 0, 0, 4, 0, 0, 0, 0, 0})       // an empty SETTINGS

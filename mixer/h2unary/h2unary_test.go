@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -611,18 +610,7 @@ func TestIdleReaderCalls(t *testing.T) {
 	// Requests that reach the reader together: all but the last have frames
 	// behind them, and run on the reader as a burst.
 	r := dialRaw(t, ts.addr)
-	var batch bytes.Buffer
-	fr := http2.NewFramer(&batch, nil)
-	body, _ := proto.Marshal(wrapperspb.Int64(0))
-	for id := uint32(1); id <= 9; id += 2 {
-		r.hb.Reset()
-		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", sleepPath}, {":authority", "x"}, {"content-type", "application/grpc"}} {
-			_ = r.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.hb.Bytes(), EndHeaders: true})
-		_ = fr.WriteData(id, true, append(grpcPrefix(nil, len(body)), body...))
-	}
-	if _, err := r.c.Write(batch.Bytes()); err != nil {
+	if _, err := r.c.Write(requests(r, sleepPath, 0, 0, 0, 0, 0)); err != nil {
 		t.Fatal(err)
 	}
 	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
