@@ -23,8 +23,11 @@ import (
 	"github.com/sluicemesh/sluice/adapters/lazyctx"
 )
 
-// okTrailer ends every successful answer.
-var okTrailer = []hpack.HeaderField{{Name: "grpc-status", Value: "0"}}
+// okHeaders start, and okTrailer ends, every successful answer.
+var (
+	okHeaders = []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}}
+	okTrailer = []hpack.HeaderField{{Name: "grpc-status", Value: "0"}}
+)
 
 const (
 	// writeTimeout bounds one write: a client that stops reading loses its
@@ -105,6 +108,11 @@ type conn struct {
 	// client that sends past it would make the connection hold more requests
 	// than one window.
 	recvWindow int64
+	// okHead and okTrail are okHeaders' and okTrailer's encodings once they are
+	// wholly indexed: such a block changes neither side's table, so it can be
+	// sent again without the encoder's search, until anything else is encoded
+	// or the table's size changes (nil until then).
+	okHead, okTrail []byte
 	// Flow control of what we send.
 	sendWindow   int64 // connection
 	streamWindow int64 // the client's initial stream window
@@ -133,10 +141,9 @@ type stream struct {
 	call     *lazyctx.Context // ctx, for a goroutine call: cancelled when it ends
 	// Under conn.mu.
 	window  int64  // what we may still send on this stream
-	pending []byte // answer DATA not yet sent for lack of window
-	trailer []hpack.HeaderField
-	closed  bool // answered in full, or reset
-	refs    int  // the stream itself, and its call while it runs
+	pending []byte // answer DATA not yet sent for lack of window; the OK trailers follow it
+	closed  bool   // answered in full, or reset
+	refs    int    // the stream itself, and its call while it runs
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -410,6 +417,7 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 			c.maxFrame = s.Val
 		case http2.SettingHeaderTableSize:
 			c.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			c.okHead, c.okTrail = nil, nil
 		}
 		return nil
 	})
@@ -846,20 +854,20 @@ func (c *conn) answerLocked(st *stream, body []byte, fail *status.Status) {
 	if st.closed || c.closed {
 		return
 	}
-	c.hbuf.Reset()
-	_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-	_ = c.henc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+	c.encodeOKLocked(&c.okHead, okHeaders)
 	if fail != nil {
 		for _, f := range statusFields(fail) {
 			_ = c.henc.WriteField(f)
 		}
+		// The status's fields may have entered the dynamic table, moving the
+		// indices the OK blocks hold.
+		c.okHead, c.okTrail = nil, nil
 		c.writeHeadersLocked(st.id, true)
 		c.closeStreamLocked(st)
 		return
 	}
 	c.writeHeadersLocked(st.id, false)
 	st.pending = body
-	st.trailer = okTrailer
 	if !c.sendLocked(st) {
 		c.blocked = append(c.blocked, st)
 	}
@@ -892,12 +900,54 @@ func (c *conn) sendLocked(st *stream) bool {
 		c.sendWindow -= n
 		st.window -= n
 	}
-	c.hbuf.Reset()
-	for _, f := range st.trailer {
-		_ = c.henc.WriteField(f)
-	}
+	c.encodeOKLocked(&c.okTrail, okTrailer)
 	c.writeHeadersLocked(st.id, true)
 	c.closeStreamLocked(st)
+	return true
+}
+
+// encodeOKLocked puts the encoding of fields, okHeaders or okTrailer, in hbuf:
+// *cached when it is known, else the encoder's, kept in *cached when every field
+// of it is an index. A successful answer then costs no table search: the first
+// two answers of a connection add the fields to the table, and the rest send
+// the same few bytes.
+func (c *conn) encodeOKLocked(cached *[]byte, fields []hpack.HeaderField) {
+	c.hbuf.Reset()
+	if *cached != nil {
+		c.hbuf.Write(*cached)
+		return
+	}
+	for _, f := range fields {
+		_ = c.henc.WriteField(f)
+	}
+	if b := c.hbuf.Bytes(); onlyIndexed(b) {
+		*cached = bytes.Clone(b)
+	}
+}
+
+// onlyIndexed reports whether the header block b is wholly made of indexed
+// header fields (RFC 7541 §6.1), which leave the decoder's dynamic table as it
+// was: no literal that adds to it and no table size update.
+func onlyIndexed(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for len(b) > 0 {
+		if b[0]&0x80 == 0 {
+			return false
+		}
+		// The index: 7 bits, and when they are all set, more bytes while
+		// their top bit is.
+		more := b[0]&0x7f == 0x7f
+		b = b[1:]
+		for more {
+			if len(b) == 0 {
+				return false
+			}
+			more = b[0]&0x80 != 0
+			b = b[1:]
+		}
+	}
 	return true
 }
 

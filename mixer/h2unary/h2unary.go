@@ -533,10 +533,23 @@ func (s *Server) worker(c *conn, st *stream) {
 
 func (s *Server) count(reason string) { s.errs.WithLabelValues(reason).Inc() }
 
-// timeoutUnits are grpc-timeout's units.
-var timeoutUnits = map[byte]time.Duration{
-	'H': time.Hour, 'M': time.Minute, 'S': time.Second,
-	'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond,
+// timeoutUnit is the duration of grpc-timeout's unit u, or 0 for none.
+func timeoutUnit(u byte) time.Duration {
+	switch u {
+	case 'H':
+		return time.Hour
+	case 'M':
+		return time.Minute
+	case 'S':
+		return time.Second
+	case 'm':
+		return time.Millisecond
+	case 'u':
+		return time.Microsecond
+	case 'n':
+		return time.Nanosecond
+	}
+	return 0
 }
 
 // parseTimeout reads a grpc-timeout value: up to 8 digits and a unit.
@@ -544,8 +557,8 @@ func parseTimeout(v string) (time.Duration, bool) {
 	if len(v) < 2 || len(v) > 9 {
 		return 0, false
 	}
-	unit, ok := timeoutUnits[v[len(v)-1]]
-	if !ok {
+	unit := timeoutUnit(v[len(v)-1])
+	if unit == 0 {
 		return 0, false
 	}
 	n, err := strconv.ParseUint(v[:len(v)-1], 10, 64)

@@ -1,0 +1,133 @@
+package h2unary
+
+import (
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+func TestOnlyIndexed(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		block []byte
+		want  bool
+	}{
+		{"empty", nil, false},
+		{"static index", []byte{0x88}, true},
+		{"three indices", []byte{0x88, 0xbf, 0xbe}, true},
+		{"index past 126", []byte{0xff, 0x81, 0x01}, true},
+		{"index cut short", []byte{0xff, 0x81}, false},
+		{"literal with indexing", []byte{0x88, 0x40, 0x01, 'a', 0x01, 'b'}, false},
+		{"literal with an indexed name", []byte{0x5f, 0x10, 0x01, '0'}, false},
+		{"table size update", []byte{0x20, 0x88}, false},
+	} {
+		if got := onlyIndexed(tt.block); got != tt.want {
+			t.Errorf("%s: onlyIndexed(%x) = %v, want %v", tt.name, tt.block, got, tt.want)
+		}
+	}
+}
+
+// TestOKBlocksFollowTheTable: successful answers sent from the kept encodings
+// decode, with the client's one decoder, as the fields they stand for, whatever
+// came between them: error answers whose fields entered the table, and changes of
+// the table's size, to one too small for all the fields and to none. The
+// connection keeps the blocks only while they are wholly indexed.
+func TestOKBlocksFollowTheTable(t *testing.T) {
+	ts := startServer(t, Options{}, false)
+	r := dialRaw(t, ts.addr)
+	id := uint32(1)
+	call := func(path string, msg string) map[string]string {
+		t.Helper()
+		r.headers(id, path, false)
+		_ = r.fr.WriteData(id, true, reqBody([]byte(msg)))
+		got := map[string]string{}
+		_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			f, err := r.fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("stream %d: %v", id, err)
+			}
+			h, ok := f.(*http2.MetaHeadersFrame)
+			if !ok || h.StreamID != id {
+				continue
+			}
+			for _, hf := range h.Fields {
+				if _, dup := got[hf.Name]; dup {
+					t.Errorf("stream %d: %s twice", id, hf.Name)
+				}
+				got[hf.Name] = hf.Value
+			}
+			if h.StreamEnded() {
+				id += 2
+				return got
+			}
+		}
+	}
+	check := func(step string, got map[string]string, want ...string) {
+		t.Helper()
+		for i := 0; i+1 < len(want); i += 2 {
+			if got[want[i]] != want[i+1] {
+				t.Errorf("%s: %s = %q, want %q (all: %v)", step, want[i], got[want[i]], want[i+1], got)
+			}
+		}
+		if len(got) != len(want)/2 {
+			t.Errorf("%s: fields %v, want %v", step, got, want)
+		}
+	}
+	ok := func(step string) {
+		t.Helper()
+		for i := range 3 {
+			check(step, call(echoPath, string(rune('a'+i))), ":status", "200", "content-type", "application/grpc", "grpc-status", "0")
+		}
+	}
+	fail := func(step, msg string) {
+		t.Helper()
+		got := call(failPath, msg)
+		delete(got, "grpc-status-details-bin")
+		check(step, got, ":status", "200", "content-type", "application/grpc", "grpc-status", "7", "grpc-message", msg)
+	}
+	// kept tells whether the connection holds the OK blocks, as it should once
+	// the table holds their fields and nothing else came since.
+	kept := func(step string, want bool) {
+		t.Helper()
+		ts.mu.Lock()
+		defer ts.mu.Unlock()
+		if len(ts.active) != 1 {
+			t.Fatalf("%d connections open, want the test's one", len(ts.active))
+		}
+		for c := range ts.active {
+			c.mu.Lock()
+			head, trail := c.okHead, c.okTrail
+			c.mu.Unlock()
+			if got := head != nil && trail != nil; got != want {
+				t.Errorf("%s: the connection keeps OK blocks %x and %x; want them kept: %v", step, head, trail, want)
+			}
+		}
+	}
+	setTable := func(size uint32) {
+		t.Helper()
+		_ = r.fr.WriteSettings(http2.Setting{ID: http2.SettingHeaderTableSize, Val: size})
+		r.sync(t)
+	}
+
+	ok("first answers")
+	fail("an error", "first")
+	ok("after an error")
+	fail("another error", "second")
+	fail("a third error", "third")
+	ok("after errors")
+	kept("after errors", true)
+	// content-type's entry (60 bytes) and grpc-status's (44) do not fit together:
+	// each answer's fields evict the other's.
+	setTable(100)
+	ok("a table for one entry")
+	kept("a table for one entry", false)
+	fail("an error in a small table", "fourth")
+	ok("small table, after an error")
+	setTable(0)
+	ok("no table")
+	kept("no table", false)
+	fail("an error without a table", "fifth")
+	ok("no table, after an error")
+}
