@@ -909,8 +909,8 @@ func (c *conn) sendLocked(st *stream) bool {
 // encodeOKLocked puts the encoding of fields, okHeaders or okTrailer, in hbuf:
 // *cached when it is known, else the encoder's, kept in *cached when every field
 // of it is an index. A successful answer then costs no table search: the first
-// two answers of a connection add the fields to the table, and the rest send
-// the same few bytes.
+// answers of a connection add the fields to the table, and the rest send the
+// same few bytes.
 func (c *conn) encodeOKLocked(cached *[]byte, fields []hpack.HeaderField) {
 	c.hbuf.Reset()
 	if *cached != nil {
@@ -922,6 +922,10 @@ func (c *conn) encodeOKLocked(cached *[]byte, fields []hpack.HeaderField) {
 	}
 	if b := c.hbuf.Bytes(); onlyIndexed(b) {
 		*cached = bytes.Clone(b)
+	} else {
+		// A field entered the table, moving the indices the other block may
+		// hold (the trailer's first grpc-status: 0 after the headers were kept).
+		c.okHead, c.okTrail = nil, nil
 	}
 }
 

@@ -1,6 +1,7 @@
 package h2unary
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -35,34 +36,58 @@ func TestOnlyIndexed(t *testing.T) {
 // connection keeps the blocks only while they are wholly indexed.
 func TestOKBlocksFollowTheTable(t *testing.T) {
 	ts := startServer(t, Options{}, false)
-	r := dialRaw(t, ts.addr)
-	id := uint32(1)
-	call := func(path string, msg string) map[string]string {
+	r, id := dialRaw(t, ts.addr), uint32(1)
+	// collect reads until the streams ids end, and returns the fields of each.
+	collect := func(ids ...uint32) map[uint32]map[string]string {
 		t.Helper()
-		r.headers(id, path, false)
-		_ = r.fr.WriteData(id, true, reqBody([]byte(msg)))
-		got := map[string]string{}
+		got := map[uint32]map[string]string{}
+		for _, id := range ids {
+			got[id] = map[string]string{}
+		}
 		_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		for {
+		for open := len(ids); open > 0; {
 			f, err := r.fr.ReadFrame()
 			if err != nil {
-				t.Fatalf("stream %d: %v", id, err)
+				t.Fatalf("streams %v: %v", ids, err)
 			}
 			h, ok := f.(*http2.MetaHeadersFrame)
-			if !ok || h.StreamID != id {
+			if !ok || got[h.StreamID] == nil {
 				continue
 			}
 			for _, hf := range h.Fields {
-				if _, dup := got[hf.Name]; dup {
-					t.Errorf("stream %d: %s twice", id, hf.Name)
+				if _, dup := got[h.StreamID][hf.Name]; dup {
+					t.Errorf("stream %d: %s twice", h.StreamID, hf.Name)
 				}
-				got[hf.Name] = hf.Value
+				got[h.StreamID][hf.Name] = hf.Value
 			}
 			if h.StreamEnded() {
-				id += 2
-				return got
+				open--
 			}
 		}
+		return got
+	}
+	send := func(path, msg string) uint32 {
+		r.headers(id, path, false)
+		_ = r.fr.WriteData(id, true, reqBody([]byte(msg)))
+		id += 2
+		return id - 2
+	}
+	call := func(path string, msg string) map[string]string {
+		t.Helper()
+		sent := send(path, msg)
+		return collect(sent)[sent]
+	}
+	// reconnect closes the client's connection, waits for the server's side to
+	// end, and opens a new one.
+	reconnect := func(settings ...http2.Setting) {
+		t.Helper()
+		r.c.Close()
+		waitFor(t, func() bool {
+			ts.mu.Lock()
+			defer ts.mu.Unlock()
+			return len(ts.active) == 0
+		}, "the connection to close")
+		r, id = dialRaw(t, ts.addr, settings...), 1
 	}
 	check := func(step string, got map[string]string, want ...string) {
 		t.Helper()
@@ -130,4 +155,42 @@ func TestOKBlocksFollowTheTable(t *testing.T) {
 	kept("no table", false)
 	fail("an error without a table", "fifth")
 	ok("no table, after an error")
+
+	// A connection whose first answer is an error: the next answer's headers
+	// are wholly indexed before its trailer's grpc-status: 0 enters the table.
+	reconnect()
+	fail("an error first", "sixth")
+	ok("after an error first")
+	kept("after an error first", true)
+
+	// Answers held by flow control: the second answer's headers are encoded
+	// before the first answer's trailer.
+	reconnect(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	first, second := send(echoPath, "x"), send(echoPath, "y")
+	heads := map[uint32]map[string]string{}
+	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for len(heads) < 2 { // both answers' headers; their messages wait for window
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("held answers' headers: %v", err)
+		}
+		if h, ok := f.(*http2.MetaHeadersFrame); ok {
+			heads[h.StreamID] = map[string]string{}
+			for _, hf := range h.Fields {
+				heads[h.StreamID][hf.Name] = hf.Value
+			}
+		}
+	}
+	_ = r.fr.WriteWindowUpdate(first, 1<<20)
+	_ = r.fr.WriteWindowUpdate(second, 1<<20)
+	for sid, trailer := range collect(first, second) {
+		for k, v := range trailer {
+			heads[sid][k] = v
+		}
+		check(fmt.Sprintf("held answer %d", sid), heads[sid], ":status", "200", "content-type", "application/grpc", "grpc-status", "0")
+	}
+	_ = r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+	r.sync(t)
+	ok("after held answers")
+	kept("after held answers", true)
 }
