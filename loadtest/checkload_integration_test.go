@@ -18,7 +18,9 @@ import (
 // is measured without failures, the server's counters are read, and only the Redis
 // rows have Redis pipelines. Answers later than Envoy's deadline count as errors in
 // the tool; here, where the rest of `make test` shares the two cores, a few are
-// tolerated (a 20 ms stall at 500/s makes ten), failures of any other kind not.
+// tolerated (a 20 ms stall at 500/s makes ten), failures of any other kind not,
+// unless the generator itself stalled past a deadline (then the run is repeated
+// once).
 func TestIntegrationCheckLoad(t *testing.T) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server is not installed (%v): run `make deps`", err)
@@ -30,45 +32,36 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	latencies := filepath.Join(t.TempDir(), "latencies")
-	rows, err := RunCheckLoad(ctx, CheckLoadOptions{
-		Server: bin, RedisServer: "redis-server", RedisHz: 100,
-		Rates: []int{500}, Duration: time.Second,
-		Services: []string{"ext_authz", "ratelimit"}, Backends: []string{"memquota", "redis"},
-		Caches: []string{"hit"}, Listeners: []string{"check"},
-		Conns: 2, TargetP99: time.Millisecond, LatencyLog: latencies, Out: &out,
-	})
-	if err != nil {
-		t.Fatalf("RunCheckLoad: %v\n%s", err, out.String())
+	var latencies string
+	var problems []string
+	for attempt := 1; ; attempt++ {
+		out.Reset()
+		latencies = filepath.Join(t.TempDir(), "latencies")
+		rows, err := RunCheckLoad(ctx, CheckLoadOptions{
+			Server: bin, RedisServer: "redis-server", RedisHz: 100,
+			Rates: []int{500}, Duration: time.Second,
+			Services: []string{"ext_authz", "ratelimit"}, Backends: []string{"memquota", "redis"},
+			Caches: []string{"hit"}, Listeners: []string{"check"},
+			Conns: 2, TargetP99: time.Millisecond, LatencyLog: latencies, Out: &out,
+		})
+		if err != nil {
+			t.Fatalf("RunCheckLoad: %v\n%s", err, out.String())
+		}
+		if len(rows) != 4 {
+			t.Fatalf("%d rows, want 4 (two services, two backends)\n%s", len(rows), out.String())
+		}
+		var stalled bool
+		problems, stalled = checkLoadProblems(rows)
+		// A row that failed while the generator itself fell a deadline behind
+		// (its pacer's p99 lag) failed with the machine, not the server: such a
+		// stall, of another package's tests or of the host, gets one more run.
+		if len(problems) == 0 || !stalled || attempt == 2 {
+			break
+		}
+		t.Logf("the machine stalled during the run (pacer lag p99 past %v), once more:\n%s\n%s", stallLag, strings.Join(problems, "\n"), out.String())
 	}
-	if len(rows) != 4 {
-		t.Fatalf("%d rows, want 4 (two services, two backends)\n%s", len(rows), out.String())
-	}
-	for _, r := range rows {
-		name := r.Service + "/" + r.Backend
-		if r.Errors != r.Late || r.Late > 50 || r.Achieved < 400 {
-			t.Errorf("%s: %d errors (%d of them late answers), %.0f/s achieved of 500\n%s", name, r.Errors, r.Late, r.Achieved, out.String())
-		}
-		if r.Fallbacks != 0 {
-			t.Errorf("%s: %d decisions by the fail policy, not the backend\n%s", name, r.Fallbacks, out.String())
-		}
-		if r.ServerBytesPerReq <= 0 || r.ServerCPUPerReq <= 0 {
-			t.Errorf("%s: server counters not read: %.0f B/req, %v CPU/req", name, r.ServerBytesPerReq, r.ServerCPUPerReq)
-		}
-		// The lean listener counts every call by how it ran.
-		if r.HandedOff < 0 || r.InBursts < 0 || r.HandedOff+r.InBursts > 1 || r.ReaderPauses < 0 {
-			t.Errorf("%s: handed off %.3f and in bursts %.3f with %d reader pauses, want shares in [0, 1]", name, r.HandedOff, r.InBursts, r.ReaderPauses)
-		}
-		switch r.Backend {
-		case "redis":
-			if r.CallsPerPipeline < 1 || r.RedisCPUPerReq <= 0 {
-				t.Errorf("%s: %.2f calls per pipeline, Redis CPU %v per request; want at least one call per pipeline and some CPU", name, r.CallsPerPipeline, r.RedisCPUPerReq)
-			}
-		default:
-			if r.CallsPerPipeline != 0 {
-				t.Errorf("%s: %.2f calls per Redis pipeline without Redis", name, r.CallsPerPipeline)
-			}
-		}
+	for _, p := range problems {
+		t.Errorf("%s\n%s", p, out.String())
 	}
 	logged, err := os.ReadFile(latencies)
 	if err != nil {
@@ -86,7 +79,7 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	// Redis through a Unix socket, and the server on one processor: every
 	// decision must still come from Redis.
 	out.Reset()
-	rows, err = RunCheckLoad(ctx, CheckLoadOptions{
+	rows, err := RunCheckLoad(ctx, CheckLoadOptions{
 		Server: bin, RedisServer: "redis-server", RedisSocket: "unix", ServerEnv: []string{"GOMAXPROCS=1"},
 		Rates: []int{500}, Duration: time.Second,
 		Services: []string{"ext_authz"}, Backends: []string{"redis"},

@@ -256,3 +256,78 @@ func TestMergeEnv(t *testing.T) {
 		})
 	}
 }
+
+// stallLag is the generator's own p99 lag past which a failed run is put down
+// to the machine: Envoy's deadline in the load tool's requests.
+const stallLag = 20 * time.Millisecond
+
+// checkLoadProblems returns what is wrong with rows, and whether every row with a
+// problem ran while the generator itself fell stallLag behind.
+func checkLoadProblems(rows []CheckRow) (problems []string, stalled bool) {
+	stalled = true
+	for _, r := range rows {
+		name := r.Service + "/" + r.Backend
+		before := len(problems)
+		if r.Errors != r.Late || r.Late > 50 || r.Achieved < 400 {
+			problems = append(problems, fmt.Sprintf("%s: %d errors (%d of them late answers), %.0f/s achieved of 500", name, r.Errors, r.Late, r.Achieved))
+		}
+		if r.Fallbacks != 0 {
+			problems = append(problems, fmt.Sprintf("%s: %d decisions by the fail policy, not the backend", name, r.Fallbacks))
+		}
+		if r.ServerBytesPerReq <= 0 || r.ServerCPUPerReq <= 0 {
+			problems = append(problems, fmt.Sprintf("%s: server counters not read: %.0f B/req, %v CPU/req", name, r.ServerBytesPerReq, r.ServerCPUPerReq))
+		}
+		// The lean listener counts every call by how it ran.
+		if r.HandedOff < 0 || r.InBursts < 0 || r.HandedOff+r.InBursts > 1 || r.ReaderPauses < 0 {
+			problems = append(problems, fmt.Sprintf("%s: handed off %.3f and in bursts %.3f with %d reader pauses, want shares in [0, 1]", name, r.HandedOff, r.InBursts, r.ReaderPauses))
+		}
+		switch r.Backend {
+		case "redis":
+			if r.CallsPerPipeline < 1 || r.RedisCPUPerReq <= 0 {
+				problems = append(problems, fmt.Sprintf("%s: %.2f calls per pipeline, Redis CPU %v per request; want at least one call per pipeline and some CPU", name, r.CallsPerPipeline, r.RedisCPUPerReq))
+			}
+		default:
+			if r.CallsPerPipeline != 0 {
+				problems = append(problems, fmt.Sprintf("%s: %.2f calls per Redis pipeline without Redis", name, r.CallsPerPipeline))
+			}
+		}
+		if len(problems) > before && r.PacerLagP99 < stallLag {
+			stalled = false
+		}
+	}
+	return problems, stalled
+}
+
+func TestCheckLoadProblems(t *testing.T) {
+	good := func(backend string) CheckRow {
+		r := CheckRow{Service: "ratelimit", Backend: backend, Achieved: 500, ServerBytesPerReq: 300, ServerCPUPerReq: 70 * time.Microsecond, PacerLagP99: time.Millisecond}
+		if backend == "redis" {
+			r.CallsPerPipeline, r.RedisCPUPerReq = 1.1, 30*time.Microsecond
+		}
+		return r
+	}
+	failing := func(lag time.Duration) CheckRow {
+		r := good("redis")
+		r.Errors, r.Fallbacks, r.PacerLagP99 = 61, 4, lag
+		return r
+	}
+	late := good("memquota")
+	late.Errors, late.Late = 10, 10
+	for _, tt := range []struct {
+		name     string
+		rows     []CheckRow
+		problems int
+		stalled  bool
+	}{
+		{"all good", []CheckRow{good("memquota"), good("redis"), late}, 0, true},
+		{"errors in a calm run", []CheckRow{good("memquota"), failing(2 * time.Millisecond)}, 2, false},
+		{"errors while the generator stalled", []CheckRow{good("memquota"), failing(43 * time.Millisecond)}, 2, true},
+		{"one row stalled, one not", []CheckRow{failing(43 * time.Millisecond), failing(time.Millisecond)}, 4, false},
+		{"Redis pipelines without Redis", []CheckRow{func() CheckRow { r := good("memquota"); r.CallsPerPipeline = 1; return r }()}, 1, false},
+	} {
+		problems, stalled := checkLoadProblems(tt.rows)
+		if len(problems) != tt.problems || (len(problems) > 0 && stalled != tt.stalled) {
+			t.Errorf("%s: %d problems %q, stalled %v; want %d, stalled %v", tt.name, len(problems), problems, stalled, tt.problems, tt.stalled)
+		}
+	}
+}
