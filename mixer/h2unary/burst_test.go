@@ -72,7 +72,13 @@ func parkMethod(b *batchSender) Method {
 
 // parkingServer serves parkMethod.
 func parkingServer(t *testing.T, b *batchSender) (*Server, string) {
-	s, err := New(Options{Metrics: prometheus.NewRegistry(), Methods: []Method{parkMethod(b)}})
+	return serveMethods(t, parkMethod(b))
+}
+
+// serveMethods serves methods on a loopback port, until the test ends.
+func serveMethods(t *testing.T, methods ...Method) (*Server, string) {
+	t.Helper()
+	s, err := New(Options{Metrics: prometheus.NewRegistry(), Methods: methods})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,19 +218,11 @@ func TestReaderPanicCrashes(t *testing.T) {
 			panic("boom in a burst")
 		})
 		m.OnReader = func() bool { return true }
-		s, err := New(Options{Methods: []Method{m}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() { _ = s.Serve(lis) }()
+		_, addr := serveMethods(t, m)
 		// Two calls park; a PING behind them has the reader resume them at the
 		// top of its loop, where no lock is held (a panic under one of the
 		// listener's locks crashed the process anyway).
-		r := dialRaw(t, lis.Addr().String())
+		r := dialRaw(t, addr)
 		ping := []byte{0, 0, 8, byte(http2.FramePing), 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}
 		if _, err := r.c.Write(append(requests(r, parkPath, 1, 2), ping...)); err != nil {
 			t.Fatal(err)
