@@ -79,13 +79,40 @@ type coalescer struct {
 	// deadline queued (zero when unarmed), rather than one per waiting call.
 	expiry   *time.Timer
 	expiryAt time.Time
+
+	// Drains run on goroutines kept for the next (see goDrain): drains hands an
+	// idle one its slot and batch, drainers counts them (at most one per slot),
+	// and closing stop ends the idle ones.
+	drains   chan drainWork
+	drainers atomic.Int32
+	maxDrain int32
+	stop     chan struct{}
+	stopOnce sync.Once
+}
+
+// drainWork is a drain handed to an idle drainer.
+type drainWork struct {
+	s     *slot
+	batch []*job
 }
 
 func newCoalescer(slots []*slot, send func(context.Context, time.Time, *slot, []*job)) *coalescer {
-	c := &coalescer{send: send, free: slices.Clone(slots)}
+	c := &coalescer{
+		send:     send,
+		free:     slices.Clone(slots),
+		drains:   make(chan drainWork),
+		maxDrain: int32(len(slots)),
+		stop:     make(chan struct{}),
+	}
 	c.expiry = time.AfterFunc(time.Hour, c.expire)
 	c.expiry.Stop()
 	return c
+}
+
+// close ends the idle drainers; a drain under way finishes first. Pipelines
+// sent after it run on goroutines of their own.
+func (c *coalescer) close() {
+	c.stopOnce.Do(func() { close(c.stop) })
 }
 
 // do sends j's calls, alone or with others, and returns when j.replies are set, or
@@ -115,7 +142,7 @@ func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
 		// Calls that queued meanwhile go out on a goroutine of their own, so that
 		// this caller answers now rather than after another round trip.
 		if next := c.next(s); next != nil {
-			go c.drain(s, next)
+			c.goDrain(s, next)
 		}
 		return nil
 	}
@@ -199,7 +226,48 @@ func (c *coalescer) SendParked(items []any) {
 		batch = batch[k:]
 	}
 	if next := c.next(s); next != nil {
-		go c.drain(s, next)
+		c.goDrain(s, next)
+	}
+}
+
+// goDrain drains batch and the queue on s on another goroutine, so that its
+// caller answers now: an idle drainer's when one waits, else a new drainer.
+// A new goroutine's stack starts small and is copied as a pipeline's calls
+// deepen it, each time: 1–2% of the server's CPU at 10k checks/s on Redis
+// went to that before drainers were kept.
+func (c *coalescer) goDrain(s *slot, batch []*job) {
+	select {
+	case c.drains <- drainWork{s, batch}:
+		return
+	default:
+	}
+	select {
+	case <-c.stop:
+		go c.drain(s, batch)
+		return
+	default:
+	}
+	if c.drainers.Add(1) <= c.maxDrain {
+		go c.drainer(s, batch)
+		return
+	}
+	// Every drainer is busy, or finishing a drain and about to wait: this
+	// one drain runs on a goroutine of its own.
+	c.drainers.Add(-1)
+	go c.drain(s, batch)
+}
+
+// drainer drains what it is handed until the coalescer closes.
+func (c *coalescer) drainer(s *slot, batch []*job) {
+	defer c.drainers.Add(-1)
+	for {
+		c.drain(s, batch)
+		select {
+		case w := <-c.drains:
+			s, batch = w.s, w.batch
+		case <-c.stop:
+			return
+		}
 	}
 }
 

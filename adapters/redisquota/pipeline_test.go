@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -372,4 +374,75 @@ func TestCoalescerBurst(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCoalescerDrainers checks that the pipelines of queued calls, sent after
+// their holder's came back, run on one drainer kept from round to round rather
+// than on a new goroutine each time, and that close ends the idle drainer.
+func TestCoalescerDrainers(t *testing.T) {
+	e := &echoSend{gate: make(chan struct{})}
+	c := newCoalescer(newSlots(1), e.send)
+	drainedOn := map[string]string{} // queued call's key -> goroutine that sent it
+	var mu sync.Mutex
+	send := e.send
+	c.send = func(ctx context.Context, deadline time.Time, s *slot, jobs []*job) {
+		mu.Lock()
+		drainedOn[jobs[0].ops[0].keys[0]] = goroutineID()
+		mu.Unlock()
+		send(ctx, deadline, s, jobs)
+	}
+	for round := range 4 {
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if err := c.do(context.Background(), time.Now().Add(time.Hour), jobOf(fmt.Sprint("holder", round))); err != nil {
+				t.Errorf("holder: %v", err)
+			}
+		})
+		waitFor(t, func() bool { free, _ := c.lens(); return free == 0 })
+		wg.Go(func() {
+			if err := c.do(context.Background(), time.Now().Add(time.Hour), jobOf(fmt.Sprint("queued", round))); err != nil {
+				t.Errorf("queued: %v", err)
+			}
+		})
+		waitFor(t, func() bool { _, queued := c.lens(); return queued == 1 })
+		e.gate <- struct{}{} // the holder's pipeline
+		e.gate <- struct{}{} // the queued call's, drained
+		wait(t, &wg)
+		// The drainer frees the slot, then waits for the next drain.
+		waitFor(t, func() bool { return idleDrainers(c) == 1 })
+	}
+	mu.Lock()
+	first := drainedOn["queued0"]
+	for round := range 4 {
+		if g := drainedOn[fmt.Sprint("queued", round)]; g != first || g == drainedOn[fmt.Sprint("holder", round)] {
+			t.Errorf("round %d: drained on goroutine %s, want the drainer of round 0 (%s), not the holder's", round, g, first)
+		}
+	}
+	mu.Unlock()
+	if n := c.drainers.Load(); n != 1 {
+		t.Errorf("%d drainers for one slot, want 1", n)
+	}
+	c.close()
+	waitFor(t, func() bool { return c.drainers.Load() == 0 && idleDrainers(c) == 0 })
+}
+
+// goroutineID is the calling goroutine's number, from its stack's header.
+func goroutineID() string {
+	var buf [64]byte
+	f := strings.Fields(string(buf[:runtime.Stack(buf[:], false)]))
+	return f[1] // "goroutine N [running]:"
+}
+
+// idleDrainers is how many of c's drainers wait for a drain, from every
+// goroutine's stack (whose frames show the receiver).
+func idleDrainers(c *coalescer) int {
+	frame := fmt.Sprintf("(*coalescer).drainer(%p", c)
+	buf := make([]byte, 1<<20)
+	n := 0
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "[select") && strings.Contains(g, frame) {
+			n++
+		}
+	}
+	return n
 }

@@ -380,6 +380,7 @@ func (h *Handler) Collect(ch chan<- prometheus.Metric) { h.pipelineCalls.Collect
 
 // Close implements adapters.Handler.
 func (h *Handler) Close(context.Context) error {
+	h.pipes.close()
 	if h.dialer != nil {
 		h.dialer.close()
 	}
