@@ -88,7 +88,7 @@ func (s *Server) check(ctx context.Context, st *requestState) (resp *authv3.Chec
 		}
 		if !hit {
 			var err error
-			allowed, rule, err = s.authorize(ctx, lease, p, st)
+			allowed, rule, err = s.authorize(ctx, p, st)
 			if err != nil {
 				return nil, nil, "error", err
 			}
@@ -101,7 +101,7 @@ func (s *Server) check(ctx context.Context, st *requestState) (resp *authv3.Chec
 		return denied(allowed, rule), nil, "denied", nil
 	}
 	// Quota is charged on every request and never cached.
-	q, qrule, err := s.chargeQuotas(ctx, lease, p, st, now)
+	q, qrule, err := s.chargeQuotas(ctx, p, st, now)
 	if err != nil {
 		return nil, nil, "error", err
 	}
@@ -122,7 +122,7 @@ func (s *Server) check(ctx context.Context, st *requestState) (resp *authv3.Chec
 
 // authorize runs every matching rule's policy handlers. The first denial wins; the
 // headers of the allowing results add up; the result holds for the shortest validity.
-func (s *Server) authorize(ctx context.Context, lease leaseView, p *plan, st *requestState) (authorization.Result, string, error) {
+func (s *Server) authorize(ctx context.Context, p *plan, st *requestState) (authorization.Result, string, error) {
 	out := authorization.Result{Code: codes.OK, ValidDuration: time.Duration(1<<63 - 1)}
 	for i := range p.rules {
 		r := &p.rules[i]
@@ -135,15 +135,14 @@ func (s *Server) authorize(ctx context.Context, lease leaseView, p *plan, st *re
 			continue
 		}
 		for _, t := range r.authz {
-			ah, err := handlerAs[adapters.AuthorizationHandler](lease, t.handler, "answer authorization checks")
-			if err != nil {
-				return out, "", err
+			if t.err != nil {
+				return out, "", t.err
 			}
 			inst, err := s.authzInstance(t, st)
 			if err != nil {
 				return s.ruleFailed(r, "instance "+t.inst, err), r.name, nil
 			}
-			res, err := ah.Authorize(ctx, inst, st.act)
+			res, err := t.h.Authorize(ctx, inst, st.act)
 			if err != nil {
 				s.metrics.handlerErrors.WithLabelValues(t.handler).Inc()
 				s.log.Warn("policy handler failed", "handler", t.handler, "rule", r.name, "err", err)
@@ -239,7 +238,7 @@ func (s *Server) authzInstance(t authzTarget, st *requestState) (*authorization.
 // chargeQuotas charges one unit of every matching quota; it returns the denial of the
 // first exhausted one (RESOURCE_EXHAUSTED), or of a rule that failed (see
 // ruleFailed), or nil.
-func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st *requestState, now time.Time) (*authorization.Result, string, error) {
+func (s *Server) chargeQuotas(ctx context.Context, p *plan, st *requestState, now time.Time) (*authorization.Result, string, error) {
 	for i := range p.rules {
 		r := &p.rules[i]
 		if len(r.quotas) == 0 {
@@ -252,10 +251,10 @@ func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st 
 			continue
 		}
 		for _, t := range r.quotas {
-			qh, err := handlerAs[adapters.QuotaHandler](lease, t.handler, "enforce quotas")
-			if err != nil {
-				return nil, "", err
+			if t.err != nil {
+				return nil, "", t.err
 			}
+			var err error
 			inst := &st.quotaInst
 			inst.Name = t.inst
 			if inst.Dimensions == nil {
@@ -271,7 +270,7 @@ func (s *Server) chargeQuotas(ctx context.Context, lease leaseView, p *plan, st 
 				}
 				inst.Dimensions[d.Name] = string(st.dimValue)
 			}
-			dec, err := qh.Quota(ctx, now, inst, 1)
+			dec, err := t.h.Quota(ctx, now, inst, 1)
 			if err != nil {
 				s.metrics.handlerErrors.WithLabelValues(t.handler).Inc()
 				return nil, "", status.Errorf(codes.Unavailable, "quota handler %s failed: %v", t.handler, err)

@@ -2,6 +2,7 @@ package check
 
 import (
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,20 @@ type metrics struct {
 	cacheSkips     prometheus.Counter
 	// detailed bounds the descriptor label values made of request values.
 	detailed detailedNames
+	// series holds the request counter and latency histogram of each (service,
+	// outcome) seen, copied on write: WithLabelValues hashes and validates its
+	// labels and takes a lock on every call, about 1 µs of a check's CPU at
+	// 10k checks/s. Both labels are the code's constants, so it stays small.
+	series   atomic.Pointer[map[seriesKey]checkSeries]
+	seriesMu sync.Mutex
+}
+
+type seriesKey struct{ service, outcome string }
+
+// checkSeries are the series a check of one service and outcome updates.
+type checkSeries struct {
+	requests prometheus.Counter
+	latency  prometheus.Observer
 }
 
 // rateLimitMetric is the metric whose descriptor label detailedNames bounds.
@@ -132,7 +147,38 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	return m, nil
 }
 
+// observe counts a check of service that ended in outcome after d.
 func (m *metrics) observe(service, outcome string, d time.Duration) {
-	m.requests.WithLabelValues(service, outcome).Inc()
-	m.latency.WithLabelValues(service).Observe(d.Seconds())
+	k := seriesKey{service, outcome}
+	cs, ok := checkSeries{}, false
+	if all := m.series.Load(); all != nil {
+		cs, ok = (*all)[k]
+	}
+	if !ok {
+		cs = m.addSeries(k)
+	}
+	cs.requests.Inc()
+	cs.latency.Observe(d.Seconds())
+}
+
+// addSeries resolves and keeps the series of k.
+func (m *metrics) addSeries(k seriesKey) checkSeries {
+	m.seriesMu.Lock()
+	defer m.seriesMu.Unlock()
+	var next map[seriesKey]checkSeries
+	if all := m.series.Load(); all != nil {
+		if cs, ok := (*all)[k]; ok {
+			return cs
+		}
+		next = maps.Clone(*all)
+	} else {
+		next = map[seriesKey]checkSeries{}
+	}
+	cs := checkSeries{
+		requests: m.requests.WithLabelValues(k.service, k.outcome),
+		latency:  m.latency.WithLabelValues(k.service),
+	}
+	next[k] = cs
+	m.series.Store(&next)
+	return cs
 }

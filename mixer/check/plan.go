@@ -39,17 +39,25 @@ type rulePlan struct {
 	quotas []quotaTarget
 }
 
+// A target's handler is resolved when the plan is built, from the runtime of the
+// plan's snapshot: every lease of that snapshot holds the same handlers, and a
+// lookup by name and an interface assertion per check cost about 0.4 µs. err
+// is what a check answers when the handler is missing or of the wrong kind.
 type authzTarget struct {
 	handler string
 	inst    string
 	value   *expr.Expression
 	props   []config.NamedExpr
+	h       adapters.AuthorizationHandler
+	err     error
 }
 
 type quotaTarget struct {
 	handler string
 	inst    string
 	dims    []config.NamedExpr
+	h       adapters.QuotaHandler
+	err     error
 }
 
 // inProcess reports whether every handler a check of snap can reach — the rules'
@@ -97,6 +105,7 @@ func (s *Server) buildPlan(l *dispatch.Lease) *plan {
 				switch inst.Template.Name {
 				case templates.Authorization:
 					t := authzTarget{handler: a.Handler.Name, inst: inst.Name, value: inst.Fields["value"], props: inst.Maps["properties"]}
+					t.h, t.err = handlerAs[adapters.AuthorizationHandler](l, t.handler, "answer authorization checks")
 					addRefs(t.value)
 					for _, pe := range t.props {
 						addRefs(pe.Expr)
@@ -109,7 +118,9 @@ func (s *Server) buildPlan(l *dispatch.Lease) *plan {
 						}
 					}
 				case templates.Quota:
-					rp.quotas = append(rp.quotas, quotaTarget{handler: a.Handler.Name, inst: inst.Name, dims: inst.Maps["dimensions"]})
+					t := quotaTarget{handler: a.Handler.Name, inst: inst.Name, dims: inst.Maps["dimensions"]}
+					t.h, t.err = handlerAs[adapters.QuotaHandler](l, t.handler, "enforce quotas")
+					rp.quotas = append(rp.quotas, t)
 				}
 			}
 		}
