@@ -89,20 +89,23 @@ type conn struct {
 	// their answers (see call); shared, hence atomic.
 	answering atomic.Int32
 
-	mu       sync.Mutex // guards all below
-	cond     *sync.Cond // a write ended, a stream was released, or the connection closed
-	out      []byte     // frames waiting to be written
-	spare    []byte
-	wr       *http2.Framer // writes into out
-	hbuf     bytes.Buffer
-	henc     *hpack.Encoder
-	writing  bool
-	closed   bool
-	goneAway bool   // GOAWAY sent: no new streams
-	draining bool   // Shutdown: close once every stream is done
-	lastID   uint32 // the highest stream the client opened
-	inflight int    // streams counted against the limit
-	unacked  uint32 // request bytes released since the last connection WINDOW_UPDATE
+	mu      sync.Mutex // guards all below
+	cond    *sync.Cond // a write ended, a stream was released, or the connection closed
+	out     []byte     // frames waiting to be written
+	spare   []byte
+	wr      *http2.Framer // writes into out
+	hbuf    bytes.Buffer
+	henc    *hpack.Encoder
+	writing bool
+	// writeDeadline is the deadline set on nc for writes; only the writer (who
+	// set writing) reads or changes it.
+	writeDeadline time.Time
+	closed        bool
+	goneAway      bool   // GOAWAY sent: no new streams
+	draining      bool   // Shutdown: close once every stream is done
+	lastID        uint32 // the highest stream the client opened
+	inflight      int    // streams counted against the limit
+	unacked       uint32 // request bytes released since the last connection WINDOW_UPDATE
 	// recvWindow is what the client may still send on the connection: the
 	// window advertised less the DATA received, plus the WINDOW_UPDATEs sent. A
 	// client that sends past it would make the connection hold more requests
@@ -1015,6 +1018,18 @@ func (c *conn) resetLocked(id uint32, code http2.ErrCode) {
 	}
 }
 
+// armWrite bounds the next write by writeTimeout, or by no less than half of it:
+// the deadline is moved only once half of it has passed, as setting it costs a
+// timer's update (about 0.4 µs of each check at 10k checks/s, a write each).
+func (c *conn) armWrite() {
+	now := time.Now()
+	if c.writeDeadline.Sub(now) >= c.srv.writeTimeout/2 {
+		return
+	}
+	c.writeDeadline = now.Add(c.srv.writeTimeout)
+	_ = c.nc.SetWriteDeadline(c.writeDeadline)
+}
+
 // flushLocked writes the buffered frames unless another goroutine is writing (it
 // will take these too), and releases mu. When Shutdown drains the connection, the
 // last flush after the last stream closes it.
@@ -1028,7 +1043,7 @@ func (c *conn) flushLocked() {
 		buf := c.out
 		c.out, c.spare = c.spare[:0], nil
 		c.mu.Unlock()
-		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout))
+		c.armWrite()
 		_, err := c.nc.Write(buf)
 		c.mu.Lock()
 		c.spare = buf[:0]
