@@ -30,8 +30,9 @@ var (
 )
 
 const (
-	// writeTimeout bounds one write: a client that stops reading loses its
-	// connection instead of holding a goroutine, and Shutdown, forever.
+	// writeTimeout bounds one write (to between half of it and all of it, see
+	// armWrite): a client that stops reading loses its connection instead of
+	// holding a goroutine, and Shutdown, forever.
 	writeTimeout = 10 * time.Second
 	// maxQueued is how many bytes of frames may wait for a write in progress before
 	// the reader stops reading: a client that floods PINGs or resets while not
