@@ -262,6 +262,8 @@ func (c *coalescer) drainer(s *slot, batch []*job) {
 	defer c.drainers.Add(-1)
 	for {
 		c.drain(s, batch)
+		// An idle drainer holds no job: its callers have returned them.
+		s, batch = nil, nil
 		select {
 		case w := <-c.drains:
 			s, batch = w.s, w.batch

@@ -221,21 +221,22 @@ func (s *Server) inProcess() bool {
 	return p != nil && p.inProcess
 }
 
-// planFor returns the check plan of the leased config, compiling it once per version.
+// planFor returns the check plan of the leased runtime, compiling it once per
+// generation.
 func (s *Server) planFor(l *dispatch.Lease) *plan {
-	if p := s.plan.Load(); p != nil && p.snap == l.Snapshot() {
+	if p := s.plan.Load(); p != nil && p.gen == l.Generation() {
 		return p
 	}
 	s.planMu.Lock()
 	defer s.planMu.Unlock()
-	if p := s.plan.Load(); p != nil && p.snap == l.Snapshot() {
+	if p := s.plan.Load(); p != nil && p.gen == l.Generation() {
 		return p
 	}
 	p := s.buildPlan(l)
 	// A check that leased the previous version just before a reload builds that
 	// version's plan for itself: storing it would put the newer one (and its
 	// cache) back to be rebuilt by the next check.
-	if cur := s.plan.Load(); cur == nil || cur.snap.Version <= p.snap.Version {
+	if cur := s.plan.Load(); cur == nil || cur.gen <= p.gen {
 		s.plan.Store(p)
 	}
 	return p

@@ -15,7 +15,10 @@ import (
 // plan is the check path's view of one config version: the rules that send
 // authorization or quota instances, and what the check cache keys on.
 type plan struct {
-	snap  *config.Snapshot
+	snap *config.Snapshot
+	// gen is the generation of the runtime it was built from (see
+	// dispatch.Lease.Generation), whose handlers the targets hold.
+	gen   uint64
 	rules []rulePlan
 	// refs are the attributes whose values decide every policy answer: the cache key.
 	refs     []expr.Ref
@@ -83,7 +86,7 @@ func inProcess(snap *config.Snapshot, quotaHandler string) bool {
 
 // buildPlan compiles the check rules of the leased config.
 func (s *Server) buildPlan(l *dispatch.Lease) *plan {
-	p := &plan{snap: l.Snapshot(), uncached: s.opts.CacheSize < 0}
+	p := &plan{snap: l.Snapshot(), gen: l.Generation(), uncached: s.opts.CacheSize < 0}
 	if !p.uncached {
 		p.cache = newCache(s.opts.CacheSize, s.metrics)
 	}

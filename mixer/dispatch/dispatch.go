@@ -62,6 +62,7 @@ type Dispatcher struct {
 	reg     *registry.Registry
 
 	applyMu sync.Mutex // serialises Apply and Close
+	gen     uint64     // the last runtime's generation; under applyMu
 
 	totalsMu sync.Mutex
 	totals   map[string]*atomic.Int64
@@ -215,6 +216,8 @@ func (d *Dispatcher) Apply(ctx context.Context, snap *config.Snapshot) error {
 	if err != nil {
 		return err
 	}
+	d.gen++
+	rt.gen = d.gen
 	d.rt.Store(rt)
 	d.barrier(ctx)
 	if prev != nil {
@@ -262,6 +265,12 @@ func (l *Lease) Release() { l.rt.leases.Add(-1) }
 
 // Snapshot returns the leased config.
 func (l *Lease) Snapshot() *config.Snapshot { return l.rt.snap }
+
+// Generation numbers the leased runtime: each Apply's is one more than the
+// last. A runtime's handlers never change, so what a caller derives from them
+// holds while its leases have the same generation; not so for the same
+// Snapshot, which may be applied again with other handlers.
+func (l *Lease) Generation() uint64 { return l.rt.gen }
 
 // Handler returns a live handler of the leased config by qualified name.
 func (l *Lease) Handler(name string) (adapters.Handler, bool) {

@@ -23,6 +23,7 @@ import (
 // the plan the shards follow. It is immutable once built.
 type runtime struct {
 	snap     *config.Snapshot
+	gen      uint64 // see Lease.Generation
 	rules    []rulePlan
 	groups   []groupPlan
 	aggs     []aggPlan
