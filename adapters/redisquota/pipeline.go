@@ -139,8 +139,8 @@ func (c *coalescer) do(ctx context.Context, deadline time.Time, j *job) error {
 		j.alone[0] = j
 		c.send(ctx, deadline, s, j.alone[:])
 		j.alone[0] = nil
-		// Calls that queued meanwhile go out on a goroutine of their own, so that
-		// this caller answers now rather than after another round trip.
+		// Calls that queued meanwhile go out on another goroutine (goDrain), so
+		// that this caller answers now rather than after another round trip.
 		if next := c.next(s); next != nil {
 			c.goDrain(s, next)
 		}

@@ -2,21 +2,12 @@ package check_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/sluicemesh/sluice/adapters/all"
 	"github.com/sluicemesh/sluice/loadtest"
-	"github.com/sluicemesh/sluice/mixer/attribute"
-	"github.com/sluicemesh/sluice/mixer/check"
-	"github.com/sluicemesh/sluice/mixer/config"
-	"github.com/sluicemesh/sluice/mixer/dispatch"
-	"github.com/sluicemesh/sluice/mixer/expr"
 	"github.com/sluicemesh/sluice/mixer/h2unary"
-	"github.com/sluicemesh/sluice/mixer/registry"
 )
 
 // BenchmarkCheck: the check path's own work per request, in process, as the lean
@@ -82,34 +73,10 @@ func benchMethod(b *testing.B, path string) (func(context.Context, []byte, []byt
 	if err != nil {
 		b.Fatal(err)
 	}
-	dir := b.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "bench.yaml"), cfg, 0o644); err != nil {
-		b.Fatal(err)
-	}
-	comp, err := expr.NewCompiler(attribute.NewVocabulary())
-	if err != nil {
-		b.Fatal(err)
-	}
-	snap, err := (&config.Loader{Dir: dir, Adapters: all.Registry(), Compiler: comp}).Load()
-	if err != nil {
-		b.Fatal(err)
-	}
-	reg := registry.New("cluster.local")
-	disp, err := dispatch.New(dispatch.Options{Registry: reg, TrustDomain: reg.TrustDomain(), Compiler: comp, Metrics: prometheus.NewRegistry()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = disp.Close(context.Background()) })
-	if err := disp.Apply(context.Background(), snap); err != nil {
-		b.Fatal(err)
-	}
-	metrics := prometheus.NewRegistry()
-	s, err := check.New(check.Options{Dispatcher: disp, Registry: reg, Compiler: comp, Metrics: metrics})
-	if err != nil {
-		b.Fatal(err)
-	}
+	p := newInProcess(b)
+	p.apply(b, p.load(b, cfg))
 	var found *h2unary.Method
-	for _, m := range s.Methods() {
+	for _, m := range p.server.Methods() {
 		if m.Path == path {
 			found = &m
 		}
@@ -117,7 +84,7 @@ func benchMethod(b *testing.B, path string) (func(context.Context, []byte, []byt
 	if found == nil {
 		b.Fatalf("no method %s", path)
 	}
-	return found.Call, metrics
+	return found.Call, p.metrics
 }
 
 // counter is the sum of the counter name's series in g.

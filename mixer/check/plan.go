@@ -42,8 +42,8 @@ type rulePlan struct {
 	quotas []quotaTarget
 }
 
-// A target's handler is resolved when the plan is built, from the runtime of the
-// plan's snapshot: every lease of that snapshot holds the same handlers, and a
+// A target's handler is resolved when the plan is built, from the leased
+// runtime: every lease of the plan's generation holds the same handlers, and a
 // lookup by name and an interface assertion per check cost about 0.4 µs. err
 // is what a check answers when the handler is missing or of the wrong kind.
 type authzTarget struct {
