@@ -69,10 +69,10 @@ type Method struct {
 	// when it returns; a backend that does not park runs them one after the
 	// other, so it must wait only briefly. A call's context is only for the
 	// call's own goroutine: Park, from a goroutine the call started, would
-	// resume the wrong one. Meanwhile the connection reads nothing: a request arriving waits for
-	// the call, and a RST_STREAM, or the client closing the connection, is seen
-	// only after it (the call is not cancelled by them, nor counted as
-	// reset_by_client). So that a slow backend does not hold readers, a call (or
+	// resume the wrong one. Meanwhile the connection reads nothing: a request
+	// arriving waits for the call, and a RST_STREAM, or the client closing the
+	// connection, is seen only after it (the call is not cancelled by them, nor
+	// counted as reset_by_client). So that a slow backend does not hold readers, a call (or
 	// a burst's flush) on a reader that takes longer than readerCallSlow, or
 	// calls that take longer than readerMeanSlow on average, stop the listener
 	// doing this for a while (see readerPause): calls then run on goroutines. The
