@@ -527,7 +527,7 @@ func startCheckServer(ctx context.Context, o CheckLoadOptions, backend, listener
 	spec := memquotaSpec
 	if backend == "redis" {
 		args = append(args, "--redis-addr", raddr)
-		spec = fmt.Sprintf("  adapter: redisquota\n  params:\n    redisServerUrl: %s\n%s", raddr, perUserQuota)
+		spec = redisquotaSpec(raddr)
 	}
 	body, err := benchConfig(spec)
 	if err == nil {
@@ -649,6 +649,17 @@ const memquotaSpec = "  adapter: memquota\n  params:\n" + perUserQuota
 // BenchConfig is the config of the check benchmark's memquota runs, for
 // benchmarks of the check path in process (mixer/check).
 func BenchConfig() ([]byte, error) { return benchConfig(memquotaSpec) }
+
+// BenchRedisConfig is the config of the check benchmark's Redis runs, its quota
+// handler a redisquota on the Redis at addr (HOST:PORT), as the load tool's
+// redis backend serves ext_authz.
+func BenchRedisConfig(addr string) ([]byte, error) { return benchConfig(redisquotaSpec(addr)) }
+
+// redisquotaSpec is the benchmark config's quota handler in redisquota, on the
+// Redis at addr.
+func redisquotaSpec(addr string) string {
+	return fmt.Sprintf("  adapter: redisquota\n  params:\n    redisServerUrl: %s\n%s", addr, perUserQuota)
+}
 
 // BenchScenario is the requests of one of the check benchmark's scenarios, for
 // benchmarks of the check path in process: the work the load tool's runs ask of

@@ -16,9 +16,21 @@ import (
 // that does not go to the network, the kernel or the scheduler: the share
 // Sluice's code can cut.
 func BenchmarkCheck(b *testing.B) {
-	for _, sc := range []struct{ svc, cache string }{
-		{"ext_authz", "hit"}, {"ext_authz", "miss"}, {"ratelimit", ""},
-	} {
+	cfg, err := loadtest.BenchConfig()
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchChecks(b, cfg, []benchCase{{"ext_authz", "hit"}, {"ext_authz", "miss"}, {"ratelimit", ""}})
+}
+
+// benchCase is one of the load tool's scenarios: a service, and for ext_authz
+// whether its policy decisions come from the cache.
+type benchCase struct{ svc, cache string }
+
+// benchChecks runs each case's requests through the lean listener's method of a
+// check server on cfg.
+func benchChecks(b *testing.B, cfg []byte, cases []benchCase) {
+	for _, sc := range cases {
 		name := sc.svc
 		if sc.cache != "" {
 			name += "/cache-" + sc.cache
@@ -28,7 +40,7 @@ func BenchmarkCheck(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			call, metrics := benchMethod(b, bench.Method)
+			call, metrics, dispMetrics := benchMethod(b, cfg, bench.Method)
 			ctx := context.Background()
 			// One request buffer and one answer buffer, reused, as the lean
 			// listener's connection does.
@@ -61,18 +73,19 @@ func BenchmarkCheck(b *testing.B) {
 			if sc.svc == "ext_authz" && counter(b, metrics, "sluice_check_cache_hits_total")+counter(b, metrics, "sluice_check_cache_misses_total") == 0 {
 				b.Fatal("no policy check ran: the benchmark's rule did not match")
 			}
+			// Every quota was decided by its backend, none by a fail policy: a
+			// Redis that could not be reached would otherwise look fast.
+			if n := counter(b, dispMetrics, "sluice_instances_dropped_total"); n > 0 {
+				b.Fatalf("%.0f instances dropped (sluice_instances_dropped_total), quotas decided by a fail policy among them", n)
+			}
 		})
 	}
 }
 
-// benchMethod starts a check server on the benchmark's config and returns the
-// lean listener's method at path, and the server's metrics.
-func benchMethod(b *testing.B, path string) (func(context.Context, []byte, []byte) ([]byte, error), prometheus.Gatherer) {
+// benchMethod starts a check server on cfg and returns the lean listener's
+// method at path, the server's metrics, and its dispatcher's.
+func benchMethod(b *testing.B, cfg []byte, path string) (func(context.Context, []byte, []byte) ([]byte, error), prometheus.Gatherer, prometheus.Gatherer) {
 	b.Helper()
-	cfg, err := loadtest.BenchConfig()
-	if err != nil {
-		b.Fatal(err)
-	}
 	p := newInProcess(b)
 	p.apply(b, p.load(b, cfg))
 	var found *h2unary.Method
@@ -84,7 +97,7 @@ func benchMethod(b *testing.B, path string) (func(context.Context, []byte, []byt
 	if found == nil {
 		b.Fatalf("no method %s", path)
 	}
-	return found.Call, p.metrics
+	return found.Call, p.metrics, p.dispMetrics
 }
 
 // counter is the sum of the counter name's series in g.

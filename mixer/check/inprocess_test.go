@@ -20,10 +20,11 @@ import (
 // inProcess is a check server and its dispatcher in this process, with no
 // listener, for tests that apply configs themselves and call its methods.
 type inProcess struct {
-	comp    *expr.Compiler
-	disp    *dispatch.Dispatcher
-	server  *check.Server
-	metrics *prometheus.Registry // the check server's
+	comp        *expr.Compiler
+	disp        *dispatch.Dispatcher
+	server      *check.Server
+	metrics     *prometheus.Registry // the check server's
+	dispMetrics *prometheus.Registry // the dispatcher's and its handlers'
 }
 
 // newInProcess starts a dispatcher, with no config applied, and a check server
@@ -35,7 +36,8 @@ func newInProcess(tb testing.TB) *inProcess {
 		tb.Fatal(err)
 	}
 	reg := registry.New("cluster.local")
-	disp, err := dispatch.New(dispatch.Options{Registry: reg, TrustDomain: reg.TrustDomain(), Compiler: comp, Metrics: prometheus.NewRegistry()})
+	dispMetrics := prometheus.NewRegistry()
+	disp, err := dispatch.New(dispatch.Options{Registry: reg, TrustDomain: reg.TrustDomain(), Compiler: comp, Metrics: dispMetrics})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -45,7 +47,7 @@ func newInProcess(tb testing.TB) *inProcess {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &inProcess{comp: comp, disp: disp, server: s, metrics: metrics}
+	return &inProcess{comp: comp, disp: disp, server: s, metrics: metrics, dispMetrics: dispMetrics}
 }
 
 // load loads cfg, one config file, as a snapshot.
