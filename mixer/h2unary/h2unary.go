@@ -72,17 +72,17 @@ type Method struct {
 	// resume the wrong one. Meanwhile the connection reads nothing: a request
 	// arriving waits for the call, and a RST_STREAM, or the client closing the
 	// connection, is seen only after it (the call is not cancelled by them, nor
-	// counted as reset_by_client). So that a slow backend does not hold readers, a call (or
-	// a burst's flush) on a reader that takes longer than readerCallSlow, or
-	// calls that take longer than readerMeanSlow on average, stop the listener
-	// doing this for a while (see readerPause): calls then run on goroutines. The
-	// call's context carries its deadline, as a goroutine's does, and a Shutdown
-	// that runs out of time cancels it.
+	// counted as reset_by_client). So that a slow backend does not hold
+	// readers, a call (or a burst's flush) on a reader that takes longer than
+	// readerCallSlow, or calls that take longer than readerMeanSlow on average,
+	// stop the listener doing this for a while (see readerPause): calls then run
+	// on goroutines. The call's context carries its deadline, as a goroutine's
+	// does, and a Shutdown that runs out of time cancels it.
 	OnReader func() bool
 }
 
-// A call run on a reader (Method.OnReader), or a burst's flush, that takes longer than
-// readerCallSlow pauses calls on readers, and so do calls whose running mean
+// A call run on a reader (Method.OnReader), or a burst's flush, that takes longer
+// than readerCallSlow pauses calls on readers, and so do calls whose running mean
 // (weight 1/readerMeanWeight per call) passes readerMeanSlow: a backend that
 // answers in a few milliseconds every time holds each request arriving meanwhile
 // that long, while a host stall of the same length now and then moves the mean
@@ -93,7 +93,9 @@ type Method struct {
 // pause, so that after a pause a slow backend is seen anew. A host that stalls
 // now and then (a VM descheduled for 10 ms or more) pauses them briefly; a
 // backend that stays slow, or is slow at times, has them paused for seconds, up
-// to readerPauseMax between slow calls on a reader.
+// to readerPauseMax between slow calls on a reader. The pauses help when the
+// host stalls too: with them off, a noisy spell's worst runs were worse (see the
+// README's performance journal).
 const (
 	readerCallSlow   = 10 * time.Millisecond
 	readerMeanSlow   = 2 * time.Millisecond

@@ -137,6 +137,21 @@ func (ts *testServer) dial(t *testing.T) *grpc.ClientConn {
 	return conn
 }
 
+// onlyConn returns the server's one open connection, failing t when it has
+// another count: for tests that look into what a connection keeps.
+func (ts *testServer) onlyConn(t *testing.T) *conn {
+	t.Helper()
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if len(ts.active) != 1 {
+		t.Fatalf("%d connections open, want the test's one", len(ts.active))
+	}
+	for c := range ts.active {
+		return c
+	}
+	return nil
+}
+
 func (ts *testServer) errors(reason string) float64 {
 	return testutil.ToFloat64(ts.errs.WithLabelValues(reason))
 }

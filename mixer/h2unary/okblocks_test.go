@@ -116,18 +116,12 @@ func TestOKBlocksFollowTheTable(t *testing.T) {
 	// the table holds their fields and nothing else came since.
 	kept := func(step string, want bool) {
 		t.Helper()
-		ts.mu.Lock()
-		defer ts.mu.Unlock()
-		if len(ts.active) != 1 {
-			t.Fatalf("%d connections open, want the test's one", len(ts.active))
-		}
-		for c := range ts.active {
-			c.mu.Lock()
-			head, trail := c.okHead, c.okTrail
-			c.mu.Unlock()
-			if got := head != nil && trail != nil; got != want {
-				t.Errorf("%s: the connection keeps OK blocks %x and %x; want them kept: %v", step, head, trail, want)
-			}
+		c := ts.onlyConn(t)
+		c.mu.Lock()
+		head, trail := c.okHead, c.okTrail
+		c.mu.Unlock()
+		if got := head != nil && trail != nil; got != want {
+			t.Errorf("%s: the connection keeps OK blocks %x and %x; want them kept: %v", step, head, trail, want)
 		}
 	}
 	setTable := func(size uint32) {

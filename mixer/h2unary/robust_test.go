@@ -489,33 +489,27 @@ func TestReleasedCallsHoldNothing(t *testing.T) {
 					t.Fatalf("call %d: %v", i, err)
 				}
 			}
-			ts.mu.Lock()
-			defer ts.mu.Unlock()
-			if len(ts.active) != 1 {
-				t.Fatalf("%d connections, want 1", len(ts.active))
+			c := ts.onlyConn(t)
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if len(c.spareStreams) == 0 {
+				t.Error("no spare stream kept after four calls")
 			}
-			for c := range ts.active {
-				c.mu.Lock()
-				defer c.mu.Unlock()
-				if len(c.spareStreams) == 0 {
-					t.Error("no spare stream kept after four calls")
+			for _, st := range c.spareStreams {
+				if st.pending != nil || st.data != nil || st.reply != nil || st.ctx != nil {
+					t.Errorf("a spare stream holds a call's state: %d bytes pending (%d cap), %d of request", len(st.pending), cap(st.pending), len(st.data))
 				}
-				for _, st := range c.spareStreams {
-					if st.pending != nil || st.data != nil || st.reply != nil || st.ctx != nil {
-						t.Errorf("a spare stream holds a call's state: %d bytes pending (%d cap), %d of request", len(st.pending), cap(st.pending), len(st.data))
-					}
+			}
+			if len(c.spareBuffers) > maxSpareBuffers {
+				t.Errorf("%d spare buffers, want at most %d", len(c.spareBuffers), maxSpareBuffers)
+			}
+			for _, b := range c.spareBuffers {
+				if cap(b) > maxSpareBuffer {
+					t.Errorf("a spare buffer of %d bytes, want at most %d", cap(b), maxSpareBuffer)
 				}
-				if len(c.spareBuffers) > maxSpareBuffers {
-					t.Errorf("%d spare buffers, want at most %d", len(c.spareBuffers), maxSpareBuffers)
-				}
-				for _, b := range c.spareBuffers {
-					if cap(b) > maxSpareBuffer {
-						t.Errorf("a spare buffer of %d bytes, want at most %d", cap(b), maxSpareBuffer)
-					}
-				}
-				if cap(c.reply) > maxKeptBuffer {
-					t.Errorf("an inline answer buffer of %d bytes kept, want at most %d", cap(c.reply), maxKeptBuffer)
-				}
+			}
+			if cap(c.reply) > maxKeptBuffer {
+				t.Errorf("an inline answer buffer of %d bytes kept, want at most %d", cap(c.reply), maxKeptBuffer)
 			}
 		})
 	}
