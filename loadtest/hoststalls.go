@@ -7,7 +7,7 @@ import "time"
 // stall holds up every request in flight and queues those due during it, and a
 // busy server drains that queue slowly, so how often the host stalls moves a run's
 // p99 as much as the server does. The host's rate changes from hour to hour (on
-// the VM of the README's figures, from about 2 to 16 stalls a second of 1 ms or
+// the reference VM, from about 2 to 16 stalls a second of 1 ms or
 // more on an idle machine), so the load tool measures it beside every run.
 
 // stallProbeSleep is the probe's sleep: close to a request's interval at 10k/s,

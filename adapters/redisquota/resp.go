@@ -144,7 +144,7 @@ func newRespDialer(opt *redis.Options, timeout time.Duration) *respDialer {
 // a pipeline of script calls is one write and one read, with no object per call.
 // go-redis's commands, with their boxed arguments and the deadlines it sets
 // twice per pipeline, cost a Redis-bound check a measurable share of its CPU
-// and of its tail latency (see README.md, Performance).
+// and of its tail latency (see docs/performance-journal.md, "RESP by hand").
 type respConn struct {
 	nc  net.Conn
 	in  *bufio.Reader

@@ -94,8 +94,8 @@ type Method struct {
 // now and then (a VM descheduled for 10 ms or more) pauses them briefly; a
 // backend that stays slow, or is slow at times, has them paused for seconds, up
 // to readerPauseMax between slow calls on a reader. The pauses help when the
-// host stalls too: with them off, a noisy spell's worst runs were worse (see the
-// README's performance journal).
+// host stalls too: with them off, a noisy spell's worst runs were worse (see
+// docs/performance-journal.md, 2026-12-08).
 const (
 	readerCallSlow   = 10 * time.Millisecond
 	readerMeanSlow   = 2 * time.Millisecond
