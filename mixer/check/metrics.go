@@ -132,12 +132,22 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_check_cache_entries", Help: "Entries in the check cache.",
 	}, func() float64 {
-		// A config's plan, and its empty cache, is built by its first check: until
-		// then the last plan's cache is no longer in use.
-		if p := s.plan.Load(); p != nil && s.opts.Dispatcher != nil && p.snap == s.opts.Dispatcher.Snapshot() {
-			return float64(p.cache.len())
+		// A runtime's plan, and its empty cache, is built by its first check: until
+		// then the last plan's cache is no longer in use. Plans are keyed by the
+		// runtime's generation, not its snapshot, which may be applied again.
+		p := s.plan.Load()
+		if p == nil || s.opts.Dispatcher == nil {
+			return 0
 		}
-		return 0
+		l := s.opts.Dispatcher.Lease()
+		if l == nil {
+			return 0
+		}
+		defer l.Release()
+		if p.gen != l.Generation() {
+			return 0
+		}
+		return float64(p.cache.len())
 	})
 	for _, c := range []prometheus.Collector{m.requests, m.latency, m.handlerErrors, m.ruleErrors, m.rateLimit, m.cacheHits, m.cacheMisses, m.cacheEvictions, m.cacheSkips, size} {
 		if err := reg.Register(c); err != nil {

@@ -45,3 +45,42 @@ func TestReappliedSnapshot(t *testing.T) {
 		t.Error("denied after A was applied again: the check used the quota handler that B's reload closed")
 	}
 }
+
+// TestReappliedSnapshotCacheEntries: after A, B, A with no check during B, the
+// cache entries gauge shows the new runtime's empty cache, not the entries of the
+// plan A had before, which no check uses any more.
+func TestReappliedSnapshotCacheEntries(t *testing.T) {
+	policy, err := os.ReadFile("testdata/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newInProcess(t)
+	a := p.load(t, policy)
+	b := p.load(t, []byte(strings.Replace(string(policy), "legacy clients are retired", "legacy clients are gone", 1)))
+	entries := func() float64 {
+		mfs, err := p.metrics.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "sluice_check_cache_entries" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no sluice_check_cache_entries")
+		return 0
+	}
+
+	p.apply(t, a)
+	if _, err := p.server.Check(context.Background(), call{"spiffe://cluster.local/ns/shop/sa/frontend", "GET", "/items", map[string]string{"x-user": "ann"}}.request()); err != nil {
+		t.Fatal(err)
+	}
+	if n := entries(); n == 0 {
+		t.Fatal("no cache entry after a check: the test's request is not cached")
+	}
+	p.apply(t, b)
+	p.apply(t, a)
+	if n := entries(); n != 0 {
+		t.Errorf("sluice_check_cache_entries = %v after A was applied again, want 0: it shows the cache of the plan B's reload retired", n)
+	}
+}
