@@ -149,6 +149,11 @@ type CheckRow struct {
 	// carried on average during the run (0 without Redis, or when unknown): each
 	// pipeline costs a write and a read on both sides, however many it carries.
 	CallsPerPipeline float64
+	// RedisRoundTrip is the mean time the server's Redis pipelines took from
+	// their write to their last answer during the run
+	// (sluice_redisquota_roundtrip_seconds; 0 without Redis, or when unknown):
+	// the share of a Redis check's latency spent waiting on Redis.
+	RedisRoundTrip time.Duration
 	// HandedOff is the share of the lean listener's calls that were handed to
 	// a goroutine rather than run on their connection's reader, and
 	// ReaderPauses how many times the listener stopped running calls on readers
@@ -364,18 +369,21 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 	if repeated {
 		header += "p99 of runs\t"
 	}
-	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tfallbacks\tprocs\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\thanded off\tin bursts\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
+	fmt.Fprintln(w, header+"p99.9\tmax\tp99 at read\terrors\tfallbacks\tprocs\tserver CPU/req\tRedis CPU/req\tserver B/req\tserver GCs\tcalls/pipeline\tRedis RTT\thanded off\tin bursts\tgenerator CPU/req\tpacer lag p99\thost stalls/s\t")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t", r.Service, r.Backend, r.Listener, r.Cache, r.Offered, r.Achieved, us(r.P50), us(r.P99))
 		if repeated {
 			fmt.Fprintf(w, "%s–%s\t", us(r.P99Low), us(r.P99High))
 		}
-		redis, batch := "-", "-"
+		redis, batch, rtt := "-", "-", "-"
 		if usesRedis(r.Backend) && r.RedisCPUPerReq >= 0 {
 			redis = us(r.RedisCPUPerReq)
 		}
 		if r.CallsPerPipeline > 0 {
 			batch = fmt.Sprintf("%.2f", r.CallsPerPipeline)
+		}
+		if r.RedisRoundTrip > 0 {
+			rtt = us(r.RedisRoundTrip)
 		}
 		handed := "-"
 		if r.HandedOff >= 0 {
@@ -393,8 +401,8 @@ func printCheckRows(o CheckLoadOptions, rows []CheckRow) {
 		if r.ServerProcs > 0 {
 			procs = strconv.Itoa(r.ServerProcs)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, known(float64(r.Fallbacks)), procs, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, handed, bursts, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			us(r.P999), us(r.Max), us(r.P99Read), r.Errors, known(float64(r.Fallbacks)), procs, us(r.ServerCPUPerReq), redis, known(r.ServerBytesPerReq), known(float64(r.ServerGCs)), batch, rtt, handed, bursts, us(r.ClientCPUPerReq), us(r.PacerLagP99), host)
 	}
 	w.Flush()
 	if repeated {
@@ -995,6 +1003,9 @@ func runScenario(ctx context.Context, o CheckLoadOptions, srv *checkServer, svc,
 		if n := count1.pipelines - count0.pipelines; n > 0 {
 			row.CallsPerPipeline = (count1.pipelineCalls - count0.pipelineCalls) / n
 		}
+		if n := count1.roundTrips - count0.roundTrips; n > 0 {
+			row.RedisRoundTrip = time.Duration((count1.roundTripSeconds - count0.roundTripSeconds) / n * 1e9)
+		}
 		if n := count1.calls - count0.calls; n > 0 {
 			row.HandedOff = (count1.handedOff - count0.handedOff) / n
 			row.InBursts = (count1.inBursts - count0.inBursts) / n
@@ -1054,6 +1065,8 @@ func answerTime(client string) string {
 // pipelines: how many, and the script calls they carried.
 type counters struct {
 	allocated, gcs, pipelines, pipelineCalls, fallbacks, procs float64
+	// The Redis pipelines' round trips, and their time in all.
+	roundTrips, roundTripSeconds float64
 	// The lean listener's calls, those handed to goroutines and those run in
 	// bursts, and its reader pauses.
 	calls, handedOff, inBursts, pauses float64
@@ -1069,17 +1082,21 @@ func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
 		return counters{}, fmt.Errorf("%s/metrics has no go_memstats_alloc_bytes_total", adminAddr)
 	}
 	c := counters{
-		allocated: f.Sum("go_memstats_alloc_bytes_total", nil),
-		gcs:       f.Sum("go_gc_duration_seconds", nil),
-		pipelines: f.Sum("sluice_redisquota_pipeline_calls", nil),
-		procs:     f.Sum("go_sched_gomaxprocs_threads", nil),
-		calls:     f.Sum("sluice_h2unary_calls_total", nil),
-		handedOff: f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "goroutine"}),
-		inBursts:  f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "burst"}),
-		pauses:    f.Sum("sluice_h2unary_reader_pauses_total", nil),
+		allocated:  f.Sum("go_memstats_alloc_bytes_total", nil),
+		gcs:        f.Sum("go_gc_duration_seconds", nil),
+		pipelines:  f.Sum("sluice_redisquota_pipeline_calls", nil),
+		roundTrips: f.Sum("sluice_redisquota_roundtrip_seconds", nil),
+		procs:      f.Sum("go_sched_gomaxprocs_threads", nil),
+		calls:      f.Sum("sluice_h2unary_calls_total", nil),
+		handedOff:  f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "goroutine"}),
+		inBursts:   f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "burst"}),
+		pauses:     f.Sum("sluice_h2unary_reader_pauses_total", nil),
 	}
 	for _, s := range f.Series("sluice_redisquota_pipeline_calls", nil) {
 		c.pipelineCalls += s.GetHistogram().GetSampleSum()
+	}
+	for _, s := range f.Series("sluice_redisquota_roundtrip_seconds", nil) {
+		c.roundTripSeconds += s.GetHistogram().GetSampleSum()
 	}
 	for _, reason := range []string{quotakit.ReasonFailOpen, quotakit.ReasonFailClosed} {
 		c.fallbacks += f.Sum("sluice_instances_dropped_total", map[string]string{"reason": reason})

@@ -70,7 +70,7 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	if lines := strings.Count(string(logged), "\n"); lines != 4*500 {
 		t.Errorf("latency log has %d lines, want one per request of the four runs (2,000)", lines)
 	}
-	for _, column := range []string{"calls/pipeline", "handed off", "in bursts"} {
+	for _, column := range []string{"calls/pipeline", "Redis RTT", "handed off", "in bursts"} {
 		if !strings.Contains(out.String(), column) {
 			t.Errorf("the table has no %s column:\n%s", column, out.String())
 		}
@@ -89,7 +89,7 @@ func TestIntegrationCheckLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RunCheckLoad through a Unix socket: %v\n%s", err, out.String())
 	}
-	if len(rows) != 1 || rows[0].Fallbacks != 0 || rows[0].CallsPerPipeline < 1 || rows[0].Errors != rows[0].Late || rows[0].ServerProcs != 1 {
+	if len(rows) != 1 || rows[0].Fallbacks != 0 || rows[0].CallsPerPipeline < 1 || rows[0].RedisRoundTrip <= 0 || rows[0].Errors != rows[0].Late || rows[0].ServerProcs != 1 {
 		t.Errorf("through a Unix socket with GOMAXPROCS=1: %+v, want one row of Redis decisions by a server on one processor\n%s", rows, out.String())
 	}
 	if !strings.Contains(out.String(), "through a Unix socket") {

@@ -283,12 +283,12 @@ func checkLoadProblems(rows []CheckRow) (problems []string, stalled bool) {
 		}
 		switch r.Backend {
 		case "redis":
-			if r.CallsPerPipeline < 1 || r.RedisCPUPerReq <= 0 {
-				problems = append(problems, fmt.Sprintf("%s: %.2f calls per pipeline, Redis CPU %v per request; want at least one call per pipeline and some CPU", name, r.CallsPerPipeline, r.RedisCPUPerReq))
+			if r.CallsPerPipeline < 1 || r.RedisCPUPerReq <= 0 || r.RedisRoundTrip <= 0 {
+				problems = append(problems, fmt.Sprintf("%s: %.2f calls per pipeline, Redis CPU %v per request, round trips of %v; want at least one call per pipeline, some CPU and some time", name, r.CallsPerPipeline, r.RedisCPUPerReq, r.RedisRoundTrip))
 			}
 		default:
-			if r.CallsPerPipeline != 0 {
-				problems = append(problems, fmt.Sprintf("%s: %.2f calls per Redis pipeline without Redis", name, r.CallsPerPipeline))
+			if r.CallsPerPipeline != 0 || r.RedisRoundTrip != 0 {
+				problems = append(problems, fmt.Sprintf("%s: %.2f calls per Redis pipeline, round trips of %v, without Redis", name, r.CallsPerPipeline, r.RedisRoundTrip))
 			}
 		}
 		if len(problems) > before && r.PacerLagP99 < stallLag {
@@ -302,7 +302,7 @@ func TestCheckLoadProblems(t *testing.T) {
 	good := func(backend string) CheckRow {
 		r := CheckRow{Service: "ratelimit", Backend: backend, Achieved: 500, ServerBytesPerReq: 300, ServerCPUPerReq: 70 * time.Microsecond, PacerLagP99: time.Millisecond}
 		if backend == "redis" {
-			r.CallsPerPipeline, r.RedisCPUPerReq = 1.1, 30*time.Microsecond
+			r.CallsPerPipeline, r.RedisCPUPerReq, r.RedisRoundTrip = 1.1, 30*time.Microsecond, 90*time.Microsecond
 		}
 		return r
 	}
@@ -324,6 +324,8 @@ func TestCheckLoadProblems(t *testing.T) {
 		{"errors while the generator stalled", []CheckRow{good("memquota"), failing(43 * time.Millisecond)}, 2, true},
 		{"one row stalled, one not", []CheckRow{failing(43 * time.Millisecond), failing(time.Millisecond)}, 4, false},
 		{"Redis pipelines without Redis", []CheckRow{func() CheckRow { r := good("memquota"); r.CallsPerPipeline = 1; return r }()}, 1, false},
+		{"Redis round trips without Redis", []CheckRow{func() CheckRow { r := good("memquota"); r.RedisRoundTrip = time.Millisecond; return r }()}, 1, false},
+		{"no Redis round trips read", []CheckRow{func() CheckRow { r := good("redis"); r.RedisRoundTrip = 0; return r }()}, 1, false},
 	} {
 		problems, stalled := checkLoadProblems(tt.rows)
 		if len(problems) != tt.problems || (len(problems) > 0 && stalled != tt.stalled) {

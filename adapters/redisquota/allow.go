@@ -263,6 +263,9 @@ func (h *Handler) exec(ctx context.Context, deadline time.Time, s *slot, now tim
 		fill(replies, context.DeadlineExceeded)
 		return
 	}
+	// A pipeline that never left is no round trip; one that failed is, for
+	// the time it held its callers.
+	defer func() { h.roundTrips.Observe(time.Since(now).Seconds()) }()
 	if h.dialer == nil {
 		cctx, dc := withDeadline(ctx, deadline)
 		h.execCluster(cctx, s, calls, eval, replies)

@@ -247,6 +247,9 @@ type Handler struct {
 	jobs sync.Pool
 	// pipelineCalls shows how much the coalescer shares round trips.
 	pipelineCalls prometheus.Histogram
+	// roundTrips shows how long Redis takes to answer, before a slow Redis
+	// shows as timeouts decided by the fail policy.
+	roundTrips prometheus.Histogram
 }
 
 var (
@@ -287,6 +290,13 @@ func New(ctx context.Context, env adapters.Env, p *Params, instances []string) (
 			Help:        "Script calls (quota decisions) per pipeline sent to Redis; above 1, concurrent checks shared a round trip.",
 			ConstLabels: prometheus.Labels{"handler": env.Name},
 			Buckets:     []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+		}),
+		roundTrips: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "sluice_redisquota_roundtrip_seconds",
+			Help:        "Time from a pipeline's write to Redis to its last answer or its failure, a dial of its connection included.",
+			ConstLabels: prometheus.Labels{"handler": env.Name},
+			// 50 µs to 0.8 s: a loopback round trip to the slowest timeout worth having.
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 15),
 		}),
 	}
 	if single, ok := client.(*redis.Client); ok {
@@ -373,10 +383,16 @@ func (h *Handler) Quota(ctx context.Context, now time.Time, inst *quota.Instance
 }
 
 // Describe implements prometheus.Collector.
-func (h *Handler) Describe(ch chan<- *prometheus.Desc) { h.pipelineCalls.Describe(ch) }
+func (h *Handler) Describe(ch chan<- *prometheus.Desc) {
+	h.pipelineCalls.Describe(ch)
+	h.roundTrips.Describe(ch)
+}
 
 // Collect implements prometheus.Collector.
-func (h *Handler) Collect(ch chan<- prometheus.Metric) { h.pipelineCalls.Collect(ch) }
+func (h *Handler) Collect(ch chan<- prometheus.Metric) {
+	h.pipelineCalls.Collect(ch)
+	h.roundTrips.Collect(ch)
+}
 
 // Close implements adapters.Handler.
 func (h *Handler) Close(context.Context) error {

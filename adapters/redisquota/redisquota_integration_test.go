@@ -482,6 +482,44 @@ func TestIntegrationSlowRedis(t *testing.T) {
 	}
 }
 
+// TestIntegrationRoundTripMetric: every pipeline's round trip is observed, and a
+// Redis that holds its answers (all clients paused for 150 ms) shows in the tail.
+func TestIntegrationRoundTripMetric(t *testing.T) {
+	s := startRedis(t)
+	h := newTestHandler(t, s.addr, nil)
+	l := quota.Limit{Requests: 10, Window: time.Hour}
+	now := quotatest.Base()
+	for i := range 3 {
+		quotatest.AllowOne(t, h, now, quota.Request{Key: fmt.Sprint("rtt-", i), Limit: l, Hits: 1})
+	}
+	if err := s.client.Do(context.Background(), "CLIENT", "PAUSE", "150", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d := quotatest.AllowOne(t, h, now, quota.Request{Key: "rtt-paused", Limit: l, Hits: 1}); !d.Allowed || d.Remaining != 9 {
+		t.Errorf("the call during the pause: %+v", d)
+	}
+	var rtt, calls dto.Metric
+	if err := h.roundTrips.Write(&rtt); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.pipelineCalls.Write(&calls); err != nil {
+		t.Fatal(err)
+	}
+	got := rtt.GetHistogram()
+	if n := got.GetSampleCount(); n < 4 || n != calls.GetHistogram().GetSampleCount() {
+		t.Errorf("%d round trips observed, %d pipelines sent; want one per pipeline, at least 4", n, calls.GetHistogram().GetSampleCount())
+	}
+	var upTo100ms uint64
+	for _, b := range got.GetBucket() {
+		if b.GetUpperBound() == 0.1024 {
+			upTo100ms = b.GetCumulativeCount()
+		}
+	}
+	if slow := got.GetSampleCount() - upTo100ms; slow < 1 || got.GetSampleSum() < 0.14 {
+		t.Errorf("%d round trips over 102.4 ms, %.3f s in all; want the paused one (150 ms) among them", slow, got.GetSampleSum())
+	}
+}
+
 // TestIntegrationKeysExpire: every key is written with an expiry, and is gone once
 // its state no longer matters (plus a second of slack, and a fixed window's jitter).
 func TestIntegrationKeysExpire(t *testing.T) {
