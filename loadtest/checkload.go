@@ -244,7 +244,8 @@ func RunCheckLoad(ctx context.Context, o CheckLoadOptions) ([]CheckRow, error) {
 		for _, svc := range o.Services {
 			for _, cache := range o.Caches {
 				if svc == "ratelimit" && cache == "hit" && len(o.Caches) > 1 {
-					// The rate-limit service has no cache: one row per rate is enough.
+					// The rate-limit service has no cache: one row per rate is
+					// enough, with a new user each request (see cacheLabel).
 					continue
 				}
 				measure := func(rate int) (CheckRow, error) {
@@ -344,9 +345,16 @@ func searchBounds(rows []CheckRow, target time.Duration) (lo, hi int) {
 	return lo, hi
 }
 
+// cacheLabel names a row's cache scenario. The rate-limit service has no cache,
+// but its requests name users as ext_authz's do (the same hundred, or a new one
+// each request), and a new user is a new counter in the quota backend, which
+// costs Redis more: the label says which.
 func cacheLabel(svc, cache string) string {
 	if svc == "ratelimit" {
-		return "n/a"
+		if cache == "miss" {
+			return "n/a (new users)"
+		}
+		return "n/a (100 users)"
 	}
 	return cache
 }

@@ -238,6 +238,21 @@ func TestScenarioRequests(t *testing.T) {
 	}
 }
 
+// TestCacheLabel: rate-limit rows say which users their requests name (the
+// scenarios above), since a new user costs the backend a new counter.
+func TestCacheLabel(t *testing.T) {
+	for _, tc := range []struct{ svc, cache, want string }{
+		{"ext_authz", "hit", "hit"},
+		{"ext_authz", "miss", "miss"},
+		{"ratelimit", "hit", "n/a (100 users)"},
+		{"ratelimit", "miss", "n/a (new users)"},
+	} {
+		if got := cacheLabel(tc.svc, tc.cache); got != tc.want {
+			t.Errorf("cacheLabel(%s, %s) = %q, want %q", tc.svc, tc.cache, got, tc.want)
+		}
+	}
+}
+
 // TestMergeEnv: the server gets exactly one entry per key, --server-env's.
 func TestMergeEnv(t *testing.T) {
 	for _, tc := range []struct {
