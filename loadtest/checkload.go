@@ -34,7 +34,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sluicemesh/sluice/adapters/quotakit"
 	"github.com/sluicemesh/sluice/mixer/envoy"
 	"github.com/sluicemesh/sluice/mixer/sysmon"
 )
@@ -1099,15 +1098,13 @@ func serverCounters(ctx context.Context, adminAddr string) (counters, error) {
 		handedOff:  f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "goroutine"}),
 		inBursts:   f.Sum("sluice_h2unary_calls_total", map[string]string{"mode": "burst"}),
 		pauses:     f.Sum("sluice_h2unary_reader_pauses_total", nil),
+		fallbacks:  f.FailPolicyDecisions(),
 	}
 	for _, s := range f.Series("sluice_redisquota_pipeline_calls", nil) {
 		c.pipelineCalls += s.GetHistogram().GetSampleSum()
 	}
 	for _, s := range f.Series("sluice_redisquota_roundtrip_seconds", nil) {
 		c.roundTripSeconds += s.GetHistogram().GetSampleSum()
-	}
-	for _, reason := range []string{quotakit.ReasonFailOpen, quotakit.ReasonFailClosed} {
-		c.fallbacks += f.Sum("sluice_instances_dropped_total", map[string]string{"reason": reason})
 	}
 	return c, nil
 }

@@ -190,6 +190,7 @@ func TestAnswerCheckers(t *testing.T) {
 // TestScenarioRequests: in cache-miss runs every request names its own user, both
 // as a copy (the grpc client) and stamped into the frame the lean client writes,
 // and the shared templates stay as they were; otherwise requests are templates.
+// Rows are labelled by the users they name.
 func TestScenarioRequests(t *testing.T) {
 	user := func(t *testing.T, svc string, msg []byte) string {
 		t.Helper()
@@ -220,6 +221,28 @@ func TestScenarioRequests(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// A row's label says which users its requests name: for rate limits,
+			// which have no cache, as many as a thousand requests name.
+			users := func(sc *scenario) int {
+				seen := map[string]bool{}
+				for i := range int64(1000) {
+					seen[user(t, svc, sc.request(i))] = true
+				}
+				return len(seen)
+			}
+			wantHit, wantMiss := "hit", "miss"
+			if svc == "ratelimit" {
+				wantHit, wantMiss = fmt.Sprintf("n/a (%d users)", users(hit)), "n/a (new users)"
+				if n := users(sc); n != 1000 {
+					t.Errorf("a thousand cache-miss requests name %d users, want one each", n)
+				}
+			}
+			if got := cacheLabel(svc, "hit"); got != wantHit {
+				t.Errorf("hit rows are labelled %q, want %q", got, wantHit)
+			}
+			if got := cacheLabel(svc, "miss"); got != wantMiss {
+				t.Errorf("miss rows are labelled %q, want %q", got, wantMiss)
+			}
 			for _, i := range []int64{0, 7, 255, 256, 1<<20 + 3, 999_999_999_999} {
 				want := fmt.Sprintf("u%012d", i)
 				if got := user(t, svc, sc.request(i)); got != want {
@@ -235,21 +258,6 @@ func TestScenarioRequests(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// TestCacheLabel: rate-limit rows say which users their requests name (the
-// scenarios above), since a new user costs the backend a new counter.
-func TestCacheLabel(t *testing.T) {
-	for _, tc := range []struct{ svc, cache, want string }{
-		{"ext_authz", "hit", "hit"},
-		{"ext_authz", "miss", "miss"},
-		{"ratelimit", "hit", "n/a (100 users)"},
-		{"ratelimit", "miss", "n/a (new users)"},
-	} {
-		if got := cacheLabel(tc.svc, tc.cache); got != tc.want {
-			t.Errorf("cacheLabel(%s, %s) = %q, want %q", tc.svc, tc.cache, got, tc.want)
-		}
 	}
 }
 

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/sluicemesh/sluice/adapters/quotakit"
 )
 
 // Families are the metric families of one scrape, by name.
@@ -33,6 +36,32 @@ func Scrape(ctx context.Context, url string) (Families, error) {
 		return nil, fmt.Errorf("parse %s: %w", url, err)
 	}
 	return fams, nil
+}
+
+// Gather reads g's metrics, as Scrape reads a server's: for tests and
+// benchmarks that run a server in process.
+func Gather(g prometheus.Gatherer) (Families, error) {
+	mfs, err := g.Gather()
+	if err != nil {
+		return nil, fmt.Errorf("gather: %w", err)
+	}
+	f := make(Families, len(mfs))
+	for _, mf := range mfs {
+		f[mf.GetName()] = mf
+	}
+	return f, nil
+}
+
+// FailPolicyDecisions is how many quota instances were decided by a handler's
+// fail policy, its backend having failed or been too slow
+// (sluice_instances_dropped_total, reasons fail_open and fail_closed). Other
+// drops, such as memquota's evictions, were decided by the backend.
+func (f Families) FailPolicyDecisions() float64 {
+	var n float64
+	for _, reason := range []string{quotakit.ReasonFailOpen, quotakit.ReasonFailClosed} {
+		n += f.Sum("sluice_instances_dropped_total", map[string]string{"reason": reason})
+	}
+	return n
 }
 
 // Labels returns a metric's labels as a map.

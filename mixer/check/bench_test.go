@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sluicemesh/sluice/adapters/quotakit"
 	"github.com/sluicemesh/sluice/loadtest"
@@ -72,14 +71,14 @@ func benchChecks(b *testing.B, cfg []byte, cases []benchCase) {
 				b.Fatalf("the last answer: %v", err)
 			}
 			// The rule matched: the policy was decided, from the cache or not.
-			if sc.svc == "ext_authz" && counter(b, metrics, "sluice_check_cache_hits_total")+counter(b, metrics, "sluice_check_cache_misses_total") == 0 {
+			if f := gather(b, metrics); sc.svc == "ext_authz" && f.Sum("sluice_check_cache_hits_total", nil)+f.Sum("sluice_check_cache_misses_total", nil) == 0 {
 				b.Fatal("no policy check ran: the benchmark's rule did not match")
 			}
 			// Every quota was decided by its backend, none by a fail policy: a
 			// Redis that could not be reached would otherwise look fast. Keys
 			// memquota evicts past its maxKeys (cache misses, a new user each,
 			// pass it in a long run) are dropped too, but decided by the backend.
-			if n := failPolicyDecisions(b, dispMetrics); n > 0 {
+			if n := gather(b, dispMetrics).FailPolicyDecisions(); n > 0 {
 				b.Fatalf("%.0f quotas decided by a fail policy (sluice_instances_dropped_total, reasons %s and %s)", n, quotakit.ReasonFailOpen, quotakit.ReasonFailClosed)
 			}
 		})
@@ -104,40 +103,12 @@ func benchMethod(b *testing.B, cfg []byte, path string) (func(context.Context, [
 	return found.Call, p.metrics, p.dispMetrics
 }
 
-// counter is the sum of the counter name's series in g.
-func counter(b *testing.B, g prometheus.Gatherer, name string) float64 {
-	return counterWhere(b, g, name, func(*dto.Metric) bool { return true })
-}
-
-// failPolicyDecisions is how many instances the dispatcher whose metrics g
-// holds dropped because a quota's fail policy decided them.
-func failPolicyDecisions(b *testing.B, g prometheus.Gatherer) float64 {
-	return counterWhere(b, g, "sluice_instances_dropped_total", func(m *dto.Metric) bool {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == "reason" {
-				return l.GetValue() == quotakit.ReasonFailOpen || l.GetValue() == quotakit.ReasonFailClosed
-			}
-		}
-		return false
-	})
-}
-
-// counterWhere is the sum of the counter name's series in g that keep says to count.
-func counterWhere(b *testing.B, g prometheus.Gatherer, name string, keep func(*dto.Metric) bool) float64 {
-	b.Helper()
-	mfs, err := g.Gather()
+// gather reads g's metrics, failing tb when it cannot.
+func gather(tb testing.TB, g prometheus.Gatherer) loadtest.Families {
+	tb.Helper()
+	f, err := loadtest.Gather(g)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				if keep(m) {
-					sum += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return sum
+	return f
 }

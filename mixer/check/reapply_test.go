@@ -57,19 +57,7 @@ func TestReappliedSnapshotCacheEntries(t *testing.T) {
 	p := newInProcess(t)
 	a := p.load(t, policy)
 	b := p.load(t, []byte(strings.Replace(string(policy), "legacy clients are retired", "legacy clients are gone", 1)))
-	entries := func() float64 {
-		mfs, err := p.metrics.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() == "sluice_check_cache_entries" {
-				return mf.GetMetric()[0].GetGauge().GetValue()
-			}
-		}
-		t.Fatal("no sluice_check_cache_entries")
-		return 0
-	}
+	entries := func() float64 { return gather(t, p.metrics).Sum("sluice_check_cache_entries", nil) }
 
 	p.apply(t, a)
 	if _, err := p.server.Check(context.Background(), call{"spiffe://cluster.local/ns/shop/sa/frontend", "GET", "/items", map[string]string{"x-user": "ann"}}.request()); err != nil {
